@@ -157,3 +157,1005 @@ def format_trace(exc_type, exc, tb) -> str:
     except BaseException:  # a hostile exception can break even the formatter
         text = _exception_type_name(exc_type) + ": " + _safe_str(exc) + "\n"
     return scrub(text[-_TRACE_LIMIT * 2:])[-_TRACE_LIMIT:]
+
+
+def _float(value, default: float) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _user_dir(kind: str, platform: str = sys.platform, environ=os.environ) -> str:
+    """The per-user ``config`` or ``cache`` directory, where platformdirs would put it."""
+    home = os.path.expanduser("~")
+    if platform == "win32":
+        base = environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
+        return os.path.join(base, _APP, _APP, *(("Cache",) if kind == "cache" else ()))
+    if platform == "darwin":
+        sub = "Caches" if kind == "cache" else "Application Support"
+        return os.path.join(home, "Library", sub, _APP)
+    xdg = environ.get("XDG_CACHE_HOME" if kind == "cache" else "XDG_CONFIG_HOME", "").strip()
+    base = xdg if os.path.isabs(xdg) else os.path.join(home, ".cache" if kind == "cache" else ".config")
+    return os.path.join(base, _APP)
+
+
+def _config_files() -> dict:
+    return {"user": os.path.join(_user_dir("config"), "config.json"),
+            "system": os.path.join(sys.prefix, "etc", _APP, "config.json")}
+
+
+def _read_json(path: str):
+    import json
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read(_RESPONSE_LIMIT).decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _coerce(name: str, value):
+    if name in ("enabled", "hints"):
+        return _truthy(value) if isinstance(value, str) else bool(value)
+    if name == "min_confidence":
+        return _float(value, _DEFAULTS["min_confidence"])
+    return str(value).rstrip("/") if name == "url" else str(value)
+
+
+def _settings() -> dict:
+    """Each setting as ``(value, source)``: env vars win, then the user file, the system file, defaults."""
+    files = {scope: _read_json(path) for scope, path in _config_files().items()}
+    settings = {}
+    for name, default in _DEFAULTS.items():
+        value, source = default, "default"
+        env_value = os.environ.get(_ENV_NAMES[name], "")
+        if env_value.strip():
+            value, source = env_value.strip(), "env " + _ENV_NAMES[name]
+        else:
+            for scope in ("user", "system"):
+                data = files[scope]
+                if isinstance(data, dict) and data.get(_FILE_KEYS[name]) not in (None, ""):
+                    value, source = data[_FILE_KEYS[name]], scope + " file"
+                    break
+        settings[name] = (_coerce(name, value), source)
+    return settings
+
+
+def _cache_dir() -> str:
+    return os.environ.get("ERROR_AGENT_CACHE_DIR", "").strip() or _user_dir("cache")
+
+
+def _suggest_timeout() -> float:
+    return max(0.0, _float(os.environ.get("ERROR_AGENT_SUGGEST_TIMEOUT"), 5.0))
+
+
+def _debug(error: BaseException) -> None:
+    if os.environ.get("ERROR_AGENT_DEBUG", "") not in ("", "0") and sys.stderr is not None:
+        try:
+            import traceback
+            sys.stderr.write("corp-error-agent debug: " + "".join(
+                traceback.format_exception(type(error), error, error.__traceback__)))
+        except Exception:
+            pass
+
+###############################################################################
+# Hooks #######################################################################
+###############################################################################
+# Installing costs a few attribute assignments: no I/O, no imports beyond builtin modules. The
+# previous hooks are kept and called first, so the user sees the traceback at once and unchanged.
+
+_previous = {}          # hook name -> the hook that was installed before ours
+_process = {"error_seen": False}
+
+
+def activate() -> None:
+    """Install the hooks (idempotent). The start-up entry point of the .pth and .start files."""
+    try:
+        if _previous or not _truthy(os.environ.get("ERROR_AGENT_ENABLED", "1") or "1"):
+            return
+        import _thread
+        import atexit
+        _previous["sys"] = sys.excepthook
+        sys.excepthook = _excepthook
+        # threading copies _thread._excepthook when it is first imported, so patching the builtin
+        # covers threads without paying for threading in processes that never use it.
+        _previous["thread"] = _thread._excepthook
+        _thread._excepthook = _thread_excepthook
+        threading = sys.modules.get("threading")
+        if threading is not None and threading.excepthook is _previous["thread"]:
+            threading.excepthook = _thread_excepthook
+        if "asyncio.base_events" in sys.modules:
+            _patch_asyncio(sys.modules["asyncio.base_events"])
+        else:
+            sys.meta_path.insert(0, _AsyncioWatcher)
+        atexit.register(_at_exit)
+    except Exception as error:
+        _debug(error)
+
+
+def _excepthook(exc_type, exc, tb) -> None:
+    try:
+        _previous["sys"](exc_type, exc, tb)
+    finally:
+        _on_error(exc_type, exc, tb, wait_for_hint=True)
+
+
+def _thread_excepthook(args) -> None:
+    try:
+        _previous["thread"](args)
+    finally:
+        # A dying thread does not wait for a hint: that would delay the host's join().
+        _on_error(args.exc_type, args.exc_value, args.exc_traceback, wait_for_hint=False)
+
+
+class _AsyncioWatcher:
+    """Patches asyncio when it is first imported, so processes without asyncio never pay for it."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name != "asyncio.base_events":
+            return None
+        sys.meta_path.remove(_AsyncioWatcher)
+        from importlib.machinery import PathFinder
+        spec = PathFinder.find_spec(name, path, target)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module = loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            _patch_asyncio(module)
+        loader.exec_module = exec_and_patch
+        return spec
+
+
+def _patch_asyncio(base_events) -> None:
+    original = base_events.BaseEventLoop.default_exception_handler
+
+    def default_exception_handler(self, context):
+        original(self, context)
+        error = context.get("exception")
+        if isinstance(error, Exception) and type(error).__name__ != "CancelledError":
+            _on_error(type(error), error, error.__traceback__, wait_for_hint=False)
+    base_events.BaseEventLoop.default_exception_handler = default_exception_handler
+
+
+def _interactive() -> bool:
+    at_prompt = hasattr(sys, "ps1") or sys.flags.interactive
+    return bool(at_prompt) and os.environ.get("ERROR_AGENT_INTERACTIVE", "") in ("", "0")
+
+
+def _on_error(exc_type, exc, tb, wait_for_hint: bool) -> None:
+    try:
+        if exc_type is None or issubclass(exc_type, (KeyboardInterrupt, SystemExit)) or _interactive():
+            return
+        _process["error_seen"] = True
+        settings = _settings()
+        if settings["enabled"][0]:
+            _report_error(exc_type, exc, tb, settings, wait_for_hint)
+    except BaseException as error:  # Ctrl-C while we wait ends the wait, nothing else
+        _debug(error)
+
+
+def _at_exit() -> None:
+    try:
+        if not _process["error_seen"]:
+            _report_clean_exit()
+    except BaseException as error:
+        _debug(error)
+
+
+def _hash12(data: str) -> str:
+    import hashlib
+    return hashlib.sha256(data.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def _script_identity():
+    """(script_id, display name): the same script content gives the same id on any machine."""
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "-"
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = getattr(spec, "name", None) or "__main__"
+    if module != "__main__" and argv0 != "-c":
+        module = module[:-len(".__main__")] if module.endswith(".__main__") else module
+        return _hash12("-m " + module), "-m " + module
+    if argv0 == "-c":
+        argv = getattr(sys, "orig_argv", [])
+        code = argv[argv.index("-c") + 1] if "-c" in argv[:-1] else ""
+        return _hash12("-c " + code), "-c"
+    try:
+        with open(argv0, "rb") as f:
+            content = f.read(1 << 20)
+        import hashlib
+        return hashlib.sha256(content).hexdigest()[:12], os.path.basename(argv0)
+    except OSError:
+        return _hash12("<stdin>"), "<stdin>"
+
+
+def _beacon(kind: str, env_hash: str, **fields) -> dict:
+    import time
+    script_id, script_name = _script_identity()
+    beacon = {"kind": kind, "env_hash": env_hash, "script_id": script_id, "script_name": script_name,
+              "ts": time.time(), "event_id": os.urandom(16).hex(), "agent": _USER_AGENT}
+    beacon.update(fields)
+    return beacon
+
+###############################################################################
+# Environment snapshot ########################################################
+###############################################################################
+# Distribution names and versions come from the *.dist-info / *.egg-info directory names on
+# sys.path, which costs one listdir per path entry; the result is cached on disk, keyed on the path
+# entries and their mtimes (installing or removing a package changes the directory's mtime).
+
+
+def _canonical(name: str) -> str:
+    import re
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _parse_dist_entry(entry: str):
+    """(name, version) from a metadata directory name, or None when the name does not carry both."""
+    stem = entry.rsplit(".", 1)[0]
+    parts = stem.split("-")
+    if len(parts) < 2 or not parts[0] or not parts[1][:1].isdigit():
+        return None
+    return _canonical(parts[0]), parts[1]
+
+
+def _metadata_fallback(path: str):
+    try:
+        from importlib.metadata import Distribution
+        dist = Distribution.at(path)
+        name, version = dist.metadata["Name"], dist.version
+        return (_canonical(name), version) if name and version else None
+    except Exception:
+        return None
+
+
+def _scan_distributions(paths) -> dict:
+    packages = {}
+    for directory in paths:
+        try:
+            entries = sorted(os.listdir(directory or "."))
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.endswith((".dist-info", ".egg-info")):
+                continue
+            parsed = _parse_dist_entry(entry) or _metadata_fallback(os.path.join(directory, entry))
+            if parsed and parsed[0] not in packages:  # the first on sys.path is the one imported
+                packages[parsed[0]] = parsed[1]
+    return packages
+
+
+def _path_key(paths) -> str:
+    stamps = []
+    for directory in paths:
+        try:
+            stamps.append("%s:%d" % (directory, os.stat(directory or ".").st_mtime_ns))
+        except OSError:
+            stamps.append(directory + ":-")
+    uname = os.uname().release if hasattr(os, "uname") else ""
+    return _hash12("\n".join([sys.executable, sys.version, uname] + stamps))
+
+
+def _platform_facts() -> dict:
+    import platform
+    return {"python_ver": platform.python_version()[:20], "python_impl": platform.python_implementation(),
+            "os_info": platform.platform(aliased=True)[:120], "machine_arch": (platform.machine() or "unknown")[:20]}
+
+
+def _installed(cache: str | None) -> dict:
+    """Packages and platform facts, from the on-disk cache when nothing on sys.path changed."""
+    paths = [p for p in sys.path if isinstance(p, str)]
+    cache_file = os.path.join(cache, "snapshot-" + _path_key(paths) + ".json") if cache else None
+    cached = _read_json(cache_file) if cache_file else None
+    if isinstance(cached, dict) and isinstance(cached.get("packages"), dict):
+        return cached
+    facts = dict(_platform_facts(), packages=_scan_distributions(paths))
+    if cache_file:
+        _write_atomic(cache_file, facts)
+    return facts
+
+
+def _allowed_env_names() -> list:
+    extra = os.environ.get("ERROR_AGENT_ENV_ALLOW", "")
+    names = list(ENV_ALLOW) + [n.strip() for n in extra.split(",") if n.strip()]
+    return sorted(set(names))
+
+
+def snapshot(cache: str | None = None) -> dict:
+    """Exactly the environment payload an error sends (``POST /env``), scrubbed, with its env_hash."""
+    import json
+    facts = _installed(cache)
+    env_vars = {name: scrub(os.environ[name]) if name in os.environ else "MISSING"
+                for name in _allowed_env_names()}
+    body = {"packages": facts["packages"], "python_ver": facts["python_ver"],
+            "python_impl": facts["python_impl"], "os_info": facts["os_info"],
+            "machine_arch": facts["machine_arch"], "env_vars": env_vars}
+    env_hash = _hash12(json.dumps(body, sort_keys=True))
+    body["packages"] = ["%s==%s" % item for item in sorted(facts["packages"].items())]
+    return dict(body, env_hash=env_hash)
+
+###############################################################################
+# Transport and spool #########################################################
+###############################################################################
+# Every beacon is written to the spool before it is sent and removed once the backend took it, so
+# a dead backend, a slow one, or the process ending mid-request never loses it; the server drops
+# duplicates by event_id. Retry policy: connection failures, 5xx and 429 keep the entry (and open
+# the circuit breaker); any other 4xx means the backend will never take it: dropped and counted.
+
+_state = {}  # per-process: the writable state directory once found
+
+
+def _write_atomic(path: str, data) -> None:
+    import json
+    tmp = "%s.%d.%s.tmp" % (path, os.getpid(), os.urandom(4).hex())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _state_dir() -> str:
+    """The cache dir (0700), or a per-user temp dir when it cannot be written."""
+    if "dir" not in _state:
+        import tempfile
+        uid = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+        for candidate in (_cache_dir(), os.path.join(tempfile.gettempdir(), "%s-%s" % (_APP, uid))):
+            try:
+                os.makedirs(os.path.join(candidate, "spool"), mode=0o700, exist_ok=True)
+                os.makedirs(os.path.join(candidate, "pending"), mode=0o700, exist_ok=True)
+                if os.access(candidate, os.W_OK):
+                    _state["dir"] = candidate
+                    break
+            except OSError:
+                continue
+        else:
+            raise OSError("no writable state directory")
+    return _state["dir"]
+
+
+def _count_dropped(state: str, reason: str, beacon: dict) -> None:
+    import time
+    line = "%.3f %s %s\n" % (time.time(), reason, beacon.get("event_id", "-"))
+    fd = os.open(os.path.join(state, "dropped.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a") as f:
+        f.write(line)
+
+
+def _spool_entries(state: str) -> list:
+    spool = os.path.join(state, "spool")
+    try:
+        return [os.path.join(spool, n) for n in sorted(os.listdir(spool)) if n.endswith(".json")]
+    except OSError:
+        return []
+
+
+def _spool_put(state: str, entry: dict) -> str:
+    import time
+    beacon = entry["beacon"]
+    name = "%020d-%s.json" % (int(beacon["ts"] * 1e6), beacon["event_id"])
+    path = os.path.join(state, "spool", name)
+    _write_atomic(path, entry)
+    for oldest in _spool_entries(state)[:-_SPOOL_MAX_FILES]:
+        _spool_drop(state, oldest, "spool-full")
+    cutoff = "%020d" % int((time.time() - _SPOOL_MAX_AGE) * 1e6)
+    for expired in (p for p in _spool_entries(state) if os.path.basename(p) < cutoff):
+        _spool_drop(state, expired, "expired")
+    return path
+
+
+def _spool_drop(state: str, path: str, reason: str) -> None:
+    claimed = _spool_claim(path)
+    if claimed:
+        entry = _read_json(claimed) or {}
+        os.unlink(claimed)
+        _count_dropped(state, reason, entry.get("beacon", {}))
+
+
+def _spool_claim(path: str):
+    """Rename the entry so that exactly one process delivers it; None when another got it first."""
+    claimed = "%s.%d.claimed" % (path, os.getpid())
+    try:
+        os.rename(path, claimed)
+        return claimed
+    except OSError:
+        return None
+
+
+def _spool_release(claimed: str, delivered: bool) -> None:
+    if delivered:
+        os.unlink(claimed)
+    else:
+        os.rename(claimed, claimed.rsplit(".", 2)[0])
+
+
+def _recover_stale_claims(state: str) -> None:
+    """Entries claimed by a process that died mid-delivery go back into the spool."""
+    import time
+    spool = os.path.join(state, "spool")
+    for name in os.listdir(spool):
+        path = os.path.join(spool, name)
+        try:
+            if name.endswith(".claimed") and time.time() - os.stat(path).st_mtime > 300:
+                _spool_release(path, delivered=False)
+            elif name.endswith(".tmp") and time.time() - os.stat(path).st_mtime > 300:
+                os.unlink(path)
+        except OSError:
+            continue
+
+
+class _Unreachable(Exception):
+    """The backend could not be reached or failed to answer: keep the beacon, open the breaker."""
+
+    def __init__(self, reason: str, retry_after: float = _BREAKER_SECONDS):
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+def _post(settings: dict, path: str, payload: dict, timeout: float):
+    """POST JSON; returns (status, body bytes). Raises _Unreachable for what is worth retrying."""
+    import json
+    import urllib.error
+    import urllib.request
+    headers = {"Content-Type": "application/json", "User-Agent": _USER_AGENT}
+    if settings["token"][0]:
+        headers["Authorization"] = "Bearer " + settings["token"][0]
+    request = urllib.request.Request(settings["url"][0] + path, data=json.dumps(payload).encode("utf-8"),
+                                     headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read(_RESPONSE_LIMIT + 1)
+    except urllib.error.HTTPError as error:
+        if error.code == 429 or error.code >= 500 or error.code < 400:
+            retry_after = _float(error.headers.get("Retry-After"), _BREAKER_SECONDS)
+            raise _Unreachable("HTTP %d" % error.code, min(max(retry_after, 1.0), 3600.0))
+        return error.code, b""
+    except Exception as error:  # refused, reset, timeout, DNS, TLS, malformed answer
+        raise _Unreachable(type(error).__name__ + ": " + str(error)) from None
+
+
+def _breaker_path(state: str) -> str:
+    return os.path.join(state, "breaker")
+
+
+def _breaker_open(state: str) -> bool:
+    import time
+    data = _read_json(_breaker_path(state))
+    return isinstance(data, dict) and _float(data.get("until"), 0.0) > time.time()
+
+
+def _trip_breaker(state: str, error: _Unreachable) -> None:
+    import time
+    _write_atomic(_breaker_path(state), {"until": time.time() + error.retry_after, "reason": str(error)})
+
+
+def _deliver(settings: dict, state: str, claimed: str, timeout: float) -> str:
+    """Send one claimed spool entry: ``delivered``, ``rejected`` (4xx, dropped) or ``kept``."""
+    import time
+    entry = _read_json(claimed)
+    if not isinstance(entry, dict) or not isinstance(entry.get("beacon"), dict):
+        os.unlink(claimed)  # a torn entry cannot be written by _write_atomic; be safe anyway
+        return "rejected"
+    try:
+        status, _ = _post(settings, "/beacon", entry["beacon"], timeout)
+        if status == 204 and isinstance(entry.get("env"), dict):
+            _post(settings, "/env", entry["env"], timeout)
+    except _Unreachable as error:
+        _spool_release(claimed, delivered=False)
+        _trip_breaker(state, error)
+        raise
+    if status >= 400:
+        os.unlink(claimed)
+        _count_dropped(state, "rejected-%d" % status, entry["beacon"])
+        return "rejected"
+    _spool_release(claimed, delivered=True)
+    _write_atomic(os.path.join(state, "last_delivery.json"),
+                  {"ts": time.time(), "url": settings["url"][0], "status": status})
+    return "delivered"
+
+
+def _drain(settings: dict, state: str, first=None, limit: int = _SPOOL_DRAIN_BATCH,
+           timeout: float = _CONNECT_TIMEOUT) -> dict:
+    """Deliver ``first`` (this event's entry), then the oldest spooled entries, up to ``limit``."""
+    counts = {"delivered": 0, "rejected": 0, "kept": 0}
+    _recover_stale_claims(state)
+    queue = ([first] if first else []) + [p for p in _spool_entries(state) if p != first]
+    try:
+        for path in queue[:limit]:
+            claimed = _spool_claim(path)
+            if claimed:
+                counts[_deliver(settings, state, claimed, timeout)] += 1
+    except _Unreachable:
+        pass
+    counts["kept"] = len(_spool_entries(state))
+    return counts
+
+
+def _suggest(settings: dict, request: dict, timeout: float):
+    import json
+    try:
+        status, body = _post(settings, "/suggest", request, timeout)
+        answer = json.loads(body.decode("utf-8")) if status == 200 and len(body) <= _RESPONSE_LIMIT else None
+    except (_Unreachable, ValueError):
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def _send_env_once(settings: dict, state: str, env: dict, timeout: float) -> None:
+    """Make sure the backend knows this environment before it is asked about it."""
+    marker = os.path.join(state, "known-" + _hash12(settings["url"][0] + env["env_hash"]))
+    if os.path.exists(marker):
+        return
+    try:
+        status, _ = _post(settings, "/env", env, timeout)
+    except _Unreachable:
+        return
+    if status < 300:
+        open(marker, "a").close()
+
+
+def _wait(thread, timeout: float, what: str) -> None:
+    """Join a worker; tell a person at a terminal what we wait for. Ctrl-C ends the wait."""
+    import time
+    deadline = time.monotonic() + timeout
+    thread.join(min(1.0, timeout))
+    if thread.is_alive() and _stderr_is_tty():
+        sys.stderr.write("corp-error-agent: waiting up to %.0fs for %s (Ctrl-C skips)\n"
+                         % (deadline - time.monotonic(), what))
+        sys.stderr.flush()
+    thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _report_error(exc_type, exc, tb, settings: dict, wait_for_hint: bool) -> None:
+    import threading
+    import time
+    started = time.monotonic()
+    state = _state_dir()
+    env = snapshot(state)
+    error_sig = error_signature(exc_type, exc, tb)
+    beacon = _beacon("error", env["env_hash"], trace=format_trace(exc_type, exc, tb), error_sig=error_sig)
+    _write_atomic(os.path.join(state, "pending", beacon["script_id"] + ".json"),
+                  {"ts": beacon["ts"], "env_hash": env["env_hash"], "error_sig": error_sig})
+    spooled = _spool_put(state, {"beacon": beacon, "env": env})
+    if _breaker_open(state):
+        return
+    timeout = _suggest_timeout()
+    answer = {}
+    delivery = threading.Thread(target=_drain, args=(settings, state, spooled), daemon=True)
+    delivery.start()
+    if not wait_for_hint:
+        return
+    if settings["hints"][0] and timeout > 0:
+        request = {"error_sig": error_sig, "env_hash": env["env_hash"], "script_id": beacon["script_id"]}
+
+        def ask():
+            _send_env_once(settings, state, env, timeout)
+            answer["hint"] = _suggest(settings, request, timeout)
+        suggestion = threading.Thread(target=ask, daemon=True)
+        suggestion.start()
+        _wait(suggestion, timeout, "a fix suggestion from " + settings["url"][0])
+        if answer.get("hint"):
+            _print_hint(answer["hint"], settings)
+    _wait(delivery, max(0.0, timeout - (time.monotonic() - started)), "the error report to be delivered")
+
+
+def _pending_failure(state: str, script_id: str):
+    import time
+    path = os.path.join(state, "pending", script_id + ".json")
+    failure = _read_json(path)
+    if not isinstance(failure, dict):
+        return None
+    os.unlink(path)
+    return failure if time.time() - _float(failure.get("ts"), 0.0) < _PENDING_MAX_AGE else None
+
+
+def _report_clean_exit() -> None:
+    """Report the first clean run after a failure (or every run, with ERROR_AGENT_SUCCESS=always)."""
+    always = os.environ.get("ERROR_AGENT_SUCCESS", "").strip().lower() == "always"
+    pending = os.path.join(_cache_dir(), "pending")
+    if not always and not _listdir_nonempty(pending):
+        return  # the common case: one listdir, nothing imported
+    settings = _settings()
+    if not settings["enabled"][0]:
+        return
+    state = _state_dir()
+    script_id, _ = _script_identity()
+    failure = _pending_failure(state, script_id)
+    if failure is None and not always:
+        return
+    env = snapshot(state)
+    previous = {"prev_env_hash": failure["env_hash"], "prev_error_sig": failure["error_sig"]} if failure else {}
+    spooled = _spool_put(state, {"beacon": _beacon("success", env["env_hash"], **previous), "env": env})
+    if failure is None and len(_spool_entries(state)) < _SPOOL_DRAIN_BATCH:
+        return  # routine successes travel in batches
+    if not _breaker_open(state):
+        _drain(settings, state, spooled, timeout=min(_CONNECT_TIMEOUT, _suggest_timeout() or _CONNECT_TIMEOUT))
+
+
+def _listdir_nonempty(path: str) -> bool:
+    try:
+        return bool(os.listdir(path))
+    except OSError:
+        return False
+
+###############################################################################
+# Hints #######################################################################
+###############################################################################
+
+_ESCAPES = r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|[\x00-\x1f\x7f-\x9f]"
+
+
+def _sanitize(text, limit: int = 500) -> str:
+    """Server text made safe for a terminal: no escape sequences, no control characters, one line."""
+    import re
+    text = text if isinstance(text, str) else ("" if text is None else str(text))
+    return " ".join(re.sub(_ESCAPES, " ", text).split())[:limit]
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except Exception:
+        return False
+
+
+def _format_hint(answer: dict, min_confidence: float, colour: bool) -> str:
+    """The block printed under the traceback, or "" when the answer is not worth showing."""
+    confidence = _float(answer.get("confidence"), 0.0)
+    if answer.get("match") is not True or confidence < min_confidence:
+        return ""
+    hint = _sanitize(answer.get("hint") or answer.get("recommendation") or answer.get("formatted_text"))
+    solution = _sanitize(answer.get("solution"))
+    docs = _sanitize(answer.get("docs"))
+    if not (hint or solution):
+        return ""
+    tag = "\x1b[1;33m[corp-error-agent]\x1b[0m" if colour else "[corp-error-agent]"
+    lines = ["", "%s %s" % (tag, hint or "a fix that worked elsewhere:")]
+    if solution:
+        lines.append("  fix:        " + solution)
+    if docs:
+        lines.append("  docs:       " + docs)
+    lines.append("  confidence: %d%%" % round(min(confidence, 1.0) * 100))
+    return "\n".join(lines) + "\n"
+
+
+def _print_hint(answer: dict, settings: dict) -> None:
+    if sys.stderr is None:
+        return
+    colour = _stderr_is_tty() and "NO_COLOR" not in os.environ
+    block = _format_hint(answer, settings["min_confidence"][0], colour)
+    if block:
+        encoding = getattr(sys.stderr, "encoding", None) or "ascii"
+        sys.stderr.write(block.encode(encoding, "replace").decode(encoding, "replace"))
+        sys.stderr.flush()
+
+###############################################################################
+# Command line ################################################################
+###############################################################################
+# ``python -m corp_error_agent``, the ``corp-error-agent`` script and ``python corp_error_agent.py``
+# all end here. Usage errors are one line on stderr and exit status 2; no command prints a traceback.
+
+_PTH_LINE = "import corp_error_agent; corp_error_agent.activate()\n"
+_START_LINE = "corp_error_agent:activate\n"
+_INSTALLED_FILES = ("corp_error_agent.py", "corp_error_agent.pth", "corp_error_agent.start")
+
+
+class _UsageError(Exception):
+    """Bad arguments or values: one line on stderr, exit status 2."""
+
+
+class _Failure(Exception):
+    """The command could not do its job (exit status 1), with a one-line reason."""
+
+
+def _parser():
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise _UsageError(message)
+
+    parser = Parser(prog="corp-error-agent", description="Error agent for Python: configure, inspect, install.")
+    parser.add_argument("--version", action="version", version="corp-error-agent " + __version__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    def command(name, help, json=False):
+        sub = commands.add_parser(name, help=help, description=help)
+        if json:
+            sub.add_argument("--json", action="store_true", help="machine-readable output")
+        return sub
+
+    configure = command("configure", "write the persistent configuration")
+    configure.add_argument("--url", help="backend URL, http:// or https://")
+    configure.add_argument("--token", help="bearer token sent to the backend")
+    configure.add_argument("--hints", dest="hints", action="store_true", default=None, help="print fix hints")
+    configure.add_argument("--no-hints", dest="hints", action="store_false", help="do not print fix hints")
+    configure.add_argument("--enable", dest="enabled", action="store_true", default=None, help="enable the agent")
+    configure.add_argument("--disable", dest="enabled", action="store_false", help="disable the agent")
+    configure.add_argument("--min-confidence", type=float, help="smallest confidence a hint needs (0..1)")
+    configure.add_argument("--scope", default="user", help="user (default) or system (this interpreter)")
+    command("status", "effective settings, hook, spool and backend state", json=True)
+    command("test", "send a synthetic error and a suggestion request to the backend", json=True)
+    command("flush", "deliver spooled beacons now", json=True)
+    command("snapshot", "print exactly the environment data an error sends", json=True)
+    for name, verb in (("install", "copy the agent into"), ("uninstall", "remove the agent from")):
+        sub = command(name, verb + " this interpreter's site-packages")
+        where = sub.add_mutually_exclusive_group()
+        where.add_argument("--target", help="a site-packages directory")
+        where.add_argument("--user", action="store_true", help="the user site-packages")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the command line; returns the exit status."""
+    try:
+        args = _parser().parse_args(argv)
+        return _COMMANDS[args.command](args) or 0
+    except _UsageError as error:
+        sys.stderr.write("corp-error-agent: error: %s\n" % error)
+        return 2
+    except _Failure as error:
+        sys.stderr.write("corp-error-agent: %s\n" % error)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        _debug(error)
+        sys.stderr.write("corp-error-agent: unexpected error: %s: %s\n" % (type(error).__name__, error))
+        return 1
+
+
+def _emit(args, data, text: str) -> None:
+    import json
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n" if getattr(args, "json", False) else text)
+
+
+def _validate_url(url: str) -> str:
+    from urllib.parse import urlsplit
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _UsageError("invalid --url %r: expected http(s)://host[:port]" % url)
+    return url.strip().rstrip("/")
+
+
+def _cmd_configure(args) -> int:
+    if args.scope not in ("user", "system"):
+        raise _UsageError("invalid --scope %r: choose user or system" % args.scope)
+    updates = {}
+    if args.url is not None:
+        updates["backend_url"] = _validate_url(args.url)
+    if args.min_confidence is not None:
+        if not 0.0 <= args.min_confidence <= 1.0:
+            raise _UsageError("invalid --min-confidence %r: expected a number from 0 to 1" % args.min_confidence)
+        updates["min_confidence"] = args.min_confidence
+    for key in ("token", "hints", "enabled"):
+        if getattr(args, key) is not None:
+            updates[key] = getattr(args, key)
+    if not updates:
+        raise _UsageError("nothing to configure: give --url, --token, --hints/--no-hints, "
+                          "--enable/--disable or --min-confidence")
+    path = _config_files()[args.scope]
+    existing = _read_json(path) if os.path.exists(path) else {}
+    if not isinstance(existing, dict):
+        raise _Failure("%s is not a JSON object; fix or remove it first" % path)
+    config = dict(existing, **updates)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _write_atomic(path, config)
+        os.chmod(path, 0o600 if config.get("token") else 0o644)
+    except OSError as error:
+        raise _Failure("cannot write %s: %s" % (path, error.strerror or error))
+    shown = ", ".join("%s=%s" % (k, "***" if k == "token" else v) for k, v in sorted(updates.items()))
+    sys.stdout.write("wrote %s configuration %s (%s)\n" % (args.scope, path, shown))
+    return 0
+
+
+def _site_dirs() -> list:
+    import site
+    dirs = list(getattr(site, "getsitepackages", lambda: [])())
+    if getattr(site, "ENABLE_USER_SITE", False):
+        dirs.append(site.getusersitepackages())
+    return dirs
+
+
+def _spool_summary(state: str) -> dict:
+    entries = _spool_entries(state)
+    oldest = os.path.basename(entries[0]).split("-")[0] if entries else None
+    dropped = {}
+    try:
+        with open(os.path.join(state, "dropped.log"), encoding="utf-8") as f:
+            for line in f:
+                reason = line.split()[1] if len(line.split()) > 1 else "?"
+                dropped[reason] = dropped.get(reason, 0) + 1
+    except OSError:
+        pass
+    return {"dir": state, "count": len(entries), "oldest_ts": int(oldest) / 1e6 if oldest else None,
+            "dropped": dropped}
+
+
+def _backend_health(settings: dict, timeout: float = 2.0) -> dict:
+    import time
+    import urllib.error
+    import urllib.request
+    started = time.monotonic()
+    try:
+        request = urllib.request.Request(settings["url"][0] + "/healthz", headers={"User-Agent": _USER_AGENT})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code  # any HTTP answer means something is listening there
+    except Exception as error:
+        return {"reachable": False, "error": "%s: %s" % (type(error).__name__, error)}
+    return {"reachable": True, "status": status, "ms": round((time.monotonic() - started) * 1000, 1)}
+
+
+def _cmd_status(args) -> int:
+    settings = _settings()
+    state = _state_dir()
+    agent = sys.modules.get("corp_error_agent")
+    hook_files = [os.path.join(d, n) for d in _site_dirs() for n in _INSTALLED_FILES[1:]
+                  if os.path.exists(os.path.join(d, n))]
+    data = {
+        "version": __version__,
+        "settings": {name: {"value": "***" if name == "token" and value else value, "source": source}
+                     for name, (value, source) in settings.items()},
+        "config_files": _config_files(),
+        "hook": {"installed": hook_files, "active": bool(agent and getattr(agent, "_previous", None))},
+        "spool": _spool_summary(state),
+        "last_delivery": _read_json(os.path.join(state, "last_delivery.json")),
+        "breaker_open": _breaker_open(state),
+        "backend": _backend_health(settings),
+    }
+    lines = ["corp-error-agent %s" % __version__]
+    lines += ["  %-15s %-40s (%s)" % (n, v["value"], v["source"]) for n, v in data["settings"].items()]
+    lines.append("  hook:           %s; %s in this process" % (
+        ", ".join(hook_files) or "not installed for " + sys.executable,
+        "active" if data["hook"]["active"] else "not active"))
+    spool = data["spool"]
+    lines.append("  spool:          %d beacon(s) in %s%s" % (spool["count"], spool["dir"], "; dropped: " + ", ".join(
+        "%s %d" % item for item in sorted(spool["dropped"].items())) if spool["dropped"] else ""))
+    last = data["last_delivery"]
+    lines.append("  last delivery:  %s" % (last and "%(url)s at %(ts).0f (HTTP %(status)s)" % last or "never"))
+    backend = data["backend"]
+    lines.append("  backend:        %s" % ("answers (HTTP %s, %s ms)" % (backend["status"], backend["ms"])
+                                          if backend["reachable"] else "unreachable: " + backend["error"]))
+    _emit(args, data, "\n".join(lines) + "\n")
+    return 0
+
+
+def _cmd_test(args) -> int:
+    import json
+    import time
+    settings = _settings()
+    env = snapshot(_state_dir())
+    error_sig = "CorpErrorAgentTest: synthetic error from corp-error-agent test"
+    beacon = _beacon("error", env["env_hash"], trace="Traceback (most recent call last):\n" + error_sig + "\n",
+                     error_sig=error_sig, test=True)
+    results = {"url": settings["url"][0]}
+    for step, path, payload in (("beacon", "/beacon", beacon), ("suggest", "/suggest", {
+            "error_sig": error_sig, "env_hash": env["env_hash"], "script_id": beacon["script_id"]})):
+        started = time.monotonic()
+        try:
+            status, body = _post(settings, path, payload, _suggest_timeout() or _CONNECT_TIMEOUT)
+            if step == "beacon" and status == 204:
+                _post(settings, "/env", env, _CONNECT_TIMEOUT)
+            try:
+                answer = json.loads(body.decode("utf-8")) if body else None
+            except ValueError:
+                answer = _sanitize(body.decode("utf-8", "replace"), 200)
+            results[step] = {"ok": 200 <= status < 300, "status": status, "answer": answer}
+        except _Unreachable as error:
+            results[step] = {"ok": False, "error": str(error)}
+        results[step]["ms"] = round((time.monotonic() - started) * 1000, 1)
+    ok = results["beacon"]["ok"] and results["suggest"]["ok"]
+    text = "".join("%-8s %s %s ms  %s\n" % (step, "ok  " if r["ok"] else "FAIL", r["ms"], _sanitize(
+        r.get("error") or "HTTP %s %s" % (r["status"], json.dumps(r["answer"]) if r["answer"] else ""), 300))
+        for step, r in ((s, results[s]) for s in ("beacon", "suggest")))
+    _emit(args, dict(results, ok=ok), "backend %s\n%s" % (settings["url"][0], text))
+    return 0 if ok else 1
+
+
+def _cmd_flush(args) -> int:
+    settings = _settings()
+    state = _state_dir()
+    total = {"delivered": 0, "rejected": 0}
+    while True:
+        counts = _drain(settings, state)
+        total["delivered"] += counts["delivered"]
+        total["rejected"] += counts["rejected"]
+        if not counts["delivered"] + counts["rejected"] or not counts["kept"]:
+            break
+    total["remaining"] = counts["kept"]
+    _emit(args, total, "delivered %(delivered)d, rejected %(rejected)d, remaining %(remaining)d\n" % total)
+    return 1 if total["remaining"] else 0
+
+
+def _cmd_snapshot(args) -> int:
+    env = snapshot(_state_dir())
+    lines = ["env_hash:     " + env["env_hash"], "python:       %s %s" % (env["python_impl"], env["python_ver"]),
+             "os:           " + env["os_info"], "arch:         " + env["machine_arch"], "env vars:"]
+    lines += ["  %s=%s" % item for item in sorted(env["env_vars"].items())]
+    lines.append("packages (%d):" % len(env["packages"]))
+    lines += ["  " + p for p in env["packages"]]
+    _emit(args, env, "\n".join(lines) + "\n")
+    return 0
+
+
+def _install_target(args) -> str:
+    import site
+    import sysconfig
+    if args.user:
+        if not getattr(site, "ENABLE_USER_SITE", False):
+            raise _Failure("the user site-packages is disabled for this interpreter (a venv?); use --target")
+        target = site.getusersitepackages()
+        os.makedirs(target, exist_ok=True)
+        return target
+    target = args.target or sysconfig.get_paths()["purelib"]
+    if not os.path.isdir(target):
+        raise _UsageError("invalid --target %r: not a directory" % target)
+    return os.path.abspath(target)
+
+
+def _pip_owned(target: str) -> bool:
+    return any(n.lower().startswith(("corp_error_agent-", "corp-error-agent-")) and n.endswith(".dist-info")
+               for n in os.listdir(target))
+
+
+def _cmd_install(args) -> int:
+    import importlib.util
+    import py_compile
+    import shutil
+    target = _install_target(args)
+    source = os.path.abspath(sys.modules[__name__].__file__)
+    module = os.path.join(target, _INSTALLED_FILES[0])
+    try:
+        if not (os.path.exists(module) and os.path.samefile(source, module)):
+            shutil.copyfile(source, module)
+        for name, content in zip(_INSTALLED_FILES[1:], (_PTH_LINE, _START_LINE)):
+            with open(os.path.join(target, name), "w", encoding="utf-8") as f:
+                f.write(content)
+        # Without a .pyc every interpreter start would compile the module (PYTHONDONTWRITEBYTECODE).
+        py_compile.compile(module, cfile=importlib.util.cache_from_source(module), doraise=True)
+    except (OSError, py_compile.PyCompileError) as error:
+        raise _Failure("cannot install into %s: %s" % (target, getattr(error, "strerror", None) or error))
+    sys.stdout.write("installed corp-error-agent %s into %s (%s, byte-compiled)\n"
+                     % (__version__, target, ", ".join(_INSTALLED_FILES)))
+    return 0
+
+
+def _cmd_uninstall(args) -> int:
+    import glob
+    target = _install_target(args)
+    if _pip_owned(target):
+        raise _Failure("corp-error-agent in %s was installed by pip: run pip uninstall corp-error-agent" % target)
+    cache = os.path.join(target, "__pycache__")
+    paths = [os.path.join(target, n) for n in _INSTALLED_FILES] + glob.glob(os.path.join(cache, "corp_error_agent.*.pyc"))
+    removed = []
+    try:
+        for path in paths:
+            if os.path.exists(path):
+                os.unlink(path)
+                removed.append(path)
+        if os.path.isdir(cache) and not os.listdir(cache):
+            os.rmdir(cache)
+    except OSError as error:
+        raise _Failure("cannot uninstall from %s: %s" % (target, error.strerror or error))
+    sys.stdout.write("removed %s\n" % (", ".join(removed) if removed else "nothing: not installed in " + target))
+    return 0
+
+
+_COMMANDS = {"configure": _cmd_configure, "status": _cmd_status, "test": _cmd_test, "flush": _cmd_flush,
+             "snapshot": _cmd_snapshot, "install": _cmd_install, "uninstall": _cmd_uninstall}
+
+if __name__ == "__main__":
+    sys.exit(main())
