@@ -1,0 +1,44 @@
+"""corp-error-server: the reference backend of corp-error-agent.
+
+``create_app(db_path, ...)`` returns a WSGI application; ``app`` is one ready for any WSGI server
+(gunicorn, waitress), storing into ``$CORP_ERROR_SERVER_DB`` or the per-user data directory and
+requiring ``$CORP_ERROR_SERVER_TOKEN`` as bearer token when that is set. It opens its database on
+the first request, so importing this package touches no file.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Optional
+
+from .app import DEFAULT_MAX_BODY, DEFAULT_RETENTION_DAYS, create_app
+
+__all__ = ["create_app", "app", "default_db_path", "DEFAULT_MAX_BODY", "DEFAULT_RETENTION_DAYS"]
+
+
+def default_db_path() -> str:
+    """``$CORP_ERROR_SERVER_DB``, else ``$XDG_DATA_HOME`` (or ~/.local/share)/corp_error_server/errors.db."""
+    explicit = os.environ.get("CORP_ERROR_SERVER_DB")
+    if explicit:
+        return explicit
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(data, "corp_error_server", "errors.db")
+
+
+class _LazyApp:
+    """The WSGI callable behind ``app``: builds the real application on the first request."""
+
+    def __init__(self) -> None:
+        self._app = None
+        self._lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        if self._app is None:
+            with self._lock:
+                if self._app is None:
+                    token: Optional[str] = os.environ.get("CORP_ERROR_SERVER_TOKEN") or None
+                    self._app = create_app(default_db_path(), token=token)
+        return self._app(environ, start_response)
+
+
+app = _LazyApp()

@@ -1,0 +1,65 @@
+"""``corp-error-server`` / ``python -m corp_error_server``: serve, or ``demo``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import DEFAULT_MAX_BODY, DEFAULT_RETENTION_DAYS, default_db_path
+    parser = argparse.ArgumentParser(
+        prog="corp-error-server",
+        description="Serve the corp-error-agent backend (default), or run `corp-error-server demo ...`.",
+        epilog="The token may also come from $CORP_ERROR_SERVER_TOKEN (kept out of the process list).")
+    parser.add_argument("command", nargs="?", choices=["serve"], default="serve", help=argparse.SUPPRESS)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    parser.add_argument("--db", default=default_db_path(), help="SQLite database file (default: %(default)s)")
+    parser.add_argument("--token", default=os.environ.get("CORP_ERROR_SERVER_TOKEN") or None,
+                        help="require `Authorization: Bearer TOKEN` on every route but /healthz")
+    parser.add_argument("--retention-days", type=float, default=DEFAULT_RETENTION_DAYS,
+                        help="delete beacons older than this (default: %(default)s)")
+    parser.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, help="request body limit in bytes")
+    parser.add_argument("--timeout", type=float, default=10.0, help="per-connection socket timeout in seconds")
+    return parser
+
+
+def _demo(argv: List[str]) -> int:
+    try:
+        from . import demo
+    except ImportError as error:
+        print("corp-error-server: the demo is not available (%s)" % error, file=sys.stderr)
+        return 1
+    return demo.main(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:
+        return _demo(argv[1:])
+    args = _parser().parse_args(argv)
+    if not 0 <= args.port <= 65535 or args.retention_days <= 0 or args.max_body <= 0 or args.timeout <= 0:
+        print("corp-error-server: --port, --retention-days, --max-body and --timeout must be in range",
+              file=sys.stderr)
+        return 2
+    from . import create_app
+    from .server import make_server, serve
+    try:
+        app = create_app(args.db, token=args.token, retention_days=args.retention_days, max_body=args.max_body)
+    except Exception as error:
+        print("corp-error-server: cannot open database %s: %s" % (args.db, error), file=sys.stderr)
+        return 1
+    try:
+        server = make_server(app, args.host, args.port, request_timeout=args.timeout)
+    except OSError as error:
+        print("corp-error-server: cannot listen on %s:%d: %s" % (args.host, args.port, error), file=sys.stderr)
+        return 1
+    serve(server)
+    app.storage.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
