@@ -13,7 +13,7 @@ import shlex
 from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 ABSENT = "<absent>"            # value of a package / env var a run did not have
-MIN_CONFIDENCE = 0.4           # below this the engine abstains (the 0.4.2 client prints from 0.6)
+MIN_CONFIDENCE = 0.5           # below this the engine abstains (tuned with bench/engine_quality.py)
 _Z = 1.0                       # Wilson bound width: small counts stay modest, 7/7 is not 100%
 _PAIR_WEIGHT = 0.65            # confidence from one observed fix that changed a single thing
 _TIE = 0.02                    # relative score difference under which two candidates are tied
@@ -127,10 +127,11 @@ def with_absent(values: Mapping[str, Tuple[int, int]], fails: int, oks: int) -> 
 def separation(feature: str, values: Mapping[str, Tuple[int, int]], fails: int, oks: int) -> Separation:
     """How well the feature's values split failing from succeeding runs (0..1, count-aware).
 
-    A value leans to failure when its share of the failing runs is at least its share of the
-    succeeding runs (shares, not raw counts: successes are reported far less often than failures).
-    The score is the lower bound of the failures explained by failure-leaning values times that of
-    the successes explained by success-leaning values.
+    A value leans to success when its share of the succeeding runs is above its share of the
+    failing runs (shares, not counts: a script fails many times and reports one success). The
+    score multiplies lower bounds of: the failures on failure-leaning values, the successes on
+    success-leaning values, and how pure the success-leaning values are (a real cause leaves no
+    failure on the values that fix it; chance does).
     """
     bad: List[str] = []
     good: List[Tuple[int, int, str]] = []
@@ -139,12 +140,15 @@ def separation(feature: str, values: Mapping[str, Tuple[int, int]], fails: int, 
             good.append((-b, a, value))
         elif a:
             bad.append(value)
-    explained_fails = sum(values[v][0] for v in bad)
-    explained_oks = sum(-b for b, _, _ in good)
-    score = wilson_lower(explained_fails, fails) * wilson_lower(explained_oks, oks)
+    fails_on_bad = sum(values[v][0] for v in bad)
+    oks_on_good = sum(-b for b, _, _ in good)
+    fails_on_good = sum(a for _, a, _ in good)
+    score = (wilson_lower(fails_on_bad, fails) * wilson_lower(oks_on_good, oks)
+             * wilson_lower(oks_on_good, oks_on_good + fails_on_good))
     if len(values) > _MAX_VALUES:
         score = 0.0
     return Separation(feature, score, tuple(sorted(bad)), tuple(v for _, _, v in sorted(good)), dict(values))
+
 
 ###############################################################################
 # Candidates and the answer ###################################################
@@ -201,29 +205,32 @@ def pair_support(pairs: Sequence[FixPair], mentions: Set[str]) -> Dict[Tuple[str
 
 
 def _population_candidates(seps: Iterable[Separation], requester: Features, mentions: Set[str]
-                           ) -> Dict[Tuple[str, str], Candidate]:
-    found: Dict[Tuple[str, str], Candidate] = {}
+                           ) -> Dict[str, Candidate]:
+    found: Dict[str, Candidate] = {}
     for sep in seps:
         current = requester.get(sep.feature, ABSENT)
         if not sep.good or current in sep.good or sep.score <= 0:
             continue
         target = sep.good[0]
-        found[(sep.feature, target)] = Candidate(sep.feature, current, target, sep.score, sep.score, 0,
+        found[sep.feature] = Candidate(sep.feature, current, target, sep.score, sep.score, 0,
                                                  _is_mentioned(sep.feature, mentions))
     return found
 
 
-def _combine(population: Dict[Tuple[str, str], Candidate], support: Mapping[Tuple[str, str], Tuple[float, int]],
+def _combine(population: Dict[str, Candidate], support: Mapping[Tuple[str, str], Tuple[float, int]],
              requester: Features, mentions: Set[str]) -> List[Candidate]:
+    """One candidate per feature: population score and observed fixes towards the same value combined."""
     combined = dict(population)
-    for (feature, target), (pair_conf, n) in support.items():
+    for (feature, target), (pair_conf, n) in sorted(support.items(), key=lambda kv: -kv[1][0]):
         current = requester.get(feature, ABSENT)
-        if current == target:
-            continue
-        base = combined.get((feature, target))
-        pop = base.population if base else 0.0
-        combined[(feature, target)] = Candidate(feature, current, target, 1 - (1 - pop) * (1 - pair_conf),
-                                                pop, n, _is_mentioned(feature, mentions))
+        base = combined.get(feature)
+        if current == target or (base is not None and base.pairs):
+            continue   # the requester already has it, or a better-supported fix of this feature is in
+        pop = base.population if base is not None and base.target == target else 0.0
+        candidate = Candidate(feature, current, target, 1 - (1 - pop) * (1 - pair_conf), pop, n,
+                              _is_mentioned(feature, mentions))
+        if base is None or candidate.confidence > base.confidence:
+            combined[feature] = candidate
     return list(combined.values())
 
 
