@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The one test command (README names it; .ci/run calls it).
+#
+# From nothing but pyenv's CPythons and PyPI: builds a tooling venv under .cache/ with the 3.11
+# interpreter, installs pytest (+ hypothesis, build, hatchling), builds this repo's wheel once into
+# .cache/dist, reports which CPython 3.8-3.13 the agent tests will drive, then runs pytest.
+# Extra arguments go to pytest:  bash tests/run_tests.sh -k hint -x
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+CACHE="$ROOT/.cache"
+mkdir -p "$CACHE"
+
+if command -v pyenv >/dev/null 2>&1; then
+    PYENV_ROOT_DIR="$(pyenv root)"
+else
+    PYENV_ROOT_DIR="${PYENV_ROOT:-$HOME/.pyenv}"
+fi
+export CEA_PYENV_ROOT="$PYENV_ROOT_DIR"
+
+# Highest installed patch release of CPython 3.<minor> under pyenv, or nothing.
+find_python() {
+    local minor="$1" best="" v
+    [ -d "$PYENV_ROOT_DIR/versions" ] || return 0
+    for v in $(ls "$PYENV_ROOT_DIR/versions" 2>/dev/null | grep -E "^3\.${minor}\.[0-9]+$" | sort -t. -k3,3n); do
+        [ -x "$PYENV_ROOT_DIR/versions/$v/bin/python" ] && best="$PYENV_ROOT_DIR/versions/$v/bin/python"
+    done
+    echo "$best"
+}
+
+TOOL_PY="$(find_python 11)"
+if [ -z "$TOOL_PY" ]; then
+    TOOL_PY="$(command -v python3 || true)"
+fi
+if [ -z "$TOOL_PY" ]; then
+    echo "run_tests.sh: no Python 3.11 under $PYENV_ROOT_DIR/versions and no python3 on PATH" >&2
+    exit 2
+fi
+
+VENV="$CACHE/tools-venv"
+STAMP="$VENV/.requirements-installed"
+REQS="pytest>=7 hypothesis>=6 build>=1 hatchling>=1.18"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$REQS" ]; then
+    echo "== creating tooling venv with $TOOL_PY"
+    rm -rf "$VENV"
+    "$TOOL_PY" -m venv "$VENV" || exit 2
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip || exit 2
+    # shellcheck disable=SC2086
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check $REQS || exit 2
+    echo "$REQS" > "$STAMP"
+fi
+PY="$VENV/bin/python"
+echo "== tooling: $("$PY" -c 'import sys, pytest; print("Python", sys.version.split()[0], "/ pytest", pytest.__version__)')"
+
+# Build the wheel once per run (the agent tests install it into their venvs).
+DIST="$CACHE/dist"
+if [ -n "${CEA_PREBUILT_WHEEL:-}" ]; then   # development only: use a wheel built elsewhere
+    rm -rf "$DIST"; mkdir -p "$DIST"; cp "$CEA_PREBUILT_WHEEL" "$DIST/"
+else
+rm -rf "$DIST"
+mkdir -p "$DIST"
+if ! "$PY" -m build --wheel --no-isolation --outdir "$DIST" . >"$CACHE/build.log" 2>&1; then
+    cat "$CACHE/build.log" >&2
+    echo "run_tests.sh: building the wheel failed" >&2
+    exit 2
+fi
+rm -rf "$ROOT/build"
+fi
+export CEA_WHEEL="$(ls "$DIST"/*.whl | head -n1)"
+echo "== wheel: ${CEA_WHEEL#$ROOT/}"
+
+# The interpreters the agent tests are parametrised over (tests/support.py finds the same ones).
+for minor in 8 9 10 11 12 13; do
+    p="$(find_python "$minor")"
+    if [ -n "$p" ]; then
+        echo "   3.$minor: $p"
+    else
+        echo "   SKIP 3.$minor: not installed (no $PYENV_ROOT_DIR/versions/3.$minor.*/bin/python)"
+    fi
+done
+
+export CEA_CACHE="$CACHE"
+export PYTHONDONTWRITEBYTECODE=1
+"$PY" -m pytest tests/ -q -rs -p no:cacheprovider "$@"
+rc=$?
+exit $rc
