@@ -1,0 +1,219 @@
+"""The HTTP API of a real server process: flows, dedupe, bad input, auth, limits."""
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import sqlite3
+
+import pytest
+
+from conftest import env_body, error_beacon
+
+SIG = "AttributeError: module 'packaging.version' has no attribute 'LegacyVersion' @ __main__.main"
+OLD_SIG = "attributeerror: module 'packaging.version' has no attribute 'legacyversion'. did you mean: 'version'?"
+
+
+def _stored(server) -> int:
+    status, body = server.request("GET", "/api/errors")
+    assert status == 200
+    return sum(group["count"] for group in body["groups"])
+
+
+def test_health_and_openapi(server):
+    assert server.request("GET", "/healthz") == (200, {"ok": True, "schema_version": 1})
+    status, spec = server.request("GET", "/openapi.json")
+    assert status == 200 and spec["openapi"].startswith("3.")
+    assert {"/beacon", "/env", "/suggest", "/healthz", "/api/errors", "/api/errors/{id}", "/openapi.json"} <= set(
+        spec["paths"])
+
+
+def test_beacon_before_env_is_counted_when_env_arrives(server):
+    assert server.request("POST", "/beacon", error_beacon("e1", "s1", SIG))[0] == 204
+    assert server.request("POST", "/env", env_body("e1", {"packaging": "23.2"}))[0] == 201
+    assert server.request("POST", "/env", env_body("e1", {"packaging": "23.2"}))[0] == 200   # idempotent
+    assert server.request("POST", "/beacon", error_beacon("e1", "s1", SIG))[0] == 200
+    status, body = server.request("GET", "/api/errors")
+    group = body["groups"][0]
+    assert (group["count"], group["failing_runs"], group["scripts"], group["envs_affected"]) == (2, 2, 1, 1)
+
+
+def test_repeated_event_id_is_stored_once(server):
+    server.request("POST", "/env", env_body("e1", {"packaging": "23.2"}))
+    beacon = error_beacon("e1", "s1", SIG, event_id="a" * 32)
+    assert server.request("POST", "/beacon", beacon) == (200, {"ok": True, "duplicate": False})
+    assert server.request("POST", "/beacon", beacon) == (200, {"ok": True, "duplicate": True})
+    assert _stored(server) == 1
+
+
+def test_population_suggestion_for_both_signature_styles(server):
+    for i in range(7):
+        server.request("POST", "/env", env_body("bad%d" % i, {"packaging": "23.2", "requests": "2.%d" % (i % 2)}))
+        server.request("POST", "/beacon", error_beacon("bad%d" % i, "s%d" % i, SIG))
+    for i in range(5):
+        server.request("POST", "/env", env_body("ok%d" % i, {"packaging": "21.3", "requests": "2.%d" % (i % 2)}))
+        server.request("POST", "/beacon", {"kind": "success", "env_hash": "ok%d" % i, "script_id": "s%d" % i,
+                                           "ts": "2024-05-01T10:00:00Z"})
+    for sig in (SIG, OLD_SIG):
+        status, answer = server.request("POST", "/suggest", {"error_sig": sig, "env_hash": "bad0"})
+        assert status == 200 and answer["match"] is True
+        assert answer["solution"] == 'pip install "packaging==21.3"'
+        assert answer["recommendation"] == answer["hint"]
+        assert "fails in 7/7 runs with packaging 23.2; succeeds in 5/5 with 21.3" in answer["hint"]
+        assert 0.5 <= answer["confidence"] <= 1
+    # the requester that already has the success value gets no suggestion
+    assert server.request("POST", "/suggest", {"error_sig": SIG, "env_hash": "ok0"})[1]["match"] is False
+    status, group = server.request("GET", "/api/errors/1")
+    assert status == 200 and group["comparison"][0]["feature"] == "pkg:packaging" and group["recent"]
+
+
+def test_observed_fix_pair_is_enough(server):
+    server.request("POST", "/env", env_body("before", {"packaging": "23.2", "rich": "13.0"}))
+    server.request("POST", "/env", env_body("after", {"packaging": "21.3", "rich": "13.0"}))
+    server.request("POST", "/beacon", error_beacon("before", "s1", SIG))
+    server.request("POST", "/beacon", {"kind": "success", "env_hash": "after", "script_id": "s1", "ts": 1700000100,
+                                       "prev_env_hash": "before", "prev_error_sig": SIG})
+    answer = server.request("POST", "/suggest", {"error_sig": SIG, "env_hash": "before", "script_id": "s1"})[1]
+    assert answer["match"] is True and answer["solution"] == 'pip install "packaging==21.3"'
+    assert answer["evidence"]["observed_fixes"] == 1
+
+
+@pytest.mark.parametrize("path,body,fragment", [
+    ("/beacon", {"env_hash": "e", "script_id": "s", "ts": 1, "error_sig": "X: y"}, "missing field: kind"),
+    ("/beacon", {"kind": "oops", "env_hash": "e", "script_id": "s", "ts": 1, "error_sig": "X: y"}, "kind"),
+    ("/beacon", {"kind": "error", "env_hash": "e" * 13, "script_id": "s", "ts": 1, "error_sig": "X: y"}, "env_hash"),
+    ("/beacon", {"kind": "error", "env_hash": "e", "script_id": ["s"], "ts": 1, "error_sig": "X: y"}, "script_id"),
+    ("/beacon", {"kind": "error", "env_hash": "e", "script_id": "s", "ts": "yesterday", "error_sig": "X: y"}, "ts"),
+    ("/beacon", {"kind": "error", "env_hash": "e", "script_id": "s", "ts": True, "error_sig": "X: y"}, "ts"),
+    ("/beacon", {"kind": "error", "env_hash": "e", "script_id": "s", "ts": 1}, "error_sig"),
+    ("/beacon", {"kind": "error", "env_hash": "e", "script_id": "s", "ts": 1, "error_sig": 5}, "error_sig"),
+    ("/beacon", {"kind": "error", "env_hash": "e", "script_id": "s", "ts": 1, "error_sig": "X: y", "test": "yes"},
+     "test"),
+    ("/beacon", {"kind": "error", "env_hash": "e", "script_id": "s", "ts": 1, "error_sig": "X: \ud800"}, "unicode"),
+    ("/beacon", ["not", "an", "object"], "JSON object"),
+    ("/env", {"env_hash": "e", "packages": "numpy", "python_ver": "3", "os_info": "L", "machine_arch": "x"},
+     "packages"),
+    ("/env", {"env_hash": "e", "packages": [], "python_ver": "3" * 21, "os_info": "L", "machine_arch": "x"},
+     "python_ver"),
+    ("/env", {"env_hash": "e", "packages": [], "python_ver": "3", "os_info": "L" * 121, "machine_arch": "x"},
+     "os_info"),
+    ("/env", {"env_hash": "e", "packages": [], "python_ver": "3", "os_info": "L", "machine_arch": "x" * 21},
+     "machine_arch"),
+    ("/env", {"env_hash": "e", "packages": [1], "python_ver": "3", "os_info": "L", "machine_arch": "x"}, "packages"),
+    ("/env", {"env_hash": "e", "packages": [], "python_ver": "3", "os_info": "L", "machine_arch": "x",
+              "env_vars": {"LANG": 3}}, "env_vars"),
+    ("/suggest", {"env_hash": "e"}, "error_sig"),
+    ("/suggest", {"error_sig": "X: y", "env_hash": 12}, "env_hash"),
+])
+def test_bad_input_is_a_4xx_naming_the_problem_and_stores_nothing(server, path, body, fragment):
+    status, answer = server.request("POST", path, body)
+    assert 400 <= status < 500 and fragment in answer["error"]
+    assert _stored(server) == 0
+    assert server.request("GET", "/api/errors")[1]["groups"] == []
+
+
+@pytest.mark.parametrize("raw,fragment", [
+    (b"{", "malformed JSON"), (b"\xff\xfe", "UTF-8"), (b'{"ts": NaN}', "malformed JSON"), (b"[" * 100000, "JSON"),
+])
+def test_malformed_bodies(server, raw, fragment):
+    status, answer = server.request("POST", "/beacon", raw=raw)
+    assert status == 400 and fragment in answer["error"]
+
+
+def test_paths_methods_and_content_type(server):
+    assert server.request("GET", "/nowhere")[0] == 404
+    assert server.request("GET", "/beacon/")[0] == 404
+    assert server.request("DELETE", "/env")[0] == 405
+    assert server.request("GET", "/api/errors/999")[0] == 404
+    assert server.request("GET", "/api/errors?limit=0")[0] == 400
+    status, answer = server.request("POST", "/beacon", raw=b"{}", headers={"Content-Type": "text/plain"})
+    assert status == 415 and "application/json" in answer["error"]
+
+
+def test_oversized_body_is_refused_before_it_is_read(make_server):
+    server = make_server("--max-body", "1000")
+    host, port = server.url[len("http://"):].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=20)
+    # announce 100 MB, send none of it: the answer must come without the server waiting for the body
+    conn.putrequest("POST", "/beacon")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(100 * 1024 * 1024))
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and "limit" in json.loads(response.read())["error"]
+    conn.close()
+    huge = error_beacon("e1", "s1", SIG, trace="x" * 5000)
+    assert server.request("POST", "/beacon", huge)[0] == 413
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(server):
+    host, port = server.url[len("http://"):].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=20)
+    server.request("POST", "/env", env_body("e1", {"packaging": "23.2"}))
+    for i in range(20):
+        body = json.dumps(error_beacon("e1", "s1", SIG, event_id="%032x" % i))
+        conn.request("POST", "/beacon", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        assert response.status == 200 and json.loads(response.read())["ok"]
+    conn.close()
+    assert _stored(server) == 20
+
+
+def test_token_required_everywhere_but_healthz(make_server):
+    server = make_server("--token", "s3cret-token")
+    assert server.request("GET", "/healthz")[0] == 200
+    for method, path, body in [("POST", "/beacon", error_beacon("e", "s", SIG)), ("POST", "/env", env_body("e", {})),
+                               ("POST", "/suggest", {"error_sig": SIG, "env_hash": "e"}), ("GET", "/api/errors", None),
+                               ("GET", "/api/errors/1", None), ("GET", "/openapi.json", None)]:
+        assert server.request(method, path, body)[0] == 401
+        assert server.request(method, path, body, token="wrong")[0] == 401
+    assert server.request("POST", "/beacon", error_beacon("e", "s", SIG), token="s3cret-token")[0] == 204
+    assert server.request("GET", "/api/errors", token="s3cret-token")[1]["groups"][0]["count"] == 1
+    server.stop()
+    assert "s3cret-token" not in "".join(server.log)
+
+
+def test_sql_shaped_values_are_stored_verbatim(server):
+    evil = "'; DROP TABLE beacons; --"
+    server.request("POST", "/env", env_body("e1", {"x": evil[:20]}))
+    assert server.request("POST", "/beacon", error_beacon("e1", "s1", "ValueError: " + evil))[0] == 200
+    status, group = server.request("GET", "/api/errors/1")
+    assert status == 200 and evil in group["signature"]
+
+
+def test_binds_loopback_and_stops_cleanly(server):
+    assert server.url.startswith("http://127.0.0.1:")
+    port = int(server.url.rsplit(":", 1)[1])
+    addresses = [a for a in {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+                 if not a.startswith("127.")]
+    for address in addresses:
+        with pytest.raises(OSError):
+            socket.create_connection((address, port), timeout=2).close()
+    assert server.stop() == 0
+    tables = {r[0] for r in sqlite3.connect(str(server.db)).execute("SELECT name FROM sqlite_master")}
+    assert {"beacons", "envs", "groups", "counts", "meta"} <= tables
+
+
+def test_retention_takes_old_beacons_out_of_the_counts(tmp_path):
+    from corp_error_server.storage import SQLiteStorage
+    from corp_error_server import create_app
+    import io
+    import time
+
+    storage = SQLiteStorage(str(tmp_path / "r.db"))
+    app = create_app("", storage=storage)
+
+    def post(path, body):
+        raw = json.dumps(body).encode()
+        status = []
+        app({"REQUEST_METHOD": "POST", "PATH_INFO": path, "CONTENT_LENGTH": str(len(raw)),
+             "CONTENT_TYPE": "application/json", "wsgi.input": io.BytesIO(raw)}, lambda s, h: status.append(s))
+        return status[0]
+
+    post("/env", env_body("e1", {"packaging": "23.2"}))
+    post("/beacon", error_beacon("e1", "s1", SIG))
+    assert storage.group_data(__import__("corp_error_agent").group_key(SIG)).counts
+    assert storage.purge(time.time() + 1) == 1
+    data = storage.group_data(__import__("corp_error_agent").group_key(SIG))
+    assert data.fails == 0 and data.counts == {}
+    storage.close()
