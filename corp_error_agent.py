@@ -49,6 +49,217 @@ _CONNECT_TIMEOUT = 2.0         # seconds; beacons in the background never wait l
 def _truthy(value: str) -> bool:
     return value.strip().lower() not in ("0", "false", "no", "off", "")
 
+
+def _float(value, default: float) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _user_dir(kind: str, platform: str = sys.platform, environ=os.environ) -> str:
+    """The per-user ``config`` or ``cache`` directory, where platformdirs would put it."""
+    home = os.path.expanduser("~")
+    if platform == "win32":
+        base = environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
+        return os.path.join(base, _APP, _APP, *(("Cache",) if kind == "cache" else ()))
+    if platform == "darwin":
+        sub = "Caches" if kind == "cache" else "Application Support"
+        return os.path.join(home, "Library", sub, _APP)
+    xdg = environ.get("XDG_CACHE_HOME" if kind == "cache" else "XDG_CONFIG_HOME", "").strip()
+    base = xdg if os.path.isabs(xdg) else os.path.join(home, ".cache" if kind == "cache" else ".config")
+    return os.path.join(base, _APP)
+
+
+def _cache_dir() -> str:
+    return os.environ.get("ERROR_AGENT_CACHE_DIR", "").strip() or _user_dir("cache")
+
+
+def _config_files() -> dict:
+    return {"user": os.path.join(_user_dir("config"), "config.json"),
+            "system": os.path.join(sys.prefix, "etc", _APP, "config.json")}
+
+
+def _read_json(path: str):
+    import json
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read(_RESPONSE_LIMIT).decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _coerce(name: str, value):
+    if name in ("enabled", "hints"):
+        return _truthy(value) if isinstance(value, str) else bool(value)
+    if name == "min_confidence":
+        return _float(value, _DEFAULTS["min_confidence"])
+    return str(value).rstrip("/") if name == "url" else str(value)
+
+
+def _settings() -> dict:
+    """Each setting as ``(value, source)``: env vars win, then the user file, the system file, defaults."""
+    files = {scope: _read_json(path) for scope, path in _config_files().items()}
+    settings = {}
+    for name, default in _DEFAULTS.items():
+        value, source = default, "default"
+        env_value = os.environ.get(_ENV_NAMES[name], "")
+        if env_value.strip():
+            value, source = env_value.strip(), "env " + _ENV_NAMES[name]
+        else:
+            for scope in ("user", "system"):
+                data = files[scope]
+                if isinstance(data, dict) and data.get(_FILE_KEYS[name]) not in (None, ""):
+                    value, source = data[_FILE_KEYS[name]], scope + " file"
+                    break
+        settings[name] = (_coerce(name, value), source)
+    return settings
+
+
+def _suggest_timeout() -> float:
+    return max(0.0, _float(os.environ.get("ERROR_AGENT_SUGGEST_TIMEOUT"), 5.0))
+
+
+def _debug(error: BaseException) -> None:
+    if os.environ.get("ERROR_AGENT_DEBUG", "") not in ("", "0") and sys.stderr is not None:
+        try:
+            import traceback
+            sys.stderr.write("corp-error-agent debug: " + "".join(
+                traceback.format_exception(type(error), error, error.__traceback__)))
+        except Exception:
+            pass
+
+###############################################################################
+# Start-up and hooks ##########################################################
+###############################################################################
+# Every Python process runs activate(): installing costs a few attribute assignments, no I/O and
+# no imports beyond builtin modules. The hooks keep the ones installed before them and call those
+# first, so the user sees the traceback at once and unchanged.
+
+
+def activate() -> None:
+    """Install the hooks (idempotent): the entry point of corp_error_agent.pth and .start."""
+    try:
+        if not _truthy(os.environ.get("ERROR_AGENT_ENABLED", "1") or "1") or _hooks_active():
+            return
+        import _thread
+        import atexit
+        sys.excepthook = _hook(_excepthook, sys.excepthook)
+        # threading copies _thread._excepthook when it is first imported, so patching the builtin
+        # covers threads without paying for threading in processes that never use it.
+        _thread._excepthook = _hook(_thread_excepthook, _thread._excepthook)
+        if "threading" in sys.modules:
+            sys.modules["threading"].excepthook = _thread._excepthook
+        if "asyncio.base_events" in sys.modules:
+            _patch_asyncio(sys.modules["asyncio.base_events"])
+        else:
+            sys.meta_path.insert(0, _AsyncioWatcher)
+        atexit.register(_at_exit)
+    except Exception as error:
+        _debug(error)
+
+
+def _hook(handler, previous):
+    def hook(*args):
+        return handler(previous, *args)
+    hook.corp_error_agent = True
+    return hook
+
+
+class _AsyncioWatcher:
+    """Patches asyncio when it is first imported, so processes without asyncio never pay for it."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        return _asyncio_spec(name, path, target) if name == "asyncio.base_events" else None
+
+
+def _pending_path() -> str:
+    """Where a failure of this script waits for its first clean run: found without hashing."""
+    kind, what = _script_source()
+    key = "".join(c if c.isalnum() or c in "._-" else "_" for c in kind + " " + what)
+    return os.path.join(_cache_dir(), "pending", (key if len(key) <= 120 else key[:60] + key[-60:]) + ".json")
+
+
+def _at_exit() -> None:
+    try:
+        if _process["error_seen"]:
+            _finish_background_deliveries()
+        elif os.path.exists(_pending_path()) or os.environ.get("ERROR_AGENT_SUCCESS", "").lower() == "always":
+            _report_clean_exit()
+    except BaseException as error:
+        _debug(error)
+
+
+def _hooks_active() -> bool:
+    import _thread
+    return any(getattr(hook, "corp_error_agent", False) for hook in (sys.excepthook, _thread._excepthook))
+
+
+def _excepthook(previous, exc_type, exc, tb) -> None:
+    try:
+        previous(exc_type, exc, tb)  # first, so the user sees the traceback at once and unchanged
+    finally:
+        _on_error(exc_type, exc, tb, wait_for_hint=True)
+
+
+def _thread_excepthook(previous, args) -> None:
+    try:
+        previous(args)
+    finally:
+        # A dying thread does not wait for a hint: that would delay the host's join().
+        _on_error(args.exc_type, args.exc_value, args.exc_traceback, wait_for_hint=False)
+
+
+def _asyncio_spec(name, path, target):
+    """The spec of asyncio.base_events, with a loader that patches the module once it ran."""
+    sys.meta_path.remove(_AsyncioWatcher)
+    from importlib.machinery import PathFinder
+    spec = PathFinder.find_spec(name, path, target)
+    loader = getattr(spec, "loader", None)
+    if loader is None or not hasattr(loader, "exec_module"):
+        return spec
+    exec_module = loader.exec_module
+
+    def exec_and_patch(module):
+        exec_module(module)
+        _patch_asyncio(module)
+    loader.exec_module = exec_and_patch
+    return spec
+
+
+def _patch_asyncio(base_events) -> None:
+    """Report task exceptions nobody retrieved: they never reach sys.excepthook."""
+    original = base_events.BaseEventLoop.default_exception_handler
+
+    def default_exception_handler(self, context):
+        original(self, context)
+        error = context.get("exception")
+        if isinstance(error, Exception) and type(error).__name__ != "CancelledError":
+            _on_error(type(error), error, error.__traceback__, wait_for_hint=False)
+    base_events.BaseEventLoop.default_exception_handler = default_exception_handler
+
+
+def _interactive() -> bool:
+    at_prompt = hasattr(sys, "ps1") or sys.flags.interactive
+    return bool(at_prompt) and os.environ.get("ERROR_AGENT_INTERACTIVE", "") in ("", "0")
+
+
+_process = {"error_seen": False, "deliveries": []}
+
+
+def _on_error(exc_type, exc, tb, wait_for_hint: bool) -> None:
+    try:
+        if exc_type is None or issubclass(exc_type, (KeyboardInterrupt, SystemExit)) or _interactive():
+            return
+        _process["error_seen"] = True
+        settings = _settings()
+        if settings["enabled"][0]:
+            _report_error(exc_type, exc, tb, settings, wait_for_hint)
+    except BaseException as error:  # Ctrl-C while we wait ends the wait, nothing else
+        _debug(error)
+
+
 ###############################################################################
 # The event: trace, signature, scrubbing ######################################
 ###############################################################################
@@ -158,218 +369,36 @@ def format_trace(exc_type, exc, tb) -> str:
         text = _exception_type_name(exc_type) + ": " + _safe_str(exc) + "\n"
     return scrub(text[-_TRACE_LIMIT * 2:])[-_TRACE_LIMIT:]
 
-
-def _float(value, default: float) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return default
-
-
-def _user_dir(kind: str, platform: str = sys.platform, environ=os.environ) -> str:
-    """The per-user ``config`` or ``cache`` directory, where platformdirs would put it."""
-    home = os.path.expanduser("~")
-    if platform == "win32":
-        base = environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
-        return os.path.join(base, _APP, _APP, *(("Cache",) if kind == "cache" else ()))
-    if platform == "darwin":
-        sub = "Caches" if kind == "cache" else "Application Support"
-        return os.path.join(home, "Library", sub, _APP)
-    xdg = environ.get("XDG_CACHE_HOME" if kind == "cache" else "XDG_CONFIG_HOME", "").strip()
-    base = xdg if os.path.isabs(xdg) else os.path.join(home, ".cache" if kind == "cache" else ".config")
-    return os.path.join(base, _APP)
-
-
-def _config_files() -> dict:
-    return {"user": os.path.join(_user_dir("config"), "config.json"),
-            "system": os.path.join(sys.prefix, "etc", _APP, "config.json")}
-
-
-def _read_json(path: str):
-    import json
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read(_RESPONSE_LIMIT).decode("utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _coerce(name: str, value):
-    if name in ("enabled", "hints"):
-        return _truthy(value) if isinstance(value, str) else bool(value)
-    if name == "min_confidence":
-        return _float(value, _DEFAULTS["min_confidence"])
-    return str(value).rstrip("/") if name == "url" else str(value)
-
-
-def _settings() -> dict:
-    """Each setting as ``(value, source)``: env vars win, then the user file, the system file, defaults."""
-    files = {scope: _read_json(path) for scope, path in _config_files().items()}
-    settings = {}
-    for name, default in _DEFAULTS.items():
-        value, source = default, "default"
-        env_value = os.environ.get(_ENV_NAMES[name], "")
-        if env_value.strip():
-            value, source = env_value.strip(), "env " + _ENV_NAMES[name]
-        else:
-            for scope in ("user", "system"):
-                data = files[scope]
-                if isinstance(data, dict) and data.get(_FILE_KEYS[name]) not in (None, ""):
-                    value, source = data[_FILE_KEYS[name]], scope + " file"
-                    break
-        settings[name] = (_coerce(name, value), source)
-    return settings
-
-
-def _cache_dir() -> str:
-    return os.environ.get("ERROR_AGENT_CACHE_DIR", "").strip() or _user_dir("cache")
-
-
-def _suggest_timeout() -> float:
-    return max(0.0, _float(os.environ.get("ERROR_AGENT_SUGGEST_TIMEOUT"), 5.0))
-
-
-def _debug(error: BaseException) -> None:
-    if os.environ.get("ERROR_AGENT_DEBUG", "") not in ("", "0") and sys.stderr is not None:
-        try:
-            import traceback
-            sys.stderr.write("corp-error-agent debug: " + "".join(
-                traceback.format_exception(type(error), error, error.__traceback__)))
-        except Exception:
-            pass
-
-###############################################################################
-# Hooks #######################################################################
-###############################################################################
-# Installing costs a few attribute assignments: no I/O, no imports beyond builtin modules. The
-# previous hooks are kept and called first, so the user sees the traceback at once and unchanged.
-
-_previous = {}          # hook name -> the hook that was installed before ours
-_process = {"error_seen": False}
-
-
-def activate() -> None:
-    """Install the hooks (idempotent). The start-up entry point of the .pth and .start files."""
-    try:
-        if _previous or not _truthy(os.environ.get("ERROR_AGENT_ENABLED", "1") or "1"):
-            return
-        import _thread
-        import atexit
-        _previous["sys"] = sys.excepthook
-        sys.excepthook = _excepthook
-        # threading copies _thread._excepthook when it is first imported, so patching the builtin
-        # covers threads without paying for threading in processes that never use it.
-        _previous["thread"] = _thread._excepthook
-        _thread._excepthook = _thread_excepthook
-        threading = sys.modules.get("threading")
-        if threading is not None and threading.excepthook is _previous["thread"]:
-            threading.excepthook = _thread_excepthook
-        if "asyncio.base_events" in sys.modules:
-            _patch_asyncio(sys.modules["asyncio.base_events"])
-        else:
-            sys.meta_path.insert(0, _AsyncioWatcher)
-        atexit.register(_at_exit)
-    except Exception as error:
-        _debug(error)
-
-
-def _excepthook(exc_type, exc, tb) -> None:
-    try:
-        _previous["sys"](exc_type, exc, tb)
-    finally:
-        _on_error(exc_type, exc, tb, wait_for_hint=True)
-
-
-def _thread_excepthook(args) -> None:
-    try:
-        _previous["thread"](args)
-    finally:
-        # A dying thread does not wait for a hint: that would delay the host's join().
-        _on_error(args.exc_type, args.exc_value, args.exc_traceback, wait_for_hint=False)
-
-
-class _AsyncioWatcher:
-    """Patches asyncio when it is first imported, so processes without asyncio never pay for it."""
-
-    @staticmethod
-    def find_spec(name, path=None, target=None):
-        if name != "asyncio.base_events":
-            return None
-        sys.meta_path.remove(_AsyncioWatcher)
-        from importlib.machinery import PathFinder
-        spec = PathFinder.find_spec(name, path, target)
-        loader = getattr(spec, "loader", None)
-        if loader is None or not hasattr(loader, "exec_module"):
-            return spec
-        exec_module = loader.exec_module
-
-        def exec_and_patch(module):
-            exec_module(module)
-            _patch_asyncio(module)
-        loader.exec_module = exec_and_patch
-        return spec
-
-
-def _patch_asyncio(base_events) -> None:
-    original = base_events.BaseEventLoop.default_exception_handler
-
-    def default_exception_handler(self, context):
-        original(self, context)
-        error = context.get("exception")
-        if isinstance(error, Exception) and type(error).__name__ != "CancelledError":
-            _on_error(type(error), error, error.__traceback__, wait_for_hint=False)
-    base_events.BaseEventLoop.default_exception_handler = default_exception_handler
-
-
-def _interactive() -> bool:
-    at_prompt = hasattr(sys, "ps1") or sys.flags.interactive
-    return bool(at_prompt) and os.environ.get("ERROR_AGENT_INTERACTIVE", "") in ("", "0")
-
-
-def _on_error(exc_type, exc, tb, wait_for_hint: bool) -> None:
-    try:
-        if exc_type is None or issubclass(exc_type, (KeyboardInterrupt, SystemExit)) or _interactive():
-            return
-        _process["error_seen"] = True
-        settings = _settings()
-        if settings["enabled"][0]:
-            _report_error(exc_type, exc, tb, settings, wait_for_hint)
-    except BaseException as error:  # Ctrl-C while we wait ends the wait, nothing else
-        _debug(error)
-
-
-def _at_exit() -> None:
-    try:
-        if not _process["error_seen"]:
-            _report_clean_exit()
-    except BaseException as error:
-        _debug(error)
-
-
 def _hash12(data: str) -> str:
     import hashlib
     return hashlib.sha256(data.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
-def _script_identity():
-    """(script_id, display name): the same script content gives the same id on any machine."""
+def _script_source():
+    """What is running: ("-m", module), ("-c", code), ("file", path) or ("stdin", "")."""
     argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "-"
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    module = getattr(spec, "name", None) or "__main__"
-    if module != "__main__" and argv0 != "-c":
-        module = module[:-len(".__main__")] if module.endswith(".__main__") else module
-        return _hash12("-m " + module), "-m " + module
+    module = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None) or "__main__"
     if argv0 == "-c":
         argv = getattr(sys, "orig_argv", [])
-        code = argv[argv.index("-c") + 1] if "-c" in argv[:-1] else ""
-        return _hash12("-c " + code), "-c"
-    try:
-        with open(argv0, "rb") as f:
-            content = f.read(1 << 20)
-        import hashlib
-        return hashlib.sha256(content).hexdigest()[:12], os.path.basename(argv0)
-    except OSError:
-        return _hash12("<stdin>"), "<stdin>"
+        return "-c", argv[argv.index("-c") + 1] if "-c" in argv[:-1] else ""
+    if module != "__main__":
+        return "-m", module[:-len(".__main__")] if module.endswith(".__main__") else module
+    return ("stdin", "") if argv0 == "-" else ("file", os.path.abspath(argv0))
+
+
+def _script_identity():
+    """(script_id, display name): the same script content gives the same id on any machine."""
+    kind, what = _script_source()
+    if kind == "file":
+        try:
+            with open(what, "rb") as f:
+                content = f.read(1 << 20)
+            import hashlib
+            return hashlib.sha256(content).hexdigest()[:12], os.path.basename(what)
+        except OSError:
+            pass
+    name = {"-m": "-m " + what, "-c": "-c"}.get(kind, "<stdin>")
+    return _hash12(kind + " " + what), name
 
 
 def _beacon(kind: str, env_hash: str, **fields) -> dict:
@@ -511,6 +540,7 @@ def _state_dir() -> str:
         uid = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
         for candidate in (_cache_dir(), os.path.join(tempfile.gettempdir(), "%s-%s" % (_APP, uid))):
             try:
+                os.makedirs(candidate, mode=0o700, exist_ok=True)
                 os.makedirs(os.path.join(candidate, "spool"), mode=0o700, exist_ok=True)
                 os.makedirs(os.path.join(candidate, "pending"), mode=0o700, exist_ok=True)
                 if os.access(candidate, os.W_OK):
@@ -723,9 +753,11 @@ def _report_error(exc_type, exc, tb, settings: dict, wait_for_hint: bool) -> Non
     env = snapshot(state)
     error_sig = error_signature(exc_type, exc, tb)
     beacon = _beacon("error", env["env_hash"], trace=format_trace(exc_type, exc, tb), error_sig=error_sig)
-    _write_atomic(os.path.join(state, "pending", beacon["script_id"] + ".json"),
-                  {"ts": beacon["ts"], "env_hash": env["env_hash"], "error_sig": error_sig})
     spooled = _spool_put(state, {"beacon": beacon, "env": env})
+    try:  # success tracking needs the cache dir itself, not the temp-dir fallback
+        _write_atomic(_pending_path(), {"ts": beacon["ts"], "env_hash": env["env_hash"], "error_sig": error_sig})
+    except OSError:
+        pass
     if _breaker_open(state):
         return
     timeout = _suggest_timeout()
@@ -733,6 +765,7 @@ def _report_error(exc_type, exc, tb, settings: dict, wait_for_hint: bool) -> Non
     delivery = threading.Thread(target=_drain, args=(settings, state, spooled), daemon=True)
     delivery.start()
     if not wait_for_hint:
+        _process["deliveries"].append(delivery)
         return
     if settings["hints"][0] and timeout > 0:
         request = {"error_sig": error_sig, "env_hash": env["env_hash"], "script_id": beacon["script_id"]}
@@ -748,9 +781,17 @@ def _report_error(exc_type, exc, tb, settings: dict, wait_for_hint: bool) -> Non
     _wait(delivery, max(0.0, timeout - (time.monotonic() - started)), "the error report to be delivered")
 
 
-def _pending_failure(state: str, script_id: str):
+def _finish_background_deliveries() -> None:
+    """At exit, give reports of thread and asyncio errors the usual bounded time to arrive."""
     import time
-    path = os.path.join(state, "pending", script_id + ".json")
+    deadline = time.monotonic() + _suggest_timeout()
+    for delivery in _process["deliveries"]:
+        _wait(delivery, max(0.0, deadline - time.monotonic()), "error reports to be delivered")
+
+
+def _pending_failure():
+    import time
+    path = _pending_path()
     failure = _read_json(path)
     if not isinstance(failure, dict):
         return None
@@ -761,15 +802,11 @@ def _pending_failure(state: str, script_id: str):
 def _report_clean_exit() -> None:
     """Report the first clean run after a failure (or every run, with ERROR_AGENT_SUCCESS=always)."""
     always = os.environ.get("ERROR_AGENT_SUCCESS", "").strip().lower() == "always"
-    pending = os.path.join(_cache_dir(), "pending")
-    if not always and not _listdir_nonempty(pending):
-        return  # the common case: one listdir, nothing imported
     settings = _settings()
     if not settings["enabled"][0]:
         return
     state = _state_dir()
-    script_id, _ = _script_identity()
-    failure = _pending_failure(state, script_id)
+    failure = _pending_failure()
     if failure is None and not always:
         return
     env = snapshot(state)
@@ -779,13 +816,6 @@ def _report_clean_exit() -> None:
         return  # routine successes travel in batches
     if not _breaker_open(state):
         _drain(settings, state, spooled, timeout=min(_CONNECT_TIMEOUT, _suggest_timeout() or _CONNECT_TIMEOUT))
-
-
-def _listdir_nonempty(path: str) -> bool:
-    try:
-        return bool(os.listdir(path))
-    except OSError:
-        return False
 
 ###############################################################################
 # Hints #######################################################################
@@ -1002,7 +1032,6 @@ def _backend_health(settings: dict, timeout: float = 2.0) -> dict:
 def _cmd_status(args) -> int:
     settings = _settings()
     state = _state_dir()
-    agent = sys.modules.get("corp_error_agent")
     hook_files = [os.path.join(d, n) for d in _site_dirs() for n in _INSTALLED_FILES[1:]
                   if os.path.exists(os.path.join(d, n))]
     data = {
@@ -1010,7 +1039,7 @@ def _cmd_status(args) -> int:
         "settings": {name: {"value": "***" if name == "token" and value else value, "source": source}
                      for name, (value, source) in settings.items()},
         "config_files": _config_files(),
-        "hook": {"installed": hook_files, "active": bool(agent and getattr(agent, "_previous", None))},
+        "hook": {"installed": hook_files, "active": _hooks_active()},
         "spool": _spool_summary(state),
         "last_delivery": _read_json(os.path.join(state, "last_delivery.json")),
         "breaker_open": _breaker_open(state),
