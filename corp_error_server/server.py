@@ -54,6 +54,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "corp-error-server"
     sys_version = ""
+    # headers and body leave in two writes; with Nagle, a keep-alive client waits on a delayed ACK
+    disable_nagle_algorithm = True
 
     def setup(self) -> None:
         self.timeout = self.server.request_timeout
@@ -216,6 +218,6 @@ def serve(server: _Server) -> None:
     host, port = server.server_address[:2]
     server.log("listening on http://%s:%d" % ("[%s]" % host if ":" in host else host, port))
     try:
-        server.serve_forever(poll_interval=0.5)
+        server.serve_forever(poll_interval=0.1)
     finally:
         server.server_close()

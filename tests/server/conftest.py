@@ -36,7 +36,7 @@ class Server:
             self.lines.put(line)
 
     def _wait_for_address(self) -> str:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
