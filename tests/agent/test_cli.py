@@ -1,0 +1,239 @@
+"""The command line (issue 4), each command as a subprocess against real venvs and the test backend."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+
+import pytest
+
+from support import AGENT_FILES, ROOT, RecordingBackend, closed_port_url, failing_source, run, tree, wait_error
+
+
+def cli(venv, args, env, **kw):
+    return run(venv.python, ["-m", "corp_error_agent"] + list(args), env, **kw)
+
+
+def bare_copy(tmp_path):
+    """Nothing but the one file, as on an air-gapped host."""
+    directory = tmp_path / "bare"
+    directory.mkdir(exist_ok=True)
+    shutil.copy2(ROOT / "corp_error_agent.py", directory / "corp_error_agent.py")
+    return directory / "corp_error_agent.py"
+
+
+def test_install_from_bare_copy_then_uninstall(py, fresh_venv, backend, sandbox, tmp_path):
+    venv = fresh_venv("none")
+    before = tree(venv.path)
+    agent_file = bare_copy(tmp_path)
+    env = sandbox.env(backend.url)
+    proc = run(venv.python, [agent_file, "install"], env, cwd=sandbox.work)
+    assert proc.returncode == 0, proc.stderr
+    for name in AGENT_FILES:
+        assert (venv.site_packages / name).is_file(), name
+    assert "corp_error_agent" in (venv.site_packages / "corp_error_agent.pth").read_text()
+    assert (venv.site_packages / "corp_error_agent.start").read_text().strip().startswith("corp_error_agent:")
+    pyc = venv.site_packages / "__pycache__" / ("corp_error_agent.cpython-3%d.pyc" % py.minor)
+    assert pyc.is_file(), "install must byte-compile (PYTHONDONTWRITEBYTECODE is common in images)"
+    installed = tree(venv.path)
+    again = run(venv.python, [agent_file, "install"], env, cwd=sandbox.work)  # idempotent
+    assert again.returncode == 0 and tree(venv.path) == installed
+
+    script = sandbox.script("app.py", failing_source("boom-installed"))
+    assert run(venv.python, [script], env, cwd=sandbox.work).returncode == 1
+    wait_error(backend, "boom-installed")
+
+    proc = cli(venv, ["uninstall"], env, cwd=sandbox.work)
+    assert proc.returncode == 0, proc.stderr
+    assert tree(venv.path) == before
+    proc = run(venv.python, [script], env, cwd=sandbox.work)
+    assert proc.returncode == 1
+    assert len([r for r in backend.settle() if r.path == "/beacon"]) == 1  # gone: no new beacon
+
+
+def test_install_into_target_dir(py, fresh_venv, sandbox, tmp_path):
+    venv = fresh_venv("none")
+    target = tmp_path / "image-site"
+    target.mkdir()
+    env = sandbox.env()
+    proc = run(venv.python, [bare_copy(tmp_path), "install", "--target", target], env, cwd=sandbox.work)
+    assert proc.returncode == 0, proc.stderr
+    assert {n for n in AGENT_FILES} <= {p.name for p in target.iterdir()}
+    assert str(target) in proc.stdout.decode()  # says where
+    proc = run(venv.python, [bare_copy(tmp_path), "uninstall", "--target", target], env, cwd=sandbox.work)
+    assert proc.returncode == 0, proc.stderr
+    assert tree(target) == []
+
+
+def _status(venv, env):
+    proc = cli(venv, ["status", "--json"], env)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_configure_precedence_env_user_system(fresh_venv, sandbox):
+    venv = fresh_venv("copy")
+    with RecordingBackend() as system_be, RecordingBackend() as user_be, RecordingBackend() as env_be:
+        env = sandbox.env()
+        del env["XDG_CONFIG_HOME"]  # the default ~/.config location
+        script = sandbox.script("app.py", failing_source("boom-precedence"))
+
+        proc = cli(venv, ["configure", "--scope", "system", "--url", system_be.url], env)
+        assert proc.returncode == 0, proc.stderr
+        system_file = venv.path / "etc" / "corp_error_agent" / "config.json"
+        assert json.loads(system_file.read_text())["backend_url"] == system_be.url
+        run(venv.python, [script], env, cwd=sandbox.work)
+        wait_error(system_be, "boom-precedence")
+        url = _status(venv, env)["settings"]["url"]
+        assert (url["value"], "system" in url["source"]) == (system_be.url, True)
+
+        proc = cli(venv, ["configure", "--url", user_be.url], env)
+        assert proc.returncode == 0, proc.stderr
+        user_file = sandbox.home / ".config" / "corp_error_agent" / "config.json"
+        assert json.loads(user_file.read_text())["backend_url"] == user_be.url
+        assert str(user_file) in proc.stdout.decode()  # says where
+        run(venv.python, [script], env, cwd=sandbox.work)
+        wait_error(user_be, "boom-precedence")
+        url = _status(venv, env)["settings"]["url"]
+        assert (url["value"], "user" in url["source"]) == (user_be.url, True)
+
+        env["ERROR_AGENT_URL"] = env_be.url
+        run(venv.python, [script], env, cwd=sandbox.work)
+        wait_error(env_be, "boom-precedence")
+        url = _status(venv, env)["settings"]["url"]
+        assert (url["value"], "env" in url["source"]) == (env_be.url, True)
+
+        assert len([r for r in system_be.settle() if r.path == "/beacon"]) == 1
+        assert len([r for r in user_be.settle() if r.path == "/beacon"]) == 1
+
+
+def test_configure_user_honours_xdg_keeps_unknown_keys_and_protects_token(fresh_venv, backend, sandbox):
+    venv = fresh_venv("copy")
+    env = sandbox.env()
+    user_file = sandbox.config_home / "corp_error_agent" / "config.json"
+    user_file.parent.mkdir(parents=True)
+    user_file.write_text(json.dumps({"backend_url": "http://old.example:1", "team": "payments"}))
+    proc = cli(venv, ["configure", "--url", backend.url, "--token", "tok-in-file"], env)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(user_file.read_text())
+    assert data["team"] == "payments" and data["backend_url"] == backend.url and data["token"] == "tok-in-file"
+    assert stat.S_IMODE(os.stat(user_file).st_mode) == 0o600
+    script = sandbox.script("app.py", failing_source("boom-token-file"))
+    run(venv.python, [script], env, cwd=sandbox.work)
+    [req] = backend.wait_for("/beacon")
+    assert req.headers.get("authorization") == "Bearer tok-in-file"
+
+
+def test_configure_system_scope_in_venv(fresh_venv, sandbox, tmp_path):
+    venv = fresh_venv("copy")
+    env = sandbox.env()
+    proc = cli(venv, ["configure", "--scope", "system", "--url", "http://errors.corp.example:8000",
+                      "--no-hints"], env)
+    assert proc.returncode == 0, proc.stderr
+    system_file = venv.path / "etc" / "corp_error_agent" / "config.json"
+    data = json.loads(system_file.read_text())
+    assert data["backend_url"] == "http://errors.corp.example:8000"
+    assert not (sandbox.config_home / "corp_error_agent").exists()
+    other_home = tmp_path / "someone-else"
+    other_home.mkdir()
+    other = dict(env, HOME=str(other_home), XDG_CONFIG_HOME=str(other_home / ".config"))
+    settings = _status(venv, other)["settings"]
+    assert settings["url"]["value"] == "http://errors.corp.example:8000"
+    assert settings["hints"]["value"] is False
+
+
+def test_flush_after_backend_comes_back(agent_venv, backend, sandbox):
+    script = sandbox.script("app.py", failing_source("boom-flush"))
+    run(agent_venv.python, [script], sandbox.env(closed_port_url()), cwd=sandbox.work)
+    assert len(sandbox.spool()) == 1
+    down = cli(agent_venv, ["flush", "--json"], sandbox.env(closed_port_url()))
+    assert down.returncode != 0
+    assert json.loads(down.stdout)["remaining"] == 1
+    up = cli(agent_venv, ["flush", "--json"], sandbox.env(backend.url))
+    assert up.returncode == 0, up.stderr
+    result = json.loads(up.stdout)
+    assert (result["delivered"], result["remaining"]) == (1, 0)
+    wait_error(backend, "boom-flush")
+    assert sandbox.spool() == []
+
+
+def test_status_json_fields(agent_venv, backend, sandbox):
+    data = _status(agent_venv, sandbox.env(backend.url, {"ERROR_AGENT_MIN_CONFIDENCE": "0.8"}))
+    settings = data["settings"]
+    assert settings["url"]["value"] == backend.url and "env" in settings["url"]["source"]
+    assert settings["min_confidence"]["value"] == 0.8
+    assert settings["hints"]["source"] == "default"
+    assert any(p.endswith("corp_error_agent.pth") for p in data["hook"]["installed"])
+    assert data["hook"]["active"] is True
+    assert data["spool"]["count"] == 0
+    assert data["backend"]["reachable"] is True
+
+
+def test_status_does_not_show_token(agent_venv, backend, sandbox):
+    proc = cli(agent_venv, ["status", "--json"], sandbox.env(backend.url, {"ERROR_AGENT_TOKEN": "tok-hidden-77"}))
+    assert proc.returncode == 0 and b"tok-hidden-77" not in proc.stdout + proc.stderr
+
+
+def test_test_command(agent_venv, backend, sandbox):
+    proc = cli(agent_venv, ["test"], sandbox.env(backend.url))
+    assert proc.returncode == 0, proc.stderr
+    [beacon] = backend.wait_for("/beacon", where=lambda b: b.get("test") is True)
+    backend.wait_for("/suggest")
+    down = cli(agent_venv, ["test"], sandbox.env(closed_port_url()))
+    assert down.returncode != 0
+
+
+BAD_USAGE = {
+    "scheme": ["configure", "--url", "ftp://example.com"],
+    "no-host": ["configure", "--url", "http://"],
+    "scope": ["configure", "--url", "http://x.example", "--scope", "galaxy"],
+    "min-confidence": ["configure", "--min-confidence", "abc"],
+    "target-not-dir": ["install", "--target", "{file}"],
+    "unknown-command": ["frobnicate"],
+    "no-command": [],
+    "unknown-option": ["status", "--bogus"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_USAGE))
+def test_bad_usage_exit_2_one_line(agent_venv, sandbox, case):
+    a_file = sandbox.script("not-a-dir.txt", "x")
+    args = [a.replace("{file}", str(a_file)) for a in BAD_USAGE[case]]
+    proc = cli(agent_venv, args, sandbox.env())
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].strip(), proc.stderr
+    assert b"Traceback" not in proc.stderr
+    assert not (sandbox.config_home / "corp_error_agent").exists()
+
+
+def test_snapshot_is_what_an_error_sends(py, agent_venv, backend, sandbox):
+    env = sandbox.env(backend.url)
+    proc = cli(agent_venv, ["snapshot", "--json"], env)
+    assert proc.returncode == 0, proc.stderr
+    snap = json.loads(proc.stdout)
+    assert re.fullmatch(r"[0-9a-f]{1,12}", snap["env_hash"])
+    assert "corp-error-agent==0.5.0" in snap["packages"]
+    assert snap["python_ver"] == py.full_version
+    script = sandbox.script("app.py", failing_source("boom-snapshot"))
+    run(agent_venv.python, [script], env, cwd=sandbox.work)
+    [beacon] = wait_error(backend, "boom-snapshot")
+    assert beacon["env_hash"] == snap["env_hash"]
+    assert backend.wait_for("/env")[0].json == snap
+
+
+def test_entry_points_agree(agent_venv, sandbox, tmp_path):
+    env = sandbox.env("http://127.0.0.1:9")
+    outputs = [
+        cli(agent_venv, ["snapshot", "--json"], env),
+        run(agent_venv.python, [agent_venv.bin / "corp-error-agent", "snapshot", "--json"], env),
+        run(agent_venv.python, [bare_copy(tmp_path), "snapshot", "--json"], env),
+    ]
+    for proc in outputs:
+        assert proc.returncode == 0, proc.stderr
+    assert json.loads(outputs[0].stdout) == json.loads(outputs[1].stdout) == json.loads(outputs[2].stdout)
+    for command in ("configure", "status", "test", "flush", "snapshot", "install", "uninstall"):
+        proc = cli(agent_venv, [command, "--help"], env)
+        assert proc.returncode == 0 and b"usage" in proc.stdout.lower(), command
