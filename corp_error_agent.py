@@ -7,21 +7,186 @@ and prints the answer under the traceback. The first clean run after a failure i
 the backend can compare failing and succeeding environments.
 
 Standard library only, Python 3.8+, one file: ``python corp_error_agent.py install`` needs nothing
-else. Everything beyond ``os`` and ``sys`` is imported when an event happens, never at start-up.
+else. This file has two parts. The start-up part, right below, is all that every Python process
+runs: it installs the hooks and imports nothing beyond builtin modules. The agent proper is the
+source text _AGENT after it: as byte code it would cost every Python start ~10% (bench/startup.py),
+as a string constant almost nothing. ``_load()`` compiles it into this module the first time
+something happens: an error, a clean exit after a failure, a command, or any use of its names.
 """
-from __future__ import annotations
-
 import os
 import sys
 
 __version__ = "0.5.0"
-__all__ = ["activate", "main", "group_key", "__version__"]
+__all__ = ["activate", "main", "group_key", "scrub", "snapshot", "error_signature", "format_trace",
+           "__version__"]
 
+_APP = "corp_error_agent"
+
+###############################################################################
+# Start-up: hooks #############################################################
+###############################################################################
+# Installing costs a few attribute assignments and one stat(): does this script have a failure
+# waiting for its first clean run? Only then is an exit hook needed. Each hook calls the hook that
+# was installed before it first, so the user sees the traceback at once and unchanged, and only
+# then loads the agent.
+
+_process = {"error_seen": False, "deliveries": [], "loaded": False, "pending": None}
+
+
+def activate() -> None:
+    """Install the hooks (idempotent): the entry point of corp_error_agent.pth and .start."""
+    try:
+        enabled = os.environ.get("ERROR_AGENT_ENABLED", "1").strip().lower() not in ("0", "false", "no", "off")
+        if not enabled or getattr(sys.excepthook, "corp_error_agent", False):
+            return
+        import _thread
+        sys.excepthook = _chain(sys.excepthook, "_on_exception")
+        # threading copies _thread._excepthook when it is first imported, so patching the builtin
+        # covers threads without paying for threading in processes that never use it.
+        _thread._excepthook = _chain(_thread._excepthook, "_on_thread_exception")
+        if "threading" in sys.modules:
+            sys.modules["threading"].excepthook = _thread._excepthook
+        if "asyncio.base_events" in sys.modules:
+            _call_agent("_patch_asyncio", sys.modules["asyncio.base_events"])
+        else:
+            sys.meta_path.insert(0, sys.modules[__name__])  # see find_spec()
+        pending = _pending_path()
+        if pending is None or os.path.exists(pending) or _success_always():
+            import atexit
+            atexit.register(_at_exit)
+    except Exception:
+        pass
+
+
+def _chain(previous, handler: str):
+    def hook(*args):
+        try:
+            previous(*args)
+        finally:
+            _call_agent(handler, *args)
+    hook.corp_error_agent = True
+    return hook
+
+
+def _call_agent(name: str, *args):
+    """Run an agent function; whatever goes wrong inside the agent stays inside it."""
+    try:
+        _load()
+        return globals()[name](*args)
+    except BaseException as error:  # Ctrl-C while the agent waits ends the wait, nothing else
+        _debug(error)
+        return None
+
+
+def _debug(error: BaseException) -> None:
+    """ERROR_AGENT_DEBUG=1 shows the agent's own errors, which are otherwise swallowed."""
+    if os.environ.get("ERROR_AGENT_DEBUG", "") not in ("", "0") and sys.stderr is not None:
+        try:
+            import traceback
+            sys.stderr.write("corp-error-agent debug: " + "".join(
+                traceback.format_exception(type(error), error, error.__traceback__)))
+        except Exception:
+            pass
+
+
+def find_spec(name, path=None, target=None):
+    """Import-system finder: patches asyncio when it is first imported, so that processes which
+    never use asyncio never pay for it. Answers None (not mine) for every other module."""
+    if name != "asyncio.base_events":
+        return None
+    sys.meta_path.remove(sys.modules[__name__])
+    return _call_agent("_asyncio_spec", name, path, target)
+
+
+def _user_dir(kind: str, platform: str = sys.platform, environ=os.environ) -> str:
+    """The per-user ``config`` or ``cache`` directory, where platformdirs would put it."""
+    home = os.path.expanduser("~")
+    if platform == "win32":
+        base = environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
+        return os.path.join(base, _APP, _APP, *(("Cache",) if kind == "cache" else ()))
+    if platform == "darwin":
+        return os.path.join(home, "Library", "Caches" if kind == "cache" else "Application Support", _APP)
+    xdg = environ.get("XDG_CACHE_HOME" if kind == "cache" else "XDG_CONFIG_HOME", "").strip()
+    base = xdg if os.path.isabs(xdg) else os.path.join(home, ".cache" if kind == "cache" else ".config")
+    return os.path.join(base, _APP)
+
+
+def _cache_dir() -> str:
+    return os.environ.get("ERROR_AGENT_CACHE_DIR", "").strip() or _user_dir("cache")
+
+
+def _script_source():
+    """What is running: ("-m", module), ("-c", code), ("file", path), ("stdin", ""), or None while
+    it cannot be known yet (``-m`` at start-up before Python 3.10, which has no sys.orig_argv)."""
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "-"
+    orig_argv = getattr(sys, "orig_argv", [])
+    if argv0 == "-c":
+        return "-c", orig_argv[orig_argv.index("-c") + 1] if "-c" in orig_argv[:-1] else ""
+    module = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None)
+    if argv0 == "-m" or module not in (None, "__main__"):  # at start-up, runpy has not run yet
+        module = module or (orig_argv[orig_argv.index("-m") + 1] if "-m" in orig_argv[:-1] else None)
+        if not module:
+            return None
+        return "-m", module[:-len(".__main__")] if module.endswith(".__main__") else module
+    return ("stdin", "") if argv0 == "-" else ("file", os.path.abspath(argv0))
+
+
+def _pending_path():
+    """Where a failure of this script waits for its first clean run, named without hashing."""
+    if _process["pending"] is None:
+        source = _script_source()
+        if source is None:
+            return None
+        key = "".join(c if c.isalnum() or c in "._-" else "_" for c in " ".join(source))
+        key = key if len(key) <= 120 else key[:60] + key[-60:]
+        _process["pending"] = os.path.join(_cache_dir(), "pending", key + ".json")
+    return _process["pending"]
+
+
+def _success_always() -> bool:
+    return os.environ.get("ERROR_AGENT_SUCCESS", "").strip().lower() == "always"
+
+
+def _at_exit() -> None:
+    if not _process["error_seen"]:
+        _call_agent("_report_clean_exit")
+
+
+def _load() -> None:
+    """Compile and run the agent proper (_AGENT below) in this module, once."""
+    if _process["loaded"]:
+        return
+    import _thread
+    with _process.setdefault("lock", _thread.allocate_lock()):
+        if _process["loaded"]:
+            return
+        import __future__
+        # Blank lines in front keep the line numbers of this file in tracebacks and debuggers.
+        source = "\n" * (_AGENT_FIRST_LINE - 1) + _AGENT
+        exec(compile(source, __file__, "exec", __future__.annotations.compiler_flag, True), globals())
+        _process["loaded"] = True
+
+
+def __getattr__(name: str):
+    """PEP 562: the first use of anything in the agent proper loads it."""
+    if name.startswith("__") or _process["loaded"]:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    _load()
+    try:
+        return globals()[name]
+    except KeyError:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name)) from None
+
+
+###############################################################################
+# The agent proper: compiled by _load() on first use, never at start-up #######
+###############################################################################
+
+_AGENT = r'''
 ###############################################################################
 # Constants and configuration #################################################
 ###############################################################################
 
-_APP = "corp_error_agent"
 _USER_AGENT = "corp-error-agent/" + __version__
 _DEFAULT_URL = "http://127.0.0.1:8000"
 _DEFAULTS = {"url": _DEFAULT_URL, "token": "", "enabled": True, "hints": True, "min_confidence": 0.6}
@@ -55,24 +220,6 @@ def _float(value, default: float) -> float:
         return float(value)
     except (TypeError, ValueError):
         return default
-
-
-def _user_dir(kind: str, platform: str = sys.platform, environ=os.environ) -> str:
-    """The per-user ``config`` or ``cache`` directory, where platformdirs would put it."""
-    home = os.path.expanduser("~")
-    if platform == "win32":
-        base = environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
-        return os.path.join(base, _APP, _APP, *(("Cache",) if kind == "cache" else ()))
-    if platform == "darwin":
-        sub = "Caches" if kind == "cache" else "Application Support"
-        return os.path.join(home, "Library", sub, _APP)
-    xdg = environ.get("XDG_CACHE_HOME" if kind == "cache" else "XDG_CONFIG_HOME", "").strip()
-    base = xdg if os.path.isabs(xdg) else os.path.join(home, ".cache" if kind == "cache" else ".config")
-    return os.path.join(base, _APP)
-
-
-def _cache_dir() -> str:
-    return os.environ.get("ERROR_AGENT_CACHE_DIR", "").strip() or _user_dir("cache")
 
 
 def _config_files() -> dict:
@@ -120,75 +267,9 @@ def _suggest_timeout() -> float:
     return max(0.0, _float(os.environ.get("ERROR_AGENT_SUGGEST_TIMEOUT"), 5.0))
 
 
-def _debug(error: BaseException) -> None:
-    if os.environ.get("ERROR_AGENT_DEBUG", "") not in ("", "0") and sys.stderr is not None:
-        try:
-            import traceback
-            sys.stderr.write("corp-error-agent debug: " + "".join(
-                traceback.format_exception(type(error), error, error.__traceback__)))
-        except Exception:
-            pass
-
 ###############################################################################
-# Start-up and hooks ##########################################################
+# Hooks: what happens when one fires ##########################################
 ###############################################################################
-# Every Python process runs activate(): installing costs a few attribute assignments, no I/O and
-# no imports beyond builtin modules. The hooks keep the ones installed before them and call those
-# first, so the user sees the traceback at once and unchanged.
-
-
-def activate() -> None:
-    """Install the hooks (idempotent): the entry point of corp_error_agent.pth and .start."""
-    try:
-        if not _truthy(os.environ.get("ERROR_AGENT_ENABLED", "1") or "1") or _hooks_active():
-            return
-        import _thread
-        import atexit
-        sys.excepthook = _hook(_excepthook, sys.excepthook)
-        # threading copies _thread._excepthook when it is first imported, so patching the builtin
-        # covers threads without paying for threading in processes that never use it.
-        _thread._excepthook = _hook(_thread_excepthook, _thread._excepthook)
-        if "threading" in sys.modules:
-            sys.modules["threading"].excepthook = _thread._excepthook
-        if "asyncio.base_events" in sys.modules:
-            _patch_asyncio(sys.modules["asyncio.base_events"])
-        else:
-            sys.meta_path.insert(0, _AsyncioWatcher)
-        atexit.register(_at_exit)
-    except Exception as error:
-        _debug(error)
-
-
-def _hook(handler, previous):
-    def hook(*args):
-        return handler(previous, *args)
-    hook.corp_error_agent = True
-    return hook
-
-
-class _AsyncioWatcher:
-    """Patches asyncio when it is first imported, so processes without asyncio never pay for it."""
-
-    @staticmethod
-    def find_spec(name, path=None, target=None):
-        return _asyncio_spec(name, path, target) if name == "asyncio.base_events" else None
-
-
-def _pending_path() -> str:
-    """Where a failure of this script waits for its first clean run: found without hashing."""
-    kind, what = _script_source()
-    key = "".join(c if c.isalnum() or c in "._-" else "_" for c in kind + " " + what)
-    return os.path.join(_cache_dir(), "pending", (key if len(key) <= 120 else key[:60] + key[-60:]) + ".json")
-
-
-def _at_exit() -> None:
-    try:
-        if _process["error_seen"]:
-            _finish_background_deliveries()
-        elif os.path.exists(_pending_path()) or os.environ.get("ERROR_AGENT_SUCCESS", "").lower() == "always":
-            _report_clean_exit()
-    except BaseException as error:
-        _debug(error)
 
 
 def _hooks_active() -> bool:
@@ -196,24 +277,17 @@ def _hooks_active() -> bool:
     return any(getattr(hook, "corp_error_agent", False) for hook in (sys.excepthook, _thread._excepthook))
 
 
-def _excepthook(previous, exc_type, exc, tb) -> None:
-    try:
-        previous(exc_type, exc, tb)  # first, so the user sees the traceback at once and unchanged
-    finally:
-        _on_error(exc_type, exc, tb, wait_for_hint=True)
+def _on_exception(exc_type, exc, tb) -> None:
+    _on_error(exc_type, exc, tb, wait_for_hint=True)
 
 
-def _thread_excepthook(previous, args) -> None:
-    try:
-        previous(args)
-    finally:
-        # A dying thread does not wait for a hint: that would delay the host's join().
-        _on_error(args.exc_type, args.exc_value, args.exc_traceback, wait_for_hint=False)
+def _on_thread_exception(args) -> None:
+    # A dying thread does not wait for a hint: that would delay the host's join().
+    _on_error(args.exc_type, args.exc_value, args.exc_traceback, wait_for_hint=False)
 
 
 def _asyncio_spec(name, path, target):
     """The spec of asyncio.base_events, with a loader that patches the module once it ran."""
-    sys.meta_path.remove(_AsyncioWatcher)
     from importlib.machinery import PathFinder
     spec = PathFinder.find_spec(name, path, target)
     loader = getattr(spec, "loader", None)
@@ -236,7 +310,7 @@ def _patch_asyncio(base_events) -> None:
         original(self, context)
         error = context.get("exception")
         if isinstance(error, Exception) and type(error).__name__ != "CancelledError":
-            _on_error(type(error), error, error.__traceback__, wait_for_hint=False)
+            _call_agent("_on_error", type(error), error, error.__traceback__, False)
     base_events.BaseEventLoop.default_exception_handler = default_exception_handler
 
 
@@ -245,19 +319,13 @@ def _interactive() -> bool:
     return bool(at_prompt) and os.environ.get("ERROR_AGENT_INTERACTIVE", "") in ("", "0")
 
 
-_process = {"error_seen": False, "deliveries": []}
-
-
 def _on_error(exc_type, exc, tb, wait_for_hint: bool) -> None:
-    try:
-        if exc_type is None or issubclass(exc_type, (KeyboardInterrupt, SystemExit)) or _interactive():
-            return
-        _process["error_seen"] = True
-        settings = _settings()
-        if settings["enabled"][0]:
-            _report_error(exc_type, exc, tb, settings, wait_for_hint)
-    except BaseException as error:  # Ctrl-C while we wait ends the wait, nothing else
-        _debug(error)
+    if exc_type is None or issubclass(exc_type, (KeyboardInterrupt, SystemExit)) or _interactive():
+        return
+    _process["error_seen"] = True
+    settings = _settings()
+    if settings["enabled"][0]:
+        _report_error(exc_type, exc, tb, settings, wait_for_hint)
 
 
 ###############################################################################
@@ -372,18 +440,6 @@ def format_trace(exc_type, exc, tb) -> str:
 def _hash12(data: str) -> str:
     import hashlib
     return hashlib.sha256(data.encode("utf-8", "surrogateescape")).hexdigest()[:12]
-
-
-def _script_source():
-    """What is running: ("-m", module), ("-c", code), ("file", path) or ("stdin", "")."""
-    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "-"
-    module = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None) or "__main__"
-    if argv0 == "-c":
-        argv = getattr(sys, "orig_argv", [])
-        return "-c", argv[argv.index("-c") + 1] if "-c" in argv[:-1] else ""
-    if module != "__main__":
-        return "-m", module[:-len(".__main__")] if module.endswith(".__main__") else module
-    return ("stdin", "") if argv0 == "-" else ("file", os.path.abspath(argv0))
 
 
 def _script_identity():
@@ -755,7 +811,7 @@ def _report_error(exc_type, exc, tb, settings: dict, wait_for_hint: bool) -> Non
     beacon = _beacon("error", env["env_hash"], trace=format_trace(exc_type, exc, tb), error_sig=error_sig)
     spooled = _spool_put(state, {"beacon": beacon, "env": env})
     try:  # success tracking needs the cache dir itself, not the temp-dir fallback
-        _write_atomic(_pending_path(), {"ts": beacon["ts"], "env_hash": env["env_hash"], "error_sig": error_sig})
+        _write_atomic(_pending_path() or "", {"ts": beacon["ts"], "env_hash": env["env_hash"], "error_sig": error_sig})
     except OSError:
         pass
     if _breaker_open(state):
@@ -765,6 +821,9 @@ def _report_error(exc_type, exc, tb, settings: dict, wait_for_hint: bool) -> Non
     delivery = threading.Thread(target=_drain, args=(settings, state, spooled), daemon=True)
     delivery.start()
     if not wait_for_hint:
+        if not _process["deliveries"]:
+            import atexit
+            atexit.register(_finish_background_deliveries)
         _process["deliveries"].append(delivery)
         return
     if settings["hints"][0] and timeout > 0:
@@ -792,7 +851,7 @@ def _finish_background_deliveries() -> None:
 def _pending_failure():
     import time
     path = _pending_path()
-    failure = _read_json(path)
+    failure = _read_json(path) if path else None
     if not isinstance(failure, dict):
         return None
     os.unlink(path)
@@ -801,7 +860,7 @@ def _pending_failure():
 
 def _report_clean_exit() -> None:
     """Report the first clean run after a failure (or every run, with ERROR_AGENT_SUCCESS=always)."""
-    always = os.environ.get("ERROR_AGENT_SUCCESS", "").strip().lower() == "always"
+    always = _success_always()
     settings = _settings()
     if not settings["enabled"][0]:
         return
@@ -1185,6 +1244,10 @@ def _cmd_uninstall(args) -> int:
 
 _COMMANDS = {"configure": _cmd_configure, "status": _cmd_status, "test": _cmd_test, "flush": _cmd_flush,
              "snapshot": _cmd_snapshot, "install": _cmd_install, "uninstall": _cmd_uninstall}
+'''
+_AGENT_FIRST_LINE = sys._getframe().f_lineno - _AGENT.count("\n") - 1
+
 
 if __name__ == "__main__":
+    _load()
     sys.exit(main())

@@ -1,0 +1,143 @@
+"""Start-up cost of the agent: `python -c pass` with the agent installed vs. the same interpreter without.
+
+For each CPython found (the running one by default, every 3.8-3.13 under pyenv with --all) it makes
+throw-away venvs in one temp dir:
+  bare     no agent (the baseline)
+  floor    an EMPTY module imported by a .pth line: what any module imported at start-up costs
+  install  the agent copied in by `python corp_error_agent.py install` (module + .pth + .start + .pyc)
+  wheel    the agent from the built wheel (pip install --no-deps), when one is in .cache/dist
+and runs `python -c pass` in all of them in shuffled rounds, so machine noise hits every variant
+alike. Prints the median wall time of each and the median of the per-round ratios to `bare`
+(budget: <= 1.05), peak RSS per variant (budget: <= +1 MiB), and what a clean exit with no
+pending failure costs (budget: <= 0.2 ms).
+
+    python bench/startup.py [--quick] [--all] [--rounds N]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AGENT = os.path.join(ROOT, "corp_error_agent.py")
+
+
+def interpreters(all_versions: bool) -> list:
+    if not all_versions:
+        return [sys.executable]
+    root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() or os.path.expanduser("~/.pyenv")
+    found = []
+    for minor in range(8, 14):
+        candidates = sorted(glob.glob(os.path.join(root, "versions", "3.%d.*" % minor, "bin", "python")),
+                            key=lambda p: int(p.split(os.sep)[-3].split(".")[2]))
+        if candidates:
+            found.append(candidates[-1])
+        else:
+            print("SKIP 3.%d: not installed under %s/versions" % (minor, root))
+    return found
+
+
+def site_packages(venv: str) -> str:
+    return glob.glob(os.path.join(venv, "lib", "python3.*", "site-packages"))[0]
+
+
+def make_venvs(python: str, workdir: str) -> dict:
+    venvs = {}
+    for name in ("bare", "floor", "install"):
+        path = os.path.join(workdir, name)
+        subprocess.run([python, "-m", "venv", "--without-pip", path], check=True)
+        venvs[name] = os.path.join(path, "bin", "python")
+    floor = site_packages(os.path.join(workdir, "floor"))
+    with open(os.path.join(floor, "empty_module.py"), "w") as f:
+        f.write("def activate():\n    pass\n")
+    with open(os.path.join(floor, "empty_module.pth"), "w") as f:
+        f.write("import empty_module; empty_module.activate()\n")
+    subprocess.run([venvs["floor"], "-m", "compileall", "-q", floor], check=True)
+    subprocess.run([venvs["install"], AGENT, "install"], check=True, stdout=subprocess.DEVNULL)
+    wheels = sorted(glob.glob(os.path.join(ROOT, ".cache", "dist", "*.whl")))
+    if wheels:  # installed by this interpreter's pip into a venv without pip, like the others
+        path = os.path.join(workdir, "wheel")
+        subprocess.run([python, "-m", "venv", "--without-pip", path], check=True)
+        pip = [sys.executable, "-m", "pip", "--python", os.path.join(path, "bin", "python"), "install", "-q",
+               "--no-deps", "--no-index", wheels[-1]]
+        if subprocess.run(pip, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+            venvs["wheel"] = os.path.join(path, "bin", "python")
+    return venvs
+
+
+def run_once(python: str, env: dict):
+    """Wall seconds and peak RSS (KiB) of one `python -c pass`."""
+    started = time.perf_counter()
+    process = subprocess.Popen([python, "-c", "pass"], env=env)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - started
+    process.returncode = status
+    return elapsed, usage.ru_maxrss
+
+
+def pending_check_us(python: str, env: dict) -> float:
+    """In-process cost of the start-up check for a failure waiting for this script's clean exit.
+    With nothing pending no exit hook is registered, so this is all a clean exit costs."""
+    code = ("import corp_error_agent as a, os, time\n"
+            "n = 2000\nt = time.perf_counter()\n"
+            "for _ in range(n):\n"
+            "    a._process['pending'] = None\n"
+            "    os.path.exists(a._pending_path())\n"
+            "print((time.perf_counter() - t) / n * 1e6)\n")
+    return float(subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+
+
+def measure(python: str, rounds: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="cea-startup-") as workdir:
+        venvs = make_venvs(python, workdir)
+        # An empty cache dir and no backend: exactly a machine where nothing has failed yet.
+        env = dict(os.environ, ERROR_AGENT_CACHE_DIR=os.path.join(workdir, "cache"),
+                   ERROR_AGENT_URL="http://127.0.0.1:9", PYTHONDONTWRITEBYTECODE="1")
+        for python_path in venvs.values():  # warm the page cache
+            run_once(python_path, env)
+        times = {name: [] for name in venvs}
+        rss = {name: [] for name in venvs}
+        ratios = {name: [] for name in venvs}
+        for _ in range(rounds):
+            order = list(venvs)
+            random.shuffle(order)
+            this_round = {}
+            for name in order:
+                this_round[name], peak = run_once(venvs[name], env)
+                times[name].append(this_round[name])
+                rss[name].append(peak)
+            for name in venvs:
+                ratios[name].append(this_round[name] / this_round["bare"])
+        version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
+                                 capture_output=True, text=True).stdout.strip()
+        print("CPython %s, %d paired rounds of `python -c pass`:" % (version, rounds))
+        base_rss = statistics.median(rss["bare"])
+        for name in venvs:
+            print("  %-8s median %6.2f ms   ratio to bare %.3f   peak RSS %+5.0f KiB" % (
+                name, statistics.median(times[name]) * 1e3, statistics.median(ratios[name]),
+                statistics.median(rss[name]) - base_rss))
+        print("  clean exit with nothing pending: no exit hook; the start-up check for one costs %.1f us"
+              % pending_check_us(venvs["install"], env))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few rounds, for a smoke run")
+    parser.add_argument("--all", action="store_true", help="every CPython 3.8-3.13 under pyenv")
+    parser.add_argument("--rounds", type=int, default=0)
+    args = parser.parse_args()
+    rounds = args.rounds or (30 if args.quick else 300)
+    for python in interpreters(args.all):
+        measure(python, rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
