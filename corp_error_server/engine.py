@@ -188,12 +188,23 @@ def pair_support(pairs: Sequence[FixPair], mentions: Set[str]) -> Dict[Tuple[str
     """(feature, fixed value) -> (confidence from observed fixes, number of fixes).
 
     A fix that changed n things lends each 1/n of its weight; when the trace names some of the
-    changed packages, only those share it (the bystanders rode along).
+    changed packages, only those share it (the bystanders rode along). A real cause is consistent:
+    no fix moves it to a value another fix moved away from, and fixes that leave it alone count
+    against it; so the confidence is scaled by the share of all fixes that moved the feature to a
+    value never seen failing.
     """
+    diffs = [d for d in (_pair_diff(pair) for pair in pairs) if d]
+    failing_values: Dict[str, Set[str]] = {}
+    for diff in diffs:
+        for feature, (before, _) in diff.items():
+            failing_values.setdefault(feature, set()).add(before)
     misses: Dict[Tuple[str, str], float] = {}
     count: Dict[Tuple[str, str], int] = {}
-    for pair in pairs:
-        diff = _pair_diff(pair)
+    consistent: Dict[str, int] = {}
+    for pair, diff in zip(pairs, diffs):
+        for feature, (_, after) in diff.items():
+            if after not in failing_values[feature]:
+                consistent[feature] = consistent.get(feature, 0) + 1
         named = [f for f in diff if _is_mentioned(f, mentions)]
         carriers = named or list(diff)
         for feature in carriers:
@@ -201,7 +212,8 @@ def pair_support(pairs: Sequence[FixPair], mentions: Set[str]) -> Dict[Tuple[str
             weight = _PAIR_WEIGHT * (1.25 if pair.same_script else 1.0) / len(carriers)
             misses[key] = misses.get(key, 1.0) * (1 - min(weight, 0.9))
             count[key] = count.get(key, 0) + 1
-    return {key: (1 - miss, count[key]) for key, miss in misses.items()}
+    return {key: ((1 - miss) * consistent.get(key[0], 0) / len(diffs), count[key]) for key, miss in misses.items()
+            if key[1] not in failing_values[key[0]]}
 
 
 def _population_candidates(seps: Iterable[Separation], requester: Features, mentions: Set[str]

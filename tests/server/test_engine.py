@@ -109,3 +109,16 @@ def test_mentions_map_import_names_to_distributions():
     assert engine.canonical_name("Typing_Extensions") == engine.canonical_name("typing.extensions") == \
         "typing-extensions"
     assert engine.command("pkg:x", ABSENT) == "pip uninstall x"
+
+
+def test_inconsistent_fixes_are_not_evidence():
+    # fixes that move a package the trace names back and forth between versions: a random walk
+    versions = ["1.0", "1.1", "1.2", "1.3"]
+    pairs, bad, good = [], [], []
+    for i in range(12):
+        before = _features({"pandas": versions[i % 4], "numpy": "1.%d" % (i % 3)})
+        after = _features({"pandas": versions[(i + 1) % 4], "numpy": "1.%d" % (i % 3)})
+        pairs.append(FixPair(before, after, False))
+        bad.append(before)
+        good.append(after)
+    assert not engine.suggest(_group(bad, good, {"pandas"}, pairs), bad[0])["match"]
