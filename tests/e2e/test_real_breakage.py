@@ -100,6 +100,7 @@ def test_packaging_legacyversion_breakage(py, tmp_path, sandbox):
         third = run(new.python, [script], env, cwd=sandbox.work)
         err3 = third.stderr.decode("utf-8", "replace")
         assert third.returncode == 1, err3
+        print(err3)   # shown with -s / on failure: the traceback and the hint a user would see
         lines = err3.splitlines()
         exc_line = next(i for i, line in enumerate(lines) if line.startswith("AttributeError: module 'packaging.version'"))
         hint_at = [i for i, line in enumerate(lines) if line.startswith("[corp-error-agent] ")]
