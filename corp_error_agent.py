@@ -160,11 +160,35 @@ def _load() -> None:
     with _process.setdefault("lock", _thread.allocate_lock()):
         if _process["loaded"]:
             return
-        import __future__
-        # Blank lines in front keep the line numbers of this file in tracebacks and debuggers.
-        source = "\n" * (_AGENT_FIRST_LINE - 1) + _AGENT
-        exec(compile(source, __file__, "exec", __future__.annotations.compiler_flag, True), globals())
+        exec(_agent_code(), globals())
         _process["loaded"] = True
+
+
+def _agent_code():
+    """The agent proper compiled, from the per-user cache dir while this file is unchanged:
+    compiling it costs ~10 ms, which every error would pay again otherwise."""
+    import marshal
+    stat = os.stat(__file__)
+    cached = os.path.join(_cache_dir(), "agent-%s-%s-%d-%d.code" % (
+        __version__, sys.implementation.cache_tag, stat.st_mtime_ns, stat.st_size))
+    try:
+        with open(cached, "rb") as f:
+            return marshal.loads(f.read())
+    except (OSError, ValueError, EOFError, TypeError):
+        pass
+    import __future__
+    # Blank lines in front keep the line numbers of this file in tracebacks and debuggers.
+    source = "\n" * (_AGENT_FIRST_LINE - 1) + _AGENT
+    code = compile(source, __file__, "exec", __future__.annotations.compiler_flag, True)
+    try:
+        os.makedirs(os.path.dirname(cached), mode=0o700, exist_ok=True)
+        tmp = "%s.%d.tmp" % (cached, os.getpid())
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            f.write(marshal.dumps(code))
+        os.replace(tmp, cached)
+    except OSError:
+        pass
+    return code
 
 
 def __getattr__(name: str):
@@ -526,8 +550,10 @@ def _path_key(paths) -> str:
 
 def _platform_facts() -> dict:
     import platform
+    # Not platform.platform(): it asks `uname -p` in a subprocess and scans the interpreter binary.
+    os_info = "-".join(p for p in (platform.system(), platform.release(), platform.machine()) if p)
     return {"python_ver": platform.python_version()[:20], "python_impl": platform.python_implementation(),
-            "os_info": platform.platform(aliased=True)[:120], "machine_arch": (platform.machine() or "unknown")[:20]}
+            "os_info": os_info[:120], "machine_arch": (platform.machine() or "unknown")[:20]}
 
 
 def _installed(cache: str | None) -> dict:
@@ -592,9 +618,11 @@ def _write_atomic(path: str, data) -> None:
 def _state_dir() -> str:
     """The cache dir (0700), or a per-user temp dir when it cannot be written."""
     if "dir" not in _state:
-        import tempfile
-        uid = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-        for candidate in (_cache_dir(), os.path.join(tempfile.gettempdir(), "%s-%s" % (_APP, uid))):
+        for candidate in (_cache_dir(), None):
+            if candidate is None:  # tempfile costs 3 ms to import: only when it is needed
+                import tempfile
+                uid = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+                candidate = os.path.join(tempfile.gettempdir(), "%s-%s" % (_APP, uid))
             try:
                 os.makedirs(candidate, mode=0o700, exist_ok=True)
                 os.makedirs(os.path.join(candidate, "spool"), mode=0o700, exist_ok=True)
