@@ -33,7 +33,7 @@ _MAX_ENV_VARS = 500
 _HASH_LIMIT = 12
 
 _REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
-            404: "Not Found", 405: "Method Not Allowed", 411: "Length Required", 413: "Payload Too Large",
+            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required", 413: "Payload Too Large",
             415: "Unsupported Media Type", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
@@ -264,7 +264,10 @@ class _App:
             raise HTTPError(413, "body of %d bytes is over the limit of %d" % (length, self._max_body))
         if length <= 0:
             raise HTTPError(400, "empty body: a JSON object is required")
-        raw = environ["wsgi.input"].read(length)
+        try:
+            raw = environ["wsgi.input"].read(length)
+        except OSError:   # the client stalled past the connection timeout, or went away
+            raise HTTPError(408, "request body not received in time") from None
         if len(raw) < length:
             raise HTTPError(400, "body shorter than Content-Length")
         try:

@@ -217,3 +217,25 @@ def test_retention_takes_old_beacons_out_of_the_counts(tmp_path):
     data = storage.group_data(__import__("corp_error_agent").group_key(SIG))
     assert data.fails == 0 and data.counts == {}
     storage.close()
+
+
+def test_slow_clients_are_timed_out_and_do_not_block_others(make_server):
+    server = make_server("--timeout", "1")
+    host, port = server.url[len("http://"):].split(":")
+    stalled_headers = socket.create_connection((host, int(port)), timeout=30)
+    stalled_headers.sendall(b"POST /beacon HTTP/1.1\r\nHost: x\r\n")
+    stalled_body = socket.create_connection((host, int(port)), timeout=30)
+    stalled_body.sendall(b"POST /beacon HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"kind\"")
+    assert server.request("GET", "/healthz")[0] == 200          # served while both stall
+    assert stalled_headers.recv(1000) == b""                     # closed by the server's timeout
+    answer = b""
+    while True:
+        chunk = stalled_body.recv(1000)
+        if not chunk:
+            break
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408") and b"not received in time" in answer
+    stalled_headers.close()
+    stalled_body.close()
+    assert _stored(server) == 0
