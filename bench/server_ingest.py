@@ -10,7 +10,6 @@ Bar: >= 1,000 beacons/s.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys

@@ -21,7 +21,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _common import Client, environment, percentile, start, stop  # noqa: E402
 
 import corp_error_agent  # noqa: E402
-from corp_error_server import engine  # noqa: E402
 from corp_error_server.app import parse_env  # noqa: E402
 from corp_error_server.storage import Beacon, SQLiteStorage  # noqa: E402
 
