@@ -6,6 +6,7 @@ import json
 import os
 import random
 import subprocess
+import threading
 import time
 from typing import List, Tuple
 
@@ -28,7 +29,6 @@ def start(argv: List[str]) -> Tuple[subprocess.Popen, str, int]:
         if line.startswith("listening on http://"):
             host, port = line.split("http://", 1)[1].strip().rsplit(":", 1)
             # the request log goes on stderr: drain it so the server never blocks on a full pipe
-            import threading
             threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
             return proc, host, int(port)
     proc.kill()
