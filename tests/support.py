@@ -28,7 +28,7 @@ VERSIONS = tuple("3.%d" % m for m in MINORS)
 
 # Every subprocess gets a timeout; this is the bound for "the process finishes", not a timing claim.
 PROC_TIMEOUT = float(os.environ.get("CEA_PROC_TIMEOUT", "90"))
-WAIT_TIMEOUT = float(os.environ.get("CEA_WAIT_TIMEOUT", "30"))
+WAIT_TIMEOUT = float(os.environ.get("CEA_WAIT_TIMEOUT", "15"))
 
 
 ###############################################################################
