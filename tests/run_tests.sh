@@ -80,7 +80,8 @@ for minor in 8 9 10 11 12 13; do
 done
 
 export CEA_CACHE="$CACHE"
+export HYPOTHESIS_STORAGE_DIRECTORY="$CACHE/hypothesis"
 export PYTHONDONTWRITEBYTECODE=1
-"$PY" -m pytest tests/ -q -rs -p no:cacheprovider "$@"
+"$PY" -m pytest tests/ -q -rsfE -p no:cacheprovider "$@"
 rc=$?
 exit $rc
