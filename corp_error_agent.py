@@ -71,7 +71,7 @@ def _chain(previous, handler: str):
 def _call_agent(name: str, *args):
     """Run an agent function; whatever goes wrong inside the agent stays inside it."""
     try:
-        _load()
+        _load(cache_code=True)
         return globals()[name](*args)
     except BaseException as error:  # Ctrl-C while the agent waits ends the wait, nothing else
         _debug(error)
@@ -152,34 +152,40 @@ def _at_exit() -> None:
         _call_agent("_report_clean_exit")
 
 
-def _load() -> None:
-    """Compile and run the agent proper (_AGENT below) in this module, once."""
+def _load(cache_code: bool = False) -> None:
+    """Compile and run the agent proper (_AGENT below) in this module, once. Hooks firing in a
+    host process may reuse the compiled code from the agent's cache dir; other uses (the command
+    line, a server importing group_key) leave no trace on disk."""
     if _process["loaded"]:
         return
     import _thread
     with _process.setdefault("lock", _thread.allocate_lock()):
         if _process["loaded"]:
             return
-        exec(_agent_code(), globals())
+        exec(_agent_code(cache_code), globals())
         _process["loaded"] = True
 
 
-def _agent_code():
+def _agent_code(cache_code: bool):
     """The agent proper compiled, from the per-user cache dir while this file is unchanged:
     compiling it costs ~10 ms, which every error would pay again otherwise."""
-    import marshal
-    stat = os.stat(__file__)
-    cached = os.path.join(_cache_dir(), "agent-%s-%s-%d-%d.code" % (
-        __version__, sys.implementation.cache_tag, stat.st_mtime_ns, stat.st_size))
-    try:
-        with open(cached, "rb") as f:
-            return marshal.loads(f.read())
-    except (OSError, ValueError, EOFError, TypeError):
-        pass
     import __future__
+    import marshal
+    cached = None
+    if cache_code:
+        stat = os.stat(__file__)
+        cached = os.path.join(_cache_dir(), "agent-%s-%s-%d-%d.code" % (
+            __version__, sys.implementation.cache_tag, stat.st_mtime_ns, stat.st_size))
+        try:
+            with open(cached, "rb") as f:
+                return marshal.loads(f.read())
+        except (OSError, ValueError, EOFError, TypeError):
+            pass
     # Blank lines in front keep the line numbers of this file in tracebacks and debuggers.
     source = "\n" * (_AGENT_FIRST_LINE - 1) + _AGENT
     code = compile(source, __file__, "exec", __future__.annotations.compiler_flag, True)
+    if cached is None:
+        return code
     try:
         os.makedirs(os.path.dirname(cached), mode=0o700, exist_ok=True)
         tmp = "%s.%d.tmp" % (cached, os.getpid())
@@ -446,7 +452,7 @@ def _inner_frames(tb, count: int):
 
 def error_signature(exc_type, exc, tb) -> str:
     """Same for the same bug across runs, users and machines; readable; bounded."""
-    message = _normalise_message(_safe_str(exc))
+    message = _normalise_message(scrub(_safe_str(exc)[:_TRACE_LIMIT]))
     line = _exception_type_name(exc_type) + (": " + message if message else "")
     frames = _inner_frames(tb, _SIG_FRAMES)
     return (line + (" @ " + " < ".join(frames) if frames else ""))[:_SIG_LIMIT]
@@ -559,11 +565,13 @@ def _platform_facts() -> dict:
 def _installed(cache: str | None) -> dict:
     """Packages and platform facts, from the on-disk cache when nothing on sys.path changed."""
     paths = [p for p in sys.path if isinstance(p, str)]
-    cache_file = os.path.join(cache, "snapshot-" + _path_key(paths) + ".json") if cache else None
+    key = _path_key(paths)
+    # One file per interpreter, so that the cache stays as small as the number of interpreters.
+    cache_file = os.path.join(cache, "snapshot-%s.json" % _hash12(sys.executable)) if cache else None
     cached = _read_json(cache_file) if cache_file else None
-    if isinstance(cached, dict) and isinstance(cached.get("packages"), dict):
+    if isinstance(cached, dict) and cached.get("key") == key and isinstance(cached.get("packages"), dict):
         return cached
-    facts = dict(_platform_facts(), packages=_scan_distributions(paths))
+    facts = dict(_platform_facts(), packages=_scan_distributions(paths), key=key)
     if cache_file:
         _write_atomic(cache_file, facts)
     return facts
