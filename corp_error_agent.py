@@ -30,7 +30,7 @@ _APP = "corp_error_agent"
 # was installed before it first, so the user sees the traceback at once and unchanged, and only
 # then loads the agent.
 
-_process = {"error_seen": False, "deliveries": [], "loaded": False, "pending": None}
+_process = {"error_seen": False, "deliveries": [], "loaded": False, "pending": None, "patched": []}
 
 
 def activate() -> None:
@@ -46,10 +46,11 @@ def activate() -> None:
         _thread._excepthook = _chain(_thread._excepthook, "_on_thread_exception")
         if "threading" in sys.modules:
             sys.modules["threading"].excepthook = _thread._excepthook
-        if "asyncio.base_events" in sys.modules:
-            _call_agent("_patch_asyncio", sys.modules["asyncio.base_events"])
-        else:
-            sys.meta_path.insert(0, sys.modules[__name__])  # see find_spec()
+        for name in _PATCHES:
+            if name in sys.modules:
+                _process["patched"].append(name)
+                _call_agent(_PATCHES[name], sys.modules[name])
+        sys.meta_path.insert(0, sys.modules[__name__])  # see find_spec()
         pending = _pending_path()
         if pending is None or os.path.exists(pending) or _success_always():
             import atexit
@@ -63,7 +64,8 @@ def _chain(previous, handler: str):
         try:
             previous(*args)
         finally:
-            _call_agent(handler, *args)
+            if not (isinstance(args[0], type) and issubclass(args[0], (KeyboardInterrupt, SystemExit))):
+                _call_agent(handler, *args)
     hook.corp_error_agent = True
     return hook
 
@@ -89,13 +91,19 @@ def _debug(error: BaseException) -> None:
             pass
 
 
+# Errors that never reach a hook: asyncio task exceptions nobody retrieved, and multiprocessing
+# children, whose bootstrap prints the traceback itself. The agent patches those modules when they
+# are imported, so that processes which never use them never pay for it.
+_PATCHES = {"asyncio.base_events": "_patch_asyncio", "multiprocessing.process": "_patch_multiprocessing"}
+
+
 def find_spec(name, path=None, target=None):
-    """Import-system finder: patches asyncio when it is first imported, so that processes which
-    never use asyncio never pay for it. Answers None (not mine) for every other module."""
-    if name != "asyncio.base_events":
+    """Import-system finder (this module is on sys.meta_path): the spec of a module in _PATCHES,
+    with a loader that patches it; None, meaning "not mine", for every other module."""
+    if name not in _PATCHES or name in _process["patched"]:
         return None
-    sys.meta_path.remove(sys.modules[__name__])
-    return _call_agent("_asyncio_spec", name, path, target)
+    _process["patched"].append(name)
+    return _call_agent("_patched_spec", name, path, target)
 
 
 def _user_dir(kind: str, platform: str = sys.platform, environ=os.environ) -> str:
@@ -316,8 +324,8 @@ def _on_thread_exception(args) -> None:
     _on_error(args.exc_type, args.exc_value, args.exc_traceback, wait_for_hint=False)
 
 
-def _asyncio_spec(name, path, target):
-    """The spec of asyncio.base_events, with a loader that patches the module once it ran."""
+def _patched_spec(name, path, target):
+    """The module's spec, with a loader that patches the module once it ran (see _PATCHES)."""
     from importlib.machinery import PathFinder
     spec = PathFinder.find_spec(name, path, target)
     loader = getattr(spec, "loader", None)
@@ -327,7 +335,7 @@ def _asyncio_spec(name, path, target):
 
     def exec_and_patch(module):
         exec_module(module)
-        _patch_asyncio(module)
+        _call_agent(_PATCHES[name], module)
     loader.exec_module = exec_and_patch
     return spec
 
@@ -342,6 +350,33 @@ def _patch_asyncio(base_events) -> None:
         if isinstance(error, Exception) and type(error).__name__ != "CancelledError":
             _call_agent("_on_error", type(error), error, error.__traceback__, False)
     base_events.BaseEventLoop.default_exception_handler = default_exception_handler
+
+
+def _patch_multiprocessing(process) -> None:
+    """Report errors of multiprocessing children, which BaseProcess._bootstrap prints itself.
+
+    The exception is picked up where _bootstrap calls util._exit_function() in a ``finally:``
+    while it propagates, so that no frame of ours shows in the traceback the child prints."""
+    bootstrap = process.BaseProcess._bootstrap
+
+    def reporting_bootstrap(self, *args, **kwargs):
+        from multiprocessing import util
+        exit_function = util._exit_function
+
+        def recording_exit_function(*a, **k):
+            if sys.exc_info()[0] is not None:
+                _process["child_failure"] = sys.exc_info()
+            return exit_function(*a, **k)
+        util._exit_function = recording_exit_function
+        try:
+            exitcode = bootstrap(self, *args, **kwargs)
+        finally:
+            util._exit_function = exit_function
+        failure = _process.pop("child_failure", None)
+        if failure:  # the traceback is printed by now: the hint comes under it, as in the parent
+            _call_agent("_on_error", failure[0], failure[1], failure[2], True)
+        return exitcode
+    process.BaseProcess._bootstrap = reporting_bootstrap
 
 
 def _interactive() -> bool:
@@ -445,7 +480,9 @@ def _inner_frames(tb, count: int):
         frame = tb.tb_frame
         code = frame.f_code
         name = getattr(code, "co_qualname", code.co_name)
-        frames.append(str(frame.f_globals.get("__name__", "?")) + "." + name)
+        module = str(frame.f_globals.get("__name__", "?"))
+        # multiprocessing's spawn runs the main script as __mp_main__: the same code, the same bug.
+        frames.append(("__main__" if module == "__mp_main__" else module) + "." + name)
         tb = tb.tb_next
     return frames[::-1][:count]
 
@@ -745,19 +782,21 @@ def _post(settings: dict, path: str, payload: dict, timeout: float):
         raise _Unreachable(type(error).__name__ + ": " + str(error)) from None
 
 
-def _breaker_path(state: str) -> str:
-    return os.path.join(state, "breaker")
+def _breaker_path(state: str, settings: dict) -> str:
+    """One breaker per backend: another URL is tried at once."""
+    return os.path.join(state, "breaker-" + _hash12(settings["url"][0]) + ".json")
 
 
-def _breaker_open(state: str) -> bool:
+def _breaker_open(state: str, settings: dict) -> bool:
     import time
-    data = _read_json(_breaker_path(state))
+    data = _read_json(_breaker_path(state, settings))
     return isinstance(data, dict) and _float(data.get("until"), 0.0) > time.time()
 
 
-def _trip_breaker(state: str, error: _Unreachable) -> None:
+def _trip_breaker(state: str, settings: dict, error: _Unreachable) -> None:
     import time
-    _write_atomic(_breaker_path(state), {"until": time.time() + error.retry_after, "reason": str(error)})
+    _write_atomic(_breaker_path(state, settings),
+                  {"until": time.time() + error.retry_after, "reason": str(error), "url": settings["url"][0]})
 
 
 def _deliver(settings: dict, state: str, claimed: str, timeout: float) -> str:
@@ -773,7 +812,7 @@ def _deliver(settings: dict, state: str, claimed: str, timeout: float) -> str:
             _post(settings, "/env", entry["env"], timeout)
     except _Unreachable as error:
         _spool_release(claimed, delivered=False)
-        _trip_breaker(state, error)
+        _trip_breaker(state, settings, error)
         raise
     if status >= 400:
         os.unlink(claimed)
@@ -850,7 +889,7 @@ def _report_error(exc_type, exc, tb, settings: dict, wait_for_hint: bool) -> Non
         _write_atomic(_pending_path() or "", {"ts": beacon["ts"], "env_hash": env["env_hash"], "error_sig": error_sig})
     except OSError:
         pass
-    if _breaker_open(state):
+    if _breaker_open(state, settings):
         return
     timeout = _suggest_timeout()
     answer = {}
@@ -909,7 +948,7 @@ def _report_clean_exit() -> None:
     spooled = _spool_put(state, {"beacon": _beacon("success", env["env_hash"], **previous), "env": env})
     if failure is None and len(_spool_entries(state)) < _SPOOL_DRAIN_BATCH:
         return  # routine successes travel in batches
-    if not _breaker_open(state):
+    if not _breaker_open(state, settings):
         _drain(settings, state, spooled, timeout=min(_CONNECT_TIMEOUT, _suggest_timeout() or _CONNECT_TIMEOUT))
 
 ###############################################################################
@@ -1137,7 +1176,7 @@ def _cmd_status(args) -> int:
         "hook": {"installed": hook_files, "active": _hooks_active()},
         "spool": _spool_summary(state),
         "last_delivery": _read_json(os.path.join(state, "last_delivery.json")),
-        "breaker_open": _breaker_open(state),
+        "breaker_open": _breaker_open(state, settings),
         "backend": _backend_health(settings),
     }
     lines = ["corp-error-agent %s" % __version__]

@@ -62,7 +62,7 @@ def main() -> int:
             bare = timed(pythons["bare"], script, case_env)
             deltas["first"].append(timed(pythons["agent"], script, case_env) - bare)
             deltas["again"].append(timed(pythons["agent"], script, case_env) - bare)
-            for breaker in glob.glob(os.path.join(cache, "breaker")):
+            for breaker in glob.glob(os.path.join(cache, "breaker-*.json")):
                 os.unlink(breaker)
             deltas["hints"].append(timed(pythons["agent"], script, case_env) - bare)
             shutil.rmtree(cache, ignore_errors=True)
