@@ -46,3 +46,40 @@ def test_start_up_byte_code_holds_no_code_of_the_agent_proper():
 def test_repo_start_up_files_are_what_install_writes():
     assert (ROOT / "corp_error_agent.pth").read_text() == agent._PTH_LINE
     assert (ROOT / "corp_error_agent.start").read_text() == agent._START_LINE
+
+
+# -- per-user directories, where platformdirs (and so the published 0.4.2 client) puts them ------
+
+HOME = "/home/alice"
+
+
+def _user_dir(kind, platform, **environ):
+    saved = dict(agent.os.environ)
+    agent.os.environ["HOME"] = HOME
+    try:
+        return agent._user_dir(kind, platform=platform, environ=environ)
+    finally:
+        agent.os.environ.clear()
+        agent.os.environ.update(saved)
+
+
+def test_linux_dirs_follow_xdg():
+    assert _user_dir("config", "linux") == HOME + "/.config/corp_error_agent"
+    assert _user_dir("cache", "linux") == HOME + "/.cache/corp_error_agent"
+    assert _user_dir("config", "linux", XDG_CONFIG_HOME="/cfg") == "/cfg/corp_error_agent"
+    assert _user_dir("cache", "linux", XDG_CACHE_HOME="/c") == "/c/corp_error_agent"
+    assert _user_dir("cache", "linux", XDG_CACHE_HOME="relative") == HOME + "/.cache/corp_error_agent"
+
+
+def test_macos_dirs():
+    assert _user_dir("config", "darwin") == HOME + "/Library/Application Support/corp_error_agent"
+    assert _user_dir("cache", "darwin") == HOME + "/Library/Caches/corp_error_agent"
+
+
+def test_windows_dirs_use_localappdata():
+    base = r"C:\Users\alice\AppData\Local"
+    config = _user_dir("config", "win32", LOCALAPPDATA=base)
+    cache = _user_dir("cache", "win32", LOCALAPPDATA=base)
+    assert config.replace("\\", "/") == base.replace("\\", "/") + "/corp_error_agent/corp_error_agent"
+    assert cache.replace("\\", "/") == base.replace("\\", "/") + "/corp_error_agent/corp_error_agent/Cache"
+    assert _user_dir("config", "win32").startswith(HOME)  # no LOCALAPPDATA: under the home directory
