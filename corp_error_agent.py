@@ -46,7 +46,7 @@ def activate() -> None:
         _thread._excepthook = _chain(_thread._excepthook, "_on_thread_exception")
         if "threading" in sys.modules:
             sys.modules["threading"].excepthook = _thread._excepthook
-        for name in _PATCHES:
+        for name in list(_PATCHES):  # a patch may add to it
             if name in sys.modules:
                 _process["patched"].append(name)
                 _call_agent(_PATCHES[name], sys.modules[name])
@@ -93,7 +93,8 @@ def _debug(error: BaseException) -> None:
 
 # Errors that never reach a hook: asyncio task exceptions nobody retrieved, and multiprocessing
 # children, whose bootstrap prints the traceback itself. The agent patches those modules when they
-# are imported, so that processes which never use them never pay for it.
+# are imported, so that processes which never use them never pay for it. (Patching
+# multiprocessing adds traceback, for the same reason.)
 _PATCHES = {"asyncio.base_events": "_patch_asyncio", "multiprocessing.process": "_patch_multiprocessing"}
 
 
@@ -355,28 +356,32 @@ def _patch_asyncio(base_events) -> None:
 def _patch_multiprocessing(process) -> None:
     """Report errors of multiprocessing children, which BaseProcess._bootstrap prints itself.
 
-    The exception is picked up where _bootstrap calls util._exit_function() in a ``finally:``
-    while it propagates, so that no frame of ours shows in the traceback the child prints."""
+    _bootstrap prints the error with traceback.print_exc(): the exception is recorded there, where
+    no frame of ours can show in the traceback the child prints."""
     bootstrap = process.BaseProcess._bootstrap
+    _process["bootstrap_code"] = bootstrap.__code__
+    if "traceback" in sys.modules:
+        _patch_traceback(sys.modules["traceback"])
+    else:  # import it only when a child fails, as _bootstrap does: _PATCHES patches it then
+        _PATCHES["traceback"] = "_patch_traceback"
 
     def reporting_bootstrap(self, *args, **kwargs):
-        from multiprocessing import util
-        exit_function = util._exit_function
-
-        def recording_exit_function(*a, **k):
-            if sys.exc_info()[0] is not None:
-                _process["child_failure"] = sys.exc_info()
-            return exit_function(*a, **k)
-        util._exit_function = recording_exit_function
-        try:
-            exitcode = bootstrap(self, *args, **kwargs)
-        finally:
-            util._exit_function = exit_function
+        exitcode = bootstrap(self, *args, **kwargs)
         failure = _process.pop("child_failure", None)
         if failure:  # the traceback is printed by now: the hint comes under it, as in the parent
             _call_agent("_on_error", failure[0], failure[1], failure[2], True)
         return exitcode
     process.BaseProcess._bootstrap = reporting_bootstrap
+
+
+def _patch_traceback(traceback) -> None:
+    print_exc = traceback.print_exc
+
+    def recording_print_exc(*args, **kwargs):
+        if sys._getframe(1).f_code is _process["bootstrap_code"]:
+            _process["child_failure"] = sys.exc_info()
+        return print_exc(*args, **kwargs)
+    traceback.print_exc = recording_print_exc
 
 
 def _interactive() -> bool:
@@ -436,7 +441,8 @@ def _home() -> str:
 
 def scrub(text: str) -> str:
     """Remove secrets and the user's home directory from text that is about to leave the machine."""
-    text = _sub_all(text, _SECRET_PATTERNS)
+    # lone surrogates (undecodable bytes in a message, a path, an env value) are not valid JSON text
+    text = _sub_all(text.encode("utf-8", "backslashreplace").decode("utf-8"), _SECRET_PATTERNS)
     home = _home()
     return text.replace(home, "~") if home else text
 
@@ -737,14 +743,31 @@ def _spool_release(claimed: str, delivered: bool) -> None:
         os.rename(claimed, claimed.rsplit(".", 2)[0])
 
 
+def _claimant_gone(name: str) -> bool:
+    """Whether the process named in a claim has ended (a host exits while its delivery still waits)."""
+    try:
+        pid = int(name.rsplit(".", 2)[1])
+    except (IndexError, ValueError):
+        return True
+    if os.name == "nt" or pid == os.getpid():  # os.kill would terminate the process on Windows
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, owned by someone else
+        return False
+    return False
+
+
 def _recover_stale_claims(state: str) -> None:
-    """Entries claimed by a process that died mid-delivery go back into the spool."""
+    """Entries claimed by a process that ended mid-delivery go back into the spool."""
     import time
     spool = os.path.join(state, "spool")
     for name in os.listdir(spool):
         path = os.path.join(spool, name)
         try:
-            if name.endswith(".claimed") and time.time() - os.stat(path).st_mtime > 300:
+            if name.endswith(".claimed") and (_claimant_gone(name) or time.time() - os.stat(path).st_mtime > 300):
                 _spool_release(path, delivered=False)
             elif name.endswith(".tmp") and time.time() - os.stat(path).st_mtime > 300:
                 os.unlink(path)
@@ -955,7 +978,10 @@ def _report_clean_exit() -> None:
 # Hints #######################################################################
 ###############################################################################
 
-_ESCAPES = r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|[\x00-\x1f\x7f-\x9f]"
+# CSI and OSC sequences, lone ESC, C0/C1 controls, and the invisible format characters that can
+# make a command read differently from what it does (bidi overrides, zero-width characters)
+_ESCAPES = (r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|[\x00-\x1f\x7f-\x9f]"
+            r"|[\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 
 
 def _sanitize(text, limit: int = 500) -> str:

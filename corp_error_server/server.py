@@ -136,11 +136,17 @@ class _Handler(BaseHTTPRequestHandler):
                 environ[key] = environ[key] + "," + value if key in environ else value
         return environ
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _run
+    def __getattr__(self, name: str):
+        # every method, even one made up, reaches the application, which answers 405 (not 501)
+        if name.startswith("do_"):
+            return self._run
+        raise AttributeError(name)
 
     def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
         # malformed request lines and headers: the same JSON error shape as the application's
         self.close_connection = True
+        # a request line http.server takes for HTTP/0.9 ("POST  HTTP/1.1") still gets a status line
+        self.request_version = self.protocol_version
         payload = json.dumps({"error": message or self.responses.get(code, ("error",))[0]}).encode()
         if not hasattr(self, "command") or self.command is None:
             self.command = ""

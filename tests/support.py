@@ -185,6 +185,16 @@ class Sandbox:
     def spool(self) -> List[Path]:
         return sorted((self.cache / "spool").glob("*.json"))
 
+    def breakers(self) -> List[Path]:
+        """The agent's circuit breakers, one per backend URL that failed."""
+        return sorted(self.cache.glob("breaker-*.json"))
+
+    def reset_breakers(self) -> int:
+        breakers = self.breakers()
+        for path in breakers:
+            path.unlink()
+        return len(breakers)
+
 
 def run(python, args: Iterable, env: Dict[str, str], cwd=None, input: Optional[bytes] = None,
         timeout: Optional[float] = None) -> subprocess.CompletedProcess:

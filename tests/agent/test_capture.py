@@ -191,18 +191,39 @@ def test_subprocess_child(agent_venv, backend, sandbox):
     assert beacon.get("script_name") == "child.py"
 
 
-def test_multiprocessing_child(agent_venv, backend, sandbox):
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_multiprocessing_child(agent_venv, backend, sandbox, method):
     script = sandbox.script("mp.py", (
         "import multiprocessing as mp\n"
         "def work():\n"
         "    raise ValueError('boom-mp-child')\n"
+        "if __name__ == '__main__':\n"
+        "    p = mp.get_context(%r).Process(target=work)\n"
+        "    p.start()\n"
+        "    p.join(120)\n"
+        "    print('child exitcode', p.exitcode)\n" % method))
+    proc = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
+    assert proc.returncode == 0 and proc.stdout == b"child exitcode 1\n"
+    assert b"ValueError: boom-mp-child" in proc.stderr
+    assert b"corp_error_agent" not in proc.stderr  # no frame of ours in the child's traceback
+    [beacon] = wait_error(backend, "boom-mp-child")
+    assert beacon["error_sig"].startswith("ValueError: boom-mp-child")
+
+
+def test_multiprocessing_child_that_handles_its_error_is_not_reported(agent_venv, backend, sandbox):
+    script = sandbox.script("mp_handled.py", (
+        "import multiprocessing as mp, sys, traceback\n"
+        "def work():\n"
+        "    try:\n"
+        "        raise ValueError('handled-in-child')\n"
+        "    except ValueError:\n"
+        "        traceback.print_exc()\n"
+        "    sys.exit(3)\n"
         "if __name__ == '__main__':\n"
         "    p = mp.get_context('spawn').Process(target=work)\n"
         "    p.start()\n"
         "    p.join(120)\n"
         "    print('child exitcode', p.exitcode)\n"))
     proc = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
-    assert proc.returncode == 0 and proc.stdout == b"child exitcode 1\n"
-    assert b"ValueError: boom-mp-child" in proc.stderr
-    [beacon] = wait_error(backend, "boom-mp-child")
-    assert beacon["error_sig"].startswith("ValueError: boom-mp-child")
+    assert proc.stdout == b"child exitcode 3\n" and b"ValueError: handled-in-child" in proc.stderr
+    assert backend.settle() == [] and sandbox.spool() == []

@@ -91,7 +91,8 @@ def test_429_keeps_the_beacon_and_honours_retry_after(venv311, sandbox):
         assert proc.returncode == 1
         backend.settle()
         [entry] = sandbox.spool()
-        breaker = json.loads((sandbox.cache / "breaker").read_text())
+        [breaker_file] = sandbox.breakers()
+        breaker = json.loads(breaker_file.read_text())
         beacon_ts = json.loads(entry.read_text())["beacon"]["ts"]
         assert 100 <= breaker["until"] - beacon_ts <= 130, breaker   # 120 s, not the default 180
         assert "429" in breaker["reason"]
@@ -121,7 +122,7 @@ def test_drain_is_bounded_per_contact(venv311, sandbox):
         entry["beacon"]["ts"] = template["beacon"]["ts"] - 1000 + i
         (spool / ("%020d-%s.json" % (int(entry["beacon"]["ts"] * 1e6), entry["beacon"]["event_id"]))).write_text(
             json.dumps(entry))
-    (sandbox.cache / "breaker").unlink()
+    assert sandbox.reset_breakers() == 1
     with RecordingBackend() as backend:
         run(venv311.python, [script], sandbox.env(backend.url, {"ERROR_AGENT_SUGGEST_TIMEOUT": "20"}),
             cwd=sandbox.work)

@@ -123,7 +123,7 @@ def test_token_only_in_the_authorization_header(venv311, sandbox, tmp_path):
         assert token not in status.stdout.decode() and token not in status.stderr.decode()
         flush = run(venv311.python, ["-m", "corp_error_agent", "flush"], env, cwd=sandbox.work)
         assert flush.returncode == 0, flush.stdout + flush.stderr
-        (sandbox.cache / "breaker").unlink()
+        sandbox.reset_breakers()
         with RecordingBackend() as backend:
             run(venv311.python, [script], sandbox.env(backend.url, {"ERROR_AGENT_TOKEN": token}), cwd=sandbox.work)
             requests = backend.settle()
