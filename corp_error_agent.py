@@ -9,9 +9,10 @@ the backend can compare failing and succeeding environments.
 Standard library only, Python 3.8+, one file: ``python corp_error_agent.py install`` needs nothing
 else. This file has two parts. The start-up part, right below, is all that every Python process
 runs: it installs the hooks and imports nothing beyond builtin modules. The agent proper is the
-source text _AGENT after it: as byte code it would cost every Python start ~10% (bench/startup.py),
-as a string constant almost nothing. ``_load()`` compiles it into this module the first time
-something happens: an error, a clean exit after a failure, a command, or any use of its names.
+source text after it, in a string that is not assigned, so the compiler leaves it out of the byte
+code: as byte code it would cost every Python start ~10% (bench/startup.py). ``_load()`` reads and
+compiles it into this module the first time something happens: an error, a clean exit after a
+failure, a command, or any use of its names.
 """
 import os
 import sys
@@ -50,9 +51,11 @@ def activate() -> None:
             if name in sys.modules:
                 _process["patched"].append(name)
                 _call_agent(_PATCHES[name], sys.modules[name])
-        sys.meta_path.insert(0, sys.modules[__name__])  # see find_spec()
+        finder = type(sys)(_APP + ".finder")
+        finder.find_spec = _detached(_find_spec)
+        sys.meta_path.insert(0, finder)
         pending = _pending_path()
-        if pending is None or os.path.exists(pending) or _success_always():
+        if pending is None or os.access(pending, os.F_OK) or _success_always():  # exists() raises inside
             import atexit
             atexit.register(_at_exit)
     except Exception:
@@ -65,7 +68,8 @@ def _chain(previous, handler: str):
             previous(*args)
         finally:
             if not (isinstance(args[0], type) and issubclass(args[0], (KeyboardInterrupt, SystemExit))):
-                _call_agent(handler, *args)
+                _reach_agent(handler, *args)
+    hook = _detached(hook)
     hook.corp_error_agent = True
     return hook
 
@@ -98,13 +102,32 @@ def _debug(error: BaseException) -> None:
 _PATCHES = {"asyncio.base_events": "_patch_asyncio", "multiprocessing.process": "_patch_multiprocessing"}
 
 
-def find_spec(name, path=None, target=None):
-    """Import-system finder (this module is on sys.meta_path): the spec of a module in _PATCHES,
+def _find_spec(name, path=None, target=None):
+    """Import-system finder (on sys.meta_path, see activate): the spec of a module in _PATCHES,
     with a loader that patches it; None, meaning "not mine", for every other module."""
     if name not in _PATCHES or name in _process["patched"]:
         return None
     _process["patched"].append(name)
-    return _call_agent("_patched_spec", name, path, target)
+    return _reach_agent("_patched_spec", name, path, target)
+
+
+# The hooks and the finder live as long as the interpreter. With this module's globals, they would
+# keep the module alive into finalization, which then clears it the slow way, with all it refers to:
+# ~1% of a `python -c pass` (bench/startup.py). So they get a small namespace of their own and
+# reach the agent through sys.modules.
+
+def _detached(function):
+    return type(function)(function.__code__, _OUTSIDE, function.__name__, function.__defaults__,
+                          function.__closure__)
+
+
+def _reach_agent(name: str, *args):
+    agent = sys.modules.get(_APP)  # None once the interpreter is shutting down
+    return None if agent is None else agent._call_agent(name, *args)
+
+
+_OUTSIDE = {"__builtins__": __builtins__, "sys": sys, "_APP": _APP, "_PATCHES": _PATCHES, "_process": _process}
+_OUTSIDE["_reach_agent"] = _detached(_reach_agent)
 
 
 def _user_dir(kind: str, platform: str = sys.platform, environ=os.environ) -> str:
@@ -162,7 +185,7 @@ def _at_exit() -> None:
 
 
 def _load(cache_code: bool = False) -> None:
-    """Compile and run the agent proper (_AGENT below) in this module, once. Hooks firing in a
+    """Compile and run the agent proper (the source text below) in this module, once. Hooks firing in a
     host process may reuse the compiled code from the agent's cache dir; other uses (the command
     line, a server importing group_key) leave no trace on disk."""
     if _process["loaded"]:
@@ -190,9 +213,7 @@ def _agent_code(cache_code: bool):
                 return marshal.loads(f.read())
         except (OSError, ValueError, EOFError, TypeError):
             pass
-    # Blank lines in front keep the line numbers of this file in tracebacks and debuggers.
-    source = "\n" * (_AGENT_FIRST_LINE - 1) + _AGENT
-    code = compile(source, __file__, "exec", __future__.annotations.compiler_flag, True)
+    code = compile(_agent_source(), __file__, "exec", __future__.annotations.compiler_flag, True)
     if cached is None:
         return code
     try:
@@ -204,6 +225,17 @@ def _agent_code(cache_code: bool):
     except OSError:
         pass
     return code
+
+
+def _agent_source() -> str:
+    """The agent proper, read from this file, with blank lines in front so that tracebacks and
+    debuggers show this file's line numbers."""
+    with open(__file__, "rb") as f:
+        text = f.read().decode("utf-8")
+    opening, closing = "\nr'''\n", "\n'''\n"
+    start = text.index(opening) + len(opening)
+    end = text.index(closing, start) + 1
+    return "\n" * text.count("\n", 0, start) + text[start:end]
 
 
 def __getattr__(name: str):
@@ -220,8 +252,10 @@ def __getattr__(name: str):
 ###############################################################################
 # The agent proper: compiled by _load() on first use, never at start-up #######
 ###############################################################################
+# A string statement that is not assigned: the compiler drops it, so the byte code that every
+# Python start loads holds none of it. _agent_source() reads it from this file.
 
-_AGENT = r'''
+r'''
 ###############################################################################
 # Constants and configuration #################################################
 ###############################################################################
@@ -1346,7 +1380,6 @@ def _cmd_uninstall(args) -> int:
 _COMMANDS = {"configure": _cmd_configure, "status": _cmd_status, "test": _cmd_test, "flush": _cmd_flush,
              "snapshot": _cmd_snapshot, "install": _cmd_install, "uninstall": _cmd_uninstall}
 '''
-_AGENT_FIRST_LINE = sys._getframe().f_lineno - _AGENT.count("\n") - 1
 
 
 if __name__ == "__main__":

@@ -13,17 +13,12 @@ import corp_error_agent as agent  # noqa: E402
 
 def test_agent_proper_lints_clean_with_the_start_up_part(tmp_path):
     # The agent proper is source text compiled at run time: no editor or linter looks inside the
-    # string, so this test does. Both parts go into one file, the string's lines where they are.
+    # string, so this test does. The quote lines become blank lines: line numbers stay the file's.
     source = (ROOT / "corp_error_agent.py").read_text(encoding="utf-8")
-    head = source[:source.index("_AGENT = r'''")]
-    body = "\n" * (agent._AGENT_FIRST_LINE - 1 - head.count("\n")) + agent._AGENT
     combined = tmp_path / "combined.py"
-    combined.write_text(head + body, encoding="utf-8")
+    combined.write_text(source.replace("\nr'''\n", "\n\n", 1).replace("\n'''\n", "\n\n", 1), encoding="utf-8")
     result = subprocess.run([sys.executable, "-m", "pyflakes", str(combined)], capture_output=True, text=True)
-    # The start-up part refers to the string itself, which the combined file replaces.
-    expected = ("imported but unused", "undefined name '_AGENT'", "undefined name '_AGENT_FIRST_LINE'")
-    problems = [line for line in result.stdout.splitlines() if not any(e in line for e in expected)]
-    assert problems == [], "\n".join(problems)
+    assert result.stdout == "" and result.returncode == 0, result.stdout + result.stderr
 
 
 def test_line_numbers_of_the_agent_proper_are_the_file_s():
@@ -34,13 +29,14 @@ def test_line_numbers_of_the_agent_proper_are_the_file_s():
 
 
 def test_start_up_byte_code_holds_no_code_of_the_agent_proper():
-    # What every Python process loads: the start-up part, plus the agent proper as one string.
+    # What every Python process loads: the start-up part only, not even the agent proper's text.
     code = compile((ROOT / "corp_error_agent.py").read_text(encoding="utf-8"), "corp_error_agent.py", "exec")
     at_start_up = {c.co_name for c in code.co_consts if hasattr(c, "co_name")}
-    proper = {node.name for node in ast.parse(agent._AGENT).body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    proper = {node.name for node in ast.parse(agent._agent_source()).body
+              if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
     assert "activate" in at_start_up and len(proper) > 50
     assert at_start_up & proper == set()
-    assert agent._AGENT in code.co_consts
+    assert not [c for c in code.co_consts if isinstance(c, str) and "def error_signature" in c]
 
 
 def test_repo_start_up_files_are_what_install_writes():
