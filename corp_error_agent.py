@@ -57,7 +57,7 @@ def activate() -> None:
         pending = _pending_path()
         if pending is None or os.access(pending, os.F_OK) or _success_always():  # exists() raises inside
             import atexit
-            atexit.register(_at_exit)
+            atexit.register(_detached(_at_exit))
     except Exception:
         pass
 
@@ -111,10 +111,10 @@ def _find_spec(name, path=None, target=None):
     return _reach_agent("_patched_spec", name, path, target)
 
 
-# The hooks and the finder live as long as the interpreter. With this module's globals, they would
-# keep the module alive into finalization, which then clears it the slow way, with all it refers to:
-# ~1% of a `python -c pass` (bench/startup.py). So they get a small namespace of their own and
-# reach the agent through sys.modules.
+# The hooks, the finder and the exit hook live as long as the interpreter. With this module's
+# globals, they would keep the module alive into finalization, which then clears it the slow way,
+# with all it refers to: ~1% of a `python -c pass` (bench/startup.py). So they get a small
+# namespace of their own and reach the agent through sys.modules.
 
 def _detached(function):
     return type(function)(function.__code__, _OUTSIDE, function.__name__, function.__defaults__,
@@ -181,7 +181,7 @@ def _success_always() -> bool:
 
 def _at_exit() -> None:
     if not _process["error_seen"]:
-        _call_agent("_report_clean_exit")
+        _reach_agent("_report_clean_exit")
 
 
 def _load(cache_code: bool = False) -> None:
