@@ -72,14 +72,20 @@ def make_venvs(python: str, workdir: str) -> dict:
     return venvs
 
 
-def run_once(python: str, env: dict):
-    """Wall seconds and peak RSS (KiB) of one `python -c pass`."""
+def run_once(python: str, env: dict) -> float:
+    """Wall seconds of one `python -c pass`."""
     started = time.perf_counter()
-    process = subprocess.Popen([python, "-c", "pass"], env=env)
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - started
-    process.returncode = status
-    return elapsed, usage.ru_maxrss
+    subprocess.run([python, "-c", "pass"], env=env)
+    return time.perf_counter() - started
+
+
+def peak_rss_kib(python: str, env: dict) -> float:
+    """The interpreter's peak RSS (KiB) as it ends. Read from /proc by the process itself: the
+    rusage of a child counts the parent's memory it was forked with."""
+    code = "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
+    peaks = [int(subprocess.run([python, "-c", code], env=env, capture_output=True, text=True).stdout or 0)
+             for _ in range(15)]
+    return statistics.median(peaks)
 
 
 def pending_check_us(python: str, env: dict) -> float:
@@ -103,26 +109,25 @@ def measure(python: str, rounds: int) -> None:
         for python_path in venvs.values():  # warm the page cache
             run_once(python_path, env)
         times = {name: [] for name in venvs}
-        rss = {name: [] for name in venvs}
         ratios = {name: [] for name in venvs}
         for _ in range(rounds):
             order = list(venvs)
             random.shuffle(order)
             this_round = {}
             for name in order:
-                this_round[name], peak = run_once(venvs[name], env)
+                this_round[name] = run_once(venvs[name], env)
                 times[name].append(this_round[name])
-                rss[name].append(peak)
             for name in venvs:
                 ratios[name].append(this_round[name] / this_round["bare"])
         version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
                                  capture_output=True, text=True).stdout.strip()
         print("CPython %s, %d paired rounds of `python -c pass`:" % (version, rounds))
-        base_rss = statistics.median(rss["bare"])
+        rss = {name: peak_rss_kib(python_path, env) for name, python_path in venvs.items()} \
+            if os.path.exists("/proc/self/status") else None
         for name in venvs:
-            print("  %-8s median %6.2f ms   ratio to bare %.3f   peak RSS %+5.0f KiB" % (
+            print("  %-8s median %6.2f ms   ratio to bare %.3f   peak RSS %s" % (
                 name, statistics.median(times[name]) * 1e3, statistics.median(ratios[name]),
-                statistics.median(rss[name]) - base_rss))
+                "%+5.0f KiB" % (rss[name] - rss["bare"]) if rss else "(no /proc: not measured)"))
         print("  clean exit with nothing pending: no exit hook; the start-up check for one costs %.1f us"
               % pending_check_us(venvs["install"], env))
 
