@@ -52,8 +52,8 @@ class Client:
         return response.status, response.read()
 
 
-def environment(rng: random.Random, index: int, n_packages: int = 30) -> dict:
-    packages = {name: "%d.%d" % (rng.randint(1, 3), rng.randint(0, 4)) for name in PACKAGES[:n_packages]}
+def environment(rng: random.Random, index: int, n_packages: int = 30, minors: int = 5) -> dict:
+    packages = {name: "%d.%d" % (rng.randint(1, 3), rng.randint(0, minors - 1)) for name in PACKAGES[:n_packages]}
     return {"env_hash": "%012x" % index, "packages": packages,
             "python_ver": rng.choice(["3.10.13", "3.11.7", "3.12.1"]), "os_info": "Linux-6.1.0-x86_64",
             "machine_arch": "x86_64", "python_impl": "CPython",

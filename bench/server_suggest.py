@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _common import Client, environment, percentile, start, stop  # noqa: E402
+from _common import PACKAGES, Client, environment, percentile, start, stop  # noqa: E402
 
 import corp_error_agent  # noqa: E402
 from corp_error_server.app import parse_env  # noqa: E402
@@ -31,23 +31,40 @@ def _signature(group: int) -> str:
     return "KeyError: 'column_%s' @ etl.load < etl.main" % ("abcdefghijklmnopqrstuvwxyz"[group % 26] * (1 + group // 26))
 
 
-def populate(path: str, beacons: int, envs: int, seed: int = 0) -> None:
+def populate(path: str, beacons: int, envs: int, seed: int = 0) -> dict:
+    """Store the population; return, for each group with a cause, the environments that fail.
+
+    Half the groups have a cause (one version of one package fails, the others work), so that the
+    engine answers for them; in the other half, failures fall anywhere."""
     rng = random.Random(seed)
     storage = SQLiteStorage(path, synchronous="OFF")
+    packages = []
     for index in range(envs):
-        storage.add_env(parse_env(environment(rng, index)))
+        env = environment(rng, index, minors=2)  # 6 versions a package: a fleet, not noise
+        packages.append(env["packages"])
+        storage.add_env(parse_env(env))
+    failing, working = {}, {}
+    for group in range(0, _GROUPS, 2):
+        cause = PACKAGES[group % len(packages[0])]
+        failing[group] = [i for i, p in enumerate(packages) if p[cause] == "3.1"]
+        working[group] = [i for i, p in enumerate(packages) if not p[cause] == "3.1"]
     keys = [corp_error_agent.group_key(_signature(g)) for g in range(_GROUPS)]
     for i in range(beacons):
         group = rng.randrange(_GROUPS)
         success = i % 8 == 0
-        env_hash = "%012x" % rng.randrange(envs)
+        if group in failing:
+            env_index = rng.choice(working[group] if success else failing[group])
+            previous = rng.choice(failing[group])
+        else:
+            env_index, previous = rng.randrange(envs), rng.randrange(envs)
         storage.add_beacon(Beacon(
-            "success" if success else "error", env_hash, "s%04d" % rng.randrange(2000),
+            "success" if success else "error", "%012x" % env_index, "s%04d" % rng.randrange(2000),
             None if success else keys[group], None if success else _signature(group),
             None if success else "Traceback ...\n" + _signature(group).split(" @ ")[0], time.time(), None, None, None,
-            False, "%012x" % rng.randrange(envs) if success else None, keys[group] if success else None,
+            False, "%012x" % previous if success else None, keys[group] if success else None,
             frozenset({"pandas"})))
     storage.close()
+    return failing
 
 
 def main(argv=None) -> int:
@@ -58,7 +75,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "suggest.db")
         started = time.perf_counter()
-        populate(db, beacons, envs)
+        failing = populate(db, beacons, envs)
         print("populated %d beacons over %d environments, %d groups in %.1f s (%.1f MB)"
               % (beacons, envs, _GROUPS, time.perf_counter() - started, os.path.getsize(db) / 1e6))
         proc, host, port = start([sys.executable, "-m", "corp_error_server", "--port", "0", "--db", db])
@@ -67,7 +84,9 @@ def main(argv=None) -> int:
             rng = random.Random(1)
             latencies, matches = [], 0
             for i in range(queries + 20):
-                body = {"error_sig": _signature(rng.randrange(_GROUPS)), "env_hash": "%012x" % rng.randrange(envs)}
+                group = rng.randrange(_GROUPS)
+                env_index = rng.choice(failing[group]) if group in failing else rng.randrange(envs)
+                body = {"error_sig": _signature(group), "env_hash": "%012x" % env_index}
                 t0 = time.perf_counter()
                 status, payload = client.post("/suggest", body)
                 elapsed = (time.perf_counter() - t0) * 1000
@@ -78,7 +97,7 @@ def main(argv=None) -> int:
         finally:
             stop(proc)
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
-    print("/suggest over HTTP keep-alive, %d queries: p50 %.2f ms  p99 %.2f ms  max %.2f ms  (%d matched)"
+    print("/suggest over HTTP keep-alive, %d queries: p50 %.2f ms  p99 %.2f ms  max %.2f ms  (%d answered with a hint)"
           % (len(latencies), p50, p99, max(latencies), matches))
     print("bar (p99 <= 20 ms): %s" % ("met" if p99 <= 20 else "MISSED"))
     return 0 if p99 <= 20 else 1

@@ -101,6 +101,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _respond(self, code: int, headers, payload: bytes, started: float, path: str) -> None:
+        if getattr(self, "request_version", None) == "HTTP/0.9":
+            # a request line without a version ("GET  HTTP/1.1" with the path missing) is not HTTP/0.9
+            # spoken by anyone: answer with a status line all the same
+            self.request_version = self.protocol_version
+            self.close_connection = True
         self.send_response_only(code)
         self.send_header("Date", self.date_time_string())
         names = set()
@@ -145,8 +150,6 @@ class _Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
         # malformed request lines and headers: the same JSON error shape as the application's
         self.close_connection = True
-        # a request line http.server takes for HTTP/0.9 ("POST  HTTP/1.1") still gets a status line
-        self.request_version = self.protocol_version
         payload = json.dumps({"error": message or self.responses.get(code, ("error",))[0]}).encode()
         if not hasattr(self, "command") or self.command is None:
             self.command = ""

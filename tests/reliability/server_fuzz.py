@@ -70,7 +70,7 @@ def _plausible(route: str):
 def _encode(value, how: str) -> bytes:
     text = json.dumps(value, ensure_ascii=(how == "ascii"), allow_nan=True)
     if how == "utf-16":
-        return text.encode("utf-16")
+        return text.encode("utf-16", "surrogatepass")
     if how == "latin-1":
         return text.encode("latin-1", "replace")
     return text.encode("utf-8", "surrogatepass")

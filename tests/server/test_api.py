@@ -130,6 +130,26 @@ def test_paths_methods_and_content_type(server):
     assert status == 415 and "application/json" in answer["error"]
 
 
+@pytest.mark.parametrize("request_line, status", [
+    (b"BREW /beacon HTTP/1.1", 405),      # a made-up method: not allowed, not "not implemented"
+    (b"GET  HTTP/1.1", 404),              # path missing: http.server takes it for HTTP/0.9
+    (b"POST  HTTP/1.1", 400),
+])
+def test_odd_request_lines_get_a_status_line_and_a_4xx(server, request_line, status):
+    host, port = server.url[len("http://"):].split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(request_line + b"\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), answer
+    assert "error" in json.loads(body)
+
+
 def test_oversized_body_is_refused_before_it_is_read(make_server):
     server = make_server("--max-body", "1000")
     host, port = server.url[len("http://"):].split(":")
