@@ -235,6 +235,9 @@ def _agent_source() -> str:
     opening, closing = "\nr'''\n", "\n'''\n"
     start = text.index(opening) + len(opening)
     end = text.index(closing, start) + 1
+    if '\n__version__ = "%s"\n' % __version__ not in text[:start]:
+        # upgraded under a running process: its start-up part and the new agent proper may not fit
+        raise ImportError("%s is another version than this process started with" % __file__)
     return "\n" * text.count("\n", 0, start) + text[start:end]
 
 

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
@@ -42,6 +45,25 @@ def test_start_up_byte_code_holds_no_code_of_the_agent_proper():
 def test_repo_start_up_files_are_what_install_writes():
     assert (ROOT / "corp_error_agent.pth").read_text() == agent._PTH_LINE
     assert (ROOT / "corp_error_agent.start").read_text() == agent._START_LINE
+
+
+def test_an_upgrade_under_a_running_process_is_not_mixed_in(tmp_path, monkeypatch):
+    # The agent proper is read from the file when it is first needed, which may be days after the
+    # process started: a file of another version by then must not be compiled into the old start-up part.
+    monkeypatch.setenv("ERROR_AGENT_CACHE_DIR", str(tmp_path / "cache"))
+    copy = tmp_path / "corp_error_agent.py"
+    copy.write_text((ROOT / "corp_error_agent.py").read_text(encoding="utf-8"), encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("cea_running", str(copy))
+    running = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(running)
+    assert "def error_signature(" in running._agent_source()
+    upgraded = copy.read_text(encoding="utf-8").replace(
+        '__version__ = "%s"' % running.__version__, '__version__ = "99.0"', 1)
+    copy.write_text(upgraded, encoding="utf-8")
+    with pytest.raises(ImportError, match="another version"):
+        running._agent_source()
+    assert running._call_agent("scrub", "password=hunter2") is None  # swallowed: the agent stays out
+    assert "scrub" not in vars(running)
 
 
 # -- per-user directories, where platformdirs (and so the published 0.4.2 client) puts them ------
