@@ -122,11 +122,12 @@ def _detached(function):
 
 
 def _reach_agent(name: str, *args):
-    agent = sys.modules.get(_APP)  # None once the interpreter is shutting down
+    agent = sys.modules.get(__name__)  # None once the interpreter is shutting down
     return None if agent is None else agent._call_agent(name, *args)
 
 
-_OUTSIDE = {"__builtins__": __builtins__, "sys": sys, "_APP": _APP, "_PATCHES": _PATCHES, "_process": _process}
+_OUTSIDE = {"__builtins__": __builtins__, "__name__": __name__, "sys": sys, "_PATCHES": _PATCHES,
+            "_process": _process}
 _OUTSIDE["_reach_agent"] = _detached(_reach_agent)
 
 
