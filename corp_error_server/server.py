@@ -132,7 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
             "REMOTE_ADDR": self.client_address[0], "CONTENT_TYPE": self.headers.get("Content-Type", ""),
             "CONTENT_LENGTH": self.headers.get("Content-Length", ""),
             "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": body,
-            "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
+            "wsgi.errors": self.server.log_stream, "wsgi.multithread": True, "wsgi.multiprocess": False,
             "wsgi.run_once": False,
         }
         for name, value in self.headers.items():
@@ -176,7 +176,7 @@ class _Server(socketserver.ThreadingMixIn, HTTPServer):
             self.address_family = socket.AF_INET6
         self.app = app
         self.request_timeout = request_timeout
-        self._log_stream = log_stream
+        self.log_stream = log_stream
         self._log_lock = threading.Lock()
         self._active = 0
         self._active_lock = threading.Lock()
@@ -205,8 +205,8 @@ class _Server(socketserver.ThreadingMixIn, HTTPServer):
     def log(self, line: str) -> None:
         with self._log_lock:
             try:
-                self._log_stream.write(line + "\n")
-                self._log_stream.flush()
+                self.log_stream.write(line + "\n")
+                self.log_stream.flush()
             except (OSError, ValueError):
                 pass
 
