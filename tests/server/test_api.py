@@ -130,6 +130,15 @@ def test_paths_methods_and_content_type(server):
     assert status == 415 and "application/json" in answer["error"]
 
 
+def _read_to_close(sock: socket.socket) -> bytes:
+    answer = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return answer
+        answer += chunk
+
+
 @pytest.mark.parametrize("request_line, status", [
     (b"BREW /beacon HTTP/1.1", 405),      # a made-up method: not allowed, not "not implemented"
     (b"GET  HTTP/1.1", 404),              # path missing: http.server takes it for HTTP/0.9
@@ -139,12 +148,7 @@ def test_odd_request_lines_get_a_status_line_and_a_4xx(server, request_line, sta
     host, port = server.url[len("http://"):].split(":")
     with socket.create_connection((host, int(port)), timeout=20) as sock:
         sock.sendall(request_line + b"\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        answer = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
+        answer = _read_to_close(sock)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 %d " % status), answer
     assert "error" in json.loads(body)
@@ -249,12 +253,7 @@ def test_slow_clients_are_timed_out_and_do_not_block_others(make_server):
                          b"Content-Length: 100\r\n\r\n{\"kind\"")
     assert server.request("GET", "/healthz")[0] == 200          # served while both stall
     assert stalled_headers.recv(1000) == b""                     # closed by the server's timeout
-    answer = b""
-    while True:
-        chunk = stalled_body.recv(1000)
-        if not chunk:
-            break
-        answer += chunk
+    answer = _read_to_close(stalled_body)
     assert answer.startswith(b"HTTP/1.1 408") and b"not received in time" in answer
     stalled_headers.close()
     stalled_body.close()
