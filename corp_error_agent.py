@@ -232,7 +232,7 @@ def _agent_source() -> str:
     """The agent proper, read from this file, with blank lines in front so that tracebacks and
     debuggers show this file's line numbers."""
     with open(__file__, "rb") as f:
-        text = f.read().decode("utf-8")
+        text = f.read().decode("utf-8").replace("\r\n", "\n")  # a copy checked out with CRLF
     opening, closing = "\nr'''\n", "\n'''\n"
     start = text.index(opening) + len(opening)
     end = text.index(closing, start) + 1
@@ -246,11 +246,13 @@ def __getattr__(name: str):
     """PEP 562: the first use of anything in the agent proper loads it."""
     if name.startswith("__") or _process["loaded"]:
         raise AttributeError("module %r has no attribute %r" % (__name__, name))
-    _load()
     try:
+        _load()
         return globals()[name]
     except KeyError:
         raise AttributeError("module %r has no attribute %r" % (__name__, name)) from None
+    except Exception as error:  # the agent proper could not be loaded
+        raise AttributeError("module %r has no attribute %r (%s)" % (__name__, name, error)) from error
 
 
 ###############################################################################
@@ -404,6 +406,9 @@ def _patch_multiprocessing(process) -> None:
         _PATCHES["traceback"] = "_patch_traceback"
 
     def reporting_bootstrap(self, *args, **kwargs):
+        # A child is not a script of its own: its failures and clean exits take no part in the
+        # success tracking of the script that started it (nor of spawn's generated -c command).
+        _process["multiprocessing_child"] = True
         exitcode = bootstrap(self, *args, **kwargs)
         failure = _process.pop("child_failure", None)
         if failure:  # the traceback is printed by now: the hint comes under it, as in the parent
@@ -416,7 +421,8 @@ def _patch_traceback(traceback) -> None:
     print_exc = traceback.print_exc
 
     def recording_print_exc(*args, **kwargs):
-        if sys._getframe(1).f_code is _process["bootstrap_code"]:
+        caller = sys._getframe().f_back  # None when called straight from C (atexit, a new thread)
+        if caller is not None and caller.f_code is _process["bootstrap_code"]:
             _process["child_failure"] = sys.exc_info()
         return print_exc(*args, **kwargs)
     traceback.print_exc = recording_print_exc
@@ -479,8 +485,7 @@ def _home() -> str:
 
 def scrub(text: str) -> str:
     """Remove secrets and the user's home directory from text that is about to leave the machine."""
-    # lone surrogates (undecodable bytes in a message, a path, an env value) are not valid JSON text
-    text = _sub_all(text.encode("utf-8", "backslashreplace").decode("utf-8"), _SECRET_PATTERNS)
+    text = _sub_all(text, _SECRET_PATTERNS)
     home = _home()
     return text.replace(home, "~") if home else text
 
@@ -760,40 +765,65 @@ def _spool_drop(state: str, path: str, reason: str) -> None:
     claimed = _spool_claim(path)
     if claimed:
         entry = _read_json(claimed) or {}
-        os.unlink(claimed)
+        _spool_release(claimed, keep=False)
         _count_dropped(state, reason, entry.get("beacon", {}))
 
 
 def _spool_claim(path: str):
     """Rename the entry so that exactly one process delivers it; None when another got it first."""
-    claimed = "%s.%d.claimed" % (path, os.getpid())
+    claimed = "%s.%d.%s.claimed" % (path, os.getpid(), _pid_space())
     try:
         os.rename(path, claimed)
-        return claimed
     except OSError:
         return None
+    try:
+        os.utime(claimed)  # a rename keeps the entry's mtime: staleness is the claim's age
+    except OSError:
+        pass
+    return claimed
 
 
-def _spool_release(claimed: str, delivered: bool) -> None:
-    if delivered:
-        os.unlink(claimed)
-    else:
-        os.rename(claimed, claimed.rsplit(".", 2)[0])
+def _pid_space() -> str:
+    """Which processes a pid in a claim refers to: the cache dir may be shared by containers and
+    machines (a bind-mounted or NFS home), whose pids this process cannot see."""
+    if "pid_space" not in _process:
+        uname = getattr(os, "uname", None)
+        try:
+            namespace = os.readlink("/proc/self/ns/pid")
+        except (OSError, AttributeError):
+            namespace = ""
+        space = (uname().nodename if uname else "") + namespace
+        _process["pid_space"] = "".join(c if c.isalnum() else "-" for c in space)[:80] or "-"
+    return _process["pid_space"]
+
+
+def _spool_release(claimed: str, keep: bool) -> None:
+    """Remove a claimed entry, or put it back. Gone already: a recovery judged this process dead
+    (it waited past the stale age) and handed the entry on; the server drops the duplicate."""
+    try:
+        if keep:
+            os.rename(claimed, claimed.rsplit(".", 3)[0])
+        else:
+            os.unlink(claimed)
+    except FileNotFoundError:
+        pass
 
 
 def _claimant_gone(name: str) -> bool:
-    """Whether the process named in a claim has ended (a host exits while its delivery still waits)."""
+    """Whether the process named in a claim has ended (a host exits while its delivery still waits).
+    Only a process of this pid space can tell; elsewhere the claim's age decides."""
     try:
-        pid = int(name.rsplit(".", 2)[1])
-    except (IndexError, ValueError):
+        _, pid, space, _ = name.rsplit(".", 3)
+        pid = int(pid)
+    except ValueError:
         return True
-    if os.name == "nt" or pid == os.getpid():  # os.kill would terminate the process on Windows
+    if os.name == "nt" or space != _pid_space() or pid == os.getpid():  # os.kill terminates on Windows
         return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except OSError:  # alive, owned by someone else
+    except (OSError, OverflowError):  # alive, owned by someone else
         return False
     return False
 
@@ -806,7 +836,7 @@ def _recover_stale_claims(state: str) -> None:
         path = os.path.join(spool, name)
         try:
             if name.endswith(".claimed") and (_claimant_gone(name) or time.time() - os.stat(path).st_mtime > 300):
-                _spool_release(path, delivered=False)
+                _spool_release(path, keep=True)
             elif name.endswith(".tmp") and time.time() - os.stat(path).st_mtime > 300:
                 os.unlink(path)
         except OSError:
@@ -829,8 +859,11 @@ def _post(settings: dict, path: str, payload: dict, timeout: float):
     headers = {"Content-Type": "application/json", "User-Agent": _USER_AGENT}
     if settings["token"][0]:
         headers["Authorization"] = "Bearer " + settings["token"][0]
-    request = urllib.request.Request(settings["url"][0] + path, data=json.dumps(payload).encode("utf-8"),
-                                     headers=headers, method="POST")
+    body = json.dumps(payload)
+    if "\\ud" in body:  # a surrogate escape: maybe a lone one, which strict servers refuse
+        body = json.dumps(_wire_safe(payload))
+    request = urllib.request.Request(settings["url"][0] + path, data=body.encode("utf-8"), headers=headers,
+                                     method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read(_RESPONSE_LIMIT + 1)
@@ -841,6 +874,18 @@ def _post(settings: dict, path: str, payload: dict, timeout: float):
         return error.code, b""
     except Exception as error:  # refused, reset, timeout, DNS, TLS, malformed answer
         raise _Unreachable(type(error).__name__ + ": " + str(error)) from None
+
+
+def _wire_safe(value):
+    """Valid Unicode throughout: lone surrogates (undecodable bytes in a file or package name, a
+    message, an env value) escaped, or a strict server refuses the report and it is lost."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_wire_safe(key): _wire_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_wire_safe(item) for item in value]
+    return value
 
 
 def _breaker_path(state: str, settings: dict) -> str:
@@ -865,21 +910,21 @@ def _deliver(settings: dict, state: str, claimed: str, timeout: float) -> str:
     import time
     entry = _read_json(claimed)
     if not isinstance(entry, dict) or not isinstance(entry.get("beacon"), dict):
-        os.unlink(claimed)  # a torn entry cannot be written by _write_atomic; be safe anyway
+        _spool_release(claimed, keep=False)  # a torn entry cannot be written by _write_atomic; be safe anyway
         return "rejected"
     try:
         status, _ = _post(settings, "/beacon", entry["beacon"], timeout)
         if status == 204 and isinstance(entry.get("env"), dict):
             _post(settings, "/env", entry["env"], timeout)
     except _Unreachable as error:
-        _spool_release(claimed, delivered=False)
+        _spool_release(claimed, keep=True)
         _trip_breaker(state, settings, error)
         raise
     if status >= 400:
-        os.unlink(claimed)
+        _spool_release(claimed, keep=False)
         _count_dropped(state, "rejected-%d" % status, entry["beacon"])
         return "rejected"
-    _spool_release(claimed, delivered=True)
+    _spool_release(claimed, keep=False)
     _write_atomic(os.path.join(state, "last_delivery.json"),
                   {"ts": time.time(), "url": settings["url"][0], "status": status})
     return "delivered"
@@ -947,14 +992,17 @@ def _report_error(exc_type, exc, tb, settings: dict, wait_for_hint: bool) -> Non
     beacon = _beacon("error", env["env_hash"], trace=format_trace(exc_type, exc, tb), error_sig=error_sig)
     spooled = _spool_put(state, {"beacon": beacon, "env": env})
     try:  # success tracking needs the cache dir itself, not the temp-dir fallback
-        _write_atomic(_pending_path() or "", {"ts": beacon["ts"], "env_hash": env["env_hash"], "error_sig": error_sig})
+        if not _process.get("multiprocessing_child"):
+            _write_atomic(_pending_path() or "", {"ts": beacon["ts"], "env_hash": env["env_hash"],
+                                                  "error_sig": error_sig})
     except OSError:
         pass
     if _breaker_open(state, settings):
         return
     timeout = _suggest_timeout()
     answer = {}
-    delivery = threading.Thread(target=_drain, args=(settings, state, spooled), daemon=True)
+    # _call_agent as the target: nothing a worker meets (a full disk, say) reaches the host's stderr
+    delivery = threading.Thread(target=_call_agent, args=("_drain", settings, state, spooled), daemon=True)
     delivery.start()
     if not wait_for_hint:
         if not _process["deliveries"]:
@@ -964,16 +1012,18 @@ def _report_error(exc_type, exc, tb, settings: dict, wait_for_hint: bool) -> Non
         return
     if settings["hints"][0] and timeout > 0:
         request = {"error_sig": error_sig, "env_hash": env["env_hash"], "script_id": beacon["script_id"]}
-
-        def ask():
-            _send_env_once(settings, state, env, timeout)
-            answer["hint"] = _suggest(settings, request, timeout)
-        suggestion = threading.Thread(target=ask, daemon=True)
+        suggestion = threading.Thread(target=_call_agent, daemon=True,
+                                      args=("_ask_for_hint", settings, state, env, request, timeout, answer))
         suggestion.start()
         _wait(suggestion, timeout, "a fix suggestion from " + settings["url"][0])
         if answer.get("hint"):
             _print_hint(answer["hint"], settings)
     _wait(delivery, max(0.0, timeout - (time.monotonic() - started)), "the error report to be delivered")
+
+
+def _ask_for_hint(settings: dict, state: str, env: dict, request: dict, timeout: float, answer: dict) -> None:
+    _send_env_once(settings, state, env, timeout)
+    answer["hint"] = _suggest(settings, request, timeout)
 
 
 def _finish_background_deliveries() -> None:
@@ -998,7 +1048,7 @@ def _report_clean_exit() -> None:
     """Report the first clean run after a failure (or every run, with ERROR_AGENT_SUCCESS=always)."""
     always = _success_always()
     settings = _settings()
-    if not settings["enabled"][0]:
+    if not settings["enabled"][0] or _process.get("multiprocessing_child"):
         return
     state = _state_dir()
     failure = _pending_failure()
@@ -1019,7 +1069,7 @@ def _report_clean_exit() -> None:
 # CSI and OSC sequences, lone ESC, C0/C1 controls, and the invisible format characters that can
 # make a command read differently from what it does (bidi overrides, zero-width characters)
 _ESCAPES = (r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|[\x00-\x1f\x7f-\x9f]"
-            r"|[\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+            r"|[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\U000e0000-\U000e007f]")
 
 
 def _sanitize(text, limit: int = 500) -> str:
@@ -1308,7 +1358,7 @@ def _cmd_flush(args) -> int:
 
 
 def _cmd_snapshot(args) -> int:
-    env = snapshot(_state_dir())
+    env = _wire_safe(snapshot(_state_dir()))
     lines = ["env_hash:     " + env["env_hash"], "python:       %s %s" % (env["python_impl"], env["python_ver"]),
              "os:           " + env["os_info"], "arch:         " + env["machine_arch"], "env vars:"]
     lines += ["  %s=%s" % item for item in sorted(env["env_vars"].items())]

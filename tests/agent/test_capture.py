@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from support import HEX32, failing_source, run, wait_error
+from support import HEX32, failing_source, run, same_outcome, success_beacons, wait_error
 
 PACKAGE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?==\S+$")
 
@@ -227,3 +227,34 @@ def test_multiprocessing_child_that_handles_its_error_is_not_reported(agent_venv
     proc = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
     assert proc.stdout == b"child exitcode 3\n" and b"ValueError: handled-in-child" in proc.stderr
     assert backend.settle() == [] and sandbox.spool() == []
+
+
+def test_multiprocessing_child_failures_take_no_part_in_success_tracking(agent_venv, backend, sandbox):
+    # A forked child inherits the parent's idea of "this script"; its failure must not become a
+    # failure of the parent script, whose next clean exit would then report a fix that never was.
+    script = sandbox.script("mp_twice.py", (
+        "import multiprocessing as mp\n"
+        "def work():\n"
+        "    raise ValueError('boom-mp-tracking')\n"
+        "if __name__ == '__main__':\n"
+        "    p = mp.get_context('fork').Process(target=work)\n"
+        "    p.start()\n"
+        "    p.join(120)\n"))
+    for _ in range(2):
+        assert run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work).returncode == 0
+    assert len(wait_error(backend, "boom-mp-tracking", count=2)) == 2
+    backend.settle()
+    assert success_beacons(backend) == []
+    pending = sandbox.cache / "pending"
+    assert not pending.exists() or list(pending.iterdir()) == []
+
+
+def test_print_exc_called_from_c_is_left_alone(agent_venv, backend, sandbox):
+    # With multiprocessing imported the agent wraps traceback.print_exc; called with no Python
+    # frame above it (as an atexit callback), it must behave as the original.
+    script = sandbox.script("exit_print.py", (
+        "import atexit, multiprocessing, traceback\n"
+        "atexit.register(traceback.print_exc)\n"))
+    env = sandbox.env(backend.url)
+    same_outcome(run(agent_venv.python, [script], env, cwd=sandbox.work),
+                 run(agent_venv.python, [script], dict(env, ERROR_AGENT_ENABLED="0"), cwd=sandbox.work))

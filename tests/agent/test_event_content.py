@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from support import Sandbox, run, wait_error
 
@@ -93,3 +94,17 @@ def test_trace_bounded_keeps_the_end(agent_venv, backend, sandbox):
     assert len(beacon["trace"]) <= 25000
     assert beacon["trace"].rstrip().endswith("the-very-end")
     assert len(json.dumps(beacon)) < 64 * 1024
+
+
+def test_undecodable_bytes_in_names_and_messages_reach_the_server_as_valid_text(agent_venv, backend, sandbox):
+    # A file name with a byte that is not UTF-8 becomes a lone surrogate in Python; strict servers
+    # refuse such JSON text, and the report with it.
+    name = os.fsdecode(b"b\xffd.py")
+    script = sandbox.script(name, "raise ValueError('boom-bytes ' + %r)\n" % os.fsdecode(b"\xfe"))
+    proc = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
+    assert proc.returncode == 1
+    [beacon] = wait_error(backend, "boom-bytes")
+    assert beacon["script_name"] == "b\\udcffd.py"
+    for request in backend.of("/beacon") + backend.of("/env"):
+        # strict UTF-8 holds no lone surrogate: this raises if the JSON escaped one
+        json.dumps(json.loads(request.body), ensure_ascii=False).encode("utf-8")

@@ -66,6 +66,17 @@ def test_an_upgrade_under_a_running_process_is_not_mixed_in(tmp_path, monkeypatc
     assert "scrub" not in vars(running)
 
 
+def test_a_copy_with_crlf_line_endings_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("ERROR_AGENT_CACHE_DIR", str(tmp_path / "cache"))
+    copy = tmp_path / "corp_error_agent.py"
+    copy.write_bytes((ROOT / "corp_error_agent.py").read_bytes().replace(b"\n", b"\r\n"))
+    spec = importlib.util.spec_from_file_location("cea_crlf", str(copy))
+    crlf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(crlf)
+    assert crlf._call_agent("scrub", "password=hunter2") == "password=***"
+    assert crlf.error_signature.__code__.co_firstlineno == agent.error_signature.__code__.co_firstlineno
+
+
 # -- per-user directories, where platformdirs (and so the published 0.4.2 client) puts them ------
 
 HOME = "/home/alice"
