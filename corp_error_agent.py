@@ -338,6 +338,8 @@ def _settings() -> dict:
                 if isinstance(data, dict) and data.get(_FILE_KEYS[name]) not in (None, ""):
                     value, source = data[_FILE_KEYS[name]], scope + " file"
                     break
+        if name == "min_confidence" and _float(value, None) is None:
+            source = "default: %r from %s is not a number" % (value, source)
         settings[name] = (_coerce(name, value), source)
     return settings
 
@@ -1274,7 +1276,19 @@ def _backend_health(settings: dict, timeout: float = 2.0) -> dict:
         status = error.code  # any HTTP answer means something is listening there
     except Exception as error:
         return {"reachable": False, "error": "%s: %s" % (type(error).__name__, error)}
-    return {"reachable": True, "status": status, "ms": round((time.monotonic() - started) * 1000, 1)}
+    health = {"reachable": True, "status": status, "ms": round((time.monotonic() - started) * 1000, 1)}
+    # /healthz needs no token: an empty suggestion request (400, nothing stored) tells whether
+    # the backend takes ours, or every report would be refused and dropped
+    try:
+        health["token_refused"] = _post(settings, "/suggest", {}, timeout)[0] in (401, 403)
+    except _Unreachable:
+        health["token_refused"] = False
+    return health
+
+
+def _local_time(ts) -> str:
+    import time
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(_float(ts, 0.0)))
 
 
 def _cmd_status(args) -> int:
@@ -1302,10 +1316,18 @@ def _cmd_status(args) -> int:
     lines.append("  spool:          %d beacon(s) in %s%s" % (spool["count"], spool["dir"], "; dropped: " + ", ".join(
         "%s %d" % item for item in sorted(spool["dropped"].items())) if spool["dropped"] else ""))
     last = data["last_delivery"]
-    lines.append("  last delivery:  %s" % (last and "%(url)s at %(ts).0f (HTTP %(status)s)" % last or "never"))
+    lines.append("  last delivery:  %s" % ("%s at %s (HTTP %s)" % (last.get("url"), _local_time(last.get("ts")),
+                                                                  last.get("status")) if last else "never"))
+    if data["breaker_open"]:
+        breaker = _read_json(_breaker_path(state, settings)) or {}
+        lines.append("  breaker:        open until %s after %s: errors are spooled, not sent" % (
+            _local_time(breaker.get("until")), breaker.get("reason")))
     backend = data["backend"]
-    lines.append("  backend:        %s" % ("answers (HTTP %s, %s ms)" % (backend["status"], backend["ms"])
-                                          if backend["reachable"] else "unreachable: " + backend["error"]))
+    lines.append("  backend:        %s" % ("unreachable: " + backend["error"] if not backend["reachable"] else
+                                          "answers (HTTP %s, %s ms)" % (backend["status"], backend["ms"])))
+    if backend.get("token_refused"):
+        lines.append("  token:          %s: every report would be dropped (ERROR_AGENT_TOKEN, configure --token)" % (
+            "refused by the backend" if settings["token"][0] else "the backend wants one"))
     _emit(args, data, "\n".join(lines) + "\n")
     return 0
 

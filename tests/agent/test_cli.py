@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from support import AGENT_FILES, ROOT, RecordingBackend, closed_port_url, failing_source, run, tree, wait_error
+from support import AGENT_FILES, ROOT, RecordingBackend, Reply, closed_port_url, failing_source, run, tree, wait_error
 
 
 def cli(venv, args, env, **kw):
@@ -168,7 +168,19 @@ def test_status_json_fields(agent_venv, backend, sandbox):
     assert any(p.endswith("corp_error_agent.pth") for p in data["hook"]["installed"])
     assert data["hook"]["active"] is True
     assert data["spool"]["count"] == 0
-    assert data["backend"]["reachable"] is True
+    assert data["backend"]["reachable"] is True and data["backend"]["token_refused"] is False
+
+
+def test_status_says_when_the_backend_refuses_the_token(agent_venv, backend, sandbox):
+    # /healthz answers without a token; the reports would not: status must not look healthy
+    backend.set_reply("/suggest", Reply(401, {"error": "missing or wrong bearer token"}))
+    env = sandbox.env(backend.url, {"ERROR_AGENT_TOKEN": "tok-wrong", "ERROR_AGENT_MIN_CONFIDENCE": "abc"})
+    data = _status(agent_venv, env)
+    assert data["backend"]["token_refused"] is True
+    assert data["settings"]["min_confidence"]["value"] == 0.6
+    assert "not a number" in data["settings"]["min_confidence"]["source"]
+    text = cli(agent_venv, ["status"], env).stdout.decode()
+    assert "refused by the backend: every report would be dropped" in text
 
 
 def test_status_does_not_show_token(agent_venv, backend, sandbox):
