@@ -46,6 +46,17 @@ def test_repeated_event_id_is_stored_once(server):
     assert _stored(server) == 1
 
 
+def test_test_beacons_are_stored_but_are_no_ones_error(server):
+    server.request("POST", "/env", env_body("e1", {"packaging": "23.2"}))
+    test = error_beacon("e1", "s1", "CorpErrorAgentTest: synthetic error from corp-error-agent test", test=True)
+    assert server.request("POST", "/beacon", test)[0] == 200
+    with sqlite3.connect(str(server.db)) as db:
+        assert db.execute("SELECT COUNT(*) FROM beacons WHERE test = 1").fetchone()[0] == 1
+    assert server.request("GET", "/api/errors")[1]["groups"] == []
+    server.request("POST", "/beacon", error_beacon("e1", "s1", SIG))
+    assert [g["count"] for g in server.request("GET", "/api/errors")[1]["groups"]] == [1]
+
+
 def test_population_suggestion_for_both_signature_styles(server):
     for i in range(7):
         server.request("POST", "/env", env_body("bad%d" % i, {"packaging": "23.2", "requests": "2.%d" % (i % 2)}))
