@@ -792,7 +792,7 @@ def _pid_space() -> str:
         uname = getattr(os, "uname", None)
         try:
             namespace = os.readlink("/proc/self/ns/pid")
-        except (OSError, AttributeError):
+        except OSError:  # no /proc: not Linux
             namespace = ""
         space = (uname().nodename if uname else "") + namespace
         _process["pid_space"] = "".join(c if c.isalnum() else "-" for c in space)[:80] or "-"

@@ -47,7 +47,7 @@ def populate(path: str, beacons: int, envs: int, seed: int = 0) -> dict:
     for group in range(0, _GROUPS, 2):
         cause = PACKAGES[group % len(packages[0])]
         failing[group] = [i for i, p in enumerate(packages) if p[cause] == "3.1"]
-        working[group] = [i for i, p in enumerate(packages) if not p[cause] == "3.1"]
+        working[group] = [i for i, p in enumerate(packages) if p[cause] != "3.1"]
     keys = [corp_error_agent.group_key(_signature(g)) for g in range(_GROUPS)]
     for i in range(beacons):
         group = rng.randrange(_GROUPS)
