@@ -183,7 +183,7 @@ class Cursor:
         return self._dialect.insert_id(self._raw, self._dialect.sql(sql), self._dialect.params(params))
 
     def lock(self, space: int, key: str = "") -> None:
-        self._dialect.lock(self._raw, space, key)
+        self._dialect.lock(self._raw, space, self._dialect.params([key])[0])
 
     def try_lock(self, space: int) -> bool:
         return self._dialect.try_lock(self._raw, space)
