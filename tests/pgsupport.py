@@ -7,6 +7,7 @@ the machine's own PostgreSQL is touched. ``unavailable()`` says why the tests ca
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -27,11 +28,9 @@ def unavailable() -> Optional[str]:
     """Why no cluster can be started here, or None."""
     if _bindir() is None:
         return "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/postgres)"
-    try:
-        import psycopg  # noqa: F401
-        import psycopg_pool  # noqa: F401
-    except ImportError as error:
-        return "psycopg 3 / psycopg_pool not importable: %s" % error
+    missing = [name for name in ("psycopg", "psycopg_pool") if importlib.util.find_spec(name) is None]
+    if missing:
+        return "%s not installed (the server's [postgres] extra)" % " and ".join(missing)
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")
