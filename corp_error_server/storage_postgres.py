@@ -71,6 +71,11 @@ class PostgresDialect(Dialect):
         raw.execute("SELECT pg_try_advisory_xact_lock(%s::int, 0)", (space,))
         return bool(raw.fetchone()[0])
 
+    def ids_copied(self, raw, table: str) -> None:
+        # an identity column's sequence does not see ids given explicitly: move it past them
+        raw.execute("SELECT setval(pg_get_serial_sequence(%%s, 'id'), COALESCE((SELECT MAX(id) FROM %s), 0) + 1, false)"
+                    % table, (table,))
+
 
 class PostgresStorage(Storage):
     """PostgreSQL at ``url`` (a libpq URL, ``postgresql://user:password@host:port/dbname``)."""
