@@ -354,10 +354,11 @@ class Storage:
     def _apply(cur: Cursor, groups: Iterable[int], kind: str, features: Dict[str, str], sign: int) -> None:
         fail, ok = (sign, 0) if kind == "error" else (0, sign)
         column = "fails" if kind == "error" else "oks"
-        # rows in one order everywhere, so concurrent writers queue instead of deadlocking
+        # rows locked in one order everywhere (a group's row, then its counts by feature), so concurrent
+        # writers queue instead of deadlocking
         for group in sorted(groups):
-            cur.executemany(_UPSERT_COUNT, [(group, f, v, fail, ok) for f, v in sorted(features.items())])
             cur.execute("UPDATE groups SET %s = %s + ? WHERE id = ?" % (column, column), (sign, group))
+            cur.executemany(_UPSERT_COUNT, [(group, f, v, fail, ok) for f, v in sorted(features.items())])
 
     def _store_beacon(self, cur: Cursor, beacon: Beacon, env: Optional[Env], now: float) -> BeaconResult:
         if env is not None:

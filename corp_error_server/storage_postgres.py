@@ -19,7 +19,6 @@ from .storage import Dialect, Storage, StorageConflict, StorageUnavailable, Unsu
 try:
     import psycopg
     import psycopg_pool
-    from psycopg import errors as _pg_errors
 except ImportError as error:   # the [postgres] extra is not installed
     _MISSING: Optional[str] = str(error)
 else:
@@ -121,12 +120,10 @@ class PostgresStorage(Storage):
         try:
             with self._connection() as conn, conn.transaction(), conn.cursor() as raw:
                 yield raw
-        except _pg_errors.TransactionRollback:   # deadlock or serialization failure: worth running again
-            raise _Retry() from None
-        except (psycopg.IntegrityError, psycopg.DataError) as error:
-            raise StorageConflict("refused by the database: %s" % _first_line(error)) from None
-        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-            raise StorageUnavailable("PostgreSQL: %s" % _first_line(error)) from None
+        except psycopg.Error as error:
+            if (error.sqlstate or "").startswith("40"):   # deadlock, serialization failure: worth running again
+                raise _Retry() from None
+            raise _translated(error) from None
 
     _snapshot = _transaction
 
@@ -134,6 +131,14 @@ class PostgresStorage(Storage):
         if self._pool is not None and self._pool_pid == os.getpid():
             self._pool.close()
         self._pool, self._pool_pid = None, -1
+
+
+def _translated(error: Exception) -> Exception:
+    if isinstance(error, (psycopg.IntegrityError, psycopg.DataError)):
+        return StorageConflict("refused by the database: %s" % _first_line(error))
+    if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return StorageUnavailable("PostgreSQL: %s" % _first_line(error))
+    return error   # a programming error: the app answers 500 and logs it
 
 
 def _first_line(error: Exception) -> str:
