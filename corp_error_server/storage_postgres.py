@@ -45,7 +45,6 @@ class PostgresDialect(Dialect):
     for_update = " FOR UPDATE"
 
     def __init__(self) -> None:
-        self.item_errors = (psycopg.IntegrityError, psycopg.DataError)
         self._translated: dict = {}
 
     def sql(self, text: str) -> str:
@@ -57,6 +56,17 @@ class PostgresDialect(Dialect):
     def params(self, params: Sequence[Any]) -> Sequence[Any]:
         # PostgreSQL text cannot hold NUL, which SQLite and JSON can: stored as U+FFFD rather than refused
         return [p.replace("\x00", "\ufffd") if isinstance(p, str) else p for p in params]
+
+    def translate(self, error: Exception) -> Exception:
+        if isinstance(error, (psycopg.IntegrityError, psycopg.DataError)):
+            return StorageConflict("refused by the database: %s" % _first_line(error))
+        if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return StorageUnavailable("PostgreSQL: %s" % _first_line(error))
+        return error
+
+    def retryable(self, error: Exception) -> bool:
+        # SQLSTATE class 40: deadlock detected, serialization failure
+        return isinstance(error, psycopg.Error) and (error.sqlstate or "").startswith("40")
 
     def insert_id(self, raw, sql: str, params: Sequence[Any]) -> Optional[int]:
         raw.execute(sql + " RETURNING id", params)
@@ -121,9 +131,9 @@ class PostgresStorage(Storage):
             with self._connection() as conn, conn.transaction(), conn.cursor() as raw:
                 yield raw
         except psycopg.Error as error:
-            if (error.sqlstate or "").startswith("40"):   # deadlock, serialization failure: worth running again
+            if self.dialect.retryable(error):
                 raise _Retry() from None
-            raise _translated(error) from None
+            raise self.dialect.translate(error) from None
 
     _snapshot = _transaction
 
@@ -131,14 +141,6 @@ class PostgresStorage(Storage):
         if self._pool is not None and self._pool_pid == os.getpid():
             self._pool.close()
         self._pool, self._pool_pid = None, -1
-
-
-def _translated(error: Exception) -> Exception:
-    if isinstance(error, (psycopg.IntegrityError, psycopg.DataError)):
-        return StorageConflict("refused by the database: %s" % _first_line(error))
-    if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
-        return StorageUnavailable("PostgreSQL: %s" % _first_line(error))
-    return error   # a programming error: the app answers 500 and logs it
 
 
 def _first_line(error: Exception) -> str:
