@@ -33,6 +33,8 @@ _MENTIONED = 25.0              # prior weight of a package the traceback names, 
 _PYTHON_PRIOR = 3.0            # the interpreter version is a common cause: more than one package's share
 _PACKAGING_TOOL = 0.1          # pip, setuptools, wheel ride along with interpreters and venvs
 _STDLIB_PRIOR = 3000.0         # the traceback names a module the requester's Python lacks
+_FLAKE = 0.1                   # share of failing runs a flaky bug adds on good values
+_MISS = 0.02                   # share of succeeding runs on failing values (a cause rarely lets a run pass)
 _FIX_NOISE = 0.12              # chance that an observed "fix" did not touch the cause (a flaky pass)
 _PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
 # Calibration (logit scale) of the posterior, fitted on bench/engine_quality.py over seeds 1-5
@@ -98,8 +100,10 @@ def _trace_frames(trace: str) -> List[Tuple[str, str]]:
     frames = []
     for path, function in _FRAME.findall(block):
         site = _SITE.search(path)
-        if site:
+        if site and _dist_of(site.group(1)) not in STDLIB_MODULES:
             frames.append(("lib:" + _dist_of(site.group(1)), function))
+        elif site:
+            continue
         elif not _STDLIB_PATH.search(path):
             frames.append((_stem(path), function))
     return frames
@@ -133,11 +137,28 @@ def where_raised(signature: str, trace: str = "") -> str:
     if not frames:
         return ""
     place, function = frames[-1]
-    return place if place.startswith("lib:") else (place + "." + function)[:120].lower()
+    if not place.startswith("lib:"):
+        return (place + "." + function)[:120].lower()
+    # a library's message with numbers in it ("step 12 failed") is about the caller's data: the
+    # numbers tell one caller's bug from another's; without numbers it is the library's own bug
+    numbers = _message_numbers(_raw_line(trace) or message)
+    return place + (" [%s]" % " ".join(numbers) if numbers else "")
+
+
+def _raw_line(trace: str) -> str:
+    lines = [line for line in trace.strip().splitlines() if line.strip()]
+    return lines[-1] if lines and not lines[-1].startswith((" ", "\t")) else ""
+
+
+def _message_numbers(line: str) -> List[str]:
+    """Numbers standing alone in an exception line, outside quotes and paths (at most four)."""
+    text = re.sub(r"'[^']*'|\"[^\"]*\"|\S*[/\\]\S*|0x[0-9a-fA-F]+|<n>", " ", line.split(" @ ")[0])
+    return re.findall(r"(?<![\w.])\d+(?![\w.])", text)[:4]
 
 
 def places_match(where: str, signature: str) -> bool:
     """Whether our agent's signature frames fit a place computed from a trace (for /suggest)."""
+    where = where.split(" [")[0]
     for place, function in _signature_frames(signature):
         if where in ("lib:" + _dist_of(place), (place + "." + function).lower()) or \
                 (place == "__main__" and where.endswith("." + function.lower())):
@@ -244,6 +265,22 @@ def log_bayes_factor(values: Mapping[str, Tuple[float, float]]) -> float:
     return _log_dm(fails) + _log_dm(oks) - _log_dm(pooled)
 
 
+def _log_partition_bf(values: Mapping[str, Tuple[float, float]], bad: Sequence[str]) -> float:
+    """"These values fail, the others work" (a few flaky failures, fewer successes on failing
+    values), over "values are independent of the outcome"; less the choice of the partition."""
+    fails_bad = [values[v][0] for v in values if v in bad]
+    oks_bad = [values[v][1] for v in values if v in bad]
+    fails_good = [values[v][0] for v in values if v not in bad]
+    oks_good = [values[v][1] for v in values if v not in bad]
+    if not fails_bad or not oks_good:
+        return 0.0
+    log_ml1 = (_log_dm(fails_bad) + _log_dm(oks_good) + _log_dm(oks_bad) + _log_dm(fails_good)
+               + sum(fails_good) * math.log(_FLAKE) + sum(oks_bad) * math.log(_MISS)
+               + sum(fails_bad) * math.log(1 - _FLAKE) + sum(oks_good) * math.log(1 - _MISS))
+    log_ml0 = _log_dm([a + b for a, b in values.values()])
+    return log_ml1 - log_ml0 - math.log(2 ** len(values) - 2)
+
+
 def with_absent(values: Mapping[str, Tuple[float, float]], fails: float, oks: float
                 ) -> Dict[str, Tuple[float, float]]:
     """Runs that had no value for a package had it absent: derived, so storage never enumerates."""
@@ -293,7 +330,7 @@ def separation(feature: str, values: Mapping[str, Tuple[float, float]]) -> Separ
     # best good value: the purest, then the best supported, then the newest
     good.sort(key=lambda v: (values[v][0] > 0, -values[v][1], tuple(-n for n in version_key(v) or ())))
     range_from = _failing_range(values, good, bad)
-    log_bf = log_bayes_factor(values) if good and bad else 0.0
+    log_bf = max(log_bayes_factor(values), _log_partition_bf(values, bad)) if good and bad else 0.0
     if range_from:
         # "every version from X on fails": two bins, less the choice among the thresholds there were
         start = version_key(range_from)
