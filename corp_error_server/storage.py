@@ -147,6 +147,9 @@ class Dialect:
     def try_lock(self, raw, space: int) -> bool:
         return True
 
+    def ids_copied(self, raw, table: str) -> None:
+        """Rows with explicit ids went into ``table``: new rows must get ids after them (SQLite does so)."""
+
 
 class Cursor:
     """A driver's cursor speaking ``?`` placeholders, plus the features this transaction read."""
@@ -172,6 +175,13 @@ class Cursor:
     def fetchall(self) -> list:
         return self._raw.fetchall()
 
+    def fetchmany(self, size: int) -> list:
+        return self._raw.fetchmany(size)
+
+    @property
+    def columns(self) -> List[str]:
+        return [column[0] for column in self._raw.description]
+
     def __iter__(self) -> Iterator:
         return iter(self._raw.fetchall())
 
@@ -184,10 +194,13 @@ class Cursor:
         return self._dialect.insert_id(self._raw, self._dialect.sql(sql), self._dialect.params(params))
 
     def lock(self, space: int, key: str = "") -> None:
-        self._dialect.lock(self._raw, space, key)
+        self._dialect.lock(self._raw, space, self._dialect.params([key])[0])
 
     def try_lock(self, space: int) -> bool:
         return self._dialect.try_lock(self._raw, space)
+
+    def ids_copied(self, table: str) -> None:
+        self._dialect.ids_copied(self._raw, table)
 
 
 ###############################################################################
