@@ -33,8 +33,9 @@ _MAX_ENV_VARS = 500
 _HASH_LIMIT = 12
 
 _REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
-            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required", 413: "Payload Too Large",
-            415: "Unsupported Media Type", 500: "Internal Server Error", 503: "Service Unavailable"}
+            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
+            413: "Payload Too Large", 415: "Unsupported Media Type", 500: "Internal Server Error",
+            503: "Service Unavailable"}
 
 
 class HTTPError(Exception):
@@ -116,7 +117,7 @@ def _packages(value: Any) -> Dict[str, str]:
 def _split_requirement(item: str) -> Tuple[str, str]:
     name, sep, version = item.partition("==")
     if not sep:
-        name = re.split(r"[\s@<>=!~;\[]", item.strip(), 1)[0]
+        name = re.split(r"[\s@<>=!~;\[]", item.strip(), maxsplit=1)[0]
     return name, version
 
 
@@ -134,7 +135,7 @@ def _env_vars(value: Any) -> Dict[str, str]:
 
 def parse_env(body: dict, env_hash: Optional[str] = None) -> Env:
     env_hash = env_hash or _text(_required(body, "env_hash"), "env_hash", _HASH_LIMIT, empty=False)
-    snapshot = {
+    snapshot: Dict[str, Any] = {
         "packages": _packages(_required(body, "packages")),
         "python_ver": _text(_required(body, "python_ver"), "python_ver", 20),
         "python_impl": _optional_text(body, "python_impl", 40) or "",
@@ -227,7 +228,7 @@ class _App:
         path = environ.get("PATH_INFO") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
         match = re.fullmatch(r"/api/errors/(\d{1,18})", path)
-        routes = {"GET": self._error} if match else self._routes.get(path)
+        routes: Optional[Dict[str, Callable]] = {"GET": self._error} if match else self._routes.get(path)
         if routes is None:
             raise HTTPError(404, "no such path: %s" % path[:200])
         if path != "/healthz":

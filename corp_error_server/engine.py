@@ -47,7 +47,7 @@ def env_features(packages: Mapping[str, str], python_ver: str, python_impl: str,
         features["impl"] = python_impl
     if os_info:
         # "Linux-6.1.0-...-x86_64-with-glibc2.36" -> "linux": kernel builds differ on every machine
-        features["os"] = re.split(r"[-\s]", os_info.strip(), 1)[0].lower()
+        features["os"] = re.split(r"[-\s]", os_info.strip(), maxsplit=1)[0].lower()
     if machine_arch:
         features["arch"] = machine_arch.lower()
     for name, value in env_vars.items():
@@ -353,7 +353,8 @@ def suggest(group: GroupData, requester: Optional[Features]) -> dict:
     if not chosen or chosen[0].confidence < MIN_CONFIDENCE:
         return {"match": False, "reason": "no feature separates failing from succeeding runs"}
     strongest = max(seps, key=lambda s: s.score, default=None)
-    if strongest and strongest.score > chosen[0].confidence and requester.get(strongest.feature, ABSENT) in strongest.good:
+    if (strongest and strongest.score > chosen[0].confidence
+            and requester.get(strongest.feature, ABSENT) in strongest.good):
         return {"match": False, "reason": "requesting environment already has the success value of %s"
                 % strongest.feature}
     by_feature = {s.feature: s for s in seps}

@@ -230,10 +230,11 @@ def test_binds_loopback_and_stops_cleanly(server):
 
 
 def test_retention_takes_old_beacons_out_of_the_counts(tmp_path):
-    from corp_error_server.storage import SQLiteStorage
-    from corp_error_server import create_app
     import io
     import time
+
+    from corp_error_server import create_app
+    from corp_error_server.storage import SQLiteStorage
 
     storage = SQLiteStorage(str(tmp_path / "r.db"))
     app = create_app("", storage=storage)
