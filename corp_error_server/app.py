@@ -10,7 +10,6 @@ import hmac
 import json
 import math
 import re
-import sqlite3
 import sys
 import threading
 import time
@@ -21,7 +20,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import corp_error_agent
 
 from . import engine, openapi
-from .storage import SCHEMA_VERSION, Beacon, Env, SQLiteStorage, Storage
+from .storage import Beacon, Env, Storage, StorageConflict, StorageUnavailable, open_storage
 
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_RETENTION_DAYS = 90
@@ -33,9 +32,9 @@ _MAX_ENV_VARS = 500
 _HASH_LIMIT = 12
 
 _REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
-            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
-            413: "Payload Too Large", 415: "Unsupported Media Type", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
+            411: "Length Required", 413: "Payload Too Large",
+            415: "Unsupported Media Type", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 class HTTPError(Exception):
@@ -169,6 +168,9 @@ def parse_beacon(body: dict) -> Tuple[Beacon, Optional[Env]]:
     test = body.get("test", False)
     if not isinstance(test, bool):
         raise HTTPError(400, "test must be a boolean")
+    handled = False if body.get("handled") is None else body["handled"]
+    if not isinstance(handled, bool):
+        raise HTTPError(400, "handled must be a boolean")
     prev_env_hash = _optional_text(body, "prev_env_hash", _HASH_LIMIT, empty=False)
     prev_error_sig = _optional_text(body, "prev_error_sig", keep=_SIG_KEEP)
     group = mentions = None
@@ -181,7 +183,8 @@ def parse_beacon(body: dict) -> Tuple[Beacon, Optional[Env]]:
         raise HTTPError(400, "env must be an object like the /env body")
     beacon = Beacon(kind, env_hash, script_id, group, error_sig, trace, ts, event_id,
                     _optional_text(body, "script_name", keep=256), _optional_text(body, "agent", keep=100), test,
-                    prev_env_hash if kind == "success" else None, prev_group, frozenset(mentions or ()))
+                    prev_env_hash if kind == "success" else None, prev_group, frozenset(mentions or ()),
+                    handled and kind == "error")
     return beacon, (parse_env(inline, env_hash) if inline else None)
 
 ###############################################################################
@@ -197,6 +200,7 @@ class _App:
         self._max_body = max_body
         self._purge_lock = threading.Lock()
         self._next_purge = 0.0
+        self._schema_version = storage.schema_version()
         self._routes: Dict[str, Dict[str, Callable]] = {
             "/beacon": {"POST": self._beacon}, "/env": {"POST": self._env}, "/suggest": {"POST": self._suggest},
             "/healthz": {"GET": self._healthz}, "/api/errors": {"GET": self._errors},
@@ -211,9 +215,11 @@ class _App:
             status, payload, headers = self._dispatch(environ)
         except HTTPError as error:
             status, payload, headers = error.status, {"error": error.message}, error.headers
-        except sqlite3.OperationalError as error:
-            _log_exception(environ)
+        except StorageUnavailable as error:
+            _log_line(environ, "storage unavailable: %s" % error)
             status, payload, headers = 503, {"error": "storage unavailable: %s" % error}, [("Retry-After", "1")]
+        except StorageConflict as error:
+            status, payload, headers = 409, {"error": str(error)}, []
         except Exception:
             _log_exception(environ)
             status, payload, headers = 500, {"error": "internal error"}, []
@@ -318,7 +324,7 @@ class _App:
         return 200, engine.suggest(group, self.storage.env_features(env_hash)), []
 
     def _healthz(self, environ: dict):
-        return 200, {"ok": True, "schema_version": SCHEMA_VERSION}, []
+        return 200, {"ok": True, "schema_version": self._schema_version}, []
 
     def _openapi(self, environ: dict):
         return 200, openapi.spec(self._max_body), []
@@ -327,13 +333,16 @@ class _App:
         query = _query(environ)
         limit = _int_param(query, "limit", 50, 1, 500)
         offset = _int_param(query, "offset", 0, 0, 10 ** 9)
-        return 200, {"groups": self.storage.list_groups(limit, offset), "limit": limit, "offset": offset}, []
+        groups = [dict(row.info, suggestion=engine.suggest(row.data, row.latest_features))
+                  for row in self.storage.list_groups(limit, offset)]
+        return 200, {"groups": groups, "limit": limit, "offset": offset}, []
 
     def _error(self, group_id: int):
-        group = self.storage.get_group(group_id)
-        if group is None:
+        row = self.storage.get_group(group_id)
+        if row is None:
             raise HTTPError(404, "no error group %d" % group_id)
-        return 200, group, []
+        return 200, dict(row.info, suggestion=engine.suggest(row.data, row.latest_features),
+                         comparison=engine.comparison(row.data)), []
 
 
 def _reject_constant(name: str):
@@ -357,6 +366,14 @@ def _int_param(query: Dict[str, str], name: str, default: int, low: int, high: i
     return value
 
 
+def _log_line(environ: dict, line: str) -> None:
+    stream = environ.get("wsgi.errors") or sys.stderr
+    try:
+        stream.write(line + "\n")
+    except Exception:
+        pass
+
+
 def _log_exception(environ: dict) -> None:
     stream = environ.get("wsgi.errors") or sys.stderr
     try:
@@ -367,5 +384,5 @@ def _log_exception(environ: dict) -> None:
 
 def create_app(db_path: str, *, token: Optional[str] = None, retention_days: float = DEFAULT_RETENTION_DAYS,
                max_body: int = DEFAULT_MAX_BODY, storage: Optional[Storage] = None) -> _App:
-    """A WSGI application storing into the SQLite database at ``db_path``."""
-    return _App(storage or SQLiteStorage(db_path), token, retention_days, max_body)
+    """A WSGI application storing into ``db_path``: a SQLite file, or a ``postgresql://`` URL."""
+    return _App(storage or open_storage(db_path), token, retention_days, max_body)
