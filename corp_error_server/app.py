@@ -116,7 +116,7 @@ def _packages(value: Any) -> Dict[str, str]:
 def _split_requirement(item: str) -> Tuple[str, str]:
     name, sep, version = item.partition("==")
     if not sep:
-        name = re.split(r"[\s@<>=!~;\[]", item.strip(), 1)[0]
+        name = re.split(r"[\s@<>=!~;\[]", item.strip(), maxsplit=1)[0]
     return name, version
 
 
@@ -134,7 +134,7 @@ def _env_vars(value: Any) -> Dict[str, str]:
 
 def parse_env(body: dict, env_hash: Optional[str] = None) -> Env:
     env_hash = env_hash or _text(_required(body, "env_hash"), "env_hash", _HASH_LIMIT, empty=False)
-    snapshot = {
+    snapshot: Dict[str, Any] = {
         "packages": _packages(_required(body, "packages")),
         "python_ver": _text(_required(body, "python_ver"), "python_ver", 20),
         "python_impl": _optional_text(body, "python_impl", 40) or "",
@@ -263,7 +263,7 @@ class _App:
         path = environ.get("PATH_INFO") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
         match = re.fullmatch(r"/api/errors/(\d{1,18})", path)
-        routes = {"GET": self._error} if match else self._routes.get(path)
+        routes: Optional[Dict[str, Callable]] = {"GET": self._error} if match else self._routes.get(path)
         if routes is None:
             raise HTTPError(404, "no such path: %s" % path[:200])
         if path != "/healthz":

@@ -339,8 +339,9 @@ class Storage:
     def _count(self, cur: Cursor, beacon_id: int, kind: str, script_id: str, group_id: Optional[int],
                prev_group_id: Optional[int], features: Dict[str, str]) -> None:
         """Fold one run into the counts of the group(s) it is evidence for."""
+        groups: List[int]
         if kind == "error":
-            groups = [group_id]
+            groups = [group_id] if group_id is not None else []
         else:
             groups = [g for (g,) in cur.execute("SELECT group_id FROM group_scripts WHERE script_id = ?",
                                                 (script_id,))]
