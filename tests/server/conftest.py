@@ -25,7 +25,7 @@ class Server:
         env.pop("CORP_ERROR_SERVER_TOKEN", None)
         self.proc = subprocess.Popen([sys.executable, "-m", "corp_error_server", "--port", "0", "--db", str(self.db),
                                       *args], cwd=str(REPO), env=env, stderr=subprocess.PIPE, text=True)
-        self.lines: "queue.Queue[str]" = queue.Queue()
+        self.lines: queue.Queue[str] = queue.Queue()
         self.log: list = []
         threading.Thread(target=self._pump, daemon=True).start()
         self.url = self._wait_for_address()

@@ -229,10 +229,11 @@ def test_binds_loopback_and_stops_cleanly(server):
 
 
 def test_retention_takes_old_beacons_out_of_the_counts(db_target):
-    from corp_error_server.storage import open_storage
-    from corp_error_server import create_app
     import io
     import time
+
+    from corp_error_server import create_app
+    from corp_error_server.storage import open_storage
 
     storage = open_storage(db_target)
     app = create_app("", storage=storage)
