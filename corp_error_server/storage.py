@@ -171,7 +171,7 @@ class Cursor:
         self.seen: Dict[str, Dict[str, str]] = {}
         self.for_update = dialect.for_update
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> "Cursor":
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         self._raw.execute(self._dialect.sql(sql), self._dialect.params(params))
         return self
 

@@ -160,13 +160,14 @@ def test_two_servers_on_one_postgresql_behave_as_one(pg_cluster, tmp_path):
         # the same event ids sent to both servers at once by two loads: each stored once
         loads = [Load([first.url, second.url], prefix="x"), Load([second.url, first.url], prefix="x")]
         for load in loads:
-            load.wait_for(lambda: len(load.acked) >= 150, "150 beacons acknowledged")
+            load.wait_for(lambda load=load: len(load.acked) >= 150, "150 beacons acknowledged")
         for env in ("env0", "env1", "env2"):   # environments arrive while beacons of them keep coming
             status = _post(first.url if env != "env1" else second.url, "/env", _env_body(env))
             assert status in (200, 201), "".join(first.log[-30:] + second.log[-30:])
         for load in loads:
             acked = len(load.acked)
-            load.wait_for(lambda: len(load.acked) >= acked + 150, "more beacons after the environments")
+            load.wait_for(lambda load=load, acked=acked: len(load.acked) >= acked + 150,
+                          "more beacons after the environments")
     finally:
         for load in loads:
             load.stop()

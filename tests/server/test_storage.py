@@ -9,10 +9,18 @@ import sys
 
 import pytest
 
-from corp_error_server.storage import (SCHEMA_VERSION, Beacon, Env, SchemaError, SQLiteStorage, UnsupportedDatabase,
-                                       describe, open_storage)
-from corp_error_server.storage_schema import MIGRATIONS
 from conftest import REPO
+from corp_error_server.storage import (
+    SCHEMA_VERSION,
+    Beacon,
+    Env,
+    SchemaError,
+    SQLiteStorage,
+    UnsupportedDatabase,
+    describe,
+    open_storage,
+)
+from corp_error_server.storage_schema import MIGRATIONS
 from pgsupport import db_rows
 
 # The schema the 0.5.0 server created, versioned in meta only.
