@@ -243,6 +243,7 @@ class Scenario:
     runs: List[Tuple[str, Env, Optional[int], int]] = field(default_factory=list)  # (kind, env, pair_of, script)
     ask: Optional[Tuple[Env, int]] = None
     note: str = ""
+    oracle: Callable[[Population], Optional[str]] = lambda pop: None  # what a perfect engine would print
 
 
 def _stack(script: Script, scenario: Scenario, env: Env) -> List[Tuple[str, str]]:
@@ -418,6 +419,10 @@ def _ok(fails, pop):
     return lambda env: pop.broken(env) or fails(env)
 
 
+def _newest_seen(pop: Population, name: str, allowed) -> str:
+    return max((v for v in pop.seen.get(name, ()) if v in allowed), key=_vkey)
+
+
 def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool = False,
                      exc_msg: Optional[Tuple[str, Callable[[Env], str], List[Frame]]] = None) -> Scenario:
     """exact | range | missing | extra | coupled | flaky | nocause, raised by ``n_scripts`` scripts."""
@@ -444,6 +449,9 @@ def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool 
             return env
         b.plan(sc, fix, lambda: b.draw(True, sc, force), lambda: b.draw(False, sc, force))
         sc.ask = (b.draw(True, sc, force), rng.randrange(n_scripts))
+        sc.oracle = lambda pop: 'pip install "%s==%s" "%s==%s"' % (
+            a, _newest_seen(pop, a, pop.ladders[a][:cut_a]), partner, _newest_seen(pop, partner,
+                                                                                pop.ladders[partner][:cut_b]))
         return sc
 
     if kind == "nocause":
@@ -498,6 +506,7 @@ def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool 
             return env
         b.plan(sc, fix, bad, good)
         sc.ask = (bad(), rng.randrange(n_scripts))
+        sc.oracle = lambda pop: "pip install " + pkg
         return sc
     if kind == "extra":  # a package whose mere presence breaks the script (a backport shadowing the stdlib)
         host = pop.module(b.pick_package(2, avoid={pkg}))
@@ -522,6 +531,7 @@ def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool 
             return fix(b.draw(None, sc, lambda e: None))
         b.plan(sc, fix, bad, good)
         sc.ask = (bad(), rng.randrange(n_scripts))
+        sc.oracle = lambda pop: "pip uninstall " + pkg
         return sc
 
     # exact, range, flaky: a set of bad versions of pkg
@@ -551,6 +561,7 @@ def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool 
            lambda: b.draw(False, sc, force_to(good_versions)), flaky=flaky)
     ask_force = force_to([asked_version] if asked_version else sorted(bad_versions))
     sc.ask = (b.draw(True, sc, ask_force), rng.randrange(n_scripts))
+    sc.oracle = lambda pop: 'pip install "%s==%s"' % (pkg, _newest_seen(pop, pkg, good_versions))
     return sc
 
 
@@ -612,6 +623,8 @@ def python_scenario(b: Builder) -> Scenario:
         return env
     b.plan(sc, fix, lambda: on(bad_py)(True), lambda: on(good_py)(False))
     sc.ask = (on(bad_py)(True), 0)
+    asked = _vkey(sc.ask[0].python)
+    sc.oracle = lambda pop: "use Python " + _minor(min(good_py, key=lambda p: abs(_vkey(p)[1] - asked[1])))
     return sc
 
 
@@ -665,6 +678,7 @@ def envvar_scenario(b: Builder, kind: str) -> Scenario:
     if rng.random() < 0.7:
         ask.collected.add(name)
     sc.ask = (ask, 0)
+    sc.oracle = lambda pop: "export %s=%s" % (name, values[0])
     return sc
 
 ###############################################################################
@@ -947,6 +961,12 @@ class Outcome:
     why: str
 
 
+def oracle_answer(sc: Scenario, pop: Population) -> dict:
+    """The answer of an engine that knows the model: the baseline every figure is measured against."""
+    command = sc.oracle(pop) if sc.has_cause else None
+    return {"match": True, "confidence": 1.0, "solution": command} if command else {"match": False}
+
+
 def judge(sc: Scenario, answer: dict, pop: Population) -> Outcome:
     answered = answer.get("match") is True
     confidence = float(answer.get("confidence") or 0.0) if answered else 0.0
@@ -1008,7 +1028,8 @@ HEADER = "  %-10s %5s  %-16s  %-16s  %-16s  %s" % ("difficulty", "bugs", "correc
                                                    "wrong-answers", "ECE")
 
 
-def run_population(difficulty: str, seed: int, quick: bool) -> List[Outcome]:
+def run_population(difficulty: str, seed: int, quick: bool) -> Tuple[List[Outcome], List[Outcome]]:
+    """(the engine's outcomes, the oracle's) for one population sent to a fresh server."""
     rng = random.Random("%s-%d" % (difficulty, seed))
     pop, scenarios = build(difficulty, rng, quick)
     with tempfile.TemporaryDirectory() as tmp:
@@ -1018,12 +1039,10 @@ def run_population(difficulty: str, seed: int, quick: bool) -> List[Outcome]:
             fleet = Fleet(Wire(host, port), pop)
             for sc in scenarios:
                 fleet.history(sc)
-            outcomes = []
-            for sc in scenarios:
-                outcomes.append(judge(sc, fleet.ask(sc), pop))
+            outcomes = [judge(sc, fleet.ask(sc), pop) for sc in scenarios]
         finally:
             stop(proc)
-    return outcomes
+    return outcomes, [judge(sc, oracle_answer(sc, pop), pop) for sc in scenarios]
 
 
 def main(argv=None) -> int:
@@ -1035,13 +1054,15 @@ def main(argv=None) -> int:
     os.environ["ERROR_AGENT_ENABLED"] = "0"  # the server process must not report to itself
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     every: List[Outcome] = []
+    oracle: List[Outcome] = []
     for seed in seeds:
         print("seed %d" % seed)
         print(HEADER)
         outcomes: List[Outcome] = []
         for difficulty in DIFFICULTIES:
-            found = run_population(difficulty, seed, args.quick)
+            found, ideal = run_population(difficulty, seed, args.quick)
             print(row(difficulty, metrics(found)), flush=True)
+            oracle += ideal
             outcomes += found
         print(row("overall", metrics(outcomes)))
         every += outcomes
@@ -1050,6 +1071,8 @@ def main(argv=None) -> int:
     for difficulty in DIFFICULTIES:
         print(row(difficulty, metrics([o for o in every if o.difficulty == difficulty])))
     print(row("overall", metrics(every)))
+    print("baseline: an oracle that knows each bug's model, judged the same way (the generator's self-check)")
+    print(row("oracle", metrics(oracle)))
     print("\nper kind (pooled): right/bugs for causes, answered/bugs without one")
     kinds = sorted({(o.difficulty, o.kind) for o in every}, key=lambda k: (DIFFICULTIES.index(k[0]), k[1]))
     for difficulty, kind in kinds:
