@@ -166,7 +166,7 @@ class Population:
                     return True
         return False
 
-    def env(self, python: Optional[str] = None, client: Optional[str] = None) -> Env:
+    def env(self, python: Optional[str] = None) -> Env:
         rng = self.rng
         packages = {}
         for name in self.names:
@@ -179,7 +179,7 @@ class Population:
                 packages[a] = rng.choice(self.ladders[a][cut_a:] if new else self.ladders[a][:cut_a])
                 packages[b] = rng.choice(self.ladders[b][cut_b:] if new else self.ladders[b][:cut_b])
         python = python or rng.choice(self.pythons)
-        env = Env(packages, python, {}, set(_DEFAULT_VARS), client or ("042" if rng.random() < 0.3 else "ours"),
+        env = Env(packages, python, {}, set(_DEFAULT_VARS), "042" if rng.random() < 0.3 else "ours",
                   rng.choice(_USERS))
         self.retool(env)
         lang = rng.choice(["C.UTF-8", "en_US.UTF-8", None])
@@ -215,7 +215,6 @@ class Frame:
     module: str
     qualname: str
     source: str
-    library: bool = False
 
     def file(self, env: Env, script_name: str) -> str:
         if self.module == "__main__":
@@ -306,7 +305,7 @@ class Builder:
         script_id = hashlib.sha256(("%s-%d-%d" % (name, self.n_scripts, rng.random() * 1e9)).encode()).hexdigest()[:12]
         if framework:  # every step of a pipeline raises from the same runner code
             frames = [Frame("__main__", "<module>", "main()"), Frame("__main__", "main", "run_pipeline(STEPS)"),
-                      Frame("pipeline.runner", "run_step", "raise RuntimeError(f\"step {i} failed\")", True)]
+                      Frame("pipeline.runner", "run_step", "raise RuntimeError(f\"step {i} failed\")")]
         else:
             frames = [Frame("__main__", "<module>", "main()"), Frame("__main__", "main", "%s(args)" % func),
                       Frame("__main__", func, "result = step(config)")]
@@ -342,11 +341,11 @@ class Builder:
             return "TypeError", lambda env: "%s() got an unexpected keyword argument '%s'" % (api, kw), []
         if form == 3:
             n = rng.randint(2, 9)
-            inner = [Frame(mod + ".io", "Reader.load", "header = self._read_header(fh)", True),
-                     Frame(mod + ".io", "Reader._read_header", "raise ValueError(msg)", True)]
+            inner = [Frame(mod + ".io", "Reader.load", "header = self._read_header(fh)"),
+                     Frame(mod + ".io", "Reader._read_header", "raise ValueError(msg)")]
             return "ValueError", lambda env: "unsupported %s format version %d" % (api, n), inner
         cls = rng.choice(["DataFrame", "Session", "Client", "Table", "Model"])
-        inner = [Frame(mod + ".core.base", cls + ".__getattr__", "return object.__getattribute__(self, name)", True)]
+        inner = [Frame(mod + ".core.base", cls + ".__getattr__", "return object.__getattribute__(self, name)")]
         return "AttributeError", lambda env: "'%s' object has no attribute '%s'" % (cls, api), inner
 
     def versions_cause(self, pkg: str, kind: str):
@@ -360,11 +359,10 @@ class Builder:
 
     # -- runs -----------------------------------------------------------------------------
 
-    def draw(self, want_fail: Optional[bool], scenario: Scenario, force: Callable[[Env], None],
-             python: Optional[str] = None, client: Optional[str] = None) -> Env:
+    def draw(self, want_fail: Optional[bool], scenario: Scenario, force: Callable[[Env], None]) -> Env:
         """An environment of the population with the scenario's needs forced in, failing or not as asked."""
         for _ in range(500):
-            env = self.pop.env(python, client)
+            env = self.pop.env()
             force(env)
             if want_fail is None or (scenario.fails(env) == want_fail):
                 return env
@@ -488,7 +486,7 @@ def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool 
         sc = Scenario(b.difficulty, kind, True, fails, exc, msg, inner, scripts, note=pkg)
 
         def force(env):
-            pass
+            """Nothing to force: whether the package is there decides."""
 
         def fix(env):
             env = env.copy()
@@ -513,7 +511,7 @@ def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool 
         plugin = pop.module(pkg)
         exc, msg, inner = "TypeError", (lambda env: "%s: plugin '%s' returned an incompatible hook"
                                         % (host, plugin)), [
-            Frame(host + ".plugins", "load_entry_points", "hook = ep.load()(registry)", True)]
+            Frame(host + ".plugins", "load_entry_points", "hook = ep.load()(registry)")]
         fails = _ok(lambda env: pkg in env.packages, pop)
         sc = Scenario(b.difficulty, kind, True, fails, exc, msg, inner, scripts, note=pkg)
 
@@ -590,7 +588,7 @@ def python_scenario(b: Builder) -> Scenario:
     script = b.script()
     if rng.random() < 0.4:  # imported by a library the script uses, not by the script itself
         lib = pop.module(b.pick_package(2))
-        inner = [Frame(lib + ".config", "<module>", "import %s" % module, True)]
+        inner = [Frame(lib + ".config", "<module>", "import %s" % module)]
     else:
         inner = [Frame("__main__", script.frames[-1].qualname, "import %s" % module)]
         script.frames = script.frames[:-1]
@@ -708,8 +706,8 @@ def build(difficulty: str, rng: random.Random, quick: bool) -> Tuple[Population,
                 sc = package_scenario(b, "exact", n_scripts=rng.randint(2, 4))
                 sc.kind = "multiscript"
                 if not sc.inner:  # raised inside the library: the same frames whichever script calls it
-                    sc.inner = [Frame(pop.module(sc.note) + ".api", "load", "return _impl.load(path, **kw)", True),
-                                Frame(pop.module(sc.note) + "._impl", "load", "raise err", True)]
+                    sc.inner = [Frame(pop.module(sc.note) + ".api", "load", "return _impl.load(path, **kw)"),
+                                Frame(pop.module(sc.note) + "._impl", "load", "raise err")]
                 _ask_from_other_script(sc, rng)
                 out.append(sc)
             else:
@@ -799,10 +797,11 @@ class Fleet:
     def __init__(self, wire: Wire, pop: Population) -> None:
         self.wire, self.pop = wire, pop
         self.ts = time.time() - 5 * 86400
+        self.gaps = random.Random(0)
         self.machines = 0
 
     def _stamp(self) -> float:
-        self.ts += random.Random(self.ts).uniform(1, 90)
+        self.ts += self.gaps.uniform(1, 90)
         return round(self.ts, 3)
 
     def _send_env(self, env: Env) -> None:
