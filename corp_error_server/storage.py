@@ -26,6 +26,7 @@ from .storage_schema import MIGRATIONS
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
 _PAIRS_READ = 50          # most recent observed fixes the engine looks at per group
+_GOOD_ENVS_READ = 50      # succeeding environments read when packages that move together need a combination
 _MENTIONS_KEPT = 40       # package names remembered per group from its traces
 _FEATURE_CACHE = 8192     # environments whose features stay in memory (they never change)
 _PURGE_BATCH = 1000       # beacons deleted per transaction, so a purge never holds writers up for long
@@ -146,6 +147,9 @@ class Dialect:
     def try_lock(self, raw, space: int) -> bool:
         return True
 
+    def ids_copied(self, raw, table: str) -> None:
+        """Rows with explicit ids went into ``table``: new rows must get ids after them (SQLite does so)."""
+
 
 class Cursor:
     """A driver's cursor speaking ``?`` placeholders, plus the features this transaction read."""
@@ -171,6 +175,13 @@ class Cursor:
     def fetchall(self) -> list:
         return self._raw.fetchall()
 
+    def fetchmany(self, size: int) -> list:
+        return self._raw.fetchmany(size)
+
+    @property
+    def columns(self) -> List[str]:
+        return [column[0] for column in self._raw.description]
+
     def __iter__(self) -> Iterator:
         return iter(self._raw.fetchall())
 
@@ -183,10 +194,13 @@ class Cursor:
         return self._dialect.insert_id(self._raw, self._dialect.sql(sql), self._dialect.params(params))
 
     def lock(self, space: int, key: str = "") -> None:
-        self._dialect.lock(self._raw, space, key)
+        self._dialect.lock(self._raw, space, self._dialect.params([key])[0])
 
     def try_lock(self, space: int) -> bool:
         return self._dialect.try_lock(self._raw, space)
+
+    def ids_copied(self, table: str) -> None:
+        self._dialect.ids_copied(self._raw, table)
 
 
 ###############################################################################
@@ -325,8 +339,9 @@ class Storage:
     def _count(self, cur: Cursor, beacon_id: int, kind: str, script_id: str, group_id: Optional[int],
                prev_group_id: Optional[int], features: Dict[str, str]) -> None:
         """Fold one run into the counts of the group(s) it is evidence for."""
+        groups: List[int]
         if kind == "error":
-            groups = [group_id]
+            groups = [group_id] if group_id is not None else []
         else:
             groups = [g for (g,) in cur.execute("SELECT group_id FROM group_scripts WHERE script_id = ?",
                                                 (script_id,))]
@@ -396,14 +411,45 @@ class Storage:
     # -- reading ----------------------------------------------------------------------------
 
     def group_data(self, group_key: str, script_id: Optional[str] = None) -> Optional[GroupData]:
+        """The group of that key; given only an exception line, the busiest group of that line."""
         def work(cur: Cursor) -> Optional[GroupData]:
             row = cur.execute("SELECT id FROM groups WHERE key = ?", (group_key,)).fetchone()
+            if row is None:
+                keys = self._keys_of_message(cur, group_key)
+                row = cur.execute("SELECT id FROM groups WHERE key = ?", (keys[0],)).fetchone() if keys else None
             return None if row is None else self._group_data(cur, row[0], script_id)
         return self._read(work)
 
+    @staticmethod
+    def _keys_of_message(cur: Cursor, message: str) -> List[str]:
+        # a group's key is "<exception line>" or "<exception line> @ <place>": a range of the key index
+        return [key for key, _ in cur.execute(
+            "SELECT key, errors FROM groups WHERE key = ? OR (key >= ? AND key < ?) ORDER BY errors DESC, id",
+            (message, message + " @ ", message + " @!")).fetchall()]
+
+    def group_keys(self, message: str) -> List[str]:
+        """Keys of the groups of one exception line, busiest first."""
+        return self._read(lambda cur: self._keys_of_message(cur, message))
+
+    def last_error_group(self, keys: List[str], env_hash: str, script_id: Optional[str] = None) -> Optional[str]:
+        """Of these groups, the one an error from this environment (and script) went to last."""
+        def work(cur: Cursor) -> Optional[str]:
+            latest: Tuple[int, Optional[str]] = (0, None)
+            for key in keys:
+                sql = ("SELECT b.id FROM beacons b JOIN groups g ON g.id = b.group_id WHERE g.key = ? "
+                       "AND b.env_hash = ? AND b.kind = 'error'")
+                args: Tuple = (key, env_hash)
+                if script_id:
+                    sql, args = sql + " AND b.script_id = ?", args + (script_id,)
+                row = cur.execute(sql + " ORDER BY b.id DESC LIMIT 1", args).fetchone()
+                if row is not None and row[0] > latest[0]:
+                    latest = (row[0], key)
+            return latest[1]
+        return self._read(work)
+
     def _group_data(self, cur: Cursor, group_id: int, script_id: Optional[str]) -> GroupData:
-        fails, oks, mentions = cur.execute("SELECT fails, oks, mentions FROM groups WHERE id = ?",
-                                           (group_id,)).fetchone()
+        key, fails, oks, mentions = cur.execute("SELECT key, fails, oks, mentions FROM groups WHERE id = ?",
+                                                (group_id,)).fetchone()
         counts: Counts = {}
         for feature, value, a, b in cur.execute("SELECT feature, value, fails, oks FROM counts WHERE group_id = ?",
                                                 (group_id,)):
@@ -417,7 +463,18 @@ class Storage:
             fixed_features = self._features_of(cur, fixed)
             if failing_features is not None and fixed_features is not None and failing != fixed:
                 pairs.append(FixPair(failing_features, fixed_features, sid == script_id))
-        return GroupData(fails, oks, counts, set(json.loads(mentions)), pairs)
+        fail_envs = cur.execute("SELECT COUNT(DISTINCT env_hash) FROM beacons WHERE group_id = ? AND kind = 'error' "
+                                "AND test = 0 AND counted = 1", (group_id,)).fetchone()[0]
+        return GroupData(fails, oks, counts, set(json.loads(mentions)), pairs, key.split(" @ ")[0], fail_envs,
+                         lambda: self._succeeding_envs(group_id))
+
+    def _succeeding_envs(self, group_id: int) -> List[Dict[str, str]]:
+        def work(cur: Cursor) -> List[Dict[str, str]]:
+            rows = cur.execute("SELECT DISTINCT b.env_hash FROM contributions c JOIN beacons b ON b.id = c.beacon_id "
+                               "WHERE c.group_id = ? AND b.kind = 'success' LIMIT ?",
+                               (group_id, _GOOD_ENVS_READ)).fetchall()
+            return [f for f in (self._features_of(cur, env_hash) for (env_hash,) in rows) if f is not None]
+        return self._read(work)
 
     _GROUP_COLUMNS = "id, key, signature, first_seen, last_seen, errors, fails, oks, handled"
 
@@ -427,7 +484,9 @@ class Storage:
                                     "WHERE group_id = ?", (group_id,)).fetchone()
         latest = cur.execute("SELECT env_hash FROM beacons WHERE group_id = ? ORDER BY id DESC LIMIT 1",
                              (group_id,)).fetchone()
-        info = {"id": group_id, "group_key": key, "signature": signature, "count": errors, "handled": handled,
+        message, _, where = key.partition(" @ ")
+        info = {"id": group_id, "group_key": message, "where": where, "signature": signature, "count": errors,
+                "handled": handled,
                 "scripts": scripts, "envs_affected": envs, "first_seen": first_seen, "last_seen": last_seen,
                 "failing_runs": fails, "succeeding_runs": oks}
         return GroupRow(info, self._group_data(cur, group_id, None),

@@ -59,3 +59,11 @@ ALTER TABLE beacons ADD COLUMN handled INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE groups ADD COLUMN handled INTEGER NOT NULL DEFAULT 0
 """),
 ]
+
+
+# What `corp-error-server migrate SRC DST` copies, table by table in this order, with each table's
+# primary key. A migration that adds a table adds it here too.
+COPIED_TABLES = [
+    ("envs", ("env_hash",)), ("groups", ("id",)), ("beacons", ("id",)), ("group_scripts", ("script_id", "group_id")),
+    ("contributions", ("beacon_id", "group_id")), ("counts", ("group_id", "feature", "value")),
+]
