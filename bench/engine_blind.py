@@ -87,7 +87,7 @@ class Env:
     client: str                    # "ours" or "042"
     user: str
 
-    def copy(self) -> "Env":
+    def copy(self) -> Env:
         return Env(dict(self.packages), self.python, dict(self.vars), set(self.collected), self.client, self.user)
 
     def home(self) -> str:
@@ -772,7 +772,7 @@ class Wire:
         self.conn = http.client.HTTPConnection(host, port, timeout=60)
 
     def post(self, path: str, body: dict) -> Tuple[int, dict]:
-        for attempt in range(6):
+        for _attempt in range(6):
             try:
                 self.conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
                 response = self.conn.getresponse()
