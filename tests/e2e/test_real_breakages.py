@@ -29,10 +29,9 @@ import pytest
 import support
 from support import CACHE, run
 
-from . import test_real_breakage as single  # its wheel-cache pip helper
+from . import test_real_breakage as single  # its wheel-cache pip helpers
 from .server_proc import ServerProcess
 
-WHEELS = single.WHEELS
 VENVS = CACHE / "breakage-venvs"
 _INTERPRETERS = support.find_interpreters()
 _TOOLS = {"pip", "setuptools", "wheel", "distribute"}
@@ -98,21 +97,6 @@ def _interpreter(minor: str) -> Path:
     return found
 
 
-def install(venv: support.Venv, requirements: List[str]) -> None:
-    """Install from the wheel cache, filling it from PyPI first when it cannot satisfy the pins."""
-    WHEELS.mkdir(parents=True, exist_ok=True)
-    offline = ("install", "--no-index", "--find-links", str(WHEELS), *requirements)
-    if single._pip(venv, *offline).returncode == 0:
-        return
-    fetched = single._pip(venv, "download", "--only-binary", ":all:", "--dest", str(WHEELS), *requirements)
-    if fetched.returncode != 0:
-        if not single._pypi_reachable():
-            pytest.skip("PyPI is unreachable, and %s is not in the wheel cache %s" % (requirements, WHEELS))
-        raise AssertionError("pip download %s failed:\n%s" % (requirements, fetched.stderr.decode(errors="replace")))
-    done = single._pip(venv, *offline)
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-
-
 def cached_venv(minor: str, requirements: Tuple[str, ...]) -> Path:
     """A venv of that interpreter with pip and exactly these packages, built once per content."""
     exe = _interpreter(minor)
@@ -126,7 +110,7 @@ def cached_venv(minor: str, requirements: Tuple[str, ...]) -> Path:
     VENVS.mkdir(parents=True, exist_ok=True)
     venv = support.make_venv(exe, building, minor, "none", with_pip=True)
     if requirements:
-        install(venv, list(requirements))
+        single.install(venv, *requirements)
     (building / ".complete").write_text("\n".join(requirements) + "\n")
     shutil.rmtree(path, ignore_errors=True)
     building.rename(path)  # venvs run from anywhere: the prefix is where pyvenv.cfg is
@@ -162,7 +146,7 @@ def follow(command: str, failing: support.Venv, workdir: Path, env: Dict[str, st
         if words[:3] in (["python", "-m", "pip"], ["python3", "-m", "pip"]):
             words = ["pip"] + words[3:]
         if words[:2] == ["pip", "install"]:
-            install(venv, [w for w in words[2:] if not w.startswith("-")])
+            single.install(venv, *[w for w in words[2:] if not w.startswith("-")])
         elif words[:2] == ["pip", "uninstall"]:
             names = [w for w in words[2:] if not w.startswith("-")]
             done = single._pip(venv, "uninstall", "-y", *names)
@@ -178,7 +162,7 @@ def follow(command: str, failing: support.Venv, workdir: Path, env: Dict[str, st
             shutil.rmtree(venv.path)
             venv = support.make_venv(_interpreter(minor), venv.path, minor, "none", with_pip=True)
             if packages:
-                install(venv, packages)
+                single.install(venv, *packages)
         else:
             raise AssertionError("not a command form the agent prints: %r (in %r)" % (part, command))
     support.copy_agent(venv.site_packages)
