@@ -528,7 +528,8 @@ def _patch_traceback(traceback) -> None:
 
 
 def _interactive() -> bool:
-    at_prompt = hasattr(sys, "ps1") or sys.flags.interactive or _at_ipython_prompt()
+    # IPython sets sys.ps1 in kernels and for `ipython script.py` too: there only its prompt counts
+    at_prompt = _at_ipython_prompt() if _process.get("ipython") else hasattr(sys, "ps1") or sys.flags.interactive
     return bool(at_prompt) and os.environ.get("ERROR_AGENT_INTERACTIVE", "") in ("", "0")
 
 
@@ -597,6 +598,7 @@ def _mark_reported(exc, event_id: str, handled: bool) -> None:
 
 def _patch_ipython(interactiveshell) -> None:
     import functools
+    _process["ipython"] = True
     shell_class = interactiveshell.InteractiveShell
 
     def reporting(show):
@@ -658,8 +660,6 @@ def _on_shown_error(shell, exc_tuple) -> None:
 
 def _at_ipython_prompt() -> bool:
     """Whether this runs under the prompt of terminal IPython (not `ipython script.py`, not a kernel)."""
-    if "IPython.terminal.interactiveshell" not in sys.modules:
-        return False
     frame = sys._getframe()
     while frame is not None:
         if frame.f_code.co_name in ("interact", "mainloop") and \
