@@ -851,12 +851,18 @@ def _script_identity():
         except OSError:
             pass
     if kind in ("notebook", "run"):  # a notebook's content changes as it runs: its path is the id
-        what = scrub(what)
-        cwd = scrub(os.getcwd()) + os.sep
-        name = os.path.basename(what) if kind == "notebook" else what.replace(" " + cwd, " ").replace(cwd, "")
-        return _hash12(kind + " " + what), _strip_escapes(name)[:200]
+        words = what.split(" ")
+        name = os.path.basename(what) if kind == "notebook" else " ".join(_relative(word) for word in words)
+        return _hash12(kind + " " + scrub(what)), _strip_escapes(scrub(name))[:200]
     name = {"-m": "-m " + what, "-c": "-c"}.get(kind, "<stdin>")
     return _hash12(kind + " " + what), _strip_escapes(name)[:200]
+
+
+def _relative(word: str) -> str:
+    try:
+        return os.path.relpath(word) if os.path.isabs(word) else word
+    except ValueError:  # another drive
+        return word
 
 
 def _beacon(kind: str, env_hash: str, **fields) -> dict:
