@@ -204,11 +204,14 @@ def _agent_code(cache_code: bool):
     compiling it costs ~10 ms, which every error would pay again otherwise."""
     import __future__
     import marshal
+    import zlib
     cached = None
     if cache_code:
         stat = os.stat(__file__)
-        cached = os.path.join(_cache_dir(), "agent-%s-%s-%d-%d.code" % (
-            __version__, sys.implementation.cache_tag, stat.st_mtime_ns, stat.st_size))
+        # agent-<this install and interpreter>-<this version of the file>.code
+        install = "agent-%08x-" % zlib.crc32(("%s\0%s" % (os.path.abspath(__file__), sys.implementation.cache_tag))
+                                            .encode("utf-8", "surrogateescape"))
+        cached = os.path.join(_cache_dir(), install + "%s-%d-%d.code" % (__version__, stat.st_mtime_ns, stat.st_size))
         try:
             with open(cached, "rb") as f:
                 return marshal.loads(f.read())
@@ -223,9 +226,31 @@ def _agent_code(cache_code: bool):
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             f.write(marshal.dumps(code))
         os.replace(tmp, cached)
+        _remove_stale_code(os.path.dirname(cached), install, os.path.basename(cached))
     except OSError:
         pass
     return code
+
+
+_CODE_MAX_AGE = 30 * 86400  # seconds: compiled code of an install not written since is removed
+
+
+def _remove_stale_code(directory: str, install: str, current: str) -> None:
+    """Written once per install and version of the file, so this is when old ones go: this install's
+    other versions and files named as before 0.5 at once, another install's when it is old (a deleted
+    venv; one still in use compiles again once)."""
+    import time
+    for name in os.listdir(directory):
+        if not name.startswith("agent-") or not name.endswith((".code", ".tmp")) or name == current:
+            continue
+        path = os.path.join(directory, name)
+        named_by_install = name[14:15] == "-" and all(c in "0123456789abcdef" for c in name[6:14])
+        try:
+            if name.endswith(".code") and (name.startswith(install) or not named_by_install) or \
+                    time.time() - os.stat(path).st_mtime > (_CODE_MAX_AGE if name.endswith(".code") else 300):
+                os.unlink(path)
+        except OSError:
+            continue
 
 
 def _agent_source() -> str:

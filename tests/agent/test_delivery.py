@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
+import time
 
 import pytest
 
@@ -170,3 +172,29 @@ def test_a_delivery_that_succeeds_closes_the_breaker(agent_venv, backend, sandbo
     assert json.loads(status.stdout)["breaker_open"] is False
     again = run(agent_venv.python, [script], env, cwd=sandbox.work)
     assert b"hint-after-flush" in again.stderr  # the next error asks again
+
+
+def test_compiled_code_cache_keeps_one_file_per_live_install(copy_venv, sandbox, tmp_path):
+    """Each error of an install and version loads the agent from one compiled file in the cache dir;
+    a new version's file replaces the old one, and files of installs long gone are removed."""
+    env = sandbox.env(closed_port_url())
+    script = sandbox.script("app.py", failing_source("boom-code-cache"))
+    assert run(copy_venv.python, [script], env, cwd=sandbox.work).returncode == 1
+    [first] = sandbox.cache.glob("agent-*.code")
+    month_ago = time.time() - 31 * 86400
+    others = {name: sandbox.cache / name for name in (
+        "agent-0123abcd-0.5.0-1-1.code",          # another install, compiled a month ago: gone
+        "agent-0.5.0-cpython-311-1-1.code",       # named as before: gone
+        "agent-4567cdef-0.5.0-1-1.code")}         # another install, in use: kept
+    for name, path in others.items():
+        path.write_bytes(b"x")
+        if "0123abcd" in name:
+            os.utime(path, (month_ago, month_ago))
+    agent_file = copy_venv.site_packages / "corp_error_agent.py"
+    stat = agent_file.stat()
+    os.utime(agent_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))  # upgraded in place
+    assert run(copy_venv.python, [script], env, cwd=sandbox.work).returncode == 1
+    remaining = sorted(p.name for p in sandbox.cache.glob("agent-*"))
+    [second] = [name for name in remaining if name not in others]
+    assert second != first.name and second.split("-")[1] == first.name.split("-")[1]  # same install
+    assert remaining == sorted([second, "agent-4567cdef-0.5.0-1-1.code"])
