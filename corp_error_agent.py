@@ -605,8 +605,22 @@ def _beacon(kind: str, env_hash: str, **fields) -> dict:
     script_id, script_name = _script_identity()
     beacon = {"kind": kind, "env_hash": env_hash, "script_id": script_id, "script_name": script_name,
               "ts": time.time(), "event_id": os.urandom(16).hex(), "agent": _USER_AGENT}
+    host = _host_name()
+    if host:
+        beacon["host"] = host
     beacon.update(fields)
     return beacon
+
+
+def _host_name() -> str:
+    """The machine's name, for the team's view of which machines fail (ERROR_AGENT_SEND_HOST=0: "")."""
+    if os.environ.get("ERROR_AGENT_SEND_HOST", "").strip().lower() in ("0", "false", "no", "off"):
+        return ""
+    import socket
+    try:
+        return _sanitize(scrub(socket.gethostname()), 255)
+    except Exception:
+        return ""
 
 ###############################################################################
 # Environment snapshot ########################################################

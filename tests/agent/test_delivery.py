@@ -198,3 +198,28 @@ def test_compiled_code_cache_keeps_one_file_per_live_install(copy_venv, sandbox,
     [second] = [name for name in remaining if name not in others]
     assert second != first.name and second.split("-")[1] == first.name.split("-")[1]  # same install
     assert remaining == sorted([second, "agent-4567cdef-0.5.0-1-1.code"])
+
+
+def test_beacons_name_the_host_unless_told_not_to(agent_venv, backend, sandbox, tmp_path):
+    flag = sandbox.work / "FAIL"
+    script = sandbox.script("flaky.py", "import os\nif os.path.exists('FAIL'):\n    raise RuntimeError('boom-host')\n")
+    flag.write_text("")
+    assert run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work).returncode == 1
+    flag.unlink()
+    assert run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work).returncode == 0
+    backend.wait_for("/beacon", where=lambda b: b.get("kind") == "success")
+    assert {b["kind"]: b.get("host") for b in backend.bodies("/beacon")} == \
+        {"error": socket.gethostname(), "success": socket.gethostname()}
+
+    quiet = sandbox.script("quiet.py", failing_source("boom-no-host"))
+    run(agent_venv.python, [quiet], sandbox.env(backend.url, {"ERROR_AGENT_SEND_HOST": "0"}), cwd=sandbox.work)
+    [beacon] = wait_error(backend, "boom-no-host")
+    assert "host" not in beacon
+
+    from e2e.server_proc import ServerProcess
+    server = ServerProcess(tmp_path / "db.sqlite")  # the real server takes beacons with the field
+    try:
+        run(agent_venv.python, [quiet], sandbox.env(server.url), cwd=sandbox.work)
+        server.wait_group("boom-no-host", lambda group: group["count"] == 1)
+    finally:
+        server.stop()
