@@ -31,7 +31,7 @@ _APP = "corp_error_agent"
 # was installed before it first, so the user sees the traceback at once and unchanged, and only
 # then loads the agent.
 
-_process = {"error_seen": False, "deliveries": [], "loaded": False, "pending": None, "patched": []}
+_process = {"error_seen": False, "deliveries": [], "loaded": False, "pending": None, "patched": []}  # type: dict
 
 
 def activate() -> None:
@@ -46,13 +46,13 @@ def activate() -> None:
         # covers threads without paying for threading in processes that never use it.
         _thread._excepthook = _chain(_thread._excepthook, "_on_thread_exception")
         if "threading" in sys.modules:
-            sys.modules["threading"].excepthook = _thread._excepthook
+            sys.modules["threading"].excepthook = _thread._excepthook  # type: ignore[attr-defined]
         for name in list(_PATCHES):  # a patch may add to it
             if name in sys.modules:
                 _process["patched"].append(name)
                 _call_agent(_PATCHES[name], sys.modules[name])
         finder = type(sys)(_APP + ".finder")
-        finder.find_spec = _detached(_find_spec)
+        finder.find_spec = _detached(_find_spec)  # type: ignore[attr-defined]
         sys.meta_path.insert(0, finder)
         pending = _pending_path()
         if pending is None or os.access(pending, os.F_OK) or _success_always():  # exists() raises inside
@@ -70,7 +70,7 @@ def _chain(previous, handler: str):
             if not (isinstance(args[0], type) and issubclass(args[0], (KeyboardInterrupt, SystemExit))):
                 _reach_agent(handler, *args)
     hook = _detached(hook)
-    hook.corp_error_agent = True
+    hook.corp_error_agent = True  # type: ignore[attr-defined]
     return hook
 
 
@@ -203,6 +203,7 @@ def _agent_code(cache_code: bool):
     """The agent proper compiled, from the per-user cache dir while this file is unchanged:
     compiling it costs ~10 ms, which every error would pay again otherwise."""
     import __future__
+
     import marshal
     import zlib
     cached = None
@@ -916,7 +917,7 @@ def _post(settings: dict, path: str, payload: dict, timeout: float):
     except urllib.error.HTTPError as error:
         if error.code == 429 or error.code >= 500 or error.code < 400:
             retry_after = _float(error.headers.get("Retry-After"), _BREAKER_SECONDS)
-            raise _Unreachable("HTTP %d" % error.code, min(max(retry_after, 1.0), 3600.0), error.code)
+            raise _Unreachable("HTTP %d" % error.code, min(max(retry_after, 1.0), 3600.0), error.code) from None
         return error.code, _error_body(error)
     except Exception as error:  # refused, reset, timeout, DNS, TLS, malformed answer
         raise _Unreachable(type(error).__name__ + ": " + str(error), cause=error) from None
@@ -1303,7 +1304,7 @@ def _cmd_configure(args) -> int:
         _write_atomic(path, config)
         os.chmod(path, 0o600 if config.get("token") else 0o644)
     except OSError as error:
-        raise _Failure("cannot write %s: %s" % (path, error.strerror or error))
+        raise _Failure("cannot write %s: %s" % (path, error.strerror or error)) from error
     shown = ", ".join("%s=%s" % (k, "***" if k == "token" else v) for k, v in sorted(updates.items()))
     sys.stdout.write("wrote %s configuration %s (%s)\n" % (args.scope, path, shown))
     return 0
@@ -1584,7 +1585,7 @@ def _cmd_install(args) -> int:
         # Without a .pyc every interpreter start would compile the module (PYTHONDONTWRITEBYTECODE).
         py_compile.compile(module, cfile=importlib.util.cache_from_source(module), doraise=True)
     except (OSError, py_compile.PyCompileError) as error:
-        raise _Failure("cannot install into %s: %s" % (target, getattr(error, "strerror", None) or error))
+        raise _Failure("cannot install into %s: %s" % (target, getattr(error, "strerror", None) or error)) from error
     sys.stdout.write("installed corp-error-agent %s into %s (%s, byte-compiled)\n"
                      % (__version__, target, ", ".join(_INSTALLED_FILES)))
     return 0
@@ -1596,7 +1597,8 @@ def _cmd_uninstall(args) -> int:
     if _pip_owned(target):
         raise _Failure("corp-error-agent in %s was installed by pip: run pip uninstall corp-error-agent" % target)
     cache = os.path.join(target, "__pycache__")
-    paths = [os.path.join(target, n) for n in _INSTALLED_FILES] + glob.glob(os.path.join(cache, "corp_error_agent.*.pyc"))
+    paths = [os.path.join(target, n) for n in _INSTALLED_FILES]
+    paths += glob.glob(os.path.join(cache, "corp_error_agent.*.pyc"))
     removed = []
     try:
         for path in paths:
@@ -1606,7 +1608,7 @@ def _cmd_uninstall(args) -> int:
         if os.path.isdir(cache) and not os.listdir(cache):
             os.rmdir(cache)
     except OSError as error:
-        raise _Failure("cannot uninstall from %s: %s" % (target, error.strerror or error))
+        raise _Failure("cannot uninstall from %s: %s" % (target, error.strerror or error)) from error
     sys.stdout.write("removed %s\n" % (", ".join(removed) if removed else "nothing: not installed in " + target))
     return 0
 
@@ -1618,4 +1620,4 @@ _COMMANDS = {"configure": _cmd_configure, "status": _cmd_status, "test": _cmd_te
 
 if __name__ == "__main__":
     _load()
-    sys.exit(main())
+    sys.exit(main())  # type: ignore[name-defined]  # main is in the agent proper, run by _load()

@@ -108,6 +108,9 @@ def make_venv(interpreter: Path, path: Path, version: str, kind: str = "none",
     cmd = [interpreter, "-m", "venv"] + ([] if with_pip or kind == "wheel" else ["--without-pip"])
     _check(cmd + [path], env=clean_env())
     venv = Venv(path, version, kind)
+    if os.environ.get("COVERAGE_PROCESS_START") and version == "%d.%d" % sys.version_info[:2]:
+        from coverage_agent import install_hook  # only run_tests.sh measures: coverage.py is there
+        install_hook(venv.site_packages)
     if kind == "wheel":
         _check([venv.python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
                 "--no-index", "--no-deps", wheel_path()], env=clean_env())
@@ -448,7 +451,7 @@ class RecordingBackend:
         self.server.server_close()
         self.thread.join(timeout=10)
 
-    def __enter__(self) -> "RecordingBackend":
+    def __enter__(self) -> RecordingBackend:
         return self
 
     def __exit__(self, *exc) -> None:

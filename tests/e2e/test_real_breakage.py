@@ -102,7 +102,8 @@ def test_packaging_legacyversion_breakage(py, tmp_path, sandbox):
         assert third.returncode == 1, err3
         print(err3)   # shown with -s / on failure: the traceback and the hint a user would see
         lines = err3.splitlines()
-        exc_line = next(i for i, line in enumerate(lines) if line.startswith("AttributeError: module 'packaging.version'"))
+        exc_line = next(i for i, line in enumerate(lines)
+                        if line.startswith("AttributeError: module 'packaging.version'"))
         hint_at = [i for i, line in enumerate(lines) if line.startswith("[corp-error-agent] ")]
         assert hint_at and hint_at[0] > exc_line, "no hint under the traceback:\n" + err3
         hint = lines[hint_at[0]]

@@ -13,7 +13,7 @@ import stat
 import pytest
 
 import faults  # noqa: F401  (puts tests/ on sys.path)
-from support import RecordingBackend, closed_port_url, error_beacons, failing_source, run, tree, wait_error
+from support import closed_port_url, error_beacons, failing_source, run, tree, wait_error
 
 
 def _pair(venv, sandbox, args, env, cwd):
