@@ -12,8 +12,19 @@ import urllib.request
 
 import pytest
 
-from support import (AGENT_FILES, ROOT, WAIT_TIMEOUT, RecordingBackend, Reply, clean_env, closed_port_url,
-                     failing_source, run, tree, wait_error)
+from support import (
+    AGENT_FILES,
+    ROOT,
+    WAIT_TIMEOUT,
+    RecordingBackend,
+    Reply,
+    clean_env,
+    closed_port_url,
+    failing_source,
+    run,
+    tree,
+    wait_error,
+)
 
 
 def cli(venv, args, env, **kw):
@@ -225,10 +236,10 @@ def test_status_and_test_say_a_url_is_some_other_web_server(agent_venv, sandbox,
 
 
 def test_status_probes_the_token_of_the_real_server_without_an_error_in_its_log(agent_venv, sandbox, tmp_path):
+    env = clean_env({"PYTHONPATH": str(ROOT), "ERROR_AGENT_ENABLED": "0", "CORP_ERROR_SERVER_TOKEN": "tok-right"})
     server = subprocess.Popen([sys.executable, "-m", "corp_error_server", "--port", "0", "--db", str(tmp_path / "db")],
-                              cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True, env=clean_env({"PYTHONPATH": str(ROOT), "ERROR_AGENT_ENABLED": "0",
-                                                        "CORP_ERROR_SERVER_TOKEN": "tok-right"}))
+                              cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = server.stderr.readline()
         assert line.startswith("listening on http://"), line

@@ -9,8 +9,16 @@ import time
 
 import pytest
 
-from support import (WAIT_TIMEOUT, Reply, closed_port_url, error_beacons, failing_source, run, success_beacons,
-                     wait_error)
+from support import (
+    WAIT_TIMEOUT,
+    Reply,
+    closed_port_url,
+    error_beacons,
+    failing_source,
+    run,
+    success_beacons,
+    wait_error,
+)
 
 
 def _event_ids(backend):
