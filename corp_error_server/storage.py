@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import engine
 
@@ -82,7 +82,8 @@ class Beacon(NamedTuple):
 
 class BeaconResult(NamedTuple):
     env_known: bool
-    duplicate: bool
+    duplicate: bool                     # an environment-only item: the environment was already stored
+    error: Optional[Exception] = None   # add_beacons: this item failed and was rolled back alone
 
 
 class Storage:
@@ -92,6 +93,11 @@ class Storage:
         raise NotImplementedError
 
     def add_beacon(self, beacon: Beacon, env: Optional[Env] = None) -> BeaconResult:
+        raise NotImplementedError
+
+    def add_beacons(self, items: Sequence[Tuple[Optional[Beacon], Optional[Env]]]) -> List[BeaconResult]:
+        """Store every item in ONE transaction, each isolated: an item that fails is rolled back alone
+        and its result carries the error. An item without a beacon stores its environment only."""
         raise NotImplementedError
 
     def env_features(self, env_hash: str) -> Optional[Dict[str, str]]:
@@ -217,30 +223,53 @@ class SQLiteStorage(Storage):
             cur.execute("UPDATE groups SET %s = %s + ? WHERE id = ?" % (column, column), (sign, group))
 
     def add_beacon(self, beacon: Beacon, env: Optional[Env] = None) -> BeaconResult:
-        now = time.time()
         with self._transaction() as cur:
-            if env is not None:
-                self._insert_env(cur, env, now)
-            group_id = (self._group_id(cur, beacon.group_key, beacon.signature or beacon.group_key, now)
-                        if beacon.group_key else None)
-            prev_group_id = (self._group_id(cur, beacon.prev_group_key, beacon.prev_group_key, now)
-                             if beacon.prev_group_key else None)
-            cur.execute(
-                "INSERT OR IGNORE INTO beacons(event_id, kind, env_hash, script_id, group_id, error_sig, trace, ts,"
-                " received, script_name, agent, test, prev_env_hash, prev_group_id, counted)"
-                " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (beacon.event_id, beacon.kind, beacon.env_hash, beacon.script_id, group_id, beacon.signature,
-                 beacon.trace, beacon.ts, now, beacon.script_name, beacon.agent, int(beacon.test),
-                 beacon.prev_env_hash, prev_group_id, int(beacon.test)))
-            inserted, beacon_id = cur.rowcount, cur.lastrowid
-            features = self._features_of(cur, beacon.env_hash)
-            if not inserted:   # a repeated event id: stored once, answered as usual
-                return BeaconResult(features is not None, True)
-            if group_id is not None and not beacon.test:   # `corp-error-agent test` is no error of anyone's
-                self._note_error(cur, group_id, beacon, now)
-            if features is not None and not beacon.test:
-                self._count(cur, beacon_id, beacon.kind, beacon.script_id, group_id, prev_group_id, features)
-            return BeaconResult(features is not None, False)
+            return self._store(cur, beacon, env, time.time())
+
+    def add_beacons(self, items: Sequence[Tuple[Optional[Beacon], Optional[Env]]]) -> List[BeaconResult]:
+        now = time.time()
+        results = []
+        with self._transaction() as cur:
+            for beacon, env in items:
+                cur.execute("SAVEPOINT item")
+                try:
+                    results.append(self._store(cur, beacon, env, now))
+                except Exception as error:
+                    if not self._conn.in_transaction:   # SQLite gave the whole transaction up (disk full, I/O)
+                        raise
+                    cur.execute("ROLLBACK TO SAVEPOINT item")
+                    self._features.clear()
+                    results.append(BeaconResult(False, False, error))
+                cur.execute("RELEASE SAVEPOINT item")
+        return results
+
+    def _store(self, cur, beacon: Optional[Beacon], env: Optional[Env], now: float) -> BeaconResult:
+        if beacon is None:
+            if env is None:
+                raise ValueError("an item needs a beacon or an environment")
+            return BeaconResult(True, not self._insert_env(cur, env, now))
+        if env is not None:
+            self._insert_env(cur, env, now)
+        group_id = (self._group_id(cur, beacon.group_key, beacon.signature or beacon.group_key, now)
+                    if beacon.group_key else None)
+        prev_group_id = (self._group_id(cur, beacon.prev_group_key, beacon.prev_group_key, now)
+                         if beacon.prev_group_key else None)
+        cur.execute(
+            "INSERT OR IGNORE INTO beacons(event_id, kind, env_hash, script_id, group_id, error_sig, trace, ts,"
+            " received, script_name, agent, test, prev_env_hash, prev_group_id, counted)"
+            " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (beacon.event_id, beacon.kind, beacon.env_hash, beacon.script_id, group_id, beacon.signature,
+             beacon.trace, beacon.ts, now, beacon.script_name, beacon.agent, int(beacon.test),
+             beacon.prev_env_hash, prev_group_id, int(beacon.test)))
+        inserted, beacon_id = cur.rowcount, cur.lastrowid
+        features = self._features_of(cur, beacon.env_hash)
+        if not inserted:   # a repeated event id: stored once, answered as usual
+            return BeaconResult(features is not None, True)
+        if group_id is not None and not beacon.test:   # `corp-error-agent test` is no error of anyone's
+            self._note_error(cur, group_id, beacon, now)
+        if features is not None and not beacon.test:
+            self._count(cur, beacon_id, beacon.kind, beacon.script_id, group_id, prev_group_id, features)
+        return BeaconResult(features is not None, False)
 
     # -- reading ----------------------------------------------------------------------------
 
