@@ -48,9 +48,15 @@ CREATE TABLE IF NOT EXISTS counts(
     PRIMARY KEY(group_id, feature, value)) WITHOUT ROWID;
 """
 
-_UPSERT_COUNT = (
-    "INSERT INTO counts(group_id, feature, value, fails, oks) VALUES(?, ?, ?, ?, ?) "
-    "ON CONFLICT(group_id, feature, value) DO UPDATE SET fails = fails + excluded.fails, oks = oks + excluded.oks")
+_UPSERT_ROWS = 190       # rows in one multi-row upsert of counts: 5 parameters each, under SQLite's old limit of 999
+
+
+def _upsert_counts(rows: int) -> str:
+    # one statement for many rows: each statement run is a round through the driver (and sqlite3
+    # gives the GIL up at each), so a beacon's 30-odd counts go in one, not 30
+    return ("INSERT INTO counts(group_id, feature, value, fails, oks) VALUES" + ", ".join(["(?, ?, ?, ?, ?)"] * rows)
+            + " ON CONFLICT(group_id, feature, value) DO UPDATE SET fails = counts.fails + excluded.fails,"
+            " oks = counts.oks + excluded.oks")
 
 
 class SchemaError(RuntimeError):
@@ -129,6 +135,7 @@ class SQLiteStorage(Storage):
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._features: Dict[str, Dict[str, str]] = {}
+        self._group_ids: Dict[str, int] = {}     # a group's id never changes once committed
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=" + {"FULL": "FULL", "NORMAL": "NORMAL", "OFF": "OFF"}[synchronous])
         self._conn.execute("PRAGMA foreign_keys=OFF")
@@ -146,7 +153,12 @@ class SQLiteStorage(Storage):
                 raise SchemaError("database schema %s is newer than this server (%d)" % (row[0], SCHEMA_VERSION))
 
     def _transaction(self):
-        return _Transaction(self._conn, self._lock, self._features.clear)
+        return _Transaction(self._conn, self._lock, self._forget)
+
+    def _forget(self) -> None:
+        """Drop what may come from a rolled-back write."""
+        self._features.clear()
+        self._group_ids.clear()
 
     # -- environments -----------------------------------------------------------------------
 
@@ -185,9 +197,15 @@ class SQLiteStorage(Storage):
     # -- beacons ----------------------------------------------------------------------------
 
     def _group_id(self, cur, key: str, signature: str, now: float) -> int:
-        cur.execute("INSERT OR IGNORE INTO groups(key, signature, first_seen, last_seen) VALUES(?, ?, ?, ?)",
-                    (key, signature, now, now))
-        return cur.execute("SELECT id FROM groups WHERE key = ?", (key,)).fetchone()[0]
+        group_id = self._group_ids.get(key)
+        if group_id is None:
+            cur.execute("INSERT OR IGNORE INTO groups(key, signature, first_seen, last_seen) VALUES(?, ?, ?, ?)",
+                        (key, signature, now, now))
+            group_id = cur.execute("SELECT id FROM groups WHERE key = ?", (key,)).fetchone()[0]
+            if len(self._group_ids) >= _FEATURE_CACHE:
+                self._group_ids.clear()
+            self._group_ids[key] = group_id
+        return group_id
 
     def _note_error(self, cur, group_id: int, beacon: Beacon, now: float) -> None:
         mentions = json.loads(cur.execute("SELECT mentions FROM groups WHERE id = ?", (group_id,)).fetchone()[0])
@@ -200,8 +218,8 @@ class SQLiteStorage(Storage):
                     (beacon.script_id, group_id))
 
     def _count(self, cur, beacon_id: int, kind: str, script_id: str, group_id: Optional[int],
-               prev_group_id: Optional[int], features: Dict[str, str]) -> None:
-        """Fold one run into the counts of the group(s) it is evidence for."""
+               prev_group_id: Optional[int], features: Dict[str, str], mark: bool = True) -> None:
+        """Fold one run into the counts of the group(s) it is evidence for (``mark``: and note it counted)."""
         if kind == "error":
             groups = [group_id]
         else:
@@ -212,14 +230,18 @@ class SQLiteStorage(Storage):
         self._apply(cur, groups, kind, features, +1)
         cur.executemany("INSERT OR IGNORE INTO contributions(beacon_id, group_id) VALUES(?, ?)",
                         [(beacon_id, g) for g in groups])
-        cur.execute("UPDATE beacons SET counted = 1 WHERE id = ?", (beacon_id,))
+        if mark:
+            cur.execute("UPDATE beacons SET counted = 1 WHERE id = ?", (beacon_id,))
 
     @staticmethod
     def _apply(cur, groups: Iterable[int], kind: str, features: Dict[str, str], sign: int) -> None:
         fail, ok = (sign, 0) if kind == "error" else (0, sign)
         column = "fails" if kind == "error" else "oks"
         for group in groups:
-            cur.executemany(_UPSERT_COUNT, [(group, f, v, fail, ok) for f, v in features.items()])
+            rows = [(group, f, v, fail, ok) for f, v in features.items()]
+            for start in range(0, len(rows), _UPSERT_ROWS):
+                chunk = rows[start:start + _UPSERT_ROWS]
+                cur.execute(_upsert_counts(len(chunk)), [value for row in chunk for value in row])
             cur.execute("UPDATE groups SET %s = %s + ? WHERE id = ?" % (column, column), (sign, group))
 
     def add_beacon(self, beacon: Beacon, env: Optional[Env] = None) -> BeaconResult:
@@ -238,7 +260,7 @@ class SQLiteStorage(Storage):
                     if not self._conn.in_transaction:   # SQLite gave the whole transaction up (disk full, I/O)
                         raise
                     cur.execute("ROLLBACK TO SAVEPOINT item")
-                    self._features.clear()
+                    self._forget()
                     results.append(BeaconResult(False, False, error))
                 cur.execute("RELEASE SAVEPOINT item")
         return results
@@ -254,21 +276,21 @@ class SQLiteStorage(Storage):
                     if beacon.group_key else None)
         prev_group_id = (self._group_id(cur, beacon.prev_group_key, beacon.prev_group_key, now)
                          if beacon.prev_group_key else None)
+        features = self._features_of(cur, beacon.env_hash)
         cur.execute(
             "INSERT OR IGNORE INTO beacons(event_id, kind, env_hash, script_id, group_id, error_sig, trace, ts,"
             " received, script_name, agent, test, prev_env_hash, prev_group_id, counted)"
             " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (beacon.event_id, beacon.kind, beacon.env_hash, beacon.script_id, group_id, beacon.signature,
              beacon.trace, beacon.ts, now, beacon.script_name, beacon.agent, int(beacon.test),
-             beacon.prev_env_hash, prev_group_id, int(beacon.test)))
+             beacon.prev_env_hash, prev_group_id, int(beacon.test or features is not None)))
         inserted, beacon_id = cur.rowcount, cur.lastrowid
-        features = self._features_of(cur, beacon.env_hash)
         if not inserted:   # a repeated event id: stored once, answered as usual
             return BeaconResult(features is not None, True)
         if group_id is not None and not beacon.test:   # `corp-error-agent test` is no error of anyone's
             self._note_error(cur, group_id, beacon, now)
         if features is not None and not beacon.test:
-            self._count(cur, beacon_id, beacon.kind, beacon.script_id, group_id, prev_group_id, features)
+            self._count(cur, beacon_id, beacon.kind, beacon.script_id, group_id, prev_group_id, features, False)
         return BeaconResult(features is not None, False)
 
     # -- reading ----------------------------------------------------------------------------
