@@ -25,6 +25,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -134,23 +135,23 @@ def _bench_venv() -> str:
     return python
 
 
-def _start_gunicorn(python: str, app: str, env: Dict[str, str], chdir: str) -> Tuple[subprocess.Popen, str, int]:
+def _start_gunicorn(python: str, app: str, env: Dict[str, str], chdir: str,
+                    log: str) -> Tuple[subprocess.Popen, str, int]:
     port = free_port()
-    argv = [python, "-m", "gunicorn", "-w", "4", "--threads", "16", "-b", "127.0.0.1:%d" % port, "--chdir", chdir,
-            "--log-level", "warning", app]
-    wrapper = ("import subprocess, sys, time, socket\n"
-               "p = subprocess.Popen(%r)\n"
-               "for _ in range(600):\n"
-               "    try:\n"
-               "        socket.create_connection(('127.0.0.1', %d), timeout=1).close(); break\n"
-               "    except OSError:\n"
-               "        time.sleep(0.05)\n"
-               "sys.stderr.write('listening on http://127.0.0.1:%d\\n'); sys.stderr.flush()\n"
-               "import signal\n"
-               "signal.signal(signal.SIGTERM, lambda *a: (p.terminate(), p.wait(), sys.exit(0)))\n"
-               "p.wait()\n" % (argv, port, port))
-    proc, host, bound = start([sys.executable, "-c", wrapper], env=env)
-    return proc, host, bound
+    with open(log, "a") as errors:
+        proc = subprocess.Popen([python, "-m", "gunicorn", "-w", "4", "--threads", "16", "-b", "127.0.0.1:%d" % port,
+                                 "--chdir", chdir, "--graceful-timeout", "5", "--log-level", "warning", app],
+                                env=env, stdout=subprocess.DEVNULL, stderr=errors)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, "127.0.0.1", port
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise SystemExit("gunicorn did not start:\n" + open(log).read()[-2000:])
+            time.sleep(0.05)   # polling a bounded start-up
 
 
 def _stored_sqlite(db: str, tags: List[str]) -> int:
@@ -210,15 +211,16 @@ def main(argv=None) -> int:
                 targets.append(target)
                 env = dict(os.environ, PYTHONPATH=REPO, CORP_ERROR_SERVER_DB=target.db or "")
                 env.pop("CORP_ERROR_SERVER_TOKEN", None)
+                log = os.path.join(tmp, "gunicorn.log")
                 if name == "bare http.server":
                     proc, host, port = start([sys.executable, "-c", _BARE_HTTP])
                 elif name.startswith("bare WSGI"):
-                    proc, host, port = _start_gunicorn(python, "bare_wsgi:app", env, tmp)
+                    proc, host, port = _start_gunicorn(python, "bare_wsgi:app", env, tmp, log)
                 elif name.startswith("embedded"):
                     proc, host, port = start([sys.executable, "-m", "corp_error_server", "--port", "0", "--db",
                                               target.db], env=env)
                 elif name.endswith("SQLite"):
-                    proc, host, port = _start_gunicorn(python, "corp_error_server:app", env, REPO)
+                    proc, host, port = _start_gunicorn(python, "corp_error_server:app", env, REPO, log)
                 else:
                     reason = pg_reason or _pg_storage_missing(python, pg_url, env)
                     if reason:
@@ -226,7 +228,7 @@ def main(argv=None) -> int:
                         continue
                     target.db = pg_url
                     env["CORP_ERROR_SERVER_DB"] = pg_url
-                    proc, host, port = _start_gunicorn(python, "corp_error_server:app", env, REPO)
+                    proc, host, port = _start_gunicorn(python, "corp_error_server:app", env, REPO, log)
                 try:
                     _drive(target, host, port, connections, seconds, tmp)
                 finally:
@@ -240,9 +242,10 @@ def main(argv=None) -> int:
 def _pg_storage_missing(python: str, url: str, env: Dict[str, str]) -> str:
     """Why the server cannot store into PostgreSQL here, or "" when it can."""
     check = subprocess.run([python, "-c", "import sys; from corp_error_server import create_app; "
-                            "create_app(sys.argv[1]).storage.close()", url],
-                           env=env, cwd=REPO, capture_output=True, text=True)
-    return "" if check.returncode == 0 else "the server cannot open %s: %s" % (
+                            "storage = create_app(sys.argv[1]).storage; storage.close(); "
+                            "sys.exit('this server stores into SQLite only' if 'SQLite' in type(storage).__name__ "
+                            "else 0)", url], env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True)
+    return "" if check.returncode == 0 else "the server cannot store into %s: %s" % (
         url, (check.stderr.strip().splitlines() or ["?"])[-1][:200])
 
 
