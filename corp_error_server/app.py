@@ -10,7 +10,6 @@ import hmac
 import json
 import math
 import re
-import sqlite3
 import sys
 import threading
 import time
@@ -21,7 +20,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import corp_error_agent
 
 from . import engine, ingest, openapi
-from .storage import SCHEMA_VERSION, Beacon, Env, SQLiteStorage, Storage
+from .storage import Beacon, Env, Storage, StorageConflict, StorageUnavailable, open_storage
 
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_RETENTION_DAYS = 90
@@ -33,7 +32,8 @@ _MAX_ENV_VARS = 500
 _HASH_LIMIT = 12
 
 _REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
-            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required", 413: "Payload Too Large",
+            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
+            411: "Length Required", 413: "Payload Too Large",
             415: "Unsupported Media Type", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
@@ -116,7 +116,7 @@ def _packages(value: Any) -> Dict[str, str]:
 def _split_requirement(item: str) -> Tuple[str, str]:
     name, sep, version = item.partition("==")
     if not sep:
-        name = re.split(r"[\s@<>=!~;\[]", item.strip(), 1)[0]
+        name = re.split(r"[\s@<>=!~;\[]", item.strip(), maxsplit=1)[0]
     return name, version
 
 
@@ -134,7 +134,7 @@ def _env_vars(value: Any) -> Dict[str, str]:
 
 def parse_env(body: dict, env_hash: Optional[str] = None) -> Env:
     env_hash = env_hash or _text(_required(body, "env_hash"), "env_hash", _HASH_LIMIT, empty=False)
-    snapshot = {
+    snapshot: Dict[str, Any] = {
         "packages": _packages(_required(body, "packages")),
         "python_ver": _text(_required(body, "python_ver"), "python_ver", 20),
         "python_impl": _optional_text(body, "python_impl", 40) or "",
@@ -148,14 +148,39 @@ def parse_env(body: dict, env_hash: Optional[str] = None) -> Env:
 
 
 def _group_of(error_sig: Optional[str], trace: Optional[str]) -> str:
+    """A bug's key: its normalised exception line and, after " @ ", where it is raised.
+
+    Deterministic in its input whatever that is: the line comes from the signature, else from the
+    trace's last line; the place from the trace's frames, else the signature's (engine.where_raised).
+    """
     for text in (error_sig, trace):
-        key = corp_error_agent.group_key(text) if text else ""
-        if key:
-            return key
+        message = corp_error_agent.group_key(text) if text else ""
+        if message:
+            where = engine.where_raised(error_sig or trace or "", trace or "")
+            return message + " @ " + where if where else message
     raise HTTPError(400, "an error beacon needs an error_sig or a trace with an exception line")
 
 
-def parse_beacon(body: dict) -> Tuple[Beacon, Optional[Env]]:
+def resolve_group(storage: Storage, signature: str, env_hash: str, script_id: Optional[str]) -> Optional[str]:
+    """The group a signature without its trace belongs to (/suggest, a success's previous failure).
+
+    A 0.4.2 signature has no frames and ours names modules, not files: the group the same
+    environment's (and script's) last error of that exception line went to says it best; then a
+    group whose place the signature's frames fit; then the busiest group of that line.
+    """
+    message = corp_error_agent.group_key(signature)
+    keys = storage.group_keys(message) if message else []
+    if len(keys) <= 1:
+        return keys[0] if keys else None
+    for script in ((script_id, None) if script_id else (None,)):
+        key = storage.last_error_group(keys, env_hash, script)
+        if key:
+            return key
+    fitting = [key for key in keys if engine.places_match(key.partition(" @ ")[2], signature)]
+    return (fitting or keys)[0]
+
+
+def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon, Optional[Env]]:
     kind = _text(_required(body, "kind"), "kind", 7)
     if kind not in ("error", "success"):
         raise HTTPError(400, "kind must be \"error\" or \"success\"")
@@ -168,19 +193,27 @@ def parse_beacon(body: dict) -> Tuple[Beacon, Optional[Env]]:
     test = body.get("test", False)
     if not isinstance(test, bool):
         raise HTTPError(400, "test must be a boolean")
+    handled = False if body.get("handled") is None else body["handled"]
+    if not isinstance(handled, bool):
+        raise HTTPError(400, "handled must be a boolean")
     prev_env_hash = _optional_text(body, "prev_env_hash", _HASH_LIMIT, empty=False)
     prev_error_sig = _optional_text(body, "prev_error_sig", keep=_SIG_KEEP)
     group = mentions = None
     if kind == "error":
         group = _group_of(error_sig, trace)
         mentions = engine.mentioned_packages((trace or "") + "\n" + (error_sig or ""))
-    prev_group = corp_error_agent.group_key(prev_error_sig) or None if prev_error_sig and kind == "success" else None
+    prev_group = None
+    if prev_error_sig and kind == "success":
+        resolved = resolve_group(storage, prev_error_sig, prev_env_hash or env_hash, script_id) if storage else None
+        prev_group = resolved or (_group_of(prev_error_sig, None) if corp_error_agent.group_key(prev_error_sig)
+                                  else None)
     inline = body.get("env")
     if inline is not None and not isinstance(inline, dict):
         raise HTTPError(400, "env must be an object like the /env body")
     beacon = Beacon(kind, env_hash, script_id, group, error_sig, trace, ts, event_id,
                     _optional_text(body, "script_name", keep=256), _optional_text(body, "agent", keep=100), test,
-                    prev_env_hash if kind == "success" else None, prev_group, frozenset(mentions or ()))
+                    prev_env_hash if kind == "success" else None, prev_group, frozenset(mentions or ()),
+                    handled and kind == "error")
     return beacon, (parse_env(inline, env_hash) if inline else None)
 
 ###############################################################################
@@ -198,6 +231,7 @@ class _App:
         self._max_body = max_body
         self._purge_lock = threading.Lock()
         self._next_purge = 0.0
+        self._schema_version = storage.schema_version()
         self._routes: Dict[str, Dict[str, Callable]] = {
             "/beacon": {"POST": self._beacon}, "/env": {"POST": self._env}, "/suggest": {"POST": self._suggest},
             "/healthz": {"GET": self._healthz}, "/api/errors": {"GET": self._errors},
@@ -214,9 +248,11 @@ class _App:
             status, payload, headers = error.status, {"error": error.message}, error.headers
         except ingest.Busy as error:
             status, payload, headers = 503, {"error": "busy: %s" % error}, [("Retry-After", str(ingest.RETRY_AFTER))]
-        except sqlite3.OperationalError as error:
-            _log_exception(environ)
+        except StorageUnavailable as error:
+            _log_line(environ, "storage unavailable: %s" % error)
             status, payload, headers = 503, {"error": "storage unavailable: %s" % error}, [("Retry-After", "1")]
+        except StorageConflict as error:
+            status, payload, headers = 409, {"error": str(error)}, []
         except Exception:
             _log_exception(environ)
             status, payload, headers = 500, {"error": "internal error"}, []
@@ -231,7 +267,7 @@ class _App:
         path = environ.get("PATH_INFO") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
         match = re.fullmatch(r"/api/errors/(\d{1,18})", path)
-        routes = {"GET": self._error} if match else self._routes.get(path)
+        routes: Optional[Dict[str, Callable]] = {"GET": self._error} if match else self._routes.get(path)
         if routes is None:
             raise HTTPError(404, "no such path: %s" % path[:200])
         if path != "/healthz":
@@ -299,7 +335,7 @@ class _App:
     # -- routes -----------------------------------------------------------------------------
 
     def _beacon(self, body: dict):
-        beacon, env = parse_beacon(body)
+        beacon, env = parse_beacon(body, self.storage)
         self._maybe_purge()
         result = self._committer.add(beacon, env)
         if not result.env_known:
@@ -314,14 +350,14 @@ class _App:
         error_sig = _text(_required(body, "error_sig"), "error_sig", keep=_SIG_KEEP, empty=False)
         env_hash = _text(_required(body, "env_hash"), "env_hash", _HASH_LIMIT)
         script_id = _optional_text(body, "script_id", _HASH_LIMIT)
-        key = corp_error_agent.group_key(error_sig)
+        key = resolve_group(self.storage, error_sig, env_hash, script_id)
         group = self.storage.group_data(key, script_id) if key else None
         if group is None:
             return 200, {"match": False, "reason": "no runs of this error yet"}, []
         return 200, engine.suggest(group, self.storage.env_features(env_hash)), []
 
     def _healthz(self, environ: dict):
-        return 200, {"ok": True, "schema_version": SCHEMA_VERSION, "ingest": self._committer.stats()}, []
+        return 200, {"ok": True, "schema_version": self._schema_version, "ingest": self._committer.stats()}, []
 
     def _openapi(self, environ: dict):
         return 200, openapi.spec(self._max_body), []
@@ -330,13 +366,16 @@ class _App:
         query = _query(environ)
         limit = _int_param(query, "limit", 50, 1, 500)
         offset = _int_param(query, "offset", 0, 0, 10 ** 9)
-        return 200, {"groups": self.storage.list_groups(limit, offset), "limit": limit, "offset": offset}, []
+        groups = [dict(row.info, suggestion=engine.suggest(row.data, row.latest_features))
+                  for row in self.storage.list_groups(limit, offset)]
+        return 200, {"groups": groups, "limit": limit, "offset": offset}, []
 
     def _error(self, group_id: int):
-        group = self.storage.get_group(group_id)
-        if group is None:
+        row = self.storage.get_group(group_id)
+        if row is None:
             raise HTTPError(404, "no error group %d" % group_id)
-        return 200, group, []
+        return 200, dict(row.info, suggestion=engine.suggest(row.data, row.latest_features),
+                         comparison=engine.comparison(row.data)), []
 
 
 def _reject_constant(name: str):
@@ -360,6 +399,14 @@ def _int_param(query: Dict[str, str], name: str, default: int, low: int, high: i
     return value
 
 
+def _log_line(environ: dict, line: str) -> None:
+    stream = environ.get("wsgi.errors") or sys.stderr
+    try:
+        stream.write(line + "\n")
+    except Exception:
+        pass
+
+
 def _log_exception(environ: dict) -> None:
     stream = environ.get("wsgi.errors") or sys.stderr
     try:
@@ -371,6 +418,6 @@ def _log_exception(environ: dict) -> None:
 def create_app(db_path: str, *, token: Optional[str] = None, retention_days: float = DEFAULT_RETENTION_DAYS,
                max_body: int = DEFAULT_MAX_BODY, max_waiting: int = ingest.DEFAULT_MAX_WAITING,
                storage: Optional[Storage] = None) -> _App:
-    """A WSGI application storing into the SQLite database at ``db_path``; past ``max_waiting``
-    writes not yet committed, it answers 503 with Retry-After."""
-    return _App(storage or SQLiteStorage(db_path), token, retention_days, max_body, max_waiting)
+    """A WSGI application storing into ``db_path``: a SQLite file, or a ``postgresql://`` URL; past
+    ``max_waiting`` writes not yet committed, it answers 503 with Retry-After."""
+    return _App(storage or open_storage(db_path), token, retention_days, max_body, max_waiting)

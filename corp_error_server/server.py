@@ -23,7 +23,7 @@ import threading
 import time
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Callable, Dict, List, Optional, TextIO, Tuple
+from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 from urllib.parse import unquote
 
 _DRAIN_LIMIT = 64 * 1024        # unread request body we still skip to keep a connection alive
@@ -243,7 +243,7 @@ class _Connection(socketserver.BaseRequestHandler):
 
     def _environ(self, method: str, path: str, query: str, version: str, fields: Dict[str, str],
                  body: _Body) -> dict:
-        environ = {
+        environ: Dict[str, Any] = {
             "REQUEST_METHOD": method, "SCRIPT_NAME": "", "PATH_INFO": unquote(path, "iso-8859-1"),
             "QUERY_STRING": query, "SERVER_NAME": self.server.server_name,
             "SERVER_PORT": str(self.server.server_port), "SERVER_PROTOCOL": version,
@@ -311,7 +311,8 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._active = 0
         self._active_lock = threading.Lock()
         super().__init__(address, _Connection)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, self.server_port = self.server_address[:2]
+        self.server_name = str(host)
 
     def process_request(self, request, client_address) -> None:
         with self._active_lock:
@@ -350,7 +351,7 @@ def serve(server: _Server) -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    host, port = server.server_address[:2]
+    host, port = str(server.server_address[0]), server.server_address[1]
     server.log("listening on http://%s:%d" % ("[%s]" % host if ":" in host else host, port))
     try:
         server.serve_forever(poll_interval=0.1)
