@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import corp_error_agent
 
-from . import engine, openapi
+from . import engine, ingest, openapi
 from .storage import Beacon, Env, Storage, StorageConflict, StorageUnavailable, open_storage
 
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -222,8 +222,10 @@ def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon,
 
 
 class _App:
-    def __init__(self, storage: Storage, token: Optional[str], retention_days: float, max_body: int) -> None:
+    def __init__(self, storage: Storage, token: Optional[str], retention_days: float, max_body: int,
+                 max_waiting: int) -> None:
         self.storage = storage
+        self._committer = ingest.Committer(storage, max_waiting)
         self._token = token.encode("utf-8") if token else None
         self._retention = retention_days * 86400.0
         self._max_body = max_body
@@ -244,6 +246,8 @@ class _App:
             status, payload, headers = self._dispatch(environ)
         except HTTPError as error:
             status, payload, headers = error.status, {"error": error.message}, error.headers
+        except ingest.Busy as error:
+            status, payload, headers = 503, {"error": "busy: %s" % error}, [("Retry-After", str(ingest.RETRY_AFTER))]
         except StorageUnavailable as error:
             _log_line(environ, "storage unavailable: %s" % error)
             status, payload, headers = 503, {"error": "storage unavailable: %s" % error}, [("Retry-After", "1")]
@@ -333,13 +337,13 @@ class _App:
     def _beacon(self, body: dict):
         beacon, env = parse_beacon(body, self.storage)
         self._maybe_purge()
-        result = self.storage.add_beacon(beacon, env)
+        result = self._committer.add(beacon, env)
         if not result.env_known:
             return 204, None, []
         return 200, {"ok": True, "duplicate": result.duplicate}, []
 
     def _env(self, body: dict):
-        created = self.storage.add_env(parse_env(body))
+        created = not self._committer.add(None, parse_env(body)).duplicate
         return (201 if created else 200), {"ok": True, "created": created}, []
 
     def _suggest(self, body: dict):
@@ -353,7 +357,7 @@ class _App:
         return 200, engine.suggest(group, self.storage.env_features(env_hash)), []
 
     def _healthz(self, environ: dict):
-        return 200, {"ok": True, "schema_version": self._schema_version}, []
+        return 200, {"ok": True, "schema_version": self._schema_version, "ingest": self._committer.stats()}, []
 
     def _openapi(self, environ: dict):
         return 200, openapi.spec(self._max_body), []
@@ -412,6 +416,8 @@ def _log_exception(environ: dict) -> None:
 
 
 def create_app(db_path: str, *, token: Optional[str] = None, retention_days: float = DEFAULT_RETENTION_DAYS,
-               max_body: int = DEFAULT_MAX_BODY, storage: Optional[Storage] = None) -> _App:
-    """A WSGI application storing into ``db_path``: a SQLite file, or a ``postgresql://`` URL."""
-    return _App(storage or open_storage(db_path), token, retention_days, max_body)
+               max_body: int = DEFAULT_MAX_BODY, max_waiting: int = ingest.DEFAULT_MAX_WAITING,
+               storage: Optional[Storage] = None) -> _App:
+    """A WSGI application storing into ``db_path``: a SQLite file, or a ``postgresql://`` URL; past
+    ``max_waiting`` writes not yet committed, it answers 503 with Retry-After."""
+    return _App(storage or open_storage(db_path), token, retention_days, max_body, max_waiting)
