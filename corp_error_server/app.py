@@ -269,7 +269,7 @@ class _App:
             _log_exception(environ)
             status, payload, headers = 500, {"error": "internal error"}, []
         headers = list(headers) + _SECURITY_HEADERS
-        if is_page and isinstance(payload, dict):
+        if is_page and isinstance(payload, dict) and "text/html" in environ.get("HTTP_ACCEPT", ""):
             if status == 401:
                 payload = Page(pages.login_page(_here(environ), wrong=False))
             else:
