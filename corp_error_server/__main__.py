@@ -12,7 +12,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="corp-error-server",
         description="Serve the corp-error-agent backend (default), or run `corp-error-server demo ...`.",
-        epilog="The token may also come from $CORP_ERROR_SERVER_TOKEN (kept out of the process list).")
+        epilog="The token may also come from $CORP_ERROR_SERVER_TOKEN (kept out of the process list), webhooks from "
+               "$CORP_ERROR_SERVER_WEBHOOKS (separated by spaces).")
     parser.add_argument("command", nargs="?", choices=["serve"], default="serve", help=argparse.SUPPRESS)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
@@ -23,6 +24,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="delete beacons older than this (default: %(default)s)")
     parser.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, help="request body limit in bytes")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-connection socket timeout in seconds")
+    parser.add_argument("--webhook", action="append", metavar="[slack=|json=]URL",
+                        default=os.environ.get("CORP_ERROR_SERVER_WEBHOOKS", "").split(),
+                        help="POST an alert on a new error group, a regression, and a fix becoming available: "
+                             "slack= sends {\"text\": ...}, json= (the default) the event as JSON; repeatable")
     return parser
 
 
@@ -45,9 +50,16 @@ def main(argv: Optional[List[str]] = None) -> int:
               file=sys.stderr)
         return 2
     from . import create_app
+    from .alerts import parse_webhook
     from .server import make_server, serve
     try:
-        app = create_app(args.db, token=args.token, retention_days=args.retention_days, max_body=args.max_body)
+        webhooks = [parse_webhook(spec) for spec in args.webhook]
+    except ValueError as error:
+        print("corp-error-server: %s" % error, file=sys.stderr)
+        return 2
+    try:
+        app = create_app(args.db, token=args.token, retention_days=args.retention_days, max_body=args.max_body,
+                         webhooks=webhooks)
     except Exception as error:
         print("corp-error-server: cannot open database %s: %s" % (args.db, error), file=sys.stderr)
         return 1
@@ -57,7 +69,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("corp-error-server: cannot listen on %s:%d: %s" % (args.host, args.port, error), file=sys.stderr)
         return 1
     serve(server)
-    app.storage.close()
+    app.close()
     return 0
 
 

@@ -38,7 +38,10 @@ def parse_webhook(spec: str) -> Webhook:
 
 
 def body_of(style: str, event: dict) -> bytes:
-    return json.dumps({"text": event["text"]} if style == "slack" else event).encode("utf-8")
+    if style == "slack":   # Slack reads &, < and > as its own markup: a signature must not become a link
+        text = event["text"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        return json.dumps({"text": text}).encode("utf-8")
+    return json.dumps(event).encode("utf-8")
 
 
 class _Sender:

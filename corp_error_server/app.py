@@ -238,7 +238,7 @@ class _App:
             "/healthz": {"GET": self._healthz}, "/api/errors": {"GET": self._errors},
             "/openapi.json": {"GET": self._openapi},
             "/": {"GET": self._list_page}, "/fleet": {"GET": self._fleet_page}, "/diff": {"GET": self._diff_page},
-            "/login": {"GET": self._login_page, "POST": self._login},
+            "/login": {"GET": self._login_page, "POST": self._login}, "/favicon.ico": {"GET": self._no_icon},
         }
         self._patterns: List[Tuple["re.Pattern[str]", Dict[str, Callable]]] = [
             (re.compile(r"/api/errors/(\d{1,18})"), {"GET": self._error}),
@@ -321,7 +321,7 @@ class _App:
             if not re.fullmatch(r"[0-9a-f]{32}", csrf):
                 csrf, environ["cea.new_csrf"] = os.urandom(16).hex(), True
             environ["cea.csrf"] = csrf
-        if self._token is None or path in ("/healthz", "/login"):
+        if self._token is None or path in ("/healthz", "/login", "/favicon.ico"):
             return
         given = environ.get("HTTP_AUTHORIZATION", "")
         scheme, _, credential = given.partition(" ")
@@ -572,6 +572,9 @@ class _App:
             systems[system] = systems.get(system, 0) + 1
         return 200, Page(pages.fleet_page(hosts, shares("agent"), shares("python"), systems, days, _FLEET_DAYS,
                                           now)), []
+
+    def _no_icon(self, environ: dict):
+        return 204, None, []
 
     def _login_page(self, environ: dict):
         if self._token is None:

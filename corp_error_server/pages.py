@@ -133,7 +133,7 @@ def time_chart(days: Sequence[Tuple[str, int, int]], width: int = 640, height: i
             parts.append('<rect class="%s" x="%.1f" y="%.1f" width="%.1f" height="%.1f"><title>%s: %d %s</title>'
                          '</rect>' % (cls, x + offset, height - 16 - h, bar, h, _h(day), count,
                                       "failing" if cls == "fail" else "succeeding"))
-        if i % 7 == 0 or i == len(days) - 1:
+        if i % 7 == 0 or (i == len(days) - 1 and i % 7 > 3):
             parts.append('<text x="%.1f" y="%d" class="tick">%s</text>' % (x, height - 3, _h(day[5:])))
     return ('<svg class="chart" width="%d" height="%d" viewBox="0 0 %d %d" role="img" '
             'aria-label="failing and succeeding runs per day">%s<line x1="30" y1="%d" x2="%d" y2="%d" class="axis"/>'
