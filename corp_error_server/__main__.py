@@ -17,7 +17,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("command", nargs="?", choices=["serve"], default="serve", help=argparse.SUPPRESS)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
-    parser.add_argument("--db", default=default_db_path(), help="SQLite database file (default: %(default)s)")
+    parser.add_argument("--db", default=default_db_path(),
+                        help="a SQLite database file, or a postgresql://user@host/dbname URL (PostgreSQL needs the "
+                             "package's [postgres] extra); also $CORP_ERROR_SERVER_DB (default: %(default)s)")
     parser.add_argument("--token", default=os.environ.get("CORP_ERROR_SERVER_TOKEN") or None,
                         help="require `Authorization: Bearer TOKEN` on every route but /healthz")
     parser.add_argument("--retention-days", type=float, default=DEFAULT_RETENTION_DAYS,
@@ -52,6 +54,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from . import create_app
     from .alerts import parse_webhook
     from .server import make_server, serve
+    from .storage import UnsupportedDatabase, describe
     try:
         webhooks = [parse_webhook(spec) for spec in args.webhook]
     except ValueError as error:
@@ -60,8 +63,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         app = create_app(args.db, token=args.token, retention_days=args.retention_days, max_body=args.max_body,
                          webhooks=webhooks)
-    except Exception as error:
-        print("corp-error-server: cannot open database %s: %s" % (args.db, error), file=sys.stderr)
+    except UnsupportedDatabase as error:
+        print("corp-error-server: --db %s: %s" % (describe(args.db), error), file=sys.stderr)
+        return 2
+    except Exception as error:   # StorageError, OSError from a path that cannot be created, ...
+        print("corp-error-server: cannot open database %s: %s" % (describe(args.db), error), file=sys.stderr)
         return 1
     try:
         server = make_server(app, args.host, args.port, request_timeout=args.timeout)

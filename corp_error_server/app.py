@@ -13,7 +13,6 @@ import json
 import math
 import os
 import re
-import sqlite3
 import sys
 import threading
 import time
@@ -25,7 +24,8 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Se
 import corp_error_agent
 
 from . import alerts, engine, openapi, pages
-from .storage import GROUP_SORTS, GROUP_STATUSES, SCHEMA_VERSION, Beacon, Env, GroupQuery, SQLiteStorage, Storage
+from .storage import (GROUP_SORTS, GROUP_STATUSES, Beacon, Env, GroupQuery, Storage, StorageConflict,
+                      StorageUnavailable, open_storage)
 
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_RETENTION_DAYS = 90
@@ -37,7 +37,8 @@ _MAX_ENV_VARS = 500
 _HASH_LIMIT = 12
 
 _REASONS = {200: "OK", 201: "Created", 204: "No Content", 303: "See Other", 400: "Bad Request",
-            401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required", 413: "Payload Too Large",
+            401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+            408: "Request Timeout", 409: "Conflict", 411: "Length Required", 413: "Payload Too Large",
             415: "Unsupported Media Type", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
@@ -200,6 +201,9 @@ def parse_beacon(body: dict) -> Tuple[Beacon, Optional[Env]]:
     test = body.get("test", False)
     if not isinstance(test, bool):
         raise HTTPError(400, "test must be a boolean")
+    handled = False if body.get("handled") is None else body["handled"]
+    if not isinstance(handled, bool):
+        raise HTTPError(400, "handled must be a boolean")
     prev_env_hash = _optional_text(body, "prev_env_hash", _HASH_LIMIT, empty=False)
     prev_error_sig = _optional_text(body, "prev_error_sig", keep=_SIG_KEEP)
     group = mentions = None
@@ -213,7 +217,7 @@ def parse_beacon(body: dict) -> Tuple[Beacon, Optional[Env]]:
     beacon = Beacon(kind, env_hash, script_id, group, error_sig, trace, ts, event_id,
                     _optional_text(body, "script_name", keep=256), _optional_text(body, "agent", keep=100), test,
                     prev_env_hash if kind == "success" else None, prev_group, frozenset(mentions or ()),
-                    _optional_text(body, "host", keep=255) or None)
+                    handled and kind == "error", _optional_text(body, "host", keep=255) or None)
     return beacon, (parse_env(inline, env_hash) if inline else None)
 
 ###############################################################################
@@ -232,6 +236,7 @@ class _App:
         self._max_body = max_body
         self._purge_lock = threading.Lock()
         self._next_purge = 0.0
+        self._schema_version = storage.schema_version()
         self._alerts = alerts.Alerts(webhooks, self._alert_events) if webhooks else None
         self._routes: Dict[str, Dict[str, Callable]] = {
             "/beacon": {"POST": self._beacon}, "/env": {"POST": self._env}, "/suggest": {"POST": self._suggest},
@@ -262,9 +267,11 @@ class _App:
             status, payload, headers = self._dispatch(environ, path)
         except HTTPError as error:
             status, payload, headers = error.status, {"error": error.message}, error.headers
-        except sqlite3.OperationalError as error:
-            _log_exception(environ)
+        except StorageUnavailable as error:
+            _log_line(environ, "storage unavailable: %s" % error)
             status, payload, headers = 503, {"error": "storage unavailable: %s" % error}, [("Retry-After", "1")]
+        except StorageConflict as error:
+            status, payload, headers = 409, {"error": str(error)}, []
         except Exception:
             _log_exception(environ)
             status, payload, headers = 500, {"error": "internal error"}, []
@@ -440,7 +447,7 @@ class _App:
         return 200, engine.suggest(group, self.storage.env_features(env_hash)), []
 
     def _healthz(self, environ: dict):
-        return 200, {"ok": True, "schema_version": SCHEMA_VERSION}, []
+        return 200, {"ok": True, "schema_version": self._schema_version}, []
 
     def _openapi(self, environ: dict):
         return 200, openapi.spec(self._max_body), []
@@ -623,7 +630,7 @@ def _event(kind: str, text: str, group: dict, suggestion: Optional[dict]) -> dic
 
 def _api_group(group: dict) -> dict:
     """A group as /api/errors shows it: epoch and ISO times, the suggestion for its latest failing run."""
-    keys = ("id", "group_key", "signature", "status", "count", "scripts", "script_names", "envs_affected",
+    keys = ("id", "group_key", "signature", "status", "count", "handled", "scripts", "script_names", "envs_affected",
             "first_seen", "last_seen", "failing_runs", "succeeding_runs", "suggestion")
     answer = {k: group[k] for k in keys if k in group}
     answer["first_seen_iso"], answer["last_seen_iso"] = pages.iso(group["first_seen"]), pages.iso(group["last_seen"])
@@ -718,6 +725,14 @@ def _int_param(query: Dict[str, str], name: str, default: int, low: int, high: i
     return value
 
 
+def _log_line(environ: dict, line: str) -> None:
+    stream = environ.get("wsgi.errors") or sys.stderr
+    try:
+        stream.write(line + "\n")
+    except Exception:
+        pass
+
+
 def _log_exception(environ: dict) -> None:
     stream = environ.get("wsgi.errors") or sys.stderr
     try:
@@ -729,5 +744,6 @@ def _log_exception(environ: dict) -> None:
 def create_app(db_path: str, *, token: Optional[str] = None, retention_days: float = DEFAULT_RETENTION_DAYS,
                max_body: int = DEFAULT_MAX_BODY, storage: Optional[Storage] = None,
                webhooks: Sequence[alerts.Webhook] = ()) -> _App:
-    """A WSGI application storing into the SQLite database at ``db_path``, alerting ``webhooks``."""
-    return _App(storage or SQLiteStorage(db_path), token, retention_days, max_body, webhooks)
+    """A WSGI application storing into ``db_path`` (a SQLite file or a ``postgresql://`` URL), alerting
+    ``webhooks``."""
+    return _App(storage or open_storage(db_path), token, retention_days, max_body, webhooks)

@@ -24,6 +24,7 @@ _BEACON = {
         "error_sig": _s(description="signature; grouped by its normalised exception line"),
         "event_id": _s(64, minLength=1, description="stored once however often it is sent"),
         "script_name": _s(), "agent": _s(), "test": {"type": "boolean"},
+        "handled": {"type": "boolean", "description": "a logged or captured error rather than an uncaught one"},
         "prev_env_hash": _s(12, minLength=1, description="success beacons: the env of the failure it follows"),
         "prev_error_sig": _s(description="success beacons: the failure it follows"),
         "env": {"$ref": "#/components/schemas/Env"},
@@ -56,6 +57,7 @@ _GROUP = {
     "type": "object",
     "properties": {
         "id": {"type": "integer"}, "group_key": _s(), "signature": _s(), "count": {"type": "integer"},
+        "handled": {"type": "integer", "description": "how many of count were logged or captured, not uncaught"},
         "scripts": {"type": "integer"}, "envs_affected": {"type": "integer"},
         "first_seen": {"type": "number"}, "last_seen": {"type": "number"},
         "failing_runs": {"type": "integer"}, "succeeding_runs": {"type": "integer"},

@@ -1,9 +1,15 @@
 """Storage: beacons, environments, and the per-group counts the engine reads.
 
-The interface is ``Storage``; ``SQLiteStorage`` implements it. Counts per (group, feature, value)
-are updated when a run becomes countable (its beacon and its environment are both known), so
-``/suggest`` reads a few hundred rows instead of rescanning beacons. Every public write is one
-transaction: a request stores everything or nothing.
+``Storage`` holds every query, written once in the SQL that SQLite and PostgreSQL both take; a
+backend supplies connections, transactions and a small ``Dialect`` for what differs (placeholders,
+column types, locks, fetching a new row's id). ``SQLiteStorage`` is below; ``PostgresStorage`` is in
+``storage_postgres`` (it needs psycopg). ``open_storage`` picks one from a path or a URL.
+
+Counts per (group, feature, value) are updated when a run becomes countable (its beacon and its
+environment are both known), so ``/suggest`` reads a few hundred rows instead of rescanning beacons.
+Every public write is one transaction: a request stores everything or nothing. Storage answers
+queries and never decides: the engine turns what it returns into suggestions, the app joins them.
+Storage raises only its own exceptions, never its driver's.
 """
 from __future__ import annotations
 
@@ -12,57 +18,21 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
-from . import engine
+from .engine import Counts, FixPair, GroupData
+from .storage_schema import MIGRATIONS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = MIGRATIONS[-1].version
 _PAIRS_READ = 50          # most recent observed fixes the engine looks at per group
 _MENTIONS_KEPT = 40       # package names remembered per group from its traces
 _FEATURE_CACHE = 8192     # environments whose features stay in memory (they never change)
+_PURGE_BATCH = 1000       # beacons deleted per transaction, so a purge never holds writers up for long
+_ATTEMPTS = 5             # a transaction the database aborted for a conflict (deadlock) is run again
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS envs(
-    env_hash TEXT PRIMARY KEY, received REAL NOT NULL, snapshot TEXT NOT NULL, features TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS groups(
-    id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, signature TEXT NOT NULL,
-    first_seen REAL NOT NULL, last_seen REAL NOT NULL, errors INTEGER NOT NULL DEFAULT 0,
-    fails INTEGER NOT NULL DEFAULT 0, oks INTEGER NOT NULL DEFAULT 0, mentions TEXT NOT NULL DEFAULT '[]');
-CREATE TABLE IF NOT EXISTS beacons(
-    id INTEGER PRIMARY KEY, event_id TEXT UNIQUE, kind TEXT NOT NULL, env_hash TEXT NOT NULL,
-    script_id TEXT NOT NULL, group_id INTEGER, error_sig TEXT, trace TEXT, ts REAL, received REAL NOT NULL,
-    script_name TEXT, agent TEXT, test INTEGER NOT NULL DEFAULT 0, prev_env_hash TEXT, prev_group_id INTEGER,
-    counted INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS beacons_group ON beacons(group_id, id);
-CREATE INDEX IF NOT EXISTS beacons_waiting ON beacons(env_hash) WHERE counted = 0;
-CREATE INDEX IF NOT EXISTS beacons_received ON beacons(received);
-CREATE INDEX IF NOT EXISTS beacons_fixes ON beacons(prev_group_id, id) WHERE prev_group_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS group_scripts(
-    script_id TEXT NOT NULL, group_id INTEGER NOT NULL, PRIMARY KEY(script_id, group_id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS contributions(
-    beacon_id INTEGER NOT NULL, group_id INTEGER NOT NULL, PRIMARY KEY(beacon_id, group_id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS counts(
-    group_id INTEGER NOT NULL, feature TEXT NOT NULL, value TEXT NOT NULL,
-    fails INTEGER NOT NULL DEFAULT 0, oks INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY(group_id, feature, value)) WITHOUT ROWID;
-"""
-
-# The dashboard's part of the schema: host and triage status, and two rollups kept at ingest so a
-# group's pages read a few rows whatever its number of beacons. (To become entries of the migration
-# list; the ALTERs run once, when the column is missing.)
-_DASH_SCHEMA = """
-CREATE TABLE IF NOT EXISTS group_days(
-    group_id INTEGER NOT NULL, day INTEGER NOT NULL, fails INTEGER NOT NULL DEFAULT 0,
-    oks INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(group_id, day));
-CREATE TABLE IF NOT EXISTS group_sources(
-    group_id INTEGER NOT NULL, script_id TEXT NOT NULL, env_hash TEXT NOT NULL, host TEXT NOT NULL,
-    script_name TEXT, fails INTEGER NOT NULL DEFAULT 0, oks INTEGER NOT NULL DEFAULT 0, last_seen REAL NOT NULL,
-    PRIMARY KEY(group_id, script_id, env_hash, host));
-CREATE INDEX IF NOT EXISTS beacons_env ON beacons(env_hash, id);
-"""
-_DASH_COLUMNS = (("beacons", "host", "TEXT"), ("groups", "status", "TEXT NOT NULL DEFAULT 'new'"),
-                 ("groups", "status_at", "REAL"), ("groups", "alerted_solution", "TEXT"))
+# Lock name spaces for backends whose writers run concurrently (PostgreSQL advisory locks).
+LOCK_ENV, LOCK_PURGE, LOCK_SCHEMA = 1, 2, 3
 
 _UPSERT_DAY = (
     "INSERT INTO group_days(group_id, day, fails, oks) VALUES(?, ?, ?, ?) "
@@ -73,29 +43,49 @@ _UPSERT_SOURCE = (
     "VALUES(?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(group_id, script_id, env_hash, host) DO UPDATE SET "
     "fails = group_sources.fails + excluded.fails, oks = group_sources.oks + excluded.oks, "
     "last_seen = excluded.last_seen, script_name = COALESCE(excluded.script_name, group_sources.script_name)")
-
-_UPSERT_COUNT = (
-    "INSERT INTO counts(group_id, feature, value, fails, oks) VALUES(?, ?, ?, ?, ?) "
-    "ON CONFLICT(group_id, feature, value) DO UPDATE SET fails = fails + excluded.fails, oks = oks + excluded.oks")
-
-
 GROUP_STATUSES = ("new", "regressed", "resolved", "ignored")
 GROUP_SORTS = {"last_seen": "g.last_seen DESC", "first_seen": "g.first_seen DESC", "count": "g.errors DESC"}
 
+_UPSERT_COUNT = (
+    "INSERT INTO counts(group_id, feature, value, fails, oks) VALUES(?, ?, ?, ?, ?) "
+    "ON CONFLICT(group_id, feature, value) DO UPDATE "
+    "SET fails = counts.fails + excluded.fails, oks = counts.oks + excluded.oks")
 
-class GroupQuery(NamedTuple):
-    """A filtered, sorted page of error groups (the list page and /api/errors)."""
-    search: str = ""
-    status: str = ""
-    script: str = ""
-    features: Tuple[Tuple[str, str], ...] = ()   # (feature, value) the failing runs had: pkg:x==1, python
-    sort: str = "last_seen"
-    limit: int = 50
-    offset: int = 0
+T = TypeVar("T")
 
 
-class SchemaError(RuntimeError):
+###############################################################################
+# What storage raises #########################################################
+###############################################################################
+
+
+class StorageError(Exception):
+    """Base of everything storage raises; the message is fit for a one-line answer."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot be reached or cannot write now (down, locked, disk full): try again later."""
+
+
+class StorageConflict(StorageError):
+    """The write contradicts what is stored, or kept colliding with concurrent writes."""
+
+
+class SchemaError(StorageError):
     """The database was written by a newer server."""
+
+
+class UnsupportedDatabase(StorageError):
+    """``--db`` names a kind of database this server cannot use (unknown scheme, missing driver)."""
+
+
+class _Retry(Exception):
+    """Raised by a backend when the database rolled a transaction back for a conflict worth retrying."""
+
+
+###############################################################################
+# What is stored ##############################################################
+###############################################################################
 
 
 class Env(NamedTuple):
@@ -119,147 +109,254 @@ class Beacon(NamedTuple):
     prev_env_hash: Optional[str]
     prev_group_key: Optional[str]   # the failure a success follows (our agent)
     mentions: frozenset
+    handled: bool = False           # a logged or captured error rather than an uncaught one
     host: Optional[str] = None      # the machine's host name, when the agent sends it
 
 
 class BeaconResult(NamedTuple):
     env_known: bool
     duplicate: bool
+    error: Optional[str] = None     # add_beacons: why this item was not stored (the others were)
     new_group: bool = False         # this beacon opened its error group
     regressed: bool = False         # ... or reopened a resolved one
 
 
+class GroupQuery(NamedTuple):
+    """A filtered, sorted page of error groups (the list page and /api/errors)."""
+    search: str = ""
+    status: str = ""
+    script: str = ""
+    features: Tuple[Tuple[str, str], ...] = ()   # (feature, value) the failing runs had: pkg:x==1, python
+    sort: str = "last_seen"
+    limit: int = 50
+    offset: int = 0
+
+
+###############################################################################
+# Dialects ####################################################################
+###############################################################################
+
+
+class Dialect:
+    """SQLite's SQL; a backend whose SQL differs subclasses this (see storage_postgres)."""
+
+    types = {"{ID}": "INTEGER PRIMARY KEY", "{BIGINT}": "INTEGER", "{FLOAT}": "REAL", "{NOROWID}": " WITHOUT ROWID"}
+    for_update = ""                       # row locks: SQLite's writers are serialised by the database lock
+    item_errors: Tuple[type, ...] = (sqlite3.IntegrityError, sqlite3.DataError)
+
+    def schema(self, sql: str) -> List[str]:
+        for word, replacement in self.types.items():
+            sql = sql.replace(word, replacement)
+        return [statement for statement in sql.split(";") if statement.strip()]
+
+    def sql(self, text: str) -> str:
+        return text
+
+    def params(self, params: Sequence[Any]) -> Sequence[Any]:
+        return params
+
+    def insert_id(self, raw, sql: str, params: Sequence[Any]) -> Optional[int]:
+        raw.execute(sql, params)
+        return raw.lastrowid if raw.rowcount else None
+
+    def lock(self, raw, space: int, key: str) -> None:
+        """Serialise transactions on (space, key) until commit; SQLite writes one transaction at a time."""
+
+    def try_lock(self, raw, space: int) -> bool:
+        return True
+
+
+class Cursor:
+    """A driver's cursor speaking ``?`` placeholders, plus the features this transaction read."""
+
+    def __init__(self, raw, dialect: Dialect) -> None:
+        self._raw = raw
+        self._dialect = dialect
+        self.seen: Dict[str, Dict[str, str]] = {}
+        self.for_update = dialect.for_update
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> "Cursor":
+        self._raw.execute(self._dialect.sql(sql), self._dialect.params(params))
+        return self
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        rows = [self._dialect.params(row) for row in rows]
+        if rows:
+            self._raw.executemany(self._dialect.sql(sql), rows)
+
+    def fetchone(self):
+        return self._raw.fetchone()
+
+    def fetchall(self) -> list:
+        return self._raw.fetchall()
+
+    def __iter__(self) -> Iterator:
+        return iter(self._raw.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return self._raw.rowcount
+
+    def insert_id(self, sql: str, params: Sequence[Any]) -> Optional[int]:
+        """INSERT .. ON CONFLICT DO NOTHING of a row with an {ID}: its id, or None when it existed."""
+        return self._dialect.insert_id(self._raw, self._dialect.sql(sql), self._dialect.params(params))
+
+    def lock(self, space: int, key: str = "") -> None:
+        self._dialect.lock(self._raw, space, key)
+
+    def try_lock(self, space: int) -> bool:
+        return self._dialect.try_lock(self._raw, space)
+
+
+###############################################################################
+# The queries #################################################################
+###############################################################################
+
+
 class Storage:
-    """What the application needs from a store; one implementation below."""
+    """Everything the application stores and asks. A backend implements the three hooks at the top."""
 
-    def add_env(self, env: Env) -> bool:
+    dialect = Dialect()
+
+    def __init__(self) -> None:
+        self._features: Dict[str, Dict[str, str]] = {}
+
+    # -- backend hooks ----------------------------------------------------------------------
+
+    def _transaction(self):
+        """Context manager: a raw cursor in a write transaction, committed on leaving; driver errors
+        come out as StorageUnavailable / StorageConflict / _Retry."""
         raise NotImplementedError
 
-    def add_beacon(self, beacon: Beacon, env: Optional[Env] = None) -> BeaconResult:
-        raise NotImplementedError
-
-    def env_features(self, env_hash: str) -> Optional[Dict[str, str]]:
-        raise NotImplementedError
-
-    def group_data(self, group_key: str, script_id: Optional[str] = None) -> Optional[engine.GroupData]:
-        raise NotImplementedError
-
-    def list_groups(self, limit: int, offset: int) -> List[dict]:
-        raise NotImplementedError
-
-    def get_group(self, group_id: int, traces: int = 5) -> Optional[dict]:
-        raise NotImplementedError
-
-    def purge(self, older_than: float) -> int:
+    def _snapshot(self):
+        """Context manager: a raw cursor for reading, errors translated as in ``_transaction``."""
         raise NotImplementedError
 
     def close(self) -> None:
         raise NotImplementedError
 
+    # -- running work -----------------------------------------------------------------------
 
-class SQLiteStorage(Storage):
-    """SQLite in WAL mode; one connection guarded by a lock (SQLite serialises writers anyway)."""
+    def _write(self, work: Callable[[Cursor], T]) -> T:
+        for _ in range(_ATTEMPTS):
+            try:
+                with self._transaction() as raw:
+                    cur = Cursor(raw, self.dialect)
+                    result = work(cur)
+            except _Retry:
+                continue
+            self._remember(cur.seen)   # only once committed: a rolled-back env was never stored
+            return result
+        raise StorageConflict("the database kept aborting the write for concurrent conflicts; try again")
 
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
-        if path != ":memory:":
-            directory = os.path.dirname(os.path.abspath(path))
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-        self._lock = threading.RLock()
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._features: Dict[str, Dict[str, str]] = {}
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=" + {"FULL": "FULL", "NORMAL": "NORMAL", "OFF": "OFF"}[synchronous])
-        self._conn.execute("PRAGMA foreign_keys=OFF")
-        self._migrate()
+    def _read(self, work: Callable[[Cursor], T]) -> T:
+        with self._snapshot() as raw:
+            cur = Cursor(raw, self.dialect)
+            result = work(cur)
+        self._remember(cur.seen)
+        return result
+
+    def _remember(self, features: Dict[str, Dict[str, str]]) -> None:
+        if len(self._features) + len(features) > _FEATURE_CACHE:
+            self._features.clear()
+        self._features.update(features)
 
     def _migrate(self) -> None:
-        with self._transaction() as cur:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    cur.execute(statement)
-            for table, column, declaration in _DASH_COLUMNS:
-                if column not in [r[1] for r in cur.execute("PRAGMA table_info(%s)" % table)]:
-                    cur.execute("ALTER TABLE %s ADD COLUMN %s %s" % (table, column, declaration))
-            for statement in _DASH_SCHEMA.split(";"):
-                if statement.strip():
-                    cur.execute(statement)
-            row = cur.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
-                cur.execute("INSERT INTO meta(key, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise SchemaError("database schema %s is newer than this server (%d)" % (row[0], SCHEMA_VERSION))
+        self._write(self._apply_migrations)
 
-    def _transaction(self):
-        return _Transaction(self._conn, self._lock, self._features.clear)
+    def _apply_migrations(self, cur: Cursor) -> None:
+        cur.lock(LOCK_SCHEMA)
+        cur.execute(self.dialect.schema("CREATE TABLE IF NOT EXISTS schema_version(version INTEGER PRIMARY KEY, "
+                                        "description TEXT NOT NULL, applied {FLOAT} NOT NULL)")[0])
+        current = cur.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+        if current > SCHEMA_VERSION:
+            raise SchemaError("database schema %d is newer than this server (%d)" % (current, SCHEMA_VERSION))
+        for migration in MIGRATIONS:
+            if migration.version > current:
+                for statement in self.dialect.schema(migration.sql):
+                    cur.execute(statement)
+                cur.execute("INSERT INTO schema_version(version, description, applied) VALUES(?, ?, ?)",
+                            (migration.version, migration.description, time.time()))
+        # The 0.5.0 server reads its version here: it refuses a database migrated past what it knows.
+        cur.execute("INSERT INTO meta(key, value) VALUES('schema_version', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
+
+    def schema_version(self) -> int:
+        return self._read(lambda cur: cur.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])
 
     # -- environments -----------------------------------------------------------------------
 
-    def _features_of(self, cur, env_hash: str) -> Optional[Dict[str, str]]:
-        cached = self._features.get(env_hash)
-        if cached is not None:
-            return cached
+    def _features_of(self, cur: Cursor, env_hash: str) -> Optional[Dict[str, str]]:
+        known = self._features.get(env_hash)
+        if known is None:
+            known = cur.seen.get(env_hash)
+        if known is not None:
+            return known
         row = cur.execute("SELECT features FROM envs WHERE env_hash = ?", (env_hash,)).fetchone()
         if row is None:
             return None
-        features = json.loads(row[0])
-        if len(self._features) >= _FEATURE_CACHE:
-            self._features.clear()
-        self._features[env_hash] = features
+        cur.seen[env_hash] = features = json.loads(row[0])
         return features
 
     def env_features(self, env_hash: str) -> Optional[Dict[str, str]]:
-        with self._lock:
-            return self._features_of(self._conn.cursor(), env_hash)
+        known = self._features.get(env_hash)
+        return known if known is not None else self._read(lambda cur: self._features_of(cur, env_hash))
 
-    def _insert_env(self, cur, env: Env, now: float) -> bool:
-        cur.execute("INSERT OR IGNORE INTO envs(env_hash, received, snapshot, features) VALUES(?, ?, ?, ?)",
+    def _insert_env(self, cur: Cursor, env: Env, now: float) -> bool:
+        cur.lock(LOCK_ENV, env.env_hash)   # with a beacon of this env stored concurrently, one sees the other
+        cur.execute("INSERT INTO envs(env_hash, received, snapshot, features) VALUES(?, ?, ?, ?) "
+                    "ON CONFLICT DO NOTHING",
                     (env.env_hash, now, json.dumps(env.snapshot, sort_keys=True), json.dumps(env.features)))
         if cur.rowcount == 0:
             return False
+        cur.seen[env.env_hash] = env.features
         waiting = cur.execute("SELECT id, kind, script_id, group_id, prev_group_id FROM beacons "
-                              "WHERE env_hash = ? AND counted = 0 ORDER BY id", (env.env_hash,)).fetchall()
+                              "WHERE env_hash = ? AND counted = 0 ORDER BY id" + cur.for_update,
+                              (env.env_hash,)).fetchall()
         for beacon_id, kind, script_id, group_id, prev_group_id in waiting:
             self._count(cur, beacon_id, kind, script_id, group_id, prev_group_id, env.features)
         return True
 
     def add_env(self, env: Env) -> bool:
-        with self._transaction() as cur:
-            return self._insert_env(cur, env, time.time())
+        return self._write(lambda cur: self._insert_env(cur, env, time.time()))
 
     # -- beacons ----------------------------------------------------------------------------
 
-    def _group_id(self, cur, key: str, signature: str, now: float) -> int:
-        cur.execute("INSERT OR IGNORE INTO groups(key, signature, first_seen, last_seen) VALUES(?, ?, ?, ?)",
-                    (key, signature, now, now))
+    @staticmethod
+    def _group_id(cur: Cursor, key: str, signature: str, now: float) -> int:
+        cur.execute("INSERT INTO groups(key, signature, first_seen, last_seen) VALUES(?, ?, ?, ?) "
+                    "ON CONFLICT DO NOTHING", (key, signature, now, now))
         return cur.execute("SELECT id FROM groups WHERE key = ?", (key,)).fetchone()[0]
 
-    def _note_error(self, cur, group_id: int, beacon: Beacon, now: float) -> Tuple[bool, bool]:
+    def _note_error(self, cur: Cursor, group_id: int, beacon: Beacon, now: float) -> Tuple[bool, bool]:
         """Count the error in its group; (the group is new, a resolved group regressed)."""
-        mentions_text, errors, status = cur.execute("SELECT mentions, errors, status FROM groups WHERE id = ?",
-                                                    (group_id,)).fetchone()
+        mentions_text, errors, status = cur.execute("SELECT mentions, errors, status FROM groups WHERE id = ?"
+                                                    + cur.for_update, (group_id,)).fetchone()
         mentions = json.loads(mentions_text)
         new = sorted(set(beacon.mentions) - set(mentions))
         if new:
             mentions = (mentions + new)[:_MENTIONS_KEPT]
-        cur.execute("UPDATE groups SET errors = errors + 1, last_seen = max(last_seen, ?), mentions = ? "
-                    "WHERE id = ?", (now, json.dumps(mentions), group_id))
+        cur.execute("UPDATE groups SET errors = errors + 1, handled = handled + ?, mentions = ?, "
+                    "last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END WHERE id = ?",
+                    (int(beacon.handled), json.dumps(mentions), now, now, group_id))
+        cur.execute("INSERT INTO group_scripts(script_id, group_id) VALUES(?, ?) ON CONFLICT DO NOTHING",
+                    (beacon.script_id, group_id))
         regressed = status == "resolved"
         if regressed:
             cur.execute("UPDATE groups SET status = 'regressed', status_at = ? WHERE id = ?", (now, group_id))
-        cur.execute("INSERT OR IGNORE INTO group_scripts(script_id, group_id) VALUES(?, ?)",
-                    (beacon.script_id, group_id))
         self._roll_up(cur, group_id, "error", beacon.script_id, beacon.env_hash, beacon.host, beacon.script_name,
                       now)
         return errors == 0, regressed
 
     @staticmethod
-    def _roll_up(cur, group_id: int, kind: str, script_id: str, env_hash: str, host: Optional[str],
+    def _roll_up(cur: Cursor, group_id: int, kind: str, script_id: str, env_hash: str, host: Optional[str],
                  script_name: Optional[str], received: float) -> None:
+        """The dashboard's rollups: runs per group and day, and per (script, environment, host)."""
         fail, ok = (1, 0) if kind == "error" else (0, 1)
         cur.execute(_UPSERT_DAY, (group_id, int(received // 86400), fail, ok))
         cur.execute(_UPSERT_SOURCE, (group_id, script_id, env_hash, host or "", script_name, fail, ok, received))
 
-    def _count(self, cur, beacon_id: int, kind: str, script_id: str, group_id: Optional[int],
+    def _count(self, cur: Cursor, beacon_id: int, kind: str, script_id: str, group_id: Optional[int],
                prev_group_id: Optional[int], features: Dict[str, str]) -> None:
         """Fold one run into the counts of the group(s) it is evidence for."""
         if kind == "error":
@@ -273,59 +370,81 @@ class SQLiteStorage(Storage):
         if kind == "success":
             env_hash, host, script_name, received = cur.execute(
                 "SELECT env_hash, host, script_name, received FROM beacons WHERE id = ?", (beacon_id,)).fetchone()
-            for group in groups:
+            for group in sorted(groups):
                 self._roll_up(cur, group, kind, script_id, env_hash, host, script_name, received)
-        cur.executemany("INSERT OR IGNORE INTO contributions(beacon_id, group_id) VALUES(?, ?)",
+        cur.executemany("INSERT INTO contributions(beacon_id, group_id) VALUES(?, ?) ON CONFLICT DO NOTHING",
                         [(beacon_id, g) for g in groups])
         cur.execute("UPDATE beacons SET counted = 1 WHERE id = ?", (beacon_id,))
 
     @staticmethod
-    def _apply(cur, groups: Iterable[int], kind: str, features: Dict[str, str], sign: int) -> None:
+    def _apply(cur: Cursor, groups: Iterable[int], kind: str, features: Dict[str, str], sign: int) -> None:
         fail, ok = (sign, 0) if kind == "error" else (0, sign)
         column = "fails" if kind == "error" else "oks"
-        for group in groups:
-            cur.executemany(_UPSERT_COUNT, [(group, f, v, fail, ok) for f, v in features.items()])
+        # rows in one order everywhere, so concurrent writers queue instead of deadlocking
+        for group in sorted(groups):
+            cur.executemany(_UPSERT_COUNT, [(group, f, v, fail, ok) for f, v in sorted(features.items())])
             cur.execute("UPDATE groups SET %s = %s + ? WHERE id = ?" % (column, column), (sign, group))
 
+    def _store_beacon(self, cur: Cursor, beacon: Beacon, env: Optional[Env], now: float) -> BeaconResult:
+        if env is not None:
+            self._insert_env(cur, env, now)
+        else:
+            cur.lock(LOCK_ENV, beacon.env_hash)
+        group_id = (self._group_id(cur, beacon.group_key, beacon.signature or beacon.group_key, now)
+                    if beacon.group_key else None)
+        prev_group_id = (self._group_id(cur, beacon.prev_group_key, beacon.prev_group_key, now)
+                         if beacon.prev_group_key else None)
+        beacon_id = cur.insert_id(
+            "INSERT INTO beacons(event_id, kind, env_hash, script_id, group_id, error_sig, trace, ts,"
+            " received, script_name, agent, test, prev_env_hash, prev_group_id, counted, handled, host)"
+            " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (beacon.event_id, beacon.kind, beacon.env_hash, beacon.script_id, group_id, beacon.signature,
+             beacon.trace, beacon.ts, now, beacon.script_name, beacon.agent, int(beacon.test),
+             beacon.prev_env_hash, prev_group_id, int(beacon.test), int(beacon.handled), beacon.host))
+        features = self._features_of(cur, beacon.env_hash)
+        if beacon_id is None:   # a repeated event id: stored once, answered as usual
+            return BeaconResult(features is not None, True)
+        new_group = regressed = False
+        if group_id is not None and not beacon.test:   # `corp-error-agent test` is no error of anyone's
+            new_group, regressed = self._note_error(cur, group_id, beacon, now)
+        if features is not None and not beacon.test:
+            self._count(cur, beacon_id, beacon.kind, beacon.script_id, group_id, prev_group_id, features)
+        return BeaconResult(features is not None, False, None, new_group, regressed)
+
     def add_beacon(self, beacon: Beacon, env: Optional[Env] = None) -> BeaconResult:
-        now = time.time()
-        with self._transaction() as cur:
-            if env is not None:
-                self._insert_env(cur, env, now)
-            group_id = (self._group_id(cur, beacon.group_key, beacon.signature or beacon.group_key, now)
-                        if beacon.group_key else None)
-            prev_group_id = (self._group_id(cur, beacon.prev_group_key, beacon.prev_group_key, now)
-                             if beacon.prev_group_key else None)
-            cur.execute(
-                "INSERT OR IGNORE INTO beacons(event_id, kind, env_hash, script_id, group_id, error_sig, trace, ts,"
-                " received, script_name, agent, test, prev_env_hash, prev_group_id, counted, host)"
-                " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (beacon.event_id, beacon.kind, beacon.env_hash, beacon.script_id, group_id, beacon.signature,
-                 beacon.trace, beacon.ts, now, beacon.script_name, beacon.agent, int(beacon.test),
-                 beacon.prev_env_hash, prev_group_id, int(beacon.test), beacon.host))
-            inserted, beacon_id = cur.rowcount, cur.lastrowid
-            features = self._features_of(cur, beacon.env_hash)
-            if not inserted:   # a repeated event id: stored once, answered as usual
-                return BeaconResult(features is not None, True)
-            new_group = regressed = False
-            if group_id is not None and not beacon.test:   # `corp-error-agent test` is no error of anyone's
-                new_group, regressed = self._note_error(cur, group_id, beacon, now)
-            if features is not None and not beacon.test:
-                self._count(cur, beacon_id, beacon.kind, beacon.script_id, group_id, prev_group_id, features)
-            return BeaconResult(features is not None, False, new_group, regressed)
+        return self._write(lambda cur: self._store_beacon(cur, beacon, env, time.time()))
+
+    def add_beacons(self, items: Sequence[Tuple[Beacon, Optional[Env]]]) -> List[BeaconResult]:
+        """Several beacons in ONE transaction (group commit); an item the database refuses is rolled
+        back to its savepoint and answered with ``error``, the others are stored."""
+        def work(cur: Cursor) -> List[BeaconResult]:
+            now = time.time()
+            results = []
+            for beacon, env in items:
+                seen = dict(cur.seen)
+                cur.execute("SAVEPOINT item")
+                try:
+                    results.append(self._store_beacon(cur, beacon, env, now))
+                except self.dialect.item_errors as error:
+                    cur.execute("ROLLBACK TO SAVEPOINT item")
+                    cur.seen = seen
+                    results.append(BeaconResult(False, False, "not stored: %s" % str(error)[:200]))
+                cur.execute("RELEASE SAVEPOINT item")
+            return results
+        return self._write(work)
 
     # -- reading ----------------------------------------------------------------------------
 
-    def group_data(self, group_key: str, script_id: Optional[str] = None) -> Optional[engine.GroupData]:
-        with self._lock:
-            cur = self._conn.cursor()
+    def group_data(self, group_key: str, script_id: Optional[str] = None) -> Optional[GroupData]:
+        def work(cur: Cursor) -> Optional[GroupData]:
             row = cur.execute("SELECT id FROM groups WHERE key = ?", (group_key,)).fetchone()
             return None if row is None else self._group_data(cur, row[0], script_id)
+        return self._read(work)
 
-    def _group_data(self, cur, group_id: int, script_id: Optional[str]) -> engine.GroupData:
+    def _group_data(self, cur: Cursor, group_id: int, script_id: Optional[str]) -> GroupData:
         fails, oks, mentions = cur.execute("SELECT fails, oks, mentions FROM groups WHERE id = ?",
                                            (group_id,)).fetchone()
-        counts: engine.Counts = {}
+        counts: Counts = {}
         for feature, value, a, b in cur.execute("SELECT feature, value, fails, oks FROM counts WHERE group_id = ?",
                                                 (group_id,)):
             counts.setdefault(feature, {})[value] = (a, b)
@@ -337,56 +456,8 @@ class SQLiteStorage(Storage):
             failing_features = self._features_of(cur, failing)
             fixed_features = self._features_of(cur, fixed)
             if failing_features is not None and fixed_features is not None and failing != fixed:
-                pairs.append(engine.FixPair(failing_features, fixed_features, sid == script_id))
-        return engine.GroupData(fails, oks, counts, set(json.loads(mentions)), pairs)
-
-    _GROUP_COLUMNS = "id, key, signature, first_seen, last_seen, errors, fails, oks"
-
-    def _group_row(self, cur, row) -> dict:
-        group_id, key, signature, first_seen, last_seen, errors, fails, oks = row
-        scripts, envs = cur.execute("SELECT COUNT(DISTINCT script_id), COUNT(DISTINCT env_hash) FROM beacons "
-                                    "WHERE group_id = ?", (group_id,)).fetchone()
-        latest = cur.execute("SELECT env_hash FROM beacons WHERE group_id = ? ORDER BY id DESC LIMIT 1",
-                             (group_id,)).fetchone()
-        data = self._group_data(cur, group_id, None)
-        requester = self._features_of(cur, latest[0]) if latest else None
-        return {"id": group_id, "group_key": key, "signature": signature, "count": errors,
-                "scripts": scripts, "envs_affected": envs, "first_seen": first_seen, "last_seen": last_seen,
-                "failing_runs": fails, "succeeding_runs": oks,
-                "suggestion": engine.suggest(data, requester), "_data": data}
-
-    def list_groups(self, limit: int, offset: int) -> List[dict]:
-        with self._lock:
-            cur = self._conn.cursor()
-            rows = cur.execute("SELECT %s FROM groups WHERE errors > 0 ORDER BY last_seen DESC, id DESC "
-                               "LIMIT ? OFFSET ?" % self._GROUP_COLUMNS, (limit, offset)).fetchall()
-            groups = [self._group_row(cur, row) for row in rows]
-        for group in groups:
-            del group["_data"]
-        return groups
-
-    def get_group(self, group_id: int, traces: int = 5) -> Optional[dict]:
-        with self._lock:
-            cur = self._conn.cursor()
-            row = cur.execute("SELECT %s FROM groups WHERE id = ?" % self._GROUP_COLUMNS, (group_id,)).fetchone()
-            if row is None:
-                return None
-            group = self._group_row(cur, row)
-            group["recent"] = [
-                {"script_id": s, "script_name": n, "env_hash": e, "ts": ts, "error_sig": sig, "trace": t}
-                for s, n, e, ts, sig, t in cur.execute(
-                    "SELECT script_id, script_name, env_hash, ts, error_sig, trace FROM beacons "
-                    "WHERE group_id = ? ORDER BY id DESC LIMIT ?", (group_id, traces))]
-            group["mentions"] = sorted(group["_data"].mentions)
-        group["comparison"] = engine.comparison(group.pop("_data"))
-        return group
-
-    def counts_total(self) -> Tuple[int, int]:
-        """(beacons, environments) stored: for health checks and tests."""
-        with self._lock:
-            cur = self._conn.cursor()
-            return (cur.execute("SELECT COUNT(*) FROM beacons").fetchone()[0],
-                    cur.execute("SELECT COUNT(*) FROM envs").fetchone()[0])
+                pairs.append(FixPair(failing_features, fixed_features, sid == script_id))
+        return GroupData(fails, oks, counts, set(json.loads(mentions)), pairs)
 
     ###########################################################################
     # Queries of the dashboard and the JSON API ###############################
@@ -397,8 +468,7 @@ class SQLiteStorage(Storage):
     # a hundred thousand.
 
     def _select(self, sql: str, params: Iterable = ()) -> List[tuple]:
-        with self._lock:
-            return self._conn.execute(sql, tuple(params)).fetchall()
+        return self._read(lambda cur: cur.execute(sql, tuple(params)).fetchall())
 
     def find_groups(self, query: "GroupQuery") -> Tuple[int, List[dict]]:
         """(how many groups match, the page of them asked for)."""
@@ -422,12 +492,12 @@ class SQLiteStorage(Storage):
         total = self._select("SELECT COUNT(*) FROM groups g WHERE " + condition, params)[0][0]
         rows = self._select(
             "SELECT g.id, g.key, g.signature, g.first_seen, g.last_seen, g.errors, g.fails, g.oks, g.status, "
-            "g.status_at FROM groups g WHERE %s ORDER BY %s, g.id DESC LIMIT ? OFFSET ?"
+            "g.status_at, g.handled FROM groups g WHERE %s ORDER BY %s, g.id DESC LIMIT ? OFFSET ?"
             % (condition, GROUP_SORTS[query.sort]), params + [query.limit, query.offset])
         return total, [self._group_summary(row) for row in rows]
 
     _SUMMARY_COLUMNS = ("id", "group_key", "signature", "first_seen", "last_seen", "count", "failing_runs",
-                        "succeeding_runs", "status", "status_at")
+                        "succeeding_runs", "status", "status_at", "handled")
 
     def _group_summary(self, row: tuple) -> dict:
         group = dict(zip(self._SUMMARY_COLUMNS, row))
@@ -447,12 +517,11 @@ class SQLiteStorage(Storage):
     def group_by_id(self, group_id: int) -> Optional[dict]:
         rows = self._select(
             "SELECT g.id, g.key, g.signature, g.first_seen, g.last_seen, g.errors, g.fails, g.oks, g.status, "
-            "g.status_at FROM groups g WHERE g.id = ? AND g.errors > 0", (group_id,))
+            "g.status_at, g.handled FROM groups g WHERE g.id = ? AND g.errors > 0", (group_id,))
         return self._group_summary(rows[0]) if rows else None
 
-    def group_data_by_id(self, group_id: int) -> engine.GroupData:
-        with self._lock:
-            return self._group_data(self._conn.cursor(), group_id, None)
+    def group_data_by_id(self, group_id: int) -> GroupData:
+        return self._read(lambda cur: self._group_data(cur, group_id, None))
 
     def daily_runs(self, group_ids: Sequence[int], first_day: int, days: int) -> Dict[int, List[Tuple[int, int]]]:
         """group id -> [(failing, succeeding) runs] for each day from ``first_day`` (days since the epoch)."""
@@ -475,8 +544,8 @@ class SQLiteStorage(Storage):
 
     def recent_errors(self, group_id: int, limit: int) -> List[dict]:
         keys = ("script_id", "script_name", "env_hash", "host", "ts", "received", "error_sig", "trace")
-        return [dict(zip(keys, row)) for row in self._select(
-            "SELECT script_id, script_name, env_hash, host, ts, received, error_sig, trace FROM beacons "
+        return [dict(zip(keys, row[:-1]), handled=bool(row[-1])) for row in self._select(
+            "SELECT script_id, script_name, env_hash, host, ts, received, error_sig, trace, handled FROM beacons "
             "WHERE group_id = ? ORDER BY id DESC LIMIT ?", (group_id, limit))]
 
     def observed_fixes(self, group_id: int, limit: int) -> List[dict]:
@@ -488,18 +557,16 @@ class SQLiteStorage(Storage):
             "AND prev_env_hash <> env_hash ORDER BY id DESC LIMIT ?", (group_id, limit))]
 
     def set_status(self, group_id: int, status: str) -> bool:
-        with self._transaction() as cur:
-            cur.execute("UPDATE groups SET status = ?, status_at = ? WHERE id = ? AND errors > 0",
-                        (status, time.time(), group_id))
-            return cur.rowcount > 0
+        return self._write(lambda cur: cur.execute("UPDATE groups SET status = ?, status_at = ? WHERE id = ? "
+                                                   "AND errors > 0", (status, time.time(), group_id)).rowcount > 0)
 
     def alerted_solution(self, group_id: int) -> Optional[str]:
         rows = self._select("SELECT alerted_solution FROM groups WHERE id = ?", (group_id,))
         return rows[0][0] if rows else None
 
     def set_alerted_solution(self, group_id: int, solution: str) -> None:
-        with self._transaction() as cur:
-            cur.execute("UPDATE groups SET alerted_solution = ? WHERE id = ?", (solution, group_id))
+        self._write(lambda cur: cur.execute("UPDATE groups SET alerted_solution = ? WHERE id = ?",
+                                            (solution, group_id)))
 
     def group_id_of(self, group_key: str) -> Optional[int]:
         rows = self._select("SELECT id FROM groups WHERE key = ?", (group_key,))
@@ -547,58 +614,153 @@ class SQLiteStorage(Storage):
                 found[env_hash] = json.loads(snapshot)
         return found
 
+    def counts_total(self) -> Tuple[int, int]:
+        """(beacons, environments) stored: for health checks and tests."""
+        return self._read(lambda cur: (cur.execute("SELECT COUNT(*) FROM beacons").fetchone()[0],
+                                       cur.execute("SELECT COUNT(*) FROM envs").fetchone()[0]))
+
     # -- retention --------------------------------------------------------------------------
 
     def purge(self, older_than: float) -> int:
-        """Delete beacons received before ``older_than`` and take them out of the counts."""
-        with self._transaction() as cur:
-            old = cur.execute("SELECT id, kind, env_hash, counted FROM beacons WHERE received < ?",
-                              (older_than,)).fetchall()
-            for beacon_id, kind, env_hash, counted in old:
-                features = self._features_of(cur, env_hash) if counted else None
-                groups = [g for (g,) in cur.execute("SELECT group_id FROM contributions WHERE beacon_id = ?",
-                                                    (beacon_id,))]
-                if features is not None and groups:
-                    self._apply(cur, groups, kind, features, -1)
-                cur.execute("DELETE FROM contributions WHERE beacon_id = ?", (beacon_id,))
-            cur.execute("DELETE FROM beacons WHERE received < ?", (older_than,))
-            cur.execute("DELETE FROM counts WHERE fails <= 0 AND oks <= 0")
-            cur.execute("DELETE FROM group_days WHERE day < ?", (int(older_than // 86400),))
-            cur.execute("DELETE FROM group_sources WHERE last_seen < ?", (older_than,))
-            cur.execute("DELETE FROM envs WHERE received < ? AND env_hash NOT IN (SELECT env_hash FROM beacons) "
-                        "AND env_hash NOT IN (SELECT prev_env_hash FROM beacons WHERE prev_env_hash IS NOT NULL)",
-                        (older_than,))
+        """Delete beacons received before ``older_than`` and take them out of the counts, a batch per
+        transaction; returns how many this process deleted. One process purges at a time: a batch
+        another process is purging makes this one stop (it would find nothing left to do)."""
+        deleted = 0
+        while True:
+            batch = self._write(lambda cur: self._purge_batch(cur, older_than))
+            if batch is None:
+                break
+            deleted += batch
+            if batch < _PURGE_BATCH:
+                self._write(lambda cur: self._purge_leftovers(cur, older_than))
+                break
+        self._features.clear()
+        return deleted
+
+    def _purge_batch(self, cur: Cursor, older_than: float) -> Optional[int]:
+        if not cur.try_lock(LOCK_PURGE):
+            return None
+        old = cur.execute("SELECT id, kind, env_hash, counted FROM beacons WHERE received < ? ORDER BY id LIMIT ?"
+                          + cur.for_update, (older_than, _PURGE_BATCH)).fetchall()
+        for beacon_id, kind, env_hash, counted in old:
+            features = self._features_of(cur, env_hash) if counted else None
+            groups = [g for (g,) in cur.execute("SELECT group_id FROM contributions WHERE beacon_id = ?",
+                                                (beacon_id,))]
+            if features is not None and groups:
+                self._apply(cur, groups, kind, features, -1)
+        cur.executemany("DELETE FROM contributions WHERE beacon_id = ?", [(row[0],) for row in old])
+        cur.executemany("DELETE FROM beacons WHERE id = ?", [(row[0],) for row in old])
+        return len(old)
+
+    @staticmethod
+    def _purge_leftovers(cur: Cursor, older_than: float) -> None:
+        cur.execute("DELETE FROM counts WHERE fails <= 0 AND oks <= 0")
+        cur.execute("DELETE FROM group_days WHERE day < ?", (int(older_than // 86400),))
+        cur.execute("DELETE FROM group_sources WHERE last_seen < ?", (older_than,))
+        cur.execute("DELETE FROM envs WHERE received < ? "
+                    "AND NOT EXISTS (SELECT 1 FROM beacons b WHERE b.env_hash = envs.env_hash) "
+                    "AND NOT EXISTS (SELECT 1 FROM beacons b WHERE b.prev_env_hash = envs.env_hash)",
+                    (older_than,))
+
+
+###############################################################################
+# SQLite ######################################################################
+###############################################################################
+
+
+class SQLiteStorage(Storage):
+    """SQLite in WAL mode; one connection per process guarded by a lock (SQLite serialises writers
+    anyway), opened again in a forked child (a connection must not cross a fork)."""
+
+    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+        super().__init__()
+        if path != ":memory:":
+            directory = os.path.dirname(os.path.abspath(path))
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._path = path
+        self._synchronous = {"FULL": "FULL", "NORMAL": "NORMAL", "OFF": "OFF"}[synchronous]
+        self._pid = -1
+        self._conn: Optional[sqlite3.Connection] = None
+        self._lock = threading.RLock()
+        self._migrate()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():
+            try:
+                conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None, timeout=30)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=" + self._synchronous)
+            except sqlite3.Error as error:
+                raise _translated(error) from None
+            self._conn, self._pid, self._lock = conn, os.getpid(), threading.RLock()
             self._features.clear()
-            return len(old)
+        assert self._conn is not None
+        return self._conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        conn = self._connection()
+        with self._lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn.cursor()
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as error:
+                raise _translated(error) from None
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Cursor]:
+        conn = self._connection()
+        with self._lock:
+            try:
+                conn.execute("BEGIN")   # one snapshot for all the reads
+                try:
+                    yield conn.cursor()
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("COMMIT")
+            except sqlite3.Error as error:
+                raise _translated(error) from None
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn, self._pid = None, -1
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE .. COMMIT under the lock; ROLLBACK when the body raises."""
+def _translated(error: sqlite3.Error) -> StorageError:
+    if isinstance(error, (sqlite3.IntegrityError, sqlite3.DataError)):
+        return StorageConflict("refused by the database: %s" % error)
+    return StorageUnavailable("SQLite: %s" % error)
 
-    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock, on_rollback) -> None:
-        self._conn = conn
-        self._lock = lock
-        self._on_rollback = on_rollback
 
-    def __enter__(self) -> sqlite3.Cursor:
-        self._lock.acquire()
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self._lock.release()
-            raise
-        return self._conn.cursor()
+###############################################################################
+# Choosing a backend ##########################################################
+###############################################################################
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                self._conn.execute("COMMIT")
-            else:
-                self._conn.execute("ROLLBACK")
-                self._on_rollback()
-        finally:
-            self._lock.release()
+
+def open_storage(target: str) -> Storage:
+    """``postgresql://...`` (or ``postgres://``) -> PostgreSQL; anything without a scheme -> a SQLite file."""
+    scheme, sep, _ = target.partition("://")
+    if not sep:
+        return SQLiteStorage(target)
+    if scheme.lower() in ("postgresql", "postgres"):
+        from .storage_postgres import PostgresStorage
+        return PostgresStorage(target)
+    raise UnsupportedDatabase("unsupported database URL scheme %r: give a file path (SQLite) or a "
+                              "postgresql:// URL" % scheme[:40])
+
+
+def describe(target: str) -> str:
+    """``target`` fit for a log line: a URL's password masked."""
+    scheme, sep, rest = target.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return target
+    return "%s://%s:***@%s" % (scheme, credentials.split(":", 1)[0], host)

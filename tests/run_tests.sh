@@ -39,7 +39,7 @@ fi
 
 VENV="$CACHE/tools-venv"
 STAMP="$VENV/.requirements-installed"
-REQS="pytest>=7 hypothesis>=6 build>=1 hatchling>=1.18 pyflakes>=3 playwright>=1.40"
+REQS="pytest>=7 hypothesis>=6 build>=1 hatchling>=1.18 pyflakes>=3 psycopg[binary]>=3.1 psycopg_pool>=3.2 playwright>=1.40"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$REQS" ]; then
     echo "== creating tooling venv with $TOOL_PY"
     rm -rf "$VENV"

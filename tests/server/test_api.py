@@ -9,6 +9,7 @@ import sqlite3
 import pytest
 
 from conftest import env_body, error_beacon
+from corp_error_server.storage import SCHEMA_VERSION
 
 SIG = "AttributeError: module 'packaging.version' has no attribute 'LegacyVersion' @ __main__.main"
 OLD_SIG = "attributeerror: module 'packaging.version' has no attribute 'legacyversion'. did you mean: 'version'?"
@@ -21,7 +22,7 @@ def _stored(server) -> int:
 
 
 def test_health_and_openapi(server):
-    assert server.request("GET", "/healthz") == (200, {"ok": True, "schema_version": 1})
+    assert server.request("GET", "/healthz") == (200, {"ok": True, "schema_version": SCHEMA_VERSION})
     status, spec = server.request("GET", "/openapi.json")
     assert status == 200 and spec["openapi"].startswith("3.")
     assert {"/beacon", "/env", "/suggest", "/healthz", "/api/errors", "/api/errors/{id}", "/openapi.json"} <= set(
@@ -269,3 +270,16 @@ def test_slow_clients_are_timed_out_and_do_not_block_others(make_server):
     stalled_headers.close()
     stalled_body.close()
     assert _stored(server) == 0
+
+
+def test_handled_errors_are_counted_per_group(server):
+    server.request("POST", "/env", env_body("e1", {"packaging": "23.2"}))
+    assert server.request("POST", "/beacon", error_beacon("e1", "s1", SIG, handled=True))[0] == 200
+    assert server.request("POST", "/beacon", error_beacon("e1", "s1", SIG))[0] == 200
+    assert server.request("POST", "/beacon", error_beacon("e1", "s1", SIG, handled=None))[0] == 200
+    group = server.request("GET", "/api/errors")[1]["groups"][0]
+    assert (group["count"], group["handled"]) == (3, 1)
+    recent = server.request("GET", "/api/errors/%d" % group["id"])[1]["recent"]
+    assert [r["handled"] for r in recent] == [False, False, True]
+    status, body = server.request("POST", "/beacon", error_beacon("e1", "s1", SIG, handled="yes"))
+    assert status == 400 and "handled" in body["error"]
