@@ -76,6 +76,8 @@ _SESSION_COOKIE, _CSRF_COOKIE = "cea_session", "cea_csrf"
 _MAX_FORM = 8192
 _TRIAGE = {"resolve": "resolved", "ignore": "ignored", "reopen": "new"}
 _SPARK_DAYS, _CHART_DAYS, _FLEET_DAYS = 14, 30, 14
+_SUGGESTIONS_KEPT = 20_000    # groups whose last answer the pages keep
+_SOURCES_SHOWN = 2000         # (script, environment, host) rows a group page reads
 
 ###############################################################################
 # Validation ##################################################################
@@ -238,6 +240,8 @@ class _App:
         self._next_purge = 0.0
         self._schema_version = storage.schema_version()
         self._alerts = alerts.Alerts(webhooks, self._alert_events) if webhooks else None
+        self._suggested: Dict[int, Tuple[tuple, dict]] = {}   # group id -> (its counts then, the answer)
+        self._suggested_lock = threading.Lock()
         self._routes: Dict[str, Dict[str, Callable]] = {
             "/beacon": {"POST": self._beacon}, "/env": {"POST": self._env}, "/suggest": {"POST": self._suggest},
             "/healthz": {"GET": self._healthz}, "/api/errors": {"GET": self._errors},
@@ -454,16 +458,33 @@ class _App:
 
     # -- what pages and the API share -------------------------------------------------------
 
+    def _suggestions(self, groups: Sequence[dict]) -> None:
+        """Each group's suggestion for its latest failing run, into ``group["suggestion"]``.
+
+        A group's engine input changes only with its run counts, so an answer is kept under the counts
+        it was computed from (and the requesting environment) and computed again once they moved."""
+        keys = {g["id"]: (g["count"], g["failing_runs"], g["succeeding_runs"], g["latest_env"]) for g in groups}
+        missing = [g for g in groups if self._suggested.get(g["id"], (None,))[0] != keys[g["id"]]]
+        data = self.storage.groups_data([g["id"] for g in missing]) if missing else {}
+        for group in missing:
+            requester = self.storage.env_features(group["latest_env"]) if group["latest_env"] else None
+            with self._suggested_lock:
+                if len(self._suggested) >= _SUGGESTIONS_KEPT:
+                    self._suggested.clear()
+                self._suggested[group["id"]] = (keys[group["id"]], engine.suggest(data[group["id"]], requester))
+        for group in groups:
+            group["suggestion"] = self._suggested[group["id"]][1]
+
     def _suggestion(self, group: dict) -> dict:
-        requester = self.storage.env_features(group["latest_env"]) if group["latest_env"] else None
-        return engine.suggest(self.storage.group_data_by_id(group["id"]), requester)
+        self._suggestions([group])
+        return group["suggestion"]
 
     def _groups(self, query: GroupQuery, now: float) -> Tuple[int, List[dict]]:
         total, groups = self.storage.find_groups(query)
         first_day = int(now // 86400) - _SPARK_DAYS + 1
         daily = self.storage.daily_runs([g["id"] for g in groups], first_day, _SPARK_DAYS)
+        self._suggestions(groups)
         for group in groups:
-            group["suggestion"] = self._suggestion(group)
             group["daily"] = [fails for fails, _ in daily[group["id"]]]
         return total, groups
 
@@ -479,8 +500,8 @@ class _App:
         group = self.storage.group_by_id(int(group_id))
         if group is None:
             raise HTTPError(404, "no error group %s" % group_id)
-        data = self.storage.group_data_by_id(group["id"])
-        group["suggestion"] = self._suggestion(group)
+        data = self.storage.groups_data([group["id"]])[group["id"]]
+        self._suggestions([group])
         answer = _api_group(group)
         answer["recent"] = [dict(r, ts_iso=pages.iso(r["ts"]), received_iso=pages.iso(r["received"]))
                             for r in self.storage.recent_errors(group["id"], 5)]
@@ -506,7 +527,7 @@ class _App:
         if group is None:
             raise HTTPError(404, "no error group %s" % group_id)
         now = time.time()
-        data = self.storage.group_data_by_id(group["id"])
+        data = self.storage.groups_data([group["id"]])[group["id"]]
         fixes = []
         for fix in self.storage.observed_fixes(group["id"], 10):
             before, after = self.storage.env_features(fix["failing_env"]), self.storage.env_features(fix["fixed_env"])
@@ -514,7 +535,7 @@ class _App:
         first_day = int(now // 86400) - _CHART_DAYS + 1
         series = self.storage.daily_runs([group["id"]], first_day, _CHART_DAYS)[group["id"]]
         days = [(pages.day_label(first_day + i), f, o) for i, (f, o) in enumerate(series)]
-        sources = self.storage.group_sources(group["id"])
+        sources = self.storage.group_sources(group["id"], _SOURCES_SHOWN)
         snapshots = self.storage.env_snapshots(s["env_hash"] for s in sources[:50])
         return 200, Page(pages.group_page(group, self._suggestion(group), engine.comparison(data), fixes, days,
                                           self.storage.recent_errors(group["id"], 10), sources, snapshots,

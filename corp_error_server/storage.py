@@ -336,9 +336,9 @@ class Storage:
         new = sorted(set(beacon.mentions) - set(mentions))
         if new:
             mentions = (mentions + new)[:_MENTIONS_KEPT]
-        cur.execute("UPDATE groups SET errors = errors + 1, handled = handled + ?, mentions = ?, "
+        cur.execute("UPDATE groups SET errors = errors + 1, handled = handled + ?, mentions = ?, latest_env = ?, "
                     "last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END WHERE id = ?",
-                    (int(beacon.handled), json.dumps(mentions), now, now, group_id))
+                    (int(beacon.handled), json.dumps(mentions), beacon.env_hash, now, now, group_id))
         cur.execute("INSERT INTO group_scripts(script_id, group_id) VALUES(?, ?) ON CONFLICT DO NOTHING",
                     (beacon.script_id, group_id))
         regressed = status == "resolved"
@@ -489,39 +489,51 @@ class Storage:
                          "AND c.fails > 0)")
             params += [feature, value]
         condition = " AND ".join(where)
-        total = self._select("SELECT COUNT(*) FROM groups g WHERE " + condition, params)[0][0]
-        rows = self._select(
-            "SELECT g.id, g.key, g.signature, g.first_seen, g.last_seen, g.errors, g.fails, g.oks, g.status, "
-            "g.status_at, g.handled FROM groups g WHERE %s ORDER BY %s, g.id DESC LIMIT ? OFFSET ?"
-            % (condition, GROUP_SORTS[query.sort]), params + [query.limit, query.offset])
-        return total, [self._group_summary(row) for row in rows]
 
+        def work(cur: Cursor) -> Tuple[int, List[dict]]:
+            total = cur.execute("SELECT COUNT(*) FROM groups g WHERE " + condition, params).fetchone()[0]
+            rows = cur.execute(self._SUMMARY_SELECT + " WHERE %s ORDER BY %s, g.id DESC LIMIT ? OFFSET ?"
+                               % (condition, GROUP_SORTS[query.sort]), params + [query.limit, query.offset]).fetchall()
+            return total, self._summaries(cur, rows)
+        return self._read(work)
+
+    _SUMMARY_SELECT = ("SELECT g.id, g.key, g.signature, g.first_seen, g.last_seen, g.errors, g.fails, g.oks, "
+                       "g.status, g.status_at, g.handled, g.latest_env FROM groups g")
     _SUMMARY_COLUMNS = ("id", "group_key", "signature", "first_seen", "last_seen", "count", "failing_runs",
-                        "succeeding_runs", "status", "status_at", "handled")
+                        "succeeding_runs", "status", "status_at", "handled", "latest_env")
 
-    def _group_summary(self, row: tuple) -> dict:
-        group = dict(zip(self._SUMMARY_COLUMNS, row))
-        sources = self._select("SELECT script_id, script_name, env_hash, host, fails, oks, last_seen "
-                               "FROM group_sources WHERE group_id = ?", (group["id"],))
-        failing = [s for s in sources if s[4] > 0]
-        names: Dict[str, str] = {}
-        for script_id, name, *_ in failing:
-            names[script_id] = name or names.get(script_id) or script_id
-        group["scripts"] = len(names)
-        group["script_names"] = sorted(set(names.values()))[:5]
-        group["envs_affected"] = len({s[2] for s in failing})
-        latest = max(failing, key=lambda s: s[6], default=None)
-        group["latest_env"] = latest[2] if latest else None
-        return group
+    def _summaries(self, cur: Cursor, rows: Sequence[tuple]) -> List[dict]:
+        """Groups with who ran into them (scripts, environments) from the rollup."""
+        groups = {row[0]: dict(zip(self._SUMMARY_COLUMNS, row), scripts=0, envs_affected=0, script_names=[])
+                  for row in rows}
+        if not groups:
+            return []
+        ids = list(groups)
+        marks = ", ".join("?" * len(ids))
+        for group_id, scripts, envs in cur.execute(
+                "SELECT group_id, COUNT(DISTINCT script_id), COUNT(DISTINCT env_hash) FROM group_sources "
+                "WHERE group_id IN (%s) AND fails > 0 GROUP BY group_id" % marks, ids).fetchall():
+            groups[group_id].update(scripts=scripts, envs_affected=envs)
+        names: Dict[int, Dict[str, str]] = {}
+        for group_id, script_id, name in cur.execute(
+                "SELECT DISTINCT group_id, script_id, script_name FROM group_sources "
+                "WHERE group_id IN (%s) AND fails > 0" % marks, ids).fetchall():
+            known = names.setdefault(group_id, {})
+            known[script_id] = name or known.get(script_id) or script_id
+        for group_id, known in names.items():
+            groups[group_id]["script_names"] = sorted(set(known.values()))[:5]
+        return [groups[row[0]] for row in rows]
 
     def group_by_id(self, group_id: int) -> Optional[dict]:
-        rows = self._select(
-            "SELECT g.id, g.key, g.signature, g.first_seen, g.last_seen, g.errors, g.fails, g.oks, g.status, "
-            "g.status_at, g.handled FROM groups g WHERE g.id = ? AND g.errors > 0", (group_id,))
-        return self._group_summary(rows[0]) if rows else None
+        def work(cur: Cursor) -> List[dict]:
+            rows = cur.execute(self._SUMMARY_SELECT + " WHERE g.id = ? AND g.errors > 0", (group_id,)).fetchall()
+            return self._summaries(cur, rows)
+        found = self._read(work)
+        return found[0] if found else None
 
-    def group_data_by_id(self, group_id: int) -> GroupData:
-        return self._read(lambda cur: self._group_data(cur, group_id, None))
+    def groups_data(self, group_ids: Sequence[int]) -> Dict[int, GroupData]:
+        """The engine's input for each group, in one read."""
+        return self._read(lambda cur: {g: self._group_data(cur, g, None) for g in group_ids})
 
     def daily_runs(self, group_ids: Sequence[int], first_day: int, days: int) -> Dict[int, List[Tuple[int, int]]]:
         """group id -> [(failing, succeeding) runs] for each day from ``first_day`` (days since the epoch)."""
@@ -535,12 +547,12 @@ class Storage:
             series[group_id][day - first_day] = (fails, oks)
         return series
 
-    def group_sources(self, group_id: int) -> List[dict]:
-        """Who ran into the group: one row per (script, environment, host) with its runs."""
+    def group_sources(self, group_id: int, limit: int) -> List[dict]:
+        """Who ran into the group: one row per (script, environment, host) with its runs, latest first."""
         keys = ("script_id", "script_name", "env_hash", "host", "failing", "succeeding", "last_seen")
         return [dict(zip(keys, row)) for row in self._select(
             "SELECT script_id, script_name, env_hash, host, fails, oks, last_seen FROM group_sources "
-            "WHERE group_id = ? ORDER BY last_seen DESC", (group_id,))]
+            "WHERE group_id = ? ORDER BY last_seen DESC LIMIT ?", (group_id, limit))]
 
     def recent_errors(self, group_id: int, limit: int) -> List[dict]:
         keys = ("script_id", "script_name", "env_hash", "host", "ts", "received", "error_sig", "trace")

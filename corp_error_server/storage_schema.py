@@ -58,12 +58,16 @@ CREATE TABLE IF NOT EXISTS counts(
 ALTER TABLE beacons ADD COLUMN handled INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE groups ADD COLUMN handled INTEGER NOT NULL DEFAULT 0
 """),
-    Migration(3, "dashboard: the beacon's host, triage status and alert state per group, and two rollups "
+    Migration(3, "dashboard: the beacon's host; per group its triage status, alert state and latest failing "
+                 "environment; two rollups "
                  "(runs per group and day; per group, script, environment and host) so pages read a few rows", """
 ALTER TABLE beacons ADD COLUMN host TEXT;
 ALTER TABLE groups ADD COLUMN status TEXT NOT NULL DEFAULT 'new';
 ALTER TABLE groups ADD COLUMN status_at {FLOAT};
 ALTER TABLE groups ADD COLUMN alerted_solution TEXT;
+ALTER TABLE groups ADD COLUMN latest_env TEXT;
+UPDATE groups SET latest_env = (SELECT b.env_hash FROM beacons b WHERE b.group_id = groups.id AND b.test = 0
+                                ORDER BY b.id DESC LIMIT 1);
 CREATE TABLE group_days(
     group_id {BIGINT} NOT NULL, day INTEGER NOT NULL, fails INTEGER NOT NULL DEFAULT 0,
     oks INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(group_id, day)){NOROWID};
