@@ -84,6 +84,14 @@ def _percent(p: Optional[float]) -> str:
     return "" if p is None else "%d%%" % round(100 * p)
 
 
+def _handled(group: dict) -> str:
+    """Logged or captured errors, not uncaught ones: all of the group's, or how many."""
+    handled = group.get("handled") or 0
+    if not handled:
+        return ""
+    return ' <span class="handled">%s</span>' % ("handled" if handled >= group["count"] else "%d handled" % handled)
+
+
 def _status_badge(status: str) -> str:
     return '<span class="status status-%s">%s</span>' % (_h(status), _h(status))
 
@@ -255,8 +263,7 @@ def groups_page(groups: Sequence[dict], total: int, params: Mapping[str, str], l
             '<tr><td class="sig"><a href="%s">%s</a><div class="type">%s%s</div></td><td>%s</td>'
             '<td class="n">%d</td><td class="n">%d / %d</td><td>%s</td><td class="n">%d</td><td>%s</td><td>%s</td>'
             '<td>%s</td><td>%s</td></tr>'
-            % (group_url(g["id"]), _h(_short(g["signature"], 140)), _h(exception_type(g["signature"])),
-               ' <span class="handled">handled</span>' if g.get("handled") else "",
+            % (group_url(g["id"]), _h(_short(g["signature"], 140)), _h(exception_type(g["signature"])), _handled(g),
                _status_badge(g["status"]), g["count"], g["failing_runs"], g["succeeding_runs"], scripts,
                g["envs_affected"], _when(g["first_seen"], now), _when(g["last_seen"], now), sparkline(g["daily"]),
                suggestion))
@@ -343,8 +350,9 @@ def _traces(recent: Sequence[dict], now: float) -> str:
     if not recent:
         return '<p class="muted">No traces kept.</p>'
     return "".join(
-        '<details%s><summary>%s \u2014 %s%s in <a href="%s">%s</a></summary><pre>%s</pre></details>'
+        '<details%s><summary>%s \u2014 %s%s%s in <a href="%s">%s</a></summary><pre>%s</pre></details>'
         % (" open" if i == 0 else "", _when(r["received"], now), _h(r.get("script_name") or r["script_id"]),
+           " (handled)" if r.get("handled") else "",
            (" on " + _h(r["host"])) if r.get("host") else "", env_url(r["env_hash"]), _h(r["env_hash"]),
            _h(r.get("trace") or r.get("error_sig") or "(no trace)"))
         for i, r in enumerate(recent))
@@ -383,7 +391,7 @@ def group_page(group: dict, suggestion: dict, comparison: Sequence[dict], fixes:
     head = ('<h1 class="sig">%s</h1><p>%s %s%s \u00b7 %d events \u00b7 %d failing / %d succeeding runs \u00b7 '
             'first seen %s \u00b7 last seen %s</p>%s'
             % (_h(group["signature"]), _status_badge(group["status"]), _h(exception_type(group["signature"])),
-               ' <span class="handled">handled</span>' if group.get("handled") else "", group["count"],
+               _handled(group), group["count"],
                group["failing_runs"], group["succeeding_runs"], _when(group["first_seen"], now),
                _when(group["last_seen"], now), _triage_form(group["id"], csrf, group["status"])))
     body = (head + '<section><h2>Suggestion</h2>%s</section>'
@@ -493,6 +501,7 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; }
 .handled { font-size: .8em; color: var(--muted); border: 1px dotted; padding: 0 .3em; }
 code { font-family: ui-monospace, monospace; background: #f3f4f6; padding: 0 .25em; word-break: break-word; }
 .conf { font-weight: 600; }
+table.groups time, table.groups .conf { white-space: nowrap; }
 .filters { display: flex; flex-wrap: wrap; gap: .7em; align-items: end; margin: .6em 0 1em; }
 .filters input { width: 11em; }
 .pager { margin: 1em 0; display: flex; gap: 1em; }

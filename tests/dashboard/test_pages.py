@@ -167,3 +167,11 @@ def test_filters_become_features():
     query = _group_query({"package": "Foo_Bar==1.2", "python": "3.11", "status": "resolved"}, 50)
     assert query.features == (("pkg:foo-bar", "1.2"), ("python", "3.11")) and query.status == "resolved"
     assert _group_query({"python": "3.11.7"}, 50).features == (("python_full", "3.11.7"),)
+
+
+def test_handled_errors_are_marked():
+    def page(handled):
+        return pages.groups_page([_group(handled=handled)], 1, {}, 50, 0, GROUP_STATUSES, list(GROUP_SORTS), NOW)
+    assert '<span class="handled">handled</span>' in page(3)
+    assert '<span class="handled">1 handled</span>' in page(1)
+    assert 'class="handled"' not in page(0)
