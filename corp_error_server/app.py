@@ -240,7 +240,7 @@ class _App:
         self._next_purge = 0.0
         self._schema_version = storage.schema_version()
         self._alerts = alerts.Alerts(webhooks, self._alert_events) if webhooks else None
-        self._suggested: Dict[int, Tuple[tuple, dict]] = {}   # group id -> (its counts then, the answer)
+        self._suggested: Dict[int, Any] = {}   # group id -> (its counts then, the engine's answer)
         self._suggested_lock = threading.Lock()
         self._routes: Dict[str, Dict[str, Callable]] = {
             "/beacon": {"POST": self._beacon}, "/env": {"POST": self._env}, "/suggest": {"POST": self._suggest},
@@ -464,16 +464,19 @@ class _App:
         A group's engine input changes only with its run counts, so an answer is kept under the counts
         it was computed from (and the requesting environment) and computed again once they moved."""
         keys = {g["id"]: (g["count"], g["failing_runs"], g["succeeding_runs"], g["latest_env"]) for g in groups}
-        missing = [g for g in groups if self._suggested.get(g["id"], (None,))[0] != keys[g["id"]]]
+        with self._suggested_lock:
+            kept = {g["id"]: self._suggested.get(g["id"]) for g in groups}
+        missing = [g for g in groups if kept[g["id"]] is None or kept[g["id"]][0] != keys[g["id"]]]
         data = self.storage.groups_data([g["id"] for g in missing]) if missing else {}
         for group in missing:
             requester = self.storage.env_features(group["latest_env"]) if group["latest_env"] else None
-            with self._suggested_lock:
-                if len(self._suggested) >= _SUGGESTIONS_KEPT:
-                    self._suggested.clear()
-                self._suggested[group["id"]] = (keys[group["id"]], engine.suggest(data[group["id"]], requester))
+            kept[group["id"]] = (keys[group["id"]], engine.suggest(data[group["id"]], requester))
+        with self._suggested_lock:
+            if len(self._suggested) + len(missing) > _SUGGESTIONS_KEPT:
+                self._suggested.clear()
+            self._suggested.update((g["id"], kept[g["id"]]) for g in missing)
         for group in groups:
-            group["suggestion"] = self._suggested[group["id"]][1]
+            group["suggestion"] = kept[group["id"]][1]
 
     def _suggestion(self, group: dict) -> dict:
         self._suggestions([group])

@@ -13,7 +13,7 @@ import html
 import math
 import time
 from datetime import datetime, timezone
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 from urllib.parse import quote, urlencode
 
 ABSENT = "<absent>"
@@ -288,12 +288,13 @@ def _evidence_words(suggestion: dict) -> str:
     items = []
     for c in ev.get("candidates", []):
         runs = c.get("runs", {})
-        cur, sug = runs.get(c["current"], {}), runs.get(c["suggested"], {})
+        current, target = str(c.get("current", ABSENT)), str(c.get("suggested", ABSENT))
+        cur, sug = runs.get(current, {}), runs.get(target, {})
         words = "%s is %s here; %d of %d runs with it failed" % (
-            _feature_label(c["feature"]), _value_label(c["current"]), cur.get("failing", 0),
+            _feature_label(str(c.get("feature", "?"))), _value_label(current), cur.get("failing", 0),
             cur.get("failing", 0) + cur.get("succeeding", 0))
         words += "; with %s, %d of %d runs succeeded" % (
-            _value_label(c["suggested"]), sug.get("succeeding", 0), sug.get("failing", 0) + sug.get("succeeding", 0))
+            _value_label(target), sug.get("succeeding", 0), sug.get("failing", 0) + sug.get("succeeding", 0))
         if c.get("fixes"):
             words += "; %d observed fix%s moved it there" % (c["fixes"], "" if c["fixes"] == 1 else "es")
         if c.get("named_in_trace"):
@@ -358,31 +359,39 @@ def _traces(recent: Sequence[dict], now: float) -> str:
         for i, r in enumerate(recent))
 
 
-def _sources(sources: Sequence[dict], snapshots: Mapping[str, dict], now: float) -> str:
-    scripts: Dict[str, List[object]] = {}
-    envs: Dict[str, List[object]] = {}
+def _tally(sources: Sequence[dict], key: str) -> Dict[str, dict]:
+    """Rows of the rollup summed by script or by environment: runs, hosts, names, the latest time."""
+    found: Dict[str, dict] = {}
     for s in sources:
-        row = scripts.setdefault(s["script_id"], [s.get("script_name") or s["script_id"], 0, 0, 0.0])
-        row[1] += s["failing"]; row[2] += s["succeeding"]; row[3] = max(row[3], s["last_seen"])  # noqa: E702
-        erow = envs.setdefault(s["env_hash"], [set(), 0, 0, 0.0])
+        row = found.setdefault(s[key], {"name": s.get("script_name") or s["script_id"], "hosts": set(),
+                                        "failing": 0, "succeeding": 0, "last_seen": 0.0})
         if s.get("host"):
-            erow[0].add(s["host"])
-        erow[1] += s["failing"]; erow[2] += s["succeeding"]; erow[3] = max(erow[3], s["last_seen"])  # noqa: E702
+            row["hosts"].add(s["host"])
+        row["failing"] += s["failing"]
+        row["succeeding"] += s["succeeding"]
+        row["last_seen"] = max(row["last_seen"], s["last_seen"])
+    return found
+
+
+def _sources(sources: Sequence[dict], snapshots: Mapping[str, dict], now: float) -> str:
     script_rows = "".join(
         '<tr><td><a href="%s">%s</a></td><td class="n">%d</td><td class="n">%d</td><td>%s</td></tr>'
-        % (_url("/", {"script": sid}), _h(v[0]), v[1], v[2], _when(v[3], now)) for sid, v in scripts.items())
+        % (_url("/", {"script": sid}), _h(v["name"]), v["failing"], v["succeeding"], _when(v["last_seen"], now))
+        for sid, v in _tally(sources, "script_id").items())
     env_rows = []
-    for env_hash, v in sorted(envs.items(), key=lambda kv: -kv[1][3])[:50]:
+    envs = _tally(sources, "env_hash")
+    for env_hash, v in sorted(envs.items(), key=lambda kv: -kv[1]["last_seen"])[:50]:
         snap = snapshots.get(env_hash) or {}
         env_rows.append('<tr><td><a href="%s">%s</a></td><td>%s</td><td>%s</td><td>%s</td><td class="n">%d</td>'
                         '<td class="n">%d</td><td>%s</td></tr>'
                         % (env_url(env_hash), _h(env_hash), _h(snap.get("python_ver", "?")),
-                           _h(_short(snap.get("os_info", "?"), 40)), _h(", ".join(sorted(v[0]))[:120]), v[1], v[2],
-                           _when(v[3], now)))
+                           _h(_short(snap.get("os_info", "?"), 40)), _h(_short(", ".join(sorted(v["hosts"])), 120)),
+                           v["failing"], v["succeeding"], _when(v["last_seen"], now)))
+    more = ('<p class="muted">The 50 latest of %d environments.</p>' % len(envs)) if len(envs) > 50 else ""
     return ('<h3>Scripts</h3><table><thead><tr><th>script</th><th>failing</th><th>succeeding</th><th>last</th></tr>'
             '</thead><tbody>%s</tbody></table><h3>Environments</h3><table><thead><tr><th>env</th><th>Python</th>'
             '<th>OS</th><th>hosts</th><th>failing</th><th>succeeding</th><th>last</th></tr></thead><tbody>%s</tbody>'
-            '</table>' % (script_rows, "".join(env_rows)))
+            '</table>%s' % (script_rows, "".join(env_rows), more))
 
 
 def group_page(group: dict, suggestion: dict, comparison: Sequence[dict], fixes: Sequence[dict],
