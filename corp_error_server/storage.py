@@ -491,10 +491,15 @@ class Storage:
         condition = " AND ".join(where)
 
         def work(cur: Cursor) -> Tuple[int, List[dict]]:
-            total = cur.execute("SELECT COUNT(*) FROM groups g WHERE " + condition, params).fetchone()[0]
-            rows = cur.execute(self._SUMMARY_SELECT + " WHERE %s ORDER BY %s, g.id DESC LIMIT ? OFFSET ?"
-                               % (condition, GROUP_SORTS[query.sort]), params + [query.limit, query.offset]).fetchall()
-            return total, self._summaries(cur, rows)
+            # one pass of the filter: the ids in order give the total and the page
+            ids = [g for (g,) in cur.execute("SELECT g.id FROM groups g WHERE %s ORDER BY %s, g.id DESC"
+                                             % (condition, GROUP_SORTS[query.sort]), params).fetchall()]
+            page = ids[query.offset:query.offset + query.limit]
+            if not page:
+                return len(ids), []
+            rows = {row[0]: row for row in cur.execute(self._SUMMARY_SELECT + " WHERE g.id IN (%s)"
+                                                        % ", ".join("?" * len(page)), page).fetchall()}
+            return len(ids), self._summaries(cur, [rows[g] for g in page])
         return self._read(work)
 
     _SUMMARY_SELECT = ("SELECT g.id, g.key, g.signature, g.first_seen, g.last_seen, g.errors, g.fails, g.oks, "

@@ -76,6 +76,9 @@ CREATE TABLE group_sources(
     script_name TEXT, fails INTEGER NOT NULL DEFAULT 0, oks INTEGER NOT NULL DEFAULT 0, last_seen {FLOAT} NOT NULL,
     PRIMARY KEY(group_id, script_id, env_hash, host)){NOROWID};
 CREATE INDEX group_sources_env ON group_sources(env_hash);
+CREATE INDEX groups_last_seen ON groups(last_seen);
+CREATE INDEX groups_first_seen ON groups(first_seen);
+CREATE INDEX groups_errors ON groups(errors);
 INSERT INTO group_days(group_id, day, fails, oks)
 SELECT group_id, day, SUM(f), SUM(o) FROM (
     SELECT group_id, (CAST(received AS BIGINT) - CAST(received AS BIGINT) % 86400) / 86400 AS day, 1 AS f, 0 AS o
