@@ -240,7 +240,7 @@ class _App:
         self._next_purge = 0.0
         self._schema_version = storage.schema_version()
         self._alerts = alerts.Alerts(webhooks, self._alert_events) if webhooks else None
-        self._suggested: Dict[int, Any] = {}   # group id -> (its counts then, the engine's answer)
+        self._suggested: Dict[int, Tuple[tuple, dict]] = {}   # group id -> (its counts then, the engine's answer)
         self._suggested_lock = threading.Lock()
         self._routes: Dict[str, Dict[str, Callable]] = {
             "/beacon": {"POST": self._beacon}, "/env": {"POST": self._env}, "/suggest": {"POST": self._suggest},
@@ -465,8 +465,8 @@ class _App:
         it was computed from (and the requesting environment) and computed again once they moved."""
         keys = {g["id"]: (g["count"], g["failing_runs"], g["succeeding_runs"], g["latest_env"]) for g in groups}
         with self._suggested_lock:
-            kept = {g["id"]: self._suggested.get(g["id"]) for g in groups}
-        missing = [g for g in groups if kept[g["id"]] is None or kept[g["id"]][0] != keys[g["id"]]]
+            kept = {g["id"]: self._suggested[g["id"]] for g in groups if g["id"] in self._suggested}
+        missing = [g for g in groups if g["id"] not in kept or kept[g["id"]][0] != keys[g["id"]]]
         data = self.storage.groups_data([g["id"] for g in missing]) if missing else {}
         for group in missing:
             requester = self.storage.env_features(group["latest_env"]) if group["latest_env"] else None

@@ -370,7 +370,7 @@ class Storage:
         if kind == "success":
             env_hash, host, script_name, received = cur.execute(
                 "SELECT env_hash, host, script_name, received FROM beacons WHERE id = ?", (beacon_id,)).fetchone()
-            for group in sorted(groups):
+            for group in sorted(g for g in groups if g is not None):
                 self._roll_up(cur, group, kind, script_id, env_hash, host, script_name, received)
         cur.executemany("INSERT INTO contributions(beacon_id, group_id) VALUES(?, ?) ON CONFLICT DO NOTHING",
                         [(beacon_id, g) for g in groups])

@@ -16,19 +16,23 @@ def test_rollups_are_backfilled_from_existing_beacons(tmp_path):
             for statement in Dialect().schema(migration.sql):
                 db.execute(statement)
         db.execute("CREATE TABLE schema_version(version INTEGER PRIMARY KEY, description TEXT, applied REAL)")
-        db.executemany("INSERT INTO schema_version VALUES(?, ?, 0)", [(m.version, m.description) for m in MIGRATIONS[:2]])
+        db.executemany("INSERT INTO schema_version VALUES(?, ?, 0)",
+                       [(m.version, m.description) for m in MIGRATIONS[:2]])
         db.execute("INSERT INTO groups(id, key, signature, first_seen, last_seen, errors, fails, oks) "
                    "VALUES(1, 'k', 'KeyError: x', ?, ?, 3, 3, 1)", (100 * DAY, 101 * DAY + 5))
-        rows = [(1, "error", "e1", "s1", 1, 100 * DAY + 10, "a.py"), (2, "error", "e1", "s1", 1, 100 * DAY + 20, "a.py"),
-                (3, "error", "e2", "s2", 1, 101 * DAY + 5, "b.py"), (4, "success", "e3", "s1", None, 101 * DAY + 9, "a.py")]
-        db.executemany("INSERT INTO beacons(id, kind, env_hash, script_id, group_id, received, script_name, counted) "
-                       "VALUES(?, ?, ?, ?, ?, ?, ?, 1)", rows)
+        rows = [(1, "error", "e1", "s1", 1, 100 * DAY + 10, "a.py"),
+                (2, "error", "e1", "s1", 1, 100 * DAY + 20, "a.py"),
+                (3, "error", "e2", "s2", 1, 101 * DAY + 5, "b.py"),
+                (4, "success", "e3", "s1", None, 101 * DAY + 9, "a.py")]
+        db.executemany("INSERT INTO beacons(id, kind, env_hash, script_id, group_id, received, script_name, "
+                       "counted) VALUES(?, ?, ?, ?, ?, ?, ?, 1)", rows)
         db.execute("INSERT INTO contributions(beacon_id, group_id) VALUES(4, 1)")
     storage = SQLiteStorage(path)
     try:
         assert storage.schema_version() == MIGRATIONS[-1].version >= 3
         assert storage.daily_runs([1], 100, 3) == {1: [(2, 0), (1, 1), (0, 0)]}
-        sources = {(s["script_id"], s["env_hash"]): (s["failing"], s["succeeding"]) for s in storage.group_sources(1, 100)}
+        sources = {(s["script_id"], s["env_hash"]): (s["failing"], s["succeeding"])
+                   for s in storage.group_sources(1, 100)}
         assert sources == {("s1", "e1"): (2, 0), ("s2", "e2"): (1, 0), ("s1", "e3"): (0, 1)}
         total, groups = storage.find_groups(GroupQuery())
         assert total == 1 and groups[0]["status"] == "new" and groups[0]["scripts"] == 2
