@@ -337,14 +337,17 @@ def _comparison(comparison: Sequence[dict], fails: int, oks: int) -> str:
     if not comparison:
         return ('<p class="muted">Nothing to compare yet: the group needs failing and succeeding runs with '
                 'known environments.</p>')
-    blocks = []
-    for c in comparison:
-        blocks.append('<figure class="feature"><figcaption>%s <span class="muted">separation %.2f</span>'
-                      '</figcaption>%s</figure>' % (_h(_feature_label(c["feature"])), c["score"],
-                                                    paired_bars(c["runs"], fails, oks)))
+    varying = [c for c in comparison if len(c["runs"]) > 1]
+    same = [c for c in comparison if len(c["runs"]) <= 1]
+    blocks = ['<figure class="feature"><figcaption>%s <span class="muted">separation %.2f</span></figcaption>%s'
+              '</figure>' % (_h(_feature_label(c["feature"])), c["score"], paired_bars(c["runs"], fails, oks))
+              for c in varying]
+    constant = ('<p class="muted">The same in every run: %s.</p>' % _h(", ".join(
+        "%s %s" % (_feature_label(c["feature"]), _value_label(next(iter(c["runs"])))) for c in same))
+        if same else "")
     return ('<p class="legend"><span class="key fail"></span> share of failing runs '
-            '<span class="key ok"></span> share of succeeding runs</p><div class="features">%s</div>'
-            % "".join(blocks))
+            '<span class="key ok"></span> share of succeeding runs</p><div class="features">%s</div>%s'
+            % ("".join(blocks), constant))
 
 
 def _traces(recent: Sequence[dict], now: float) -> str:
@@ -397,7 +400,7 @@ def _sources(sources: Sequence[dict], snapshots: Mapping[str, dict], now: float)
 def group_page(group: dict, suggestion: dict, comparison: Sequence[dict], fixes: Sequence[dict],
                days: Sequence[Tuple[str, int, int]], recent: Sequence[dict], sources: Sequence[dict],
                snapshots: Mapping[str, dict], csrf: str, now: float) -> str:
-    head = ('<h1 class="sig">%s</h1><p>%s %s%s \u00b7 %d events \u00b7 %d failing / %d succeeding runs \u00b7 '
+    head = ('<h1 class="sig">%s</h1><p>%s %s%s \u00b7 %d event(s) \u00b7 %d failing / %d succeeding runs \u00b7 '
             'first seen %s \u00b7 last seen %s</p>%s'
             % (_h(group["signature"]), _status_badge(group["status"]), _h(exception_type(group["signature"])),
                _handled(group), group["count"],

@@ -175,3 +175,12 @@ def test_handled_errors_are_marked():
     assert '<span class="handled">handled</span>' in page(3)
     assert '<span class="handled">1 handled</span>' in page(1)
     assert 'class="handled"' not in page(0)
+
+
+def test_comparison_draws_features_that_vary_and_names_those_that_do_not():
+    comparison = [{"feature": "pkg:tinylib", "score": 0.4, "runs": {"2.0": {"failing": 3, "succeeding": 0},
+                                                                   "1.0": {"failing": 0, "succeeding": 1}}},
+                  {"feature": "arch", "score": 0.0, "runs": {"x86_64": {"failing": 3, "succeeding": 1}}}]
+    html_text = pages._comparison(comparison, 3, 1)
+    assert html_text.count('<figure class="feature">') == 1 and "package tinylib" in html_text
+    assert "The same in every run: architecture x86_64." in html_text
