@@ -77,7 +77,8 @@ _MAX_FORM = 8192
 _TRIAGE = {"resolve": "resolved", "ignore": "ignored", "reopen": "new"}
 _SPARK_DAYS, _CHART_DAYS, _FLEET_DAYS = 14, 30, 14
 _SUGGESTIONS_KEPT = 20_000    # groups whose last answer the pages keep
-_SOURCES_SHOWN = 2000         # (script, environment, host) rows a group page reads
+_SOURCES_SHOWN = 50           # scripts and environments a group page lists
+_FIXES_SHOWN = 5              # observed fixes a group page diffs
 
 ###############################################################################
 # Validation ##################################################################
@@ -532,16 +533,16 @@ class _App:
         now = time.time()
         data = self.storage.groups_data([group["id"]])[group["id"]]
         fixes = []
-        for fix in self.storage.observed_fixes(group["id"], 10):
+        for fix in self.storage.observed_fixes(group["id"], _FIXES_SHOWN):
             before, after = self.storage.env_features(fix["failing_env"]), self.storage.env_features(fix["fixed_env"])
             fixes.append(dict(fix, diff=feature_diff(before or {}, after or {})[0]))
         first_day = int(now // 86400) - _CHART_DAYS + 1
         series = self.storage.daily_runs([group["id"]], first_day, _CHART_DAYS)[group["id"]]
         days = [(pages.day_label(first_day + i), f, o) for i, (f, o) in enumerate(series)]
-        sources = self.storage.group_sources(group["id"], _SOURCES_SHOWN)
-        snapshots = self.storage.env_snapshots(s["env_hash"] for s in sources[:50])
+        scripts, envs = self.storage.group_sources(group["id"], _SOURCES_SHOWN)
+        snapshots = self.storage.env_snapshots(e["env_hash"] for e in envs)
         return 200, Page(pages.group_page(group, self._suggestion(group), engine.comparison(data), fixes, days,
-                                          self.storage.recent_errors(group["id"], 10), sources, snapshots,
+                                          self.storage.recent_errors(group["id"], 10), scripts, envs, snapshots,
                                           environ["cea.csrf"], now)), []
 
     def _triage(self, environ: dict, group_id: str):

@@ -13,10 +13,11 @@ import html
 import math
 import time
 from datetime import datetime, timezone
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Iterable, Mapping, Optional, Sequence, Tuple
 from urllib.parse import quote, urlencode
 
 ABSENT = "<absent>"
+_DIFF_SHOWN = 12       # rows of an observed fix's diff on the group page (the diff page has them all)
 
 ###############################################################################
 # Escaping and small pieces ###################################################
@@ -329,7 +330,10 @@ def _fixes(fixes: Sequence[dict], now: float) -> str:
                env_url(fix["fixed_env"]), _h(fix["fixed_env"]), _h(fix.get("script_name") or fix["script_id"]),
                (" on " + _h(fix["host"])) if fix.get("host") else "",
                _url("/diff", {"a": fix["failing_env"], "b": fix["fixed_env"]}),
-               _diff_rows(fix["diff"]) or '<tr><td colspan="3">no recorded difference</td></tr>'))
+               _diff_rows(fix["diff"][:_DIFF_SHOWN]) + (
+                   '<tr><td colspan="3" class="muted">and %d more</td></tr>' % (len(fix["diff"]) - _DIFF_SHOWN)
+                   if len(fix["diff"]) > _DIFF_SHOWN else "")
+               or '<tr><td colspan="3">no recorded difference</td></tr>'))
     return '<ol class="fixes">%s</ol>' % "".join(items)
 
 
@@ -362,44 +366,37 @@ def _traces(recent: Sequence[dict], now: float) -> str:
         for i, r in enumerate(recent))
 
 
-def _tally(sources: Sequence[dict], key: str) -> Dict[str, dict]:
-    """Rows of the rollup summed by script or by environment: runs, hosts, names, the latest time."""
-    found: Dict[str, dict] = {}
-    for s in sources:
-        row = found.setdefault(s[key], {"name": s.get("script_name") or s["script_id"], "hosts": set(),
-                                        "failing": 0, "succeeding": 0, "last_seen": 0.0})
-        if s.get("host"):
-            row["hosts"].add(s["host"])
-        row["failing"] += s["failing"]
-        row["succeeding"] += s["succeeding"]
-        row["last_seen"] = max(row["last_seen"], s["last_seen"])
-    return found
+def _hosts(row: dict) -> str:
+    if not row["hosts"]:
+        return ""
+    return _h(_short(row["host"], 60)) + (" +%d" % (row["hosts"] - 1) if row["hosts"] > 1 else "")
 
 
-def _sources(sources: Sequence[dict], snapshots: Mapping[str, dict], now: float) -> str:
+def _sources(scripts: Sequence[dict], envs: Sequence[dict], snapshots: Mapping[str, dict], total_envs: int,
+             now: float) -> str:
     script_rows = "".join(
-        '<tr><td><a href="%s">%s</a></td><td class="n">%d</td><td class="n">%d</td><td>%s</td></tr>'
-        % (_url("/", {"script": sid}), _h(v["name"]), v["failing"], v["succeeding"], _when(v["last_seen"], now))
-        for sid, v in _tally(sources, "script_id").items())
+        '<tr><td><a href="%s">%s</a></td><td>%s</td><td class="n">%d</td><td class="n">%d</td><td>%s</td></tr>'
+        % (_url("/", {"script": s["script_id"]}), _h(s["script_name"] or s["script_id"]), _hosts(s), s["failing"],
+           s["succeeding"], _when(s["last_seen"], now)) for s in scripts)
     env_rows = []
-    envs = _tally(sources, "env_hash")
-    for env_hash, v in sorted(envs.items(), key=lambda kv: -kv[1]["last_seen"])[:50]:
-        snap = snapshots.get(env_hash) or {}
+    for e in envs:
+        snap = snapshots.get(e["env_hash"]) or {}
         env_rows.append('<tr><td><a href="%s">%s</a></td><td>%s</td><td>%s</td><td>%s</td><td class="n">%d</td>'
                         '<td class="n">%d</td><td>%s</td></tr>'
-                        % (env_url(env_hash), _h(env_hash), _h(snap.get("python_ver", "?")),
-                           _h(_short(snap.get("os_info", "?"), 40)), _h(_short(", ".join(sorted(v["hosts"])), 120)),
-                           v["failing"], v["succeeding"], _when(v["last_seen"], now)))
-    more = ('<p class="muted">The 50 latest of %d environments.</p>' % len(envs)) if len(envs) > 50 else ""
-    return ('<h3>Scripts</h3><table><thead><tr><th>script</th><th>failing</th><th>succeeding</th><th>last</th></tr>'
-            '</thead><tbody>%s</tbody></table><h3>Environments</h3><table><thead><tr><th>env</th><th>Python</th>'
-            '<th>OS</th><th>hosts</th><th>failing</th><th>succeeding</th><th>last</th></tr></thead><tbody>%s</tbody>'
-            '</table>%s' % (script_rows, "".join(env_rows), more))
+                        % (env_url(e["env_hash"]), _h(e["env_hash"]), _h(snap.get("python_ver", "?")),
+                           _h(_short(snap.get("os_info", "?"), 40)), _hosts(e), e["failing"], e["succeeding"],
+                           _when(e["last_seen"], now)))
+    more = ('<p class="muted">The %d latest of %d failing environments.</p>' % (len(envs), total_envs)
+            if total_envs > len(envs) else "")
+    return ('<h3>Scripts</h3><table><thead><tr><th>script</th><th>hosts</th><th>failing</th><th>succeeding</th>'
+            '<th>last</th></tr></thead><tbody>%s</tbody></table><h3>Environments</h3><table><thead><tr><th>env</th>'
+            '<th>Python</th><th>OS</th><th>hosts</th><th>failing</th><th>succeeding</th><th>last</th></tr></thead>'
+            '<tbody>%s</tbody></table>%s' % (script_rows, "".join(env_rows), more))
 
 
 def group_page(group: dict, suggestion: dict, comparison: Sequence[dict], fixes: Sequence[dict],
-               days: Sequence[Tuple[str, int, int]], recent: Sequence[dict], sources: Sequence[dict],
-               snapshots: Mapping[str, dict], csrf: str, now: float) -> str:
+               days: Sequence[Tuple[str, int, int]], recent: Sequence[dict], scripts: Sequence[dict],
+               envs: Sequence[dict], snapshots: Mapping[str, dict], csrf: str, now: float) -> str:
     head = ('<h1 class="sig">%s</h1><p>%s %s%s \u00b7 %d event(s) \u00b7 %d failing / %d succeeding runs \u00b7 '
             'first seen %s \u00b7 last seen %s</p>%s'
             % (_h(group["signature"]), _status_badge(group["status"]), _h(exception_type(group["signature"])),
@@ -414,7 +411,7 @@ def group_page(group: dict, suggestion: dict, comparison: Sequence[dict], fixes:
             '<section><h2>Where it happens</h2>%s</section>'
             % (_evidence_words(suggestion), _fixes(fixes, now),
                _comparison(comparison, group["failing_runs"], group["succeeding_runs"]), time_chart(days),
-               _traces(recent, now), _sources(sources, snapshots, now)))
+               _traces(recent, now), _sources(scripts, envs, snapshots, group["envs_affected"], now)))
     return layout(_short(group["signature"], 60), body, active="/")
 
 ###############################################################################

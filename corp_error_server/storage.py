@@ -552,12 +552,22 @@ class Storage:
             series[group_id][day - first_day] = (fails, oks)
         return series
 
-    def group_sources(self, group_id: int, limit: int) -> List[dict]:
-        """Who ran into the group: one row per (script, environment, host) with its runs, latest first."""
-        keys = ("script_id", "script_name", "env_hash", "host", "failing", "succeeding", "last_seen")
-        return [dict(zip(keys, row)) for row in self._select(
-            "SELECT script_id, script_name, env_hash, host, fails, oks, last_seen FROM group_sources "
-            "WHERE group_id = ? ORDER BY last_seen DESC LIMIT ?", (group_id, limit))]
+    def group_sources(self, group_id: int, limit: int) -> Tuple[List[dict], List[dict]]:
+        """Who ran into the group, latest first: (scripts, environments), each with its runs and hosts
+        (how many, and one of them), at most ``limit`` of each."""
+        def work(cur: Cursor) -> Tuple[List[dict], List[dict]]:
+            scripts = [dict(zip(("script_id", "script_name", "failing", "succeeding", "last_seen", "hosts",
+                                 "host"), row)) for row in cur.execute(
+                "SELECT script_id, MAX(script_name), SUM(fails), SUM(oks), MAX(last_seen), "
+                "COUNT(DISTINCT NULLIF(host, '')), MAX(host) FROM group_sources WHERE group_id = ? "
+                "GROUP BY script_id ORDER BY MAX(last_seen) DESC LIMIT ?", (group_id, limit)).fetchall()]
+            envs = [dict(zip(("env_hash", "failing", "succeeding", "last_seen", "hosts", "host"), row))
+                    for row in cur.execute(
+                "SELECT env_hash, SUM(fails), SUM(oks), MAX(last_seen), COUNT(DISTINCT NULLIF(host, '')), "
+                "MAX(host) FROM group_sources WHERE group_id = ? GROUP BY env_hash ORDER BY MAX(last_seen) DESC "
+                "LIMIT ?", (group_id, limit)).fetchall()]
+            return scripts, envs
+        return self._read(work)
 
     def recent_errors(self, group_id: int, limit: int) -> List[dict]:
         keys = ("script_id", "script_name", "env_hash", "host", "ts", "received", "error_sig", "trace")

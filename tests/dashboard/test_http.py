@@ -154,6 +154,7 @@ def test_group_environment_and_diff_pages(start):
     assert 'pip install &quot;tinylib==1.0&quot;' in page
     assert 'href="/diff?a=e1&amp;b=e2"' in page                # the observed fix, with its diff
     assert "<details open>" in page and "AttributeError: module &#x27;tinylib&#x27;" in page
+    assert "report.py on build-7" in page and "<td>laptop-3</td>" in page     # hosts of the runs
     diff = browser.get("/diff?a=e1&b=e2")[2]
     assert re.search(r"package tinylib</td><td class=\"before\">2\.0</td><td class=\"after\">1\.0", diff)
     env = browser.get("/env/e1")[2]

@@ -31,9 +31,10 @@ def test_rollups_are_backfilled_from_existing_beacons(tmp_path):
     try:
         assert storage.schema_version() == MIGRATIONS[-1].version >= 3
         assert storage.daily_runs([1], 100, 3) == {1: [(2, 0), (1, 1), (0, 0)]}
-        sources = {(s["script_id"], s["env_hash"]): (s["failing"], s["succeeding"])
-                   for s in storage.group_sources(1, 100)}
-        assert sources == {("s1", "e1"): (2, 0), ("s2", "e2"): (1, 0), ("s1", "e3"): (0, 1)}
+        scripts, envs = storage.group_sources(1, 100)
+        assert {s["script_id"]: (s["failing"], s["succeeding"]) for s in scripts} == {"s1": (2, 1), "s2": (1, 0)}
+        assert {e["env_hash"]: (e["failing"], e["succeeding"]) for e in envs} == {
+            "e1": (2, 0), "e2": (1, 0), "e3": (0, 1)}
         total, groups = storage.find_groups(GroupQuery())
         assert total == 1 and groups[0]["status"] == "new" and groups[0]["scripts"] == 2
         assert groups[0]["envs_affected"] == 2 and groups[0]["script_names"] == ["a.py", "b.py"]

@@ -87,17 +87,19 @@ def test_group_page_escapes_traces_names_and_evidence():
                "received": NOW, "error_sig": HOSTILE, "trace": "Traceback:\n" + HOSTILE}]
     fixes = [{"failing_env": "e1", "fixed_env": "e2", "script_id": "s1", "script_name": HOSTILE, "host": HOSTILE,
               "received": NOW, "diff": [("pkg:" + HOSTILE, HOSTILE, "1")]}]
-    sources = [{"script_id": "s1", "script_name": HOSTILE, "env_hash": "e1", "host": HOSTILE, "failing": 3,
+    scripts = [{"script_id": "s1", "script_name": HOSTILE, "host": HOSTILE, "hosts": 2, "failing": 3,
                 "succeeding": 0, "last_seen": NOW}]
+    envs = [{"env_hash": "e1", "host": HOSTILE, "hosts": 1, "failing": 3, "succeeding": 0, "last_seen": NOW}]
     comparison = [{"feature": "pkg:" + HOSTILE, "score": 0.5, "runs": {HOSTILE: {"failing": 3, "succeeding": 0},
                                                                       "1": {"failing": 0, "succeeding": 1}}}]
     page = pages.group_page(_group(), _group()["suggestion"], comparison, fixes, [("2027-01-15", 3, 1)], recent,
-                            sources, {"e1": {"python_ver": HOSTILE, "os_info": HOSTILE}}, "c" * 32, NOW)
+                            scripts, envs, {"e1": {"python_ver": HOSTILE, "os_info": HOSTILE}}, "c" * 32, NOW)
     found = assert_inert(page)
     assert found.tags.count("details") == 1 and "pre" in found.tags
     assert "javascript:alert(9)" not in " ".join(found.urls)   # docs link only for pypi.org
     assert '<input type="hidden" name="csrf" value="%s">' % ("c" * 32) in page
     assert 'action="/group/7/status"' in page and 'value="resolve"' in page
+    assert "The 1 latest of 2 failing environments." in page
 
 
 def test_environment_diff_and_fleet_pages_escape():
