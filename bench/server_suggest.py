@@ -18,9 +18,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _common import PACKAGES, Client, environment, percentile, start, stop  # noqa: E402
-
 import corp_error_agent  # noqa: E402
+from _common import PACKAGES, Client, environment, percentile, start, stop  # noqa: E402
 from corp_error_server.app import parse_env  # noqa: E402
 from corp_error_server.storage import Beacon, SQLiteStorage  # noqa: E402
 
@@ -28,7 +27,8 @@ _GROUPS = 40
 
 
 def _signature(group: int) -> str:
-    return "KeyError: 'column_%s' @ etl.load < etl.main" % ("abcdefghijklmnopqrstuvwxyz"[group % 26] * (1 + group // 26))
+    column = "abcdefghijklmnopqrstuvwxyz"[group % 26] * (1 + group // 26)
+    return "KeyError: 'column_%s' @ etl.load < etl.main" % column
 
 
 def populate(path: str, beacons: int, envs: int, seed: int = 0) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 from .app import DEFAULT_MAX_BODY, DEFAULT_RETENTION_DAYS, create_app
 
@@ -30,7 +30,7 @@ class _LazyApp:
     """The WSGI callable behind ``app``: builds the real application on the first request."""
 
     def __init__(self) -> None:
-        self._app = None
+        self._app: Optional[Callable] = None
         self._lock = threading.Lock()
 
     def __call__(self, environ, start_response):

@@ -152,7 +152,7 @@ def _packages(value: Any) -> Dict[str, str]:
 def _split_requirement(item: str) -> Tuple[str, str]:
     name, sep, version = item.partition("==")
     if not sep:
-        name = re.split(r"[\s@<>=!~;\[]", item.strip(), 1)[0]
+        name = re.split(r"[\s@<>=!~;\[]", item.strip(), maxsplit=1)[0]
     return name, version
 
 
@@ -170,7 +170,7 @@ def _env_vars(value: Any) -> Dict[str, str]:
 
 def parse_env(body: dict, env_hash: Optional[str] = None) -> Env:
     env_hash = env_hash or _text(_required(body, "env_hash"), "env_hash", _HASH_LIMIT, empty=False)
-    snapshot = {
+    snapshot: Dict[str, Any] = {
         "packages": _packages(_required(body, "packages")),
         "python_ver": _text(_required(body, "python_ver"), "python_ver", 20),
         "python_impl": _optional_text(body, "python_impl", 40) or "",
@@ -184,14 +184,39 @@ def parse_env(body: dict, env_hash: Optional[str] = None) -> Env:
 
 
 def _group_of(error_sig: Optional[str], trace: Optional[str]) -> str:
+    """A bug's key: its normalised exception line and, after " @ ", where it is raised.
+
+    Deterministic in its input whatever that is: the line comes from the signature, else from the
+    trace's last line; the place from the trace's frames, else the signature's (engine.where_raised).
+    """
     for text in (error_sig, trace):
-        key = corp_error_agent.group_key(text) if text else ""
-        if key:
-            return key
+        message = corp_error_agent.group_key(text) if text else ""
+        if message:
+            where = engine.where_raised(error_sig or trace or "", trace or "")
+            return message + " @ " + where if where else message
     raise HTTPError(400, "an error beacon needs an error_sig or a trace with an exception line")
 
 
-def parse_beacon(body: dict) -> Tuple[Beacon, Optional[Env]]:
+def resolve_group(storage: Storage, signature: str, env_hash: str, script_id: Optional[str]) -> Optional[str]:
+    """The group a signature without its trace belongs to (/suggest, a success's previous failure).
+
+    A 0.4.2 signature has no frames and ours names modules, not files: the group the same
+    environment's (and script's) last error of that exception line went to says it best; then a
+    group whose place the signature's frames fit; then the busiest group of that line.
+    """
+    message = corp_error_agent.group_key(signature)
+    keys = storage.group_keys(message) if message else []
+    if len(keys) <= 1:
+        return keys[0] if keys else None
+    for script in ((script_id, None) if script_id else (None,)):
+        key = storage.last_error_group(keys, env_hash, script)
+        if key:
+            return key
+    fitting = [key for key in keys if engine.places_match(key.partition(" @ ")[2], signature)]
+    return (fitting or keys)[0]
+
+
+def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon, Optional[Env]]:
     kind = _text(_required(body, "kind"), "kind", 7)
     if kind not in ("error", "success"):
         raise HTTPError(400, "kind must be \"error\" or \"success\"")
@@ -213,7 +238,11 @@ def parse_beacon(body: dict) -> Tuple[Beacon, Optional[Env]]:
     if kind == "error":
         group = _group_of(error_sig, trace)
         mentions = engine.mentioned_packages((trace or "") + "\n" + (error_sig or ""))
-    prev_group = corp_error_agent.group_key(prev_error_sig) or None if prev_error_sig and kind == "success" else None
+    prev_group = None
+    if prev_error_sig and kind == "success":
+        resolved = resolve_group(storage, prev_error_sig, prev_env_hash or env_hash, script_id) if storage else None
+        prev_group = resolved or (_group_of(prev_error_sig, None) if corp_error_agent.group_key(prev_error_sig)
+                                  else None)
     inline = body.get("env")
     if inline is not None and not isinstance(inline, dict):
         raise HTTPError(400, "env must be an object like the /env body")
@@ -425,7 +454,7 @@ class _App:
     # -- wire routes ------------------------------------------------------------------------
 
     def _beacon(self, body: dict):
-        beacon, env = parse_beacon(body)
+        beacon, env = parse_beacon(body, self.storage)
         self._maybe_purge()
         result = self.storage.add_beacon(beacon, env)
         if self._alerts is not None and not beacon.test and not result.duplicate:
@@ -445,7 +474,7 @@ class _App:
         error_sig = _text(_required(body, "error_sig"), "error_sig", keep=_SIG_KEEP, empty=False)
         env_hash = _text(_required(body, "env_hash"), "env_hash", _HASH_LIMIT)
         script_id = _optional_text(body, "script_id", _HASH_LIMIT)
-        key = corp_error_agent.group_key(error_sig)
+        key = resolve_group(self.storage, error_sig, env_hash, script_id)
         group = self.storage.group_data(key, script_id) if key else None
         if group is None:
             return 200, {"match": False, "reason": "no runs of this error yet"}, []
@@ -655,8 +684,8 @@ def _event(kind: str, text: str, group: dict, suggestion: Optional[dict]) -> dic
 
 def _api_group(group: dict) -> dict:
     """A group as /api/errors shows it: epoch and ISO times, the suggestion for its latest failing run."""
-    keys = ("id", "group_key", "signature", "status", "count", "handled", "scripts", "script_names", "envs_affected",
-            "first_seen", "last_seen", "failing_runs", "succeeding_runs", "suggestion")
+    keys = ("id", "group_key", "where", "signature", "status", "count", "handled", "scripts", "script_names",
+            "envs_affected", "first_seen", "last_seen", "failing_runs", "succeeding_runs", "suggestion")
     answer = {k: group[k] for k in keys if k in group}
     answer["first_seen_iso"], answer["last_seen_iso"] = pages.iso(group["first_seen"]), pages.iso(group["last_seen"])
     return answer

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Callable, List, Optional, TextIO
+from typing import Any, Callable, Dict, List, Optional, TextIO
 from urllib.parse import unquote
 
 _DRAIN_LIMIT = 64 * 1024        # unread request body we still skip to keep a connection alive
@@ -56,9 +56,10 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     # headers and body leave in two writes; with Nagle, a keep-alive client waits on a delayed ACK
     disable_nagle_algorithm = True
+    server: _Server
 
     def setup(self) -> None:
-        self.timeout = self.server.request_timeout
+        self.timeout = self.server.request_timeout  # type: ignore[misc]  # per connection, on purpose
         super().setup()
 
     def _run(self) -> None:
@@ -125,7 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
             (time.perf_counter() - started) * 1000))
 
     def _environ(self, path: str, query: str, body: _Body) -> dict:
-        environ = {
+        environ: Dict[str, Any] = {
             "REQUEST_METHOD": self.command, "SCRIPT_NAME": "", "PATH_INFO": unquote(path, "iso-8859-1"),
             "QUERY_STRING": query, "SERVER_NAME": self.server.server_name,
             "SERVER_PORT": str(self.server.server_port), "SERVER_PROTOCOL": self.request_version,
@@ -185,7 +186,8 @@ class _Server(socketserver.ThreadingMixIn, HTTPServer):
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host's FQDN, which can stall on machines without DNS
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, self.server_port = self.server_address[:2]
+        self.server_name = str(host)
 
     def process_request(self, request, client_address) -> None:
         with self._active_lock:
@@ -224,7 +226,7 @@ def serve(server: _Server) -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    host, port = server.server_address[:2]
+    host, port = str(server.server_address[0]), server.server_address[1]
     server.log("listening on http://%s:%d" % ("[%s]" % host if ":" in host else host, port))
     try:
         server.serve_forever(poll_interval=0.1)

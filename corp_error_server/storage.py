@@ -26,6 +26,7 @@ from .storage_schema import MIGRATIONS
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
 _PAIRS_READ = 50          # most recent observed fixes the engine looks at per group
+_GOOD_ENVS_READ = 50      # succeeding environments read when packages that move together need a combination
 _MENTIONS_KEPT = 40       # package names remembered per group from its traces
 _FEATURE_CACHE = 8192     # environments whose features stay in memory (they never change)
 _PURGE_BATCH = 1000       # beacons deleted per transaction, so a purge never holds writers up for long
@@ -116,7 +117,7 @@ class Beacon(NamedTuple):
 class BeaconResult(NamedTuple):
     env_known: bool
     duplicate: bool
-    error: Optional[str] = None     # add_beacons: why this item was not stored (the others were)
+    error: Optional[Exception] = None   # add_beacons: this item failed and was rolled back alone
     new_group: bool = False         # this beacon opened its error group
     regressed: bool = False         # ... or reopened a resolved one
 
@@ -142,7 +143,18 @@ class Dialect:
 
     types = {"{ID}": "INTEGER PRIMARY KEY", "{BIGINT}": "INTEGER", "{FLOAT}": "REAL", "{NOROWID}": " WITHOUT ROWID"}
     for_update = ""                       # row locks: SQLite's writers are serialised by the database lock
-    item_errors: Tuple[type, ...] = (sqlite3.IntegrityError, sqlite3.DataError)
+
+    def translate(self, error: Exception) -> Exception:
+        """The storage exception for a driver's (a programming error stays itself: the app answers 500)."""
+        if isinstance(error, (sqlite3.IntegrityError, sqlite3.DataError)):
+            return StorageConflict("refused by the database: %s" % error)
+        if isinstance(error, (sqlite3.OperationalError, sqlite3.DatabaseError)):
+            return StorageUnavailable("SQLite: %s" % error)
+        return error
+
+    def retryable(self, error: Exception) -> bool:
+        """Whether the database gave the transaction up for a conflict, so that running it again may work."""
+        return False
 
     def schema(self, sql: str) -> List[str]:
         for word, replacement in self.types.items():
@@ -165,6 +177,9 @@ class Dialect:
     def try_lock(self, raw, space: int) -> bool:
         return True
 
+    def ids_copied(self, raw, table: str) -> None:
+        """Rows with explicit ids went into ``table``: new rows must get ids after them (SQLite does so)."""
+
 
 class Cursor:
     """A driver's cursor speaking ``?`` placeholders, plus the features this transaction read."""
@@ -175,7 +190,7 @@ class Cursor:
         self.seen: Dict[str, Dict[str, str]] = {}
         self.for_update = dialect.for_update
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> "Cursor":
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         self._raw.execute(self._dialect.sql(sql), self._dialect.params(params))
         return self
 
@@ -190,6 +205,13 @@ class Cursor:
     def fetchall(self) -> list:
         return self._raw.fetchall()
 
+    def fetchmany(self, size: int) -> list:
+        return self._raw.fetchmany(size)
+
+    @property
+    def columns(self) -> List[str]:
+        return [column[0] for column in self._raw.description]
+
     def __iter__(self) -> Iterator:
         return iter(self._raw.fetchall())
 
@@ -202,10 +224,13 @@ class Cursor:
         return self._dialect.insert_id(self._raw, self._dialect.sql(sql), self._dialect.params(params))
 
     def lock(self, space: int, key: str = "") -> None:
-        self._dialect.lock(self._raw, space, key)
+        self._dialect.lock(self._raw, space, self._dialect.params([key])[0])
 
     def try_lock(self, space: int) -> bool:
         return self._dialect.try_lock(self._raw, space)
+
+    def ids_copied(self, table: str) -> None:
+        self._dialect.ids_copied(self._raw, table)
 
 
 ###############################################################################
@@ -359,8 +384,9 @@ class Storage:
     def _count(self, cur: Cursor, beacon_id: int, kind: str, script_id: str, group_id: Optional[int],
                prev_group_id: Optional[int], features: Dict[str, str]) -> None:
         """Fold one run into the counts of the group(s) it is evidence for."""
+        groups: List[int]
         if kind == "error":
-            groups = [group_id]
+            groups = [group_id] if group_id is not None else []
         else:
             groups = [g for (g,) in cur.execute("SELECT group_id FROM group_scripts WHERE script_id = ?",
                                                 (script_id,))]
@@ -380,10 +406,11 @@ class Storage:
     def _apply(cur: Cursor, groups: Iterable[int], kind: str, features: Dict[str, str], sign: int) -> None:
         fail, ok = (sign, 0) if kind == "error" else (0, sign)
         column = "fails" if kind == "error" else "oks"
-        # rows in one order everywhere, so concurrent writers queue instead of deadlocking
+        # rows locked in one order everywhere (a group's row, then its counts by feature), so concurrent
+        # writers queue instead of deadlocking
         for group in sorted(groups):
-            cur.executemany(_UPSERT_COUNT, [(group, f, v, fail, ok) for f, v in sorted(features.items())])
             cur.execute("UPDATE groups SET %s = %s + ? WHERE id = ?" % (column, column), (sign, group))
+            cur.executemany(_UPSERT_COUNT, [(group, f, v, fail, ok) for f, v in sorted(features.items())])
 
     def _store_beacon(self, cur: Cursor, beacon: Beacon, env: Optional[Env], now: float) -> BeaconResult:
         if env is not None:
@@ -414,9 +441,10 @@ class Storage:
     def add_beacon(self, beacon: Beacon, env: Optional[Env] = None) -> BeaconResult:
         return self._write(lambda cur: self._store_beacon(cur, beacon, env, time.time()))
 
-    def add_beacons(self, items: Sequence[Tuple[Beacon, Optional[Env]]]) -> List[BeaconResult]:
-        """Several beacons in ONE transaction (group commit); an item the database refuses is rolled
-        back to its savepoint and answered with ``error``, the others are stored."""
+    def add_beacons(self, items: Sequence[Tuple[Optional[Beacon], Optional[Env]]]) -> List[BeaconResult]:
+        """Store every item in ONE transaction (group commit), each isolated: an item that fails is
+        rolled back alone and its result carries the error. An item without a beacon stores its
+        environment only (``duplicate``: it was stored already)."""
         def work(cur: Cursor) -> List[BeaconResult]:
             now = time.time()
             results = []
@@ -424,26 +452,69 @@ class Storage:
                 seen = dict(cur.seen)
                 cur.execute("SAVEPOINT item")
                 try:
-                    results.append(self._store_beacon(cur, beacon, env, now))
-                except self.dialect.item_errors as error:
-                    cur.execute("ROLLBACK TO SAVEPOINT item")
+                    results.append(self._store_item(cur, beacon, env, now))
+                except Exception as error:
+                    if self.dialect.retryable(error):
+                        raise
+                    try:
+                        cur.execute("ROLLBACK TO SAVEPOINT item")
+                    except Exception:   # the database gave the whole transaction up (connection lost, disk full)
+                        raise error from None
                     cur.seen = seen
-                    results.append(BeaconResult(False, False, "not stored: %s" % str(error)[:200]))
+                    results.append(BeaconResult(False, False, self.dialect.translate(error)))
                 cur.execute("RELEASE SAVEPOINT item")
             return results
         return self._write(work)
 
+    def _store_item(self, cur: Cursor, beacon: Optional[Beacon], env: Optional[Env], now: float) -> BeaconResult:
+        if beacon is not None:
+            return self._store_beacon(cur, beacon, env, now)
+        if env is None:
+            raise ValueError("an item needs a beacon or an environment")
+        return BeaconResult(True, not self._insert_env(cur, env, now))
+
     # -- reading ----------------------------------------------------------------------------
 
     def group_data(self, group_key: str, script_id: Optional[str] = None) -> Optional[GroupData]:
+        """The group of that key; given only an exception line, the busiest group of that line."""
         def work(cur: Cursor) -> Optional[GroupData]:
             row = cur.execute("SELECT id FROM groups WHERE key = ?", (group_key,)).fetchone()
+            if row is None:
+                keys = self._keys_of_message(cur, group_key)
+                row = cur.execute("SELECT id FROM groups WHERE key = ?", (keys[0],)).fetchone() if keys else None
             return None if row is None else self._group_data(cur, row[0], script_id)
         return self._read(work)
 
+    @staticmethod
+    def _keys_of_message(cur: Cursor, message: str) -> List[str]:
+        # a group's key is "<exception line>" or "<exception line> @ <place>": a range of the key index
+        return [key for key, _ in cur.execute(
+            "SELECT key, errors FROM groups WHERE key = ? OR (key >= ? AND key < ?) ORDER BY errors DESC, id",
+            (message, message + " @ ", message + " @!")).fetchall()]
+
+    def group_keys(self, message: str) -> List[str]:
+        """Keys of the groups of one exception line, busiest first."""
+        return self._read(lambda cur: self._keys_of_message(cur, message))
+
+    def last_error_group(self, keys: List[str], env_hash: str, script_id: Optional[str] = None) -> Optional[str]:
+        """Of these groups, the one an error from this environment (and script) went to last."""
+        def work(cur: Cursor) -> Optional[str]:
+            latest: Tuple[int, Optional[str]] = (0, None)
+            for key in keys:
+                sql = ("SELECT b.id FROM beacons b JOIN groups g ON g.id = b.group_id WHERE g.key = ? "
+                       "AND b.env_hash = ? AND b.kind = 'error'")
+                args: Tuple = (key, env_hash)
+                if script_id:
+                    sql, args = sql + " AND b.script_id = ?", args + (script_id,)
+                row = cur.execute(sql + " ORDER BY b.id DESC LIMIT 1", args).fetchone()
+                if row is not None and row[0] > latest[0]:
+                    latest = (row[0], key)
+            return latest[1]
+        return self._read(work)
+
     def _group_data(self, cur: Cursor, group_id: int, script_id: Optional[str]) -> GroupData:
-        fails, oks, mentions = cur.execute("SELECT fails, oks, mentions FROM groups WHERE id = ?",
-                                           (group_id,)).fetchone()
+        key, fails, oks, mentions = cur.execute("SELECT key, fails, oks, mentions FROM groups WHERE id = ?",
+                                                (group_id,)).fetchone()
         counts: Counts = {}
         for feature, value, a, b in cur.execute("SELECT feature, value, fails, oks FROM counts WHERE group_id = ?",
                                                 (group_id,)):
@@ -457,7 +528,18 @@ class Storage:
             fixed_features = self._features_of(cur, fixed)
             if failing_features is not None and fixed_features is not None and failing != fixed:
                 pairs.append(FixPair(failing_features, fixed_features, sid == script_id))
-        return GroupData(fails, oks, counts, set(json.loads(mentions)), pairs)
+        fail_envs = cur.execute("SELECT COUNT(DISTINCT env_hash) FROM beacons WHERE group_id = ? AND kind = 'error' "
+                                "AND test = 0 AND counted = 1", (group_id,)).fetchone()[0]
+        return GroupData(fails, oks, counts, set(json.loads(mentions)), pairs, key.split(" @ ")[0], fail_envs,
+                         lambda: self._succeeding_envs(group_id))
+
+    def _succeeding_envs(self, group_id: int) -> List[Dict[str, str]]:
+        def work(cur: Cursor) -> List[Dict[str, str]]:
+            rows = cur.execute("SELECT DISTINCT b.env_hash FROM contributions c JOIN beacons b ON b.id = c.beacon_id "
+                               "WHERE c.group_id = ? AND b.kind = 'success' LIMIT ?",
+                               (group_id, _GOOD_ENVS_READ)).fetchall()
+            return [f for f in (self._features_of(cur, env_hash) for (env_hash,) in rows) if f is not None]
+        return self._read(work)
 
     ###########################################################################
     # Queries of the dashboard and the JSON API ###############################
@@ -511,6 +593,8 @@ class Storage:
         """Groups with who ran into them (scripts, environments) from the rollup."""
         groups = {row[0]: dict(zip(self._SUMMARY_COLUMNS, row), scripts=0, envs_affected=0, script_names=[])
                   for row in rows}
+        for group in groups.values():   # the key is "<exception line> @ <where it is raised>"
+            group["group_key"], _, group["where"] = group["group_key"].partition(" @ ")
         if not groups:
             return []
         ids = list(groups)
@@ -718,7 +802,7 @@ class SQLiteStorage(Storage):
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=" + self._synchronous)
             except sqlite3.Error as error:
-                raise _translated(error) from None
+                raise self.dialect.translate(error) from None
             self._conn, self._pid, self._lock = conn, os.getpid(), threading.RLock()
             self._features.clear()
         assert self._conn is not None
@@ -738,7 +822,7 @@ class SQLiteStorage(Storage):
                         conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as error:
-                raise _translated(error) from None
+                raise self.dialect.translate(error) from None
 
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Cursor]:
@@ -752,19 +836,13 @@ class SQLiteStorage(Storage):
                     if conn.in_transaction:
                         conn.execute("COMMIT")
             except sqlite3.Error as error:
-                raise _translated(error) from None
+                raise self.dialect.translate(error) from None
 
     def close(self) -> None:
         with self._lock:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn, self._pid = None, -1
-
-
-def _translated(error: sqlite3.Error) -> StorageError:
-    if isinstance(error, (sqlite3.IntegrityError, sqlite3.DataError)):
-        return StorageConflict("refused by the database: %s" % error)
-    return StorageUnavailable("SQLite: %s" % error)
 
 
 ###############################################################################

@@ -97,3 +97,12 @@ SELECT group_id, script_id, env_hash, '', MAX(script_name), SUM(f), SUM(o), MAX(
 GROUP BY group_id, script_id, env_hash
 """),
 ]
+
+
+# What `corp-error-server migrate SRC DST` copies, table by table in this order, with each table's
+# primary key. A migration that adds a table adds it here too.
+COPIED_TABLES = [
+    ("envs", ("env_hash",)), ("groups", ("id",)), ("beacons", ("id",)), ("group_scripts", ("script_id", "group_id")),
+    ("contributions", ("beacon_id", "group_id")), ("counts", ("group_id", "feature", "value")),
+    ("group_days", ("group_id", "day")), ("group_sources", ("group_id", "script_id", "env_hash", "host")),
+]

@@ -13,11 +13,13 @@ TOKEN = "s3cret-token"
 
 
 @pytest.fixture
-def start(tmp_path):
+def start(db_target):
+    """The server on each backend (SQLite, PostgreSQL where installed): the queries are the same SQL."""
     started = []
 
     def run(*args: str) -> Browser:
-        server = ServerProcess(tmp_path / ("errors%d.db" % len(started)), *args)
+        assert not started, "one server per test: db_target is one database"
+        server = ServerProcess(db_target, *args)
         started.append(server)
         return Browser(server.url)
     yield run
