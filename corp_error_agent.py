@@ -304,11 +304,14 @@ def _agent_code(cache_code: bool):
     import __future__
 
     import marshal
+    import zlib
     cached = None
     if cache_code:
         stat = os.stat(__file__)
-        cached = os.path.join(_cache_dir(), "agent-%s-%s-%d-%d.code" % (
-            __version__, sys.implementation.cache_tag, stat.st_mtime_ns, stat.st_size))
+        # agent-<this install and interpreter>-<this version of the file>.code
+        install = "agent-%08x-" % zlib.crc32(("%s\0%s" % (os.path.abspath(__file__), sys.implementation.cache_tag))
+                                            .encode("utf-8", "surrogateescape"))
+        cached = os.path.join(_cache_dir(), install + "%s-%d-%d.code" % (__version__, stat.st_mtime_ns, stat.st_size))
         try:
             with open(cached, "rb") as f:
                 return marshal.loads(f.read())
@@ -323,9 +326,31 @@ def _agent_code(cache_code: bool):
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             f.write(marshal.dumps(code))
         os.replace(tmp, cached)
+        _remove_stale_code(os.path.dirname(cached), install, os.path.basename(cached))
     except OSError:
         pass
     return code
+
+
+_CODE_MAX_AGE = 30 * 86400  # seconds: compiled code of an install not written since is removed
+
+
+def _remove_stale_code(directory: str, install: str, current: str) -> None:
+    """Written once per install and version of the file, so this is when old ones go: this install's
+    other versions and files named as before 0.5 at once, another install's when it is old (a deleted
+    venv; one still in use compiles again once)."""
+    import time
+    for name in os.listdir(directory):
+        if not name.startswith("agent-") or not name.endswith((".code", ".tmp")) or name == current:
+            continue
+        path = os.path.join(directory, name)
+        named_by_install = name[14:15] == "-" and all(c in "0123456789abcdef" for c in name[6:14])
+        try:
+            if name.endswith(".code") and (name.startswith(install) or not named_by_install) or \
+                    time.time() - os.stat(path).st_mtime > (_CODE_MAX_AGE if name.endswith(".code") else 300):
+                os.unlink(path)
+        except OSError:
+            continue
 
 
 def _agent_source() -> str:
@@ -873,8 +898,22 @@ def _beacon(kind: str, env_hash: str, **fields) -> dict:
     script_id, script_name = _script_identity()
     beacon = {"kind": kind, "env_hash": env_hash, "script_id": script_id, "script_name": script_name,
               "ts": time.time(), "event_id": os.urandom(16).hex(), "agent": _USER_AGENT}
+    host = _host_name()
+    if host:
+        beacon["host"] = host
     beacon.update(fields)
     return beacon
+
+
+def _host_name() -> str:
+    """The machine's name, for the team's view of which machines fail (ERROR_AGENT_SEND_HOST=0: "")."""
+    if os.environ.get("ERROR_AGENT_SEND_HOST", "").strip().lower() in ("0", "false", "no", "off"):
+        return ""
+    import socket
+    try:
+        return _sanitize(scrub(socket.gethostname()), 255)
+    except Exception:
+        return ""
 
 ###############################################################################
 # Environment snapshot ########################################################
@@ -1141,9 +1180,11 @@ def _recover_stale_claims(state: str) -> None:
 class _Unreachable(Exception):
     """The backend could not be reached or failed to answer: keep the beacon, open the breaker."""
 
-    def __init__(self, reason: str, retry_after: float = _BREAKER_SECONDS):
+    def __init__(self, reason: str, retry_after: float = _BREAKER_SECONDS, status=None, cause=None):
         super().__init__(reason)
         self.retry_after = retry_after
+        self.status = status  # the HTTP status of a 5xx or 429 answer
+        self.cause = cause    # the exception that ended the request
 
 
 def _post(settings: dict, path: str, payload: dict, timeout: float):
@@ -1159,16 +1200,29 @@ def _post(settings: dict, path: str, payload: dict, timeout: float):
         body = json.dumps(_wire_safe(payload))
     request = urllib.request.Request(settings["url"][0] + path, data=body.encode("utf-8"), headers=headers,
                                      method="POST")
+    import _thread
+    contacting = _process.setdefault("contacting", {})  # see _wait
+    contacting[_thread.get_ident()] = settings
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read(_RESPONSE_LIMIT + 1)
     except urllib.error.HTTPError as error:
         if error.code == 429 or error.code >= 500 or error.code < 400:
             retry_after = _float(error.headers.get("Retry-After"), _BREAKER_SECONDS)
-            raise _Unreachable("HTTP %d" % error.code, min(max(retry_after, 1.0), 3600.0)) from None
-        return error.code, b""
+            raise _Unreachable("HTTP %d" % error.code, min(max(retry_after, 1.0), 3600.0), error.code) from None
+        return error.code, _error_body(error)
     except Exception as error:  # refused, reset, timeout, DNS, TLS, malformed answer
-        raise _Unreachable(type(error).__name__ + ": " + str(error)) from None
+        raise _Unreachable(type(error).__name__ + ": " + str(error), cause=error) from None
+    finally:
+        contacting.pop(_thread.get_ident(), None)
+
+
+def _error_body(error) -> bytes:
+    """The body of a 4xx answer (the server's reason), bounded; b"" when it cannot be read."""
+    try:
+        return error.read(_RESPONSE_LIMIT + 1)
+    except Exception:
+        return b""
 
 
 def _wire_safe(value):
@@ -1200,6 +1254,14 @@ def _trip_breaker(state: str, settings: dict, error: _Unreachable) -> None:
                   {"until": time.time() + error.retry_after, "reason": str(error), "url": settings["url"][0]})
 
 
+def _close_breaker(state: str, settings: dict) -> None:
+    """The backend answered: the next error is sent and asks for its hint again."""
+    try:
+        os.unlink(_breaker_path(state, settings))
+    except FileNotFoundError:
+        pass
+
+
 def _deliver(settings: dict, state: str, claimed: str, timeout: float) -> str:
     """Send one claimed spool entry: ``delivered``, ``rejected`` (4xx, dropped) or ``kept``."""
     import time
@@ -1222,6 +1284,7 @@ def _deliver(settings: dict, state: str, claimed: str, timeout: float) -> str:
     _spool_release(claimed, keep=False)
     _write_atomic(os.path.join(state, "last_delivery.json"),
                   {"ts": time.time(), "url": settings["url"][0], "status": status})
+    _close_breaker(state, settings)
     return "delivered"
 
 
@@ -1275,6 +1338,12 @@ def _wait(thread, timeout: float, what: str) -> None:
                          % (deadline - time.monotonic(), what))
         sys.stderr.flush()
     thread.join(max(0.0, deadline - time.monotonic()))
+    # The host leaves now, before the worker's request times out on its own: a wait that ends without
+    # an answer is a failure of the backend, or every later error would wait the full time again.
+    settings = _process.get("contacting", {}).get(thread.ident)
+    if thread.is_alive() and settings is not None:
+        _trip_breaker(_state_dir(), settings, _Unreachable("no answer within the %gs wait (ERROR_AGENT_SUGGEST_TIMEOUT)"
+                                                               % _suggest_timeout()))
 
 
 def _report_error(exc_type, exc, tb, settings: dict, wait_for_hint: bool, handled: bool = False,
@@ -1585,27 +1654,107 @@ def _spool_summary(state: str) -> dict:
             "dropped": dropped}
 
 
+_PROBE = {"error_sig": "CorpErrorAgentStatus: probe from corp-error-agent status", "env_hash": "000000000000",
+          "script_id": "000000000000"}
+
+
 def _backend_health(settings: dict, timeout: float = 2.0) -> dict:
+    """What answers at the URL, with the problem in words (None when there is none).
+
+    ``GET /healthz`` says whether it is our server (it needs no token); then a valid suggestion
+    request, which every backend takes (the published Django server too), which needs the token
+    and stores nothing: whether the backend would take this agent's reports at all."""
     import time
     import urllib.error
     import urllib.request
+    url = settings["url"][0]
+    health = {"reachable": False, "token_refused": False, "server": None, "problem": None}
     started = time.monotonic()
     try:
-        request = urllib.request.Request(settings["url"][0] + "/healthz", headers={"User-Agent": _USER_AGENT})
+        request = urllib.request.Request(url + "/healthz", headers={"User-Agent": _USER_AGENT})
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            status = response.status
+            status, body = response.status, response.read(_RESPONSE_LIMIT + 1)
     except urllib.error.HTTPError as error:
-        status = error.code  # any HTTP answer means something is listening there
+        status, body = error.code, _error_body(error)  # an HTTP answer: something listens there
     except Exception as error:
-        return {"reachable": False, "error": "%s: %s" % (type(error).__name__, error)}
-    health = {"reachable": True, "status": status, "ms": round((time.monotonic() - started) * 1000, 1)}
-    # /healthz needs no token: an empty suggestion request (400, nothing stored) tells whether
-    # the backend takes ours, or every report would be refused and dropped
+        health["problem"] = "unreachable: " + _unreachable_words(_Unreachable(str(error), cause=error), url, timeout)
+        return health
+    health.update(reachable=True, status=status, ms=round((time.monotonic() - started) * 1000, 1))
+    answer = _json_object(body) if status == 200 else None
+    if answer is not None and answer.get("ok") is True:
+        health["server"] = "corp-error-server (schema %s)" % _sanitize(answer.get("schema_version"), 20)
     try:
-        health["token_refused"] = _post(settings, "/suggest", {}, timeout)[0] in (401, 403)
-    except _Unreachable:
-        health["token_refused"] = False
+        status, body = _post(settings, "/suggest", _PROBE, timeout)
+    except _Unreachable as error:
+        if error.status is None or health["server"] is not None:
+            health["problem"] = _unreachable_words(error, url, timeout, "POST /suggest")
+            return health
+        status, body = error.status, b""  # a 5xx from some other server (501: it has no POST at all)
+    answer = _json_object(body) if status == 200 else None
+    if status in (401, 403):
+        health["token_refused"] = True
+        health["problem"] = _status_words(status, "POST /suggest", bool(settings["token"][0]))
+    elif answer is None or "match" not in answer:
+        health["problem"] = "not a corp-error-agent backend: GET /healthz answered HTTP %s and POST /suggest %s " \
+            "(check the URL)" % (health["status"], "HTTP %d" % status if answer is None else "no suggestion")
+    elif health["server"] is None:
+        health["server"] = "a backend without /healthz (the published 0.4.2 Django server?)"
     return health
+
+
+def _json_object(body: bytes):
+    import json
+    try:
+        value = json.loads(body.decode("utf-8")) if body and len(body) <= _RESPONSE_LIMIT else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _status_words(status: int, request: str, token: bool) -> str:
+    """An HTTP status a backend answered, said in words."""
+    if status in (401, 403):
+        return ("HTTP %d: the backend refuses the token: every report would be dropped" if token else
+                "HTTP %d: the backend wants a token: every report would be dropped") % status + \
+            " (ERROR_AGENT_TOKEN, configure --token)"
+    words = {404: "%s does not exist there: not a corp-error-agent backend (check the URL)",
+             405: "the server does not take %s: not a corp-error-agent backend (check the URL)",
+             501: "the server does not implement %s: not a corp-error-agent backend (check the URL)",
+             400: "the backend refused %s as malformed",
+             413: "%s is over the backend's size limit",
+             415: "the backend does not take %s as JSON",
+             429: "the backend is busy and asks to slow down (%s): reports wait in the spool"}
+    if status in words:
+        return "HTTP %d: " % status + words[status] % request
+    if status >= 500:
+        return "HTTP %d: the backend failed to answer %s: reports wait in the spool" % (status, request)
+    return "HTTP %d" % status
+
+
+def _unreachable_words(error: _Unreachable, url: str, timeout: float, request: str = "the request") -> str:
+    """Why a request got no answer, in words."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+    if error.status is not None:
+        return _status_words(error.status, request, False)
+    where = urlsplit(url).netloc or url
+    cause = getattr(error.cause, "reason", error.cause)  # URLError wraps what the socket raised
+    if isinstance(cause, ConnectionRefusedError):
+        return "nothing listens at %s (connection refused)" % where
+    if isinstance(cause, (socket.timeout, TimeoutError)):
+        return "no answer from %s within %gs" % (where, timeout)
+    if isinstance(cause, socket.gaierror):
+        return "the host name in %s does not resolve" % where
+    if isinstance(cause, ssl.SSLError):
+        return "TLS with %s failed: %s" % (where, _sanitize(cause, 200))
+    if isinstance(cause, ConnectionResetError):
+        return "%s reset the connection" % where
+    if isinstance(cause, OSError) and cause.strerror:
+        return "cannot reach %s: %s" % (where, cause.strerror)
+    if cause is not None:  # a malformed or missing HTTP answer
+        return "%s did not answer in HTTP (%s)" % (where, _sanitize(type(cause).__name__, 100))
+    return _sanitize(error, 300)
 
 
 def _local_time(ts) -> str:
@@ -1640,18 +1789,22 @@ def _cmd_status(args) -> int:
     last = data["last_delivery"]
     lines.append("  last delivery:  %s" % ("%s at %s (HTTP %s)" % (last.get("url"), _local_time(last.get("ts")),
                                                                   last.get("status")) if last else "never"))
+    backend = data["backend"]
     if data["breaker_open"]:
         breaker = _read_json(_breaker_path(state, settings)) or {}
-        lines.append("  breaker:        open until %s after %s: errors are spooled, not sent" % (
-            _local_time(breaker.get("until")), breaker.get("reason")))
-    backend = data["backend"]
-    lines.append("  backend:        %s" % ("unreachable: " + backend["error"] if not backend["reachable"] else
-                                          "answers (HTTP %s, %s ms)" % (backend["status"], backend["ms"])))
-    if backend.get("token_refused"):
-        lines.append("  token:          %s: every report would be dropped (ERROR_AGENT_TOKEN, configure --token)" % (
-            "refused by the backend" if settings["token"][0] else "the backend wants one"))
+        if backend["problem"] is None:  # the backend answered the probe: it is back
+            _close_breaker(state, settings)
+            data["breaker_open"] = False
+            lines.append("  breaker:        closed: the backend answers again (it opened after %s)"
+                         % breaker.get("reason"))
+        else:
+            lines.append("  breaker:        open until %s after %s: errors are spooled, not sent" % (
+                _local_time(breaker.get("until")), breaker.get("reason")))
+    lines.append("  backend:        %s" % ("answers: %s, %s ms" % (backend["server"], backend["ms"])
+                                          if backend["problem"] is None else "PROBLEM: " + backend["problem"]))
+    data["ok"] = backend["problem"] is None
     _emit(args, data, "\n".join(lines) + "\n")
-    return 0
+    return 0 if data["ok"] else 1
 
 
 def _cmd_test(args) -> int:
@@ -1666,8 +1819,9 @@ def _cmd_test(args) -> int:
     for step, path, payload in (("beacon", "/beacon", beacon), ("suggest", "/suggest", {
             "error_sig": error_sig, "env_hash": env["env_hash"], "script_id": beacon["script_id"]})):
         started = time.monotonic()
+        timeout = _suggest_timeout() or _CONNECT_TIMEOUT
         try:
-            status, body = _post(settings, path, payload, _suggest_timeout() or _CONNECT_TIMEOUT)
+            status, body = _post(settings, path, payload, timeout)
             if step == "beacon" and status == 204:
                 _post(settings, "/env", env, _CONNECT_TIMEOUT)
             try:
@@ -1675,12 +1829,16 @@ def _cmd_test(args) -> int:
             except ValueError:
                 answer = _sanitize(body.decode("utf-8", "replace"), 200)
             results[step] = {"ok": 200 <= status < 300, "status": status, "answer": answer}
+            if not results[step]["ok"]:
+                results[step]["error"] = _status_words(status, "POST " + path, bool(settings["token"][0]))
         except _Unreachable as error:
-            results[step] = {"ok": False, "error": str(error)}
+            results[step] = {"ok": False, "status": error.status,
+                             "error": _unreachable_words(error, settings["url"][0], timeout, "POST " + path)}
         results[step]["ms"] = round((time.monotonic() - started) * 1000, 1)
     ok = results["beacon"]["ok"] and results["suggest"]["ok"]
     text = "".join("%-8s %s %s ms  %s\n" % (step, "ok  " if r["ok"] else "FAIL", r["ms"], _sanitize(
-        r.get("error") or "HTTP %s %s" % (r["status"], json.dumps(r["answer"]) if r["answer"] else ""), 300))
+        r["error"] + (" %s" % json.dumps(r["answer"]) if r.get("answer") else "") if "error" in r else
+        "HTTP %s %s" % (r["status"], json.dumps(r["answer"]) if r["answer"] else ""), 300))
         for step, r in ((s, results[s]) for s in ("beacon", "suggest")))
     _emit(args, dict(results, ok=ok), "backend %s\n%s" % (settings["url"][0], text))
     return 0 if ok else 1

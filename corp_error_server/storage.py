@@ -104,7 +104,7 @@ class Beacon(NamedTuple):
 class BeaconResult(NamedTuple):
     env_known: bool
     duplicate: bool
-    error: Optional[str] = None     # add_beacons: why this item was not stored (the others were)
+    error: Optional[Exception] = None   # add_beacons: this item failed and was rolled back alone
 
 
 class GroupRow(NamedTuple):
@@ -124,7 +124,18 @@ class Dialect:
 
     types = {"{ID}": "INTEGER PRIMARY KEY", "{BIGINT}": "INTEGER", "{FLOAT}": "REAL", "{NOROWID}": " WITHOUT ROWID"}
     for_update = ""                       # row locks: SQLite's writers are serialised by the database lock
-    item_errors: Tuple[type, ...] = (sqlite3.IntegrityError, sqlite3.DataError)
+
+    def translate(self, error: Exception) -> Exception:
+        """The storage exception for a driver's (a programming error stays itself: the app answers 500)."""
+        if isinstance(error, (sqlite3.IntegrityError, sqlite3.DataError)):
+            return StorageConflict("refused by the database: %s" % error)
+        if isinstance(error, (sqlite3.OperationalError, sqlite3.DatabaseError)):
+            return StorageUnavailable("SQLite: %s" % error)
+        return error
+
+    def retryable(self, error: Exception) -> bool:
+        """Whether the database gave the transaction up for a conflict, so that running it again may work."""
+        return False
 
     def schema(self, sql: str) -> List[str]:
         for word, replacement in self.types.items():
@@ -160,7 +171,7 @@ class Cursor:
         self.seen: Dict[str, Dict[str, str]] = {}
         self.for_update = dialect.for_update
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> "Cursor":
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         self._raw.execute(self._dialect.sql(sql), self._dialect.params(params))
         return self
 
@@ -356,10 +367,11 @@ class Storage:
     def _apply(cur: Cursor, groups: Iterable[int], kind: str, features: Dict[str, str], sign: int) -> None:
         fail, ok = (sign, 0) if kind == "error" else (0, sign)
         column = "fails" if kind == "error" else "oks"
-        # rows in one order everywhere, so concurrent writers queue instead of deadlocking
+        # rows locked in one order everywhere (a group's row, then its counts by feature), so concurrent
+        # writers queue instead of deadlocking
         for group in sorted(groups):
-            cur.executemany(_UPSERT_COUNT, [(group, f, v, fail, ok) for f, v in sorted(features.items())])
             cur.execute("UPDATE groups SET %s = %s + ? WHERE id = ?" % (column, column), (sign, group))
+            cur.executemany(_UPSERT_COUNT, [(group, f, v, fail, ok) for f, v in sorted(features.items())])
 
     def _store_beacon(self, cur: Cursor, beacon: Beacon, env: Optional[Env], now: float) -> BeaconResult:
         if env is not None:
@@ -389,9 +401,10 @@ class Storage:
     def add_beacon(self, beacon: Beacon, env: Optional[Env] = None) -> BeaconResult:
         return self._write(lambda cur: self._store_beacon(cur, beacon, env, time.time()))
 
-    def add_beacons(self, items: Sequence[Tuple[Beacon, Optional[Env]]]) -> List[BeaconResult]:
-        """Several beacons in ONE transaction (group commit); an item the database refuses is rolled
-        back to its savepoint and answered with ``error``, the others are stored."""
+    def add_beacons(self, items: Sequence[Tuple[Optional[Beacon], Optional[Env]]]) -> List[BeaconResult]:
+        """Store every item in ONE transaction (group commit), each isolated: an item that fails is
+        rolled back alone and its result carries the error. An item without a beacon stores its
+        environment only (``duplicate``: it was stored already)."""
         def work(cur: Cursor) -> List[BeaconResult]:
             now = time.time()
             results = []
@@ -399,14 +412,26 @@ class Storage:
                 seen = dict(cur.seen)
                 cur.execute("SAVEPOINT item")
                 try:
-                    results.append(self._store_beacon(cur, beacon, env, now))
-                except self.dialect.item_errors as error:
-                    cur.execute("ROLLBACK TO SAVEPOINT item")
+                    results.append(self._store_item(cur, beacon, env, now))
+                except Exception as error:
+                    if self.dialect.retryable(error):
+                        raise
+                    try:
+                        cur.execute("ROLLBACK TO SAVEPOINT item")
+                    except Exception:   # the database gave the whole transaction up (connection lost, disk full)
+                        raise error from None
                     cur.seen = seen
-                    results.append(BeaconResult(False, False, "not stored: %s" % str(error)[:200]))
+                    results.append(BeaconResult(False, False, self.dialect.translate(error)))
                 cur.execute("RELEASE SAVEPOINT item")
             return results
         return self._write(work)
+
+    def _store_item(self, cur: Cursor, beacon: Optional[Beacon], env: Optional[Env], now: float) -> BeaconResult:
+        if beacon is not None:
+            return self._store_beacon(cur, beacon, env, now)
+        if env is None:
+            raise ValueError("an item needs a beacon or an environment")
+        return BeaconResult(True, not self._insert_env(cur, env, now))
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -590,7 +615,7 @@ class SQLiteStorage(Storage):
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=" + self._synchronous)
             except sqlite3.Error as error:
-                raise _translated(error) from None
+                raise self.dialect.translate(error) from None
             self._conn, self._pid, self._lock = conn, os.getpid(), threading.RLock()
             self._features.clear()
         assert self._conn is not None
@@ -610,7 +635,7 @@ class SQLiteStorage(Storage):
                         conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as error:
-                raise _translated(error) from None
+                raise self.dialect.translate(error) from None
 
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Cursor]:
@@ -624,19 +649,13 @@ class SQLiteStorage(Storage):
                     if conn.in_transaction:
                         conn.execute("COMMIT")
             except sqlite3.Error as error:
-                raise _translated(error) from None
+                raise self.dialect.translate(error) from None
 
     def close(self) -> None:
         with self._lock:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn, self._pid = None, -1
-
-
-def _translated(error: sqlite3.Error) -> StorageError:
-    if isinstance(error, (sqlite3.IntegrityError, sqlite3.DataError)):
-        return StorageConflict("refused by the database: %s" % error)
-    return StorageUnavailable("SQLite: %s" % error)
 
 
 ###############################################################################

@@ -19,7 +19,6 @@ from .storage import Dialect, Storage, StorageConflict, StorageUnavailable, Unsu
 try:
     import psycopg
     import psycopg_pool
-    from psycopg import errors as _pg_errors
 except ImportError as error:   # the [postgres] extra is not installed
     _MISSING: Optional[str] = str(error)
 else:
@@ -46,7 +45,6 @@ class PostgresDialect(Dialect):
     for_update = " FOR UPDATE"
 
     def __init__(self) -> None:
-        self.item_errors = (psycopg.IntegrityError, psycopg.DataError)
         self._translated: dict = {}
 
     def sql(self, text: str) -> str:
@@ -58,6 +56,17 @@ class PostgresDialect(Dialect):
     def params(self, params: Sequence[Any]) -> Sequence[Any]:
         # PostgreSQL text cannot hold NUL, which SQLite and JSON can: stored as U+FFFD rather than refused
         return [p.replace("\x00", "\ufffd") if isinstance(p, str) else p for p in params]
+
+    def translate(self, error: Exception) -> Exception:
+        if isinstance(error, (psycopg.IntegrityError, psycopg.DataError)):
+            return StorageConflict("refused by the database: %s" % _first_line(error))
+        if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return StorageUnavailable("PostgreSQL: %s" % _first_line(error))
+        return error
+
+    def retryable(self, error: Exception) -> bool:
+        # SQLSTATE class 40: deadlock detected, serialization failure
+        return isinstance(error, psycopg.Error) and (error.sqlstate or "").startswith("40")
 
     def insert_id(self, raw, sql: str, params: Sequence[Any]) -> Optional[int]:
         raw.execute(sql + " RETURNING id", params)
@@ -121,12 +130,10 @@ class PostgresStorage(Storage):
         try:
             with self._connection() as conn, conn.transaction(), conn.cursor() as raw:
                 yield raw
-        except _pg_errors.TransactionRollback:   # deadlock or serialization failure: worth running again
-            raise _Retry() from None
-        except (psycopg.IntegrityError, psycopg.DataError) as error:
-            raise StorageConflict("refused by the database: %s" % _first_line(error)) from None
-        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-            raise StorageUnavailable("PostgreSQL: %s" % _first_line(error)) from None
+        except psycopg.Error as error:
+            if self.dialect.retryable(error):
+                raise _Retry() from None
+            raise self.dialect.translate(error) from None
 
     _snapshot = _transaction
 

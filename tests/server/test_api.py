@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from conftest import env_body, error_beacon
-from pgsupport import db_rows, db_tables
 from corp_error_server.storage import SCHEMA_VERSION
+from pgsupport import db_rows, db_tables
 
 SIG = "AttributeError: module 'packaging.version' has no attribute 'LegacyVersion' @ __main__.main"
 OLD_SIG = "attributeerror: module 'packaging.version' has no attribute 'legacyversion'. did you mean: 'version'?"
