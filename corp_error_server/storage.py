@@ -182,12 +182,13 @@ class Dialect:
 
 
 class Cursor:
-    """A driver's cursor speaking ``?`` placeholders, plus the features this transaction read."""
+    """A driver's cursor speaking ``?`` placeholders, plus the environments and groups this transaction read."""
 
     def __init__(self, raw, dialect: Dialect) -> None:
         self._raw = raw
         self._dialect = dialect
         self.seen: Dict[str, Dict[str, str]] = {}
+        self.group_ids: Dict[str, int] = {}
         self.for_update = dialect.for_update
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
@@ -245,6 +246,7 @@ class Storage:
 
     def __init__(self) -> None:
         self._features: Dict[str, Dict[str, str]] = {}
+        self._group_ids: Dict[str, int] = {}
 
     # -- backend hooks ----------------------------------------------------------------------
 
@@ -270,7 +272,10 @@ class Storage:
                     result = work(cur)
             except _Retry:
                 continue
-            self._remember(cur.seen)   # only once committed: a rolled-back env was never stored
+            self._remember(cur.seen)   # only once committed: a rolled-back env or group was never stored
+            if len(self._group_ids) + len(cur.group_ids) > _FEATURE_CACHE:
+                self._group_ids.clear()
+            self._group_ids.update(cur.group_ids)
             return result
         raise StorageConflict("the database kept aborting the write for concurrent conflicts; try again")
 
@@ -347,11 +352,16 @@ class Storage:
 
     # -- beacons ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _group_id(cur: Cursor, key: str, signature: str, now: float) -> int:
+    def _group_id(self, cur: Cursor, key: str, signature: str, now: float) -> int:
+        known = self._group_ids.get(key)
+        if known is None:
+            known = cur.group_ids.get(key)
+        if known is not None:   # a group's row, once committed, is never deleted nor renumbered
+            return known
         cur.execute("INSERT INTO groups(key, signature, first_seen, last_seen) VALUES(?, ?, ?, ?) "
                     "ON CONFLICT DO NOTHING", (key, signature, now, now))
-        return cur.execute("SELECT id FROM groups WHERE key = ?", (key,)).fetchone()[0]
+        cur.group_ids[key] = group_id = cur.execute("SELECT id FROM groups WHERE key = ?", (key,)).fetchone()[0]
+        return group_id
 
     def _note_error(self, cur: Cursor, group_id: int, beacon: Beacon, now: float) -> Tuple[bool, bool]:
         """Count the error in its group; (the group is new, a resolved group regressed)."""
@@ -449,7 +459,7 @@ class Storage:
             now = time.time()
             results = []
             for beacon, env in items:
-                seen = dict(cur.seen)
+                seen, group_ids = dict(cur.seen), dict(cur.group_ids)
                 cur.execute("SAVEPOINT item")
                 try:
                     results.append(self._store_item(cur, beacon, env, now))
@@ -460,7 +470,7 @@ class Storage:
                         cur.execute("ROLLBACK TO SAVEPOINT item")
                     except Exception:   # the database gave the whole transaction up (connection lost, disk full)
                         raise error from None
-                    cur.seen = seen
+                    cur.seen, cur.group_ids = seen, group_ids
                     results.append(BeaconResult(False, False, self.dialect.translate(error)))
                 cur.execute("RELEASE SAVEPOINT item")
             return results
@@ -552,7 +562,7 @@ class Storage:
     def _select(self, sql: str, params: Iterable = ()) -> List[tuple]:
         return self._read(lambda cur: cur.execute(sql, tuple(params)).fetchall())
 
-    def find_groups(self, query: "GroupQuery") -> Tuple[int, List[dict]]:
+    def find_groups(self, query: GroupQuery) -> Tuple[int, List[dict]]:
         """(how many groups match, the page of them asked for)."""
         where: List[str] = ["g.errors > 0"]
         params: List[object] = []
