@@ -148,3 +148,16 @@ def test_the_real_server_stores_a_handled_report(agent_venv, sandbox, tmp_path):
         assert group["handled"] == 1 and group["count"] == 1
     finally:
         server.stop()
+
+
+def test_importing_logging_patches_it_without_loading_the_agent(agent_venv, plain_venv, sandbox):
+    code = ("import sys, logging; agent = sys.modules.get('corp_error_agent');"
+            "print(agent is not None and agent._process['loaded'], logging.Logger.callHandlers.__qualname__);"
+            "print(' '.join(sorted(sys.modules)))")
+    env = sandbox.env("http://127.0.0.1:9")
+    env.pop("COVERAGE_PROCESS_START", None)  # coverage.py imports more itself
+    first, modules = run(agent_venv.python, ["-c", code], env).stdout.decode().splitlines()
+    plain_first, plain_modules = run(plain_venv.python, ["-c", code], env).stdout.decode().splitlines()
+    assert first == "False _patch_logging.<locals>.callHandlers"  # patched, the agent proper not loaded
+    assert plain_first == "False Logger.callHandlers"
+    assert set(modules.split()) - set(plain_modules.split()) == {"corp_error_agent"}
