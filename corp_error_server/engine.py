@@ -36,6 +36,7 @@ _STDLIB_PRIOR = 3000.0         # the traceback names a module the requester's Py
 _FLAKE = 0.1                   # share of failing runs a flaky bug adds on good values
 _MISS = 0.02                   # share of succeeding runs on failing values (a cause rarely lets a run pass)
 _FIX_NOISE = 0.12              # chance that an observed "fix" did not touch the cause (a flaky pass)
+_MAX_TOGETHER = 3              # more features than this splitting the runs alike is chance, not a cause
 _PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
 # Calibration (logit scale) of the posterior, fitted on bench/engine_quality.py over seeds 1-5
 _CALIBRATION = (1.0, 0.0)
@@ -670,6 +671,9 @@ def suggest(group: GroupData, requester: Optional[Features]) -> dict:
     confidence = calibrate(share * best.relevance)
     if confidence < MIN_CONFIDENCE or not best.target:
         return {"match": False, "reason": "no feature separates failing from succeeding runs"}
+    if len(together) > (2 * _MAX_TOGETHER if best.mentioned else _MAX_TOGETHER):
+        return {"match": False, "reason": "%d features split the runs alike: too few runs to tell a cause from chance"
+                % len(together)}
     moves = [(h.feature, h.target) for h in together]
     if len(moves) > 1:
         combination = _seen_combination(moves, seps, group)
