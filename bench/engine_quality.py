@@ -27,7 +27,6 @@ import io
 import json
 import os
 import random
-import re
 import sys
 import tempfile
 
@@ -300,7 +299,8 @@ def run_scenario(app, scenario: Scenario, rng: random.Random) -> tuple:
         _call(app, "POST", "/beacon", beacon)
     requester = failing_envs[rng.randrange(len(failing_envs))]
     if scenario.base == "range":   # the asker has a bad version nobody reported failing
-        requester = dict(requester, packages=dict(requester["packages"], **{scenario.target: "7.%d" % rng.randint(0, 5)}),
+        unseen = "7.%d" % rng.randint(0, 5)
+        requester = dict(requester, packages=dict(requester["packages"], **{scenario.target: unseen}),
                          env_hash="%012x" % rng.getrandbits(48))
         _call(app, "POST", "/env", {k: v for k, v in requester.items() if not k.startswith("_")})
     ours = rng.random() < 0.5
@@ -326,7 +326,8 @@ def ece(points: list, bins: int = 10) -> float:
     for b in range(bins):
         inside = [(c, r) for c, r in points if min(int(c * bins), bins - 1) == b]
         if inside:
-            total += len(inside) * abs(sum(c for c, _ in inside) / len(inside) - sum(r for _, r in inside) / len(inside))
+            mean_confidence = sum(c for c, _ in inside) / len(inside)
+            total += len(inside) * abs(mean_confidence - sum(r for _, r in inside) / len(inside))
     return total / len(points)
 
 
@@ -427,7 +428,8 @@ def main(argv=None) -> int:
         dump.close()
         if args.fit:
             print("calibration (slope, offset) on logit(posterior): (%.3f, %.3f)" % fit_calibration(args.dump))
-    print("engine quality: %d seeds (%s) x %d scenarios, judged by following the answer" % (len(seeds), args.seeds, total))
+    print("engine quality: %d seeds (%s) x %d scenarios, judged by following the answer"
+          % (len(seeds), args.seeds, total))
     print("%-12s %6s %8s %9s %7s %7s %6s" % ("difficulty", "bugs", "answered", "correct@1", "false", "wrong", "ECE"))
     for d in DIFFICULTIES:
         row = merged[d]

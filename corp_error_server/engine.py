@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
-from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 ABSENT = "<absent>"            # a package the environment does not have
 UNSET = "<unset>"              # an environment variable the agent collected and found unset
@@ -474,7 +474,8 @@ def _choose_target(sep: Separation, current: str, moved_to: Mapping[str, int]) -
 def _hypotheses(group: "GroupData", requester: Features) -> Tuple[List[_Hypothesis], float]:
     scale = group.fail_envs / group.fails if group.fail_envs and group.fails else 1.0
     python_need = python_requirement(group.message)
-    if python_need and any(a > 0 and _satisfies(python_need, v) for v, (a, _) in group.counts.get("python", {}).items()):
+    pythons = group.counts.get("python", {})
+    if python_need and any(a > 0 and _satisfies(python_need, v) for v, (a, _) in pythons.items()):
         python_need = None   # it also fails on Pythons that have the module: something else is missing
     universe = max(len(requester), 1)
     log_lr, moved_to = _pair_evidence(group.pairs, universe)

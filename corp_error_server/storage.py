@@ -408,10 +408,11 @@ class Storage:
 
     @staticmethod
     def _keys_of_message(cur: Cursor, message: str) -> List[str]:
-        # a group's key is "<exception line>" or "<exception line> @ <place>": a range of the key index
+        # a group's key is "<exception line>" or "<exception line> @ <place>" (substr: no collation involved)
+        prefix = message + " @ "
         return [key for key, _ in cur.execute(
-            "SELECT key, errors FROM groups WHERE key = ? OR (key >= ? AND key < ?) ORDER BY errors DESC, id",
-            (message, message + " @ ", message + " @!")).fetchall()]
+            "SELECT key, errors FROM groups WHERE key = ? OR substr(key, 1, ?) = ? ORDER BY errors DESC, id",
+            (message, len(prefix), prefix)).fetchall()]
 
     def group_keys(self, message: str) -> List[str]:
         """Keys of the groups of one exception line, busiest first."""

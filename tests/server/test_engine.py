@@ -221,8 +221,9 @@ def test_stdlib_table_agrees_with_the_interpreters_here():
     for version in ("3.10", "3.11", "3.12", "3.13"):
         found = sorted(glob.glob(str(support.pyenv_root() / "versions" / (version + ".*") / "bin" / "python3")))
         if found:
-            out = subprocess.run([found[0], "-c", "import sys, json; print(json.dumps(sorted(sys.stdlib_module_names)))"],
-                                 capture_output=True, text=True, check=True, timeout=60).stdout
+            code = "import sys, json; print(json.dumps(sorted(sys.stdlib_module_names)))"
+            out = subprocess.run([found[0], "-c", code], capture_output=True, text=True, check=True,
+                                 timeout=60).stdout
             names[tuple(int(n) for n in version.split("."))] = set(json.loads(out))
     if len(names) < 2:
         import pytest
