@@ -15,8 +15,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "bench"), os.path.join(ROOT, "tests", "reliability")]
-from _common import start, stop  # noqa: E402
 import server_fuzz  # noqa: E402
+from _common import start, stop  # noqa: E402
 
 
 def main(argv=None) -> int:

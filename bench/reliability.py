@@ -12,7 +12,6 @@ Bar: 0 host-behaviour changes; delivered == generated; 0 duplicated.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -49,10 +48,10 @@ def main(argv=None) -> int:
                      for n, p in scripts.items()}
             jobs = [(f, n) for f in faults.FAULTS for n in scripts
                     if f not in faults.TLS_FAULTS or (tmp / "tls" / "cert.pem").exists()]
+            cell_args = [(venv.python, f, scripts[n], bases[n], tmp / ("cell-%s-%s-%s" % (version, f, n)))
+                         for f, n in jobs]
             with ThreadPoolExecutor(4) as pool:
-                cells = list(pool.map(lambda job: faults.run_cell(
-                    venv.python, job[0], scripts[job[1]], bases[job[1]],
-                    tmp / ("cell-%s-%s-%s" % (version, job[0], job[1]))), jobs))
+                cells = list(pool.map(lambda args: faults.run_cell(*args), cell_args))
             for cell in cells:
                 totals["cells"] += 1
                 totals["changed"] += not cell["same"]

@@ -19,7 +19,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _common import PACKAGES, Client, environment, percentile, start, stop  # noqa: E402
-
 from corp_error_server.app import _group_of, parse_env  # noqa: E402
 from corp_error_server.storage import Beacon, SQLiteStorage  # noqa: E402
 
@@ -27,13 +26,19 @@ _GROUPS = 40
 
 
 def _signature(group: int) -> str:
-    name = "abcdefghijklmnopqrstuvwxyz"[group % 26] * (1 + group // 26)
-    return "KeyError: 'column_%s' @ etl.load < etl.main" % name
+    column = "abcdefghijklmnopqrstuvwxyz"[group % 26] * (1 + group // 26)
+    return "KeyError: 'column_%s' @ etl.load < etl.main" % column
 
 
 def _trace(group: int) -> str:
-    return ('Traceback (most recent call last):\n  File "/srv/etl/main.py", line 9, in <module>\n    main()\n'
-            '  File "/srv/etl/etl.py", line 40, in load\n    row[name]\n' + _signature(group).split(" @ ")[0] + "\n")
+    return ('Traceback (most recent call last):
+  File "/srv/etl/main.py", line 9, in <module>
+    main()
+'
+            '  File "/srv/etl/etl.py", line 40, in load
+    row[name]
+' + _signature(group).split(" @ ")[0] + "
+")
 
 
 def populate(path: str, beacons: int, envs: int, seed: int = 0) -> dict:

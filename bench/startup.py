@@ -32,7 +32,8 @@ AGENT = os.path.join(ROOT, "corp_error_agent.py")
 def interpreters(all_versions: bool) -> list:
     if not all_versions:
         return [sys.executable]
-    root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() or os.path.expanduser("~/.pyenv")
+    root = (subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip()
+            or os.path.expanduser("~/.pyenv"))
     found = []
     for minor in range(8, 14):
         candidates = sorted(glob.glob(os.path.join(root, "versions", "3.%d.*" % minor, "bin", "python")),

@@ -2,14 +2,15 @@
 
 ``create_app(db_path, ...)`` returns a WSGI application; ``app`` is one ready for any WSGI server
 (gunicorn, waitress), storing into ``$CORP_ERROR_SERVER_DB`` or the per-user data directory and
-requiring ``$CORP_ERROR_SERVER_TOKEN`` as bearer token when that is set. It opens its database on
+requiring ``$CORP_ERROR_SERVER_TOKEN`` as bearer token when that is set and alerting the webhooks of
+``$CORP_ERROR_SERVER_WEBHOOKS``. It opens its database on
 the first request, so importing this package touches no file.
 """
 from __future__ import annotations
 
 import os
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 from .app import DEFAULT_MAX_BODY, DEFAULT_RETENTION_DAYS, create_app
 
@@ -29,15 +30,17 @@ class _LazyApp:
     """The WSGI callable behind ``app``: builds the real application on the first request."""
 
     def __init__(self) -> None:
-        self._app = None
+        self._app: Optional[Callable] = None
         self._lock = threading.Lock()
 
     def __call__(self, environ, start_response):
         if self._app is None:
             with self._lock:
                 if self._app is None:
+                    from .alerts import parse_webhook
                     token: Optional[str] = os.environ.get("CORP_ERROR_SERVER_TOKEN") or None
-                    self._app = create_app(default_db_path(), token=token)
+                    hooks = [parse_webhook(s) for s in os.environ.get("CORP_ERROR_SERVER_WEBHOOKS", "").split()]
+                    self._app = create_app(default_db_path(), token=token, webhooks=hooks)
         return self._app(environ, start_response)
 
 

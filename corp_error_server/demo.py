@@ -199,7 +199,7 @@ def install_wheel(venv: Venv, wheel: Path, version: str, env: Dict[str, str]) ->
 
 
 def agent_file() -> Path:
-    import corp_error_agent   # the same distribution as this package: next to it, or installed with it
+    import corp_error_agent  # the same distribution as this package: next to it, or installed with it
     return Path(corp_error_agent.__file__).resolve()
 
 ###############################################################################
@@ -321,7 +321,7 @@ def _steps(args: argparse.Namespace, base: Path, out: _Out, server: EmbeddedServ
         _checked([venv.python, source, "install"], env, "installing the agent into %s" % name)
         envs[name] = (venv, how)
     out.head("Created two venvs that differ only in %s, and installed the agent into each:" % LIB)
-    for name, (venv, how) in envs.items():
+    for name, (_, how) in envs.items():
         out.note("%s: %s %s -- %s" % (name, LIB, NEW if name == "env-new" else OLD, how))
     out.note("agent: python %s install (copies the module, the .pth start-up line and byte-compiles it)"
              % source)

@@ -2,8 +2,9 @@
 # The one test command (README names it; .ci/run calls it).
 #
 # From nothing but pyenv's CPythons and PyPI: builds a tooling venv under .cache/ with the 3.11
-# interpreter, installs pytest (+ hypothesis, build, hatchling), builds this repo's wheel once into
-# .cache/dist, reports which CPython 3.8-3.13 the agent tests will drive, then runs pytest.
+# interpreter, installs pytest (+ hypothesis, build, hatchling, ruff, mypy, coverage, schemathesis), builds
+# this repo's wheel once into .cache/dist, reports which CPython 3.8-3.13 the agent tests will drive,
+# runs ruff and mypy, then pytest under coverage, and prints the coverage of the agent and the server.
 # Extra arguments go to pytest:  bash tests/run_tests.sh -k hint -x
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +40,7 @@ fi
 
 VENV="$CACHE/tools-venv"
 STAMP="$VENV/.requirements-installed"
-REQS="pytest>=7 hypothesis>=6 build>=1 hatchling>=1.18 pyflakes>=3 psycopg[binary]>=3.1 psycopg_pool>=3.2"
+REQS="pytest>=7 hypothesis>=6 build>=1 hatchling>=1.18 pyflakes>=3 psycopg[binary]>=3.1 psycopg_pool>=3.2 ruff==0.17.6 mypy==2.4.1 coverage>=7.10,<8 schemathesis>=4 playwright>=1.40"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$REQS" ]; then
     echo "== creating tooling venv with $TOOL_PY"
     rm -rf "$VENV"
@@ -82,6 +83,42 @@ done
 export CEA_CACHE="$CACHE"
 export HYPOTHESIS_STORAGE_DIRECTORY="$CACHE/hypothesis"
 export PYTHONDONTWRITEBYTECODE=1
-"$PY" -m pytest tests/ -q -rsfE -p no:cacheprovider "$@"
+
+# Lint and types before the tests; a finding fails the run (after the tests, so they run all the same).
+lint_failed=()
+echo "== ruff check"
+"$PY" -m ruff check --quiet . || lint_failed+=("ruff check")
+echo "== ruff check, agent file whole (start-up part + agent proper)"
+"$PY" tests/agent_whole.py --quiet || lint_failed+=("ruff check of the whole agent file (tests/agent_whole.py)")
+echo "== mypy"
+"$PY" -m mypy || lint_failed+=("mypy")
+
+# Coverage of the agent (agent proper included) and the server, in this process and in every
+# subprocess of an interpreter of the tooling version (tests/coverage_agent.py). CEA_COVERAGE=0: none.
+SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+if [ "${CEA_COVERAGE:-1}" != "0" ]; then
+    rm -rf "$CACHE/coverage"
+    mkdir -p "$CACHE/coverage"
+    "$PY" -m tests.coverage_agent hook "$SITE" || exit 2
+    export COVERAGE_PROCESS_START="$ROOT/pyproject.toml"
+    export COVERAGE_FILE="$CACHE/coverage/data"
+else
+    rm -f "$SITE/a0_corp_error_agent_coverage.pth"
+fi
+
+# no path given: pytest runs testpaths (tests/); a path given: only that
+"$PY" -m pytest -q -rsfE -p no:cacheprovider "$@"
 rc=$?
+
+if [ -n "${COVERAGE_PROCESS_START:-}" ]; then
+    unset COVERAGE_PROCESS_START
+    echo "== coverage of lines, agent proper and subprocesses of the tooling Python's version included"
+    "$PY" -m coverage combine --quiet >/dev/null 2>&1
+    # A full run (no pytest arguments) must reach the bar; a targeted run only shows its figures.
+    "$PY" -m tests.coverage_agent report $([ $# -eq 0 ] && echo --fail-under=90) || { [ $rc -ne 0 ] || rc=1; }
+fi
+if [ ${#lint_failed[@]} -gt 0 ]; then
+    printf 'run_tests.sh: FAILED: %s\n' "${lint_failed[@]}" >&2
+    [ $rc -ne 0 ] || rc=1
+fi
 exit $rc

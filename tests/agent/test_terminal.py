@@ -34,7 +34,8 @@ def _read_until(fd: int, marker: bytes, output: bytes = b"") -> bytes:
 def test_wait_notice_on_a_terminal_and_ctrl_c_ends_the_wait(agent_venv, backend, sandbox):
     backend.set_fault("silent")
     script = sandbox.script("app.py", failing_source("boom-tty"))
-    env = sandbox.env(backend.url, {"ERROR_AGENT_SUGGEST_TIMEOUT": "600", "PYTHON_COLORS": "0"})  # 3.13 colours tracebacks
+    # PYTHON_COLORS: 3.13 colours tracebacks
+    env = sandbox.env(backend.url, {"ERROR_AGENT_SUGGEST_TIMEOUT": "600", "PYTHON_COLORS": "0"})
     master, slave = pty.openpty()
     proc = subprocess.Popen([str(agent_venv.python), str(script)], stdin=subprocess.DEVNULL, stdout=slave,
                             stderr=slave, env=env, cwd=str(sandbox.work))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from support import (ROOT, closed_port_url, copy_agent, failing_source, run, same_outcome,
-                     wait_error)
+from support import ROOT, closed_port_url, failing_source, run, same_outcome, wait_error
 
 FAST = {"ERROR_AGENT_SUGGEST_TIMEOUT": "1"}
 
@@ -145,6 +144,7 @@ HEAVY = {"json", "urllib", "urllib.request", "http", "http.client", "hashlib", "
 def test_no_heavy_imports_at_start(agent_venv, plain_venv, sandbox):
     code = "import sys; print(sys.excepthook is not sys.__excepthook__); print('\\n'.join(sorted(sys.modules)))"
     env = sandbox.env("http://127.0.0.1:9")
+    env.pop("COVERAGE_PROCESS_START", None)  # coverage.py imports threading and more itself
     active, *with_agent = run(agent_venv.python, ["-c", code], env).stdout.decode().split()
     inactive, *without = run(plain_venv.python, ["-c", code], env).stdout.decode().split()
     assert (active, inactive) == ("True", "False")  # the .pth did install the agent's hook

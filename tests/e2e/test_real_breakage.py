@@ -45,17 +45,18 @@ def _pip(venv: support.Venv, *args: str) -> subprocess.CompletedProcess:
                support.clean_env(), timeout=support.PROC_TIMEOUT * 3)
 
 
-def install(venv: support.Venv, requirement: str) -> None:
-    """Install from the wheel cache; fill the cache from PyPI first when it cannot satisfy the pin."""
+def install(venv: support.Venv, *requirements: str) -> None:
+    """Install from the wheel cache; fill the cache from PyPI first when it cannot satisfy the pins."""
     WHEELS.mkdir(parents=True, exist_ok=True)
-    offline = ("install", "--no-index", "--find-links", str(WHEELS), requirement)
+    offline = ("install", "--no-index", "--find-links", str(WHEELS), *requirements)
     if _pip(venv, *offline).returncode == 0:
         return
-    fetched = _pip(venv, "download", "--only-binary", ":all:", "--dest", str(WHEELS), requirement)
+    fetched = _pip(venv, "download", "--only-binary", ":all:", "--dest", str(WHEELS), *requirements)
     if fetched.returncode != 0:
+        wanted = " ".join(requirements)
         if not _pypi_reachable():
-            pytest.skip("PyPI is unreachable, and %s is not in the wheel cache %s" % (requirement, WHEELS))
-        raise AssertionError("pip download %s failed:\n%s" % (requirement, fetched.stderr.decode(errors="replace")))
+            pytest.skip("PyPI is unreachable, and %s is not in the wheel cache %s" % (wanted, WHEELS))
+        raise AssertionError("pip download %s failed:\n%s" % (wanted, fetched.stderr.decode(errors="replace")))
     done = _pip(venv, *offline)
     assert done.returncode == 0, done.stderr.decode(errors="replace")
 
@@ -102,7 +103,8 @@ def test_packaging_legacyversion_breakage(py, tmp_path, sandbox):
         assert third.returncode == 1, err3
         print(err3)   # shown with -s / on failure: the traceback and the hint a user would see
         lines = err3.splitlines()
-        exc_line = next(i for i, line in enumerate(lines) if line.startswith("AttributeError: module 'packaging.version'"))
+        exc_line = next(i for i, line in enumerate(lines)
+                        if line.startswith("AttributeError: module 'packaging.version'"))
         hint_at = [i for i, line in enumerate(lines) if line.startswith("[corp-error-agent] ")]
         assert hint_at and hint_at[0] > exc_line, "no hint under the traceback:\n" + err3
         hint = lines[hint_at[0]]

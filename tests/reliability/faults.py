@@ -22,7 +22,6 @@ from typing import Dict, Iterator, List, Optional
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import support  # noqa: E402
 from support import RecordingBackend, Sandbox, closed_port_url, run  # noqa: E402
 
 # Faults answered by a RecordingBackend fault mode, plus the ones made here.
@@ -221,7 +220,8 @@ def run_cell(python: Path, fault: str, script: Path, base: subprocess.CompletedP
     return {
         "fault": fault, "script": script.name, "same": same, "expected": expected, "generated": len(seen),
         "delivered": len(delivered), "duplicated": duplicated, "ids": sorted(seen),
-        "left_in_spool": sorted(p.name for p in (sandbox.cache / "spool").glob("*")) if (sandbox.cache / "spool").is_dir() else [],
+        "left_in_spool": sorted(p.name for p in (sandbox.cache / "spool").glob("*"))
+        if (sandbox.cache / "spool").is_dir() else [],
         "proc": proc, "flush": flush,
     }
 

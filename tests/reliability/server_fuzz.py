@@ -147,7 +147,7 @@ def fuzz(target: Target, total: int) -> None:
                                                          "Authorization", "Accept", "Transfer-Encoding"]),
                                         header_values), max_size=2))
         def post(body, content_type, extra):
-            target.send("POST", route, body, [("Content-Type", content_type)] + extra)
+            target.send("POST", route, body, [("Content-Type", content_type)] + extra)  # noqa: B023 (run at once)
         post()
 
     @settings(max_examples=max(1, int(total * share["get"])), **common)

@@ -30,7 +30,7 @@ class Server:
                                      env=clean_env(dict({"PYTHONPATH": str(ROOT), "ERROR_AGENT_ENABLED": "0"},
                                                         **(env or {}))))
         self.log = []
-        lines: "queue.Queue[str]" = queue.Queue()
+        lines: queue.Queue[str] = queue.Queue()
 
         def pump():
             for line in self.proc.stderr:

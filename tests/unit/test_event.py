@@ -1,7 +1,6 @@
 """Unit tests of the pure event functions in corp_error_agent (imported from the repo root)."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -11,7 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 import corp_error_agent as agent  # noqa: E402
 
 try:
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 except ImportError:  # run_tests.sh installs hypothesis; plain `pytest` without it skips these
     given = None
 

@@ -1,0 +1,120 @@
+"""coverage.py plugin and start-up hook: the agent file measured whole, in every test process.
+
+The agent proper runs compiled with the agent file's name and line numbers, so coverage.py records
+its lines; but coverage.py finds a file's statements by compiling the file, where the agent proper
+is one string. The plugin claims the agent file (each copy of it, installed in a venv or not) and
+reports it as tests/agent_whole.py sees it: start-up part and agent proper as one module.
+
+Most agent tests run the agent in real interpreters, in venvs the tests create. ``install_hook``
+puts a .pth file there (ahead of the agent's own, so that activate() is measured too) that starts
+coverage.py from the tooling venv when COVERAGE_PROCESS_START is set, as run_tests.sh sets it; the
+hook leaves sys.path as it found it. Only an interpreter of the tooling venv's version can load
+that coverage.py.
+
+    python -m tests.coverage_agent hook SITE_PACKAGES     installs the hook (run_tests.sh: tooling venv)
+    python -m tests.coverage_agent report [--fail-under=N] the combined data, agent and server each
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import coverage
+
+ROOT = Path(__file__).resolve().parent.parent
+HOOK_NAME = "a0_corp_error_agent_coverage.pth"   # .pth files run in name order: before corp_error_agent.pth
+
+
+class _AgentTracer(coverage.FileTracer):
+    def __init__(self, filename: str) -> None:
+        self._filename = filename
+
+    def source_filename(self) -> str:
+        return self._filename
+
+
+class _AgentPlugin(coverage.CoveragePlugin):
+    def file_tracer(self, filename: str):
+        return _AgentTracer(filename) if os.path.basename(filename) == "corp_error_agent.py" else None
+
+    def file_reporter(self, filename: str):
+        from coverage.config import DEFAULT_EXCLUDE
+        from coverage.misc import join_regex
+        from coverage.parser import PythonParser
+        from coverage.python import PythonFileReporter
+
+        from tests.agent_whole import whole_source
+
+        class AgentReporter(PythonFileReporter):
+            def source(self) -> str:
+                if self._source is None:
+                    self._source = whole_source(super().source())
+                return self._source
+
+            @property
+            def parser(self) -> PythonParser:
+                if self._parser is None:
+                    self._parser = PythonParser(text=self.source(), filename=self.filename,
+                                                exclude=join_regex(DEFAULT_EXCLUDE))
+                    self._parser.parse_source()
+                return self._parser
+
+        return AgentReporter(filename)
+
+
+def coverage_init(reg, options) -> None:
+    reg.add_file_tracer(_AgentPlugin())
+
+
+def hook_line() -> str:
+    """The .pth line: start coverage.py from this (the tooling) venv, put sys.path back."""
+    paths = [str(Path(coverage.__file__).resolve().parent.parent), str(ROOT)]
+    code = ("import os\n"
+            "if os.environ.get('COVERAGE_PROCESS_START'):\n"
+            "    added = %r\n"
+            "    sys.path[:0] = added\n"
+            "    try:\n"
+            "        import coverage\n"
+            "        coverage.process_startup()\n"
+            "    except Exception:\n"
+            "        pass\n"
+            "    finally:\n"
+            "        del sys.path[:len(added)]\n" % paths)
+    return "import sys; exec(%r)\n" % code
+
+
+def install_hook(site_packages) -> None:
+    (Path(site_packages) / HOOK_NAME).write_text(hook_line(), encoding="utf-8")
+
+
+PARTS = {"agent": ["corp_error_agent.py"], "server": ["corp_error_server/*"]}
+
+
+def report(fail_under: float = 0.0) -> int:
+    """The combined data's report, file by file, then one line per part; 1 if a part is under the bar."""
+    cov = coverage.Coverage()
+    cov.load()
+    cov.report(file=sys.stdout, skip_empty=True)
+    status = 0
+    for part, include in PARTS.items():
+        try:
+            percent = cov.report(include=include, file=open(os.devnull, "w"))
+        except coverage.CoverageException as error:   # nothing of it measured
+            print("coverage of the %s: none (%s)" % (part, error))
+            continue
+        below = percent < fail_under
+        status |= below
+        print("coverage of the %s: %.1f%% of lines%s" % (
+            part, percent, " -- under the bar of %.0f%%" % fail_under if below else ""))
+    return status
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["hook"] and len(sys.argv) == 3:
+        install_hook(sys.argv[2])
+    elif sys.argv[1:2] == ["report"] and len(sys.argv) <= 3:
+        bar = sys.argv[2].split("=", 1)[1] if len(sys.argv) == 3 and sys.argv[2].startswith("--fail-under=") else "0"
+        sys.exit(report(float(bar)))
+    else:
+        sys.exit("usage: python -m tests.coverage_agent hook SITE_PACKAGES | report [--fail-under=PERCENT]")

@@ -1,0 +1,103 @@
+"""The agent's boundaries that no compiler checks: functions reached by their name as a string, and
+the small namespace the detached start-up functions run in.
+
+Both fail silently when wrong: _call_agent swallows the KeyError of a renamed handler (the agent
+just stops reporting), and a detached function missing a global raises a NameError inside a hook,
+where it is swallowed too. Names are found in the source, so entries added later are checked too.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import symtable
+from pathlib import Path
+
+import corp_error_agent as agent
+from agent_whole import whole_source
+
+AGENT_FILE = Path(agent.__file__)
+WHOLE = ast.parse(whole_source(AGENT_FILE.read_text(encoding="utf-8")))
+START_UP = AGENT_FILE.read_text(encoding="utf-8")   # as Python compiles it: the agent proper is a string
+REACHING = {"_call_agent", "_reach_agent"}           # they call the agent function named by their first argument
+
+
+def _string(node):
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _callee(node: ast.Call) -> str:
+    return node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+
+
+def names_reached_by_string() -> dict:
+    """{function name: where it is named} for every name handed to _chain, _call_agent,
+    _reach_agent (directly, or as a thread's target with args) and stored in _PATCHES."""
+    found = {}
+    for node in ast.walk(WHOLE):
+        names = []
+        if isinstance(node, ast.Call):
+            callee = _callee(node)
+            if callee == "_chain" and len(node.args) >= 2:
+                names.append(_string(node.args[1]))
+            elif callee in REACHING and node.args:
+                names.append(_string(node.args[0]))
+            keywords = {k.arg: k.value for k in node.keywords}
+            target, args = keywords.get("target"), keywords.get("args")
+            if isinstance(target, ast.Name) and target.id in REACHING and isinstance(args, ast.Tuple) and args.elts:
+                names.append(_string(args.elts[0]))
+        elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_PATCHES" for t in node.targets):
+            names += [_string(value) for value in node.value.values] if isinstance(node.value, ast.Dict) else []
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Subscript) and getattr(target.value, "id", None) == "_PATCHES":
+                    names.append(_string(node.value))
+        for name in names:
+            if name is not None:
+                found.setdefault(name, "line %d" % node.lineno)
+    return found
+
+
+def test_every_function_reached_by_name_is_defined_in_the_agent_proper():
+    proper = ast.parse(agent._agent_source())
+    defined = {node.name for node in proper.body if isinstance(node, ast.FunctionDef)}
+    reached = names_reached_by_string()
+    # the search finds what is known to be there: the hooks, the patches, the workers
+    assert {"_on_exception", "_on_thread_exception", "_patch_asyncio", "_patch_multiprocessing",
+            "_patch_traceback", "_patched_spec", "_report_clean_exit", "_drain", "_ask_for_hint",
+            "_on_error"} <= set(reached)
+    # the logging patch is the one entry of _PATCHES the start-up part applies itself (it is cheap
+    # and every program imports logging), so it lives in the detached namespace instead
+    missing = {name: where for name, where in reached.items() if name not in defined and name not in agent._OUTSIDE}
+    assert missing == {}, "reached by name but not defined in the agent proper: %r" % missing
+
+
+def test_patches_name_functions_of_the_agent_proper_at_run_time():
+    agent._load()
+    assert all(callable(getattr(agent, name, None)) for name in agent._PATCHES.values())
+
+
+def _detached_functions() -> set:
+    """Names of the functions handed to _detached() in the start-up part."""
+    return {node.args[0].id for node in ast.walk(ast.parse(START_UP))
+            if isinstance(node, ast.Call) and _callee(node) == "_detached" and node.args
+            and isinstance(node.args[0], ast.Name)}
+
+
+def _function_tables(table):
+    for child in table.get_children():
+        if child.get_type() == "function":
+            yield child
+        yield from _function_tables(child)
+
+
+def test_detached_functions_find_every_global_they_use_in_their_namespace():
+    detached = _detached_functions()
+    assert {"_find_spec", "_at_exit", "_reach_agent", "hook"} <= detached
+    tables = [t for t in _function_tables(symtable.symtable(START_UP, str(AGENT_FILE), "exec"))
+              if t.get_name() in detached]
+    assert {t.get_name() for t in tables} == detached
+    available = set(agent._OUTSIDE) | set(vars(builtins))
+    missing = {t.get_name(): sorted(set(t.get_globals()) - available) for t in tables}
+    assert {name: names for name, names in missing.items() if names} == {}, \
+        "globals the detached functions use that _OUTSIDE lacks"
+    assert agent._OUTSIDE["__builtins__"] is vars(agent)["__builtins__"]
