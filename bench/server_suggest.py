@@ -31,14 +31,8 @@ def _signature(group: int) -> str:
 
 
 def _trace(group: int) -> str:
-    return ('Traceback (most recent call last):
-  File "/srv/etl/main.py", line 9, in <module>
-    main()
-'
-            '  File "/srv/etl/etl.py", line 40, in load
-    row[name]
-' + _signature(group).split(" @ ")[0] + "
-")
+    return ('Traceback (most recent call last):\n  File "/srv/etl/main.py", line 9, in <module>\n    main()\n'
+            '  File "/srv/etl/etl.py", line 40, in load\n    row[name]\n' + _signature(group).split(" @ ")[0] + "\n")
 
 
 def populate(path: str, beacons: int, envs: int, seed: int = 0) -> dict:
