@@ -47,7 +47,7 @@ def activate() -> None:
         _thread._excepthook = _chain(_thread._excepthook, "_on_thread_exception")
         if "threading" in sys.modules:
             sys.modules["threading"].excepthook = _thread._excepthook  # type: ignore[attr-defined]
-        for name in list(_PATCHES):  # a patch may add to it
+        for name in list(_PATCHES) + ["logging"]:  # a patch may add to _PATCHES
             if name in sys.modules:
                 _process["patched"].append(name)
                 _apply_patch(name, sys.modules[name])
@@ -100,18 +100,20 @@ def _debug(error: BaseException) -> None:
 # their own tracebacks, and errors a program logs and carries on. The agent patches those modules
 # when they are imported, so that processes which never use them never pay for it. (Patching
 # multiprocessing adds traceback, for the same reason.)
+# (logging is patched by the start-up part itself, see _logging_spec.)
 _PATCHES = {"asyncio.base_events": "_patch_asyncio", "multiprocessing.process": "_patch_multiprocessing",
-            "IPython.core.interactiveshell": "_patch_ipython", "logging": "_patch_logging"}
+            "IPython.core.interactiveshell": "_patch_ipython"}
 
 
 def _find_spec(name, path=None, target=None):
     """Import-system finder (on sys.meta_path, see activate): the spec of a module in _PATCHES,
     with a loader that patches it; None, meaning "not mine", for every other module."""
+    if name == "logging" and name not in _process["patched"]:
+        _process["patched"].append(name)
+        return _logging_spec(path, target)
     if name not in _PATCHES or name in _process["patched"]:
         return None
     _process["patched"].append(name)
-    if name == "logging":
-        return _logging_spec(path, target)
     return _reach_agent("_patched_spec", name, path, target)
 
 
@@ -880,8 +882,8 @@ def _script_identity():
         words = what.split(" ")
         name = os.path.basename(what) if kind == "notebook" else " ".join(_relative(word) for word in words)
         return _hash12(kind + " " + scrub(what)), _strip_escapes(scrub(name))[:200]
-    name = {"-m": "-m " + what, "-c": "-c"}.get(kind, "<stdin>")
-    return _hash12(kind + " " + what), _strip_escapes(name)[:200]
+    name = {"-m": "-m " + " ".join(_relative(word) for word in what.split(" ")), "-c": "-c"}.get(kind, "<stdin>")
+    return _hash12(kind + " " + what), _strip_escapes(scrub(name))[:200]
 
 
 def _relative(word: str) -> str:

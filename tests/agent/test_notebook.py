@@ -1,8 +1,8 @@
 """Jupyter and IPython: a real ipykernel driven by nbclient over notebooks the tests write, real
 `jupyter nbconvert --execute`, real `ipython`, against the recording backend.
 
-The Jupyter packages go into one cached venv per interpreter (JUPYTER_PYTHONS: the oldest and a
-recent CPython, which get different IPython and ipykernel majors); the agent is copied into it.
+The Jupyter packages go into one cached venv per interpreter (the `jupyter` fixture, conftest.py);
+the agent is copied into it.
 """
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ import pytest
 import support
 from support import Reply, error_beacons, success_beacons, wait_error
 
-JUPYTER = ("ipykernel", "nbclient", "nbformat", "nbconvert", "ipython")
-JUPYTER_PYTHONS = ("3.8", "3.12")
 HINT = Reply(200, {"match": True, "confidence": 0.9, "hint": "\x1b[31mdemo-pkg is missing\x1b[0m",
                    "solution": 'pip install "demo-pkg==2.0"'})
 FAILING_CELL = "import demo_pkg\nprint(demo_pkg.VERSION)"
@@ -29,15 +27,6 @@ notebook = nbformat.read(sys.argv[1], as_version=4)
 NotebookClient(notebook, kernel_name="python3", allow_errors=True, timeout=120).execute()
 print(json.dumps([cell.get("outputs", []) for cell in notebook.cells]))
 """
-
-
-@pytest.fixture(scope="module", params=JUPYTER_PYTHONS, ids=["py" + v for v in JUPYTER_PYTHONS])
-def jupyter(request) -> support.Venv:
-    found = support.find_interpreters()[request.param]
-    if not isinstance(found, Path):
-        print("skipping Jupyter tests on CPython %s: %s" % (request.param, found))
-        pytest.skip("CPython %s %s" % (request.param, found))
-    return support.package_venv(found, request.param, JUPYTER)
 
 
 def write_notebook(path: Path, *cells: str) -> Path:
