@@ -87,7 +87,7 @@ class Env:
     client: str                    # "ours" or "042"
     user: str
 
-    def copy(self) -> "Env":
+    def copy(self) -> Env:
         return Env(dict(self.packages), self.python, dict(self.vars), set(self.collected), self.client, self.user)
 
     def home(self) -> str:
@@ -254,7 +254,8 @@ def _stack(script: Script, scenario: Scenario, env: Env) -> List[Tuple[str, str]
         path = frame.file(env, script.name)
         line = 10 + zlib.crc32((frame.module + frame.qualname).encode()) % 400
         func = frame.qualname.split(".")[-1]
-        out.append((frame.module + "." + name, '  File "%s", line %d, in %s\n    %s\n' % (path, line, func, frame.source)))
+        text = '  File "%s", line %d, in %s\n    %s\n' % (path, line, func, frame.source)
+        out.append((frame.module + "." + name, text))
     return out
 
 
@@ -717,7 +718,8 @@ def build(difficulty: str, rng: random.Random, quick: bool) -> Tuple[Population,
                 sc.exc, sc.message = exc_msg[0], exc_msg[1]
             sc.kind = "numbered-" + k
             out.append(sc)
-        generic = [("KeyError", lambda env: "'id'"), ("TypeError", lambda env: "'NoneType' object is not subscriptable"),
+        generic = [("KeyError", lambda env: "'id'"),
+                   ("TypeError", lambda env: "'NoneType' object is not subscriptable"),
                    ("AttributeError", lambda env: "'NoneType' object has no attribute 'get'")]
         for exc, msg in generic:
             for k in kinds({"exact": 3, "range": 1, "nocause": 1}, 15):
@@ -758,7 +760,7 @@ class Wire:
         self.conn = http.client.HTTPConnection(host, port, timeout=60)
 
     def post(self, path: str, body: dict) -> Tuple[int, dict]:
-        for attempt in range(6):
+        for _attempt in range(6):
             try:
                 self.conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
                 response = self.conn.getresponse()

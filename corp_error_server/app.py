@@ -19,17 +19,16 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import corp_error_agent
 
-from . import engine, openapi
+from . import engine, limits, openapi
 from .storage import Beacon, Env, Storage, StorageConflict, StorageUnavailable, open_storage
 
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_RETENTION_DAYS = 90
 _PURGE_EVERY = 3600.0
-_TRACE_KEEP = 25_000          # what the 0.4.2 client sends at most; our agent sends less
-_SIG_KEEP = 2_000
-_MAX_PACKAGES = 10_000
-_MAX_ENV_VARS = 500
-_HASH_LIMIT = 12
+# the wire limits (limits.py) of each request body
+_BEACON, _BEACON_KEPT = limits.MAX_LENGTH["Beacon"], limits.KEPT["Beacon"]
+_ENV = limits.MAX_LENGTH["Env"]
+_SUGGEST, _SUGGEST_KEPT = limits.MAX_LENGTH["SuggestRequest"], limits.KEPT["SuggestRequest"]
 
 _REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
             404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
@@ -83,7 +82,7 @@ def _timestamp(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise HTTPError(400, "ts must be an epoch number or an ISO-8601 string")
     if isinstance(value, str):
-        text = _text(value, "ts", 64).strip()
+        text = _text(value, "ts", limits.TS_TEXT).strip()
         try:
             parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
         except ValueError:
@@ -100,15 +99,15 @@ def _packages(value: Any) -> Dict[str, str]:
     if isinstance(value, dict):
         items = list(value.items())
     elif isinstance(value, list):
-        items = [_split_requirement(_text(item, "packages[]", 400)) for item in value]
+        items = [_split_requirement(_text(item, "packages[]", limits.PACKAGE_ITEM)) for item in value]
     else:
         raise HTTPError(400, "packages must be a list of \"name==version\" or a {name: version} object")
-    if len(items) > _MAX_PACKAGES:
-        raise HTTPError(400, "packages has more than %d entries" % _MAX_PACKAGES)
+    if len(items) > limits.PACKAGES:
+        raise HTTPError(400, "packages has more than %d entries" % limits.PACKAGES)
     packages: Dict[str, str] = {}
     for name, version in items:
-        name = _text(name, "package name", 200, empty=False)
-        version = "unknown" if version is None else _text(version, "version of " + name[:50], 100)
+        name = _text(name, "package name", limits.PACKAGE_NAME, empty=False)
+        version = "unknown" if version is None else _text(version, "version of " + name[:50], limits.PACKAGE_VERSION)
         packages[engine.canonical_name(name)] = version.strip() or "unknown"
     return packages
 
@@ -125,21 +124,21 @@ def _env_vars(value: Any) -> Dict[str, str]:
         return {}
     if not isinstance(value, dict):
         raise HTTPError(400, "env_vars must be an object {NAME: value}")
-    if len(value) > _MAX_ENV_VARS:
-        raise HTTPError(400, "env_vars has more than %d entries" % _MAX_ENV_VARS)
-    return {_text(k, "env_vars name", 100, empty=False): ("MISSING" if v is None else
-                                                           _text(v, "env_vars[%s]" % k[:50], 4000))
+    if len(value) > limits.ENV_VARS:
+        raise HTTPError(400, "env_vars has more than %d entries" % limits.ENV_VARS)
+    return {_text(k, "env_vars name", limits.ENV_VAR_NAME, empty=False): (
+                "MISSING" if v is None else _text(v, "env_vars[%s]" % k[:50], limits.ENV_VAR_VALUE))
             for k, v in value.items()}
 
 
 def parse_env(body: dict, env_hash: Optional[str] = None) -> Env:
-    env_hash = env_hash or _text(_required(body, "env_hash"), "env_hash", _HASH_LIMIT, empty=False)
+    env_hash = env_hash or _text(_required(body, "env_hash"), "env_hash", _ENV["env_hash"], empty=False)
     snapshot: Dict[str, Any] = {
         "packages": _packages(_required(body, "packages")),
-        "python_ver": _text(_required(body, "python_ver"), "python_ver", 20),
-        "python_impl": _optional_text(body, "python_impl", 40) or "",
-        "os_info": _text(_required(body, "os_info"), "os_info", 120),
-        "machine_arch": _text(_required(body, "machine_arch"), "machine_arch", 20),
+        "python_ver": _text(_required(body, "python_ver"), "python_ver", _ENV["python_ver"]),
+        "python_impl": _optional_text(body, "python_impl", _ENV["python_impl"]) or "",
+        "os_info": _text(_required(body, "os_info"), "os_info", _ENV["os_info"]),
+        "machine_arch": _text(_required(body, "machine_arch"), "machine_arch", _ENV["machine_arch"]),
         "env_vars": _env_vars(body.get("env_vars")),
     }
     features = engine.env_features(snapshot["packages"], snapshot["python_ver"].strip(), snapshot["python_impl"],
@@ -156,23 +155,23 @@ def _group_of(error_sig: Optional[str], trace: Optional[str]) -> str:
 
 
 def parse_beacon(body: dict) -> Tuple[Beacon, Optional[Env]]:
-    kind = _text(_required(body, "kind"), "kind", 7)
-    if kind not in ("error", "success"):
+    kind = _text(_required(body, "kind"), "kind", max(map(len, limits.KINDS)))
+    if kind not in limits.KINDS:
         raise HTTPError(400, "kind must be \"error\" or \"success\"")
-    env_hash = _text(_required(body, "env_hash"), "env_hash", _HASH_LIMIT, empty=False)
-    script_id = _text(_required(body, "script_id"), "script_id", _HASH_LIMIT, empty=False)
+    env_hash = _text(_required(body, "env_hash"), "env_hash", _BEACON["env_hash"], empty=False)
+    script_id = _text(_required(body, "script_id"), "script_id", _BEACON["script_id"], empty=False)
     ts = _timestamp(_required(body, "ts"))
-    trace = _optional_text(body, "trace", keep=_TRACE_KEEP, keep_end=True)
-    error_sig = _optional_text(body, "error_sig", keep=_SIG_KEEP)
-    event_id = _optional_text(body, "event_id", 64, empty=False)
+    trace = _optional_text(body, "trace", keep=_BEACON_KEPT["trace"], keep_end="trace" in limits.KEPT_AT_END)
+    error_sig = _optional_text(body, "error_sig", keep=_BEACON_KEPT["error_sig"])
+    event_id = _optional_text(body, "event_id", _BEACON["event_id"], empty=False)
     test = body.get("test", False)
     if not isinstance(test, bool):
         raise HTTPError(400, "test must be a boolean")
     handled = False if body.get("handled") is None else body["handled"]
     if not isinstance(handled, bool):
         raise HTTPError(400, "handled must be a boolean")
-    prev_env_hash = _optional_text(body, "prev_env_hash", _HASH_LIMIT, empty=False)
-    prev_error_sig = _optional_text(body, "prev_error_sig", keep=_SIG_KEEP)
+    prev_env_hash = _optional_text(body, "prev_env_hash", _BEACON["prev_env_hash"], empty=False)
+    prev_error_sig = _optional_text(body, "prev_error_sig", keep=_BEACON_KEPT["prev_error_sig"])
     group = mentions = None
     if kind == "error":
         group = _group_of(error_sig, trace)
@@ -182,7 +181,8 @@ def parse_beacon(body: dict) -> Tuple[Beacon, Optional[Env]]:
     if inline is not None and not isinstance(inline, dict):
         raise HTTPError(400, "env must be an object like the /env body")
     beacon = Beacon(kind, env_hash, script_id, group, error_sig, trace, ts, event_id,
-                    _optional_text(body, "script_name", keep=256), _optional_text(body, "agent", keep=100), test,
+                    _optional_text(body, "script_name", keep=_BEACON_KEPT["script_name"]),
+                    _optional_text(body, "agent", keep=_BEACON_KEPT["agent"]), test,
                     prev_env_hash if kind == "success" else None, prev_group, frozenset(mentions or ()),
                     handled and kind == "error")
     return beacon, (parse_env(inline, env_hash) if inline else None)
@@ -314,9 +314,9 @@ class _App:
         return (201 if created else 200), {"ok": True, "created": created}, []
 
     def _suggest(self, body: dict):
-        error_sig = _text(_required(body, "error_sig"), "error_sig", keep=_SIG_KEEP, empty=False)
-        env_hash = _text(_required(body, "env_hash"), "env_hash", _HASH_LIMIT)
-        script_id = _optional_text(body, "script_id", _HASH_LIMIT)
+        error_sig = _text(_required(body, "error_sig"), "error_sig", keep=_SUGGEST_KEPT["error_sig"], empty=False)
+        env_hash = _text(_required(body, "env_hash"), "env_hash", _SUGGEST["env_hash"])
+        script_id = _optional_text(body, "script_id", _SUGGEST["script_id"])
         key = corp_error_agent.group_key(error_sig)
         group = self.storage.group_data(key, script_id) if key else None
         if group is None:

@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Type, TypeVar
 
 from .engine import Counts, FixPair, GroupData
 from .storage_schema import MIGRATIONS
@@ -123,7 +123,7 @@ class Dialect:
 
     types = {"{ID}": "INTEGER PRIMARY KEY", "{BIGINT}": "INTEGER", "{FLOAT}": "REAL", "{NOROWID}": " WITHOUT ROWID"}
     for_update = ""                       # row locks: SQLite's writers are serialised by the database lock
-    item_errors: Tuple[type, ...] = (sqlite3.IntegrityError, sqlite3.DataError)
+    item_errors: Tuple[Type[Exception], ...] = (sqlite3.IntegrityError, sqlite3.DataError)
 
     def schema(self, sql: str) -> List[str]:
         for word, replacement in self.types.items():
@@ -156,7 +156,7 @@ class Cursor:
         self.seen: Dict[str, Dict[str, str]] = {}
         self.for_update = dialect.for_update
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> "Cursor":
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         self._raw.execute(self._dialect.sql(sql), self._dialect.params(params))
         return self
 

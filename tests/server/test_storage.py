@@ -8,10 +8,16 @@ import sys
 
 import pytest
 
-from corp_error_server.storage import (SCHEMA_VERSION, SchemaError, SQLiteStorage, UnsupportedDatabase, describe,
-                                       open_storage)
-from corp_error_server.storage_schema import MIGRATIONS
 from conftest import REPO
+from corp_error_server.storage import (
+    SCHEMA_VERSION,
+    SchemaError,
+    SQLiteStorage,
+    UnsupportedDatabase,
+    describe,
+    open_storage,
+)
+from corp_error_server.storage_schema import MIGRATIONS
 
 # The schema the 0.5.0 server created, versioned in meta only.
 _SCHEMA_050 = [statement for statement in MIGRATIONS[0].sql.replace("{ID}", "INTEGER PRIMARY KEY")
