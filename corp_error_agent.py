@@ -18,7 +18,7 @@ import os
 import sys
 
 __version__ = "0.5.0"
-__all__ = ["activate", "main", "group_key", "scrub", "snapshot", "error_signature", "format_trace",
+__all__ = ["activate", "capture", "main", "group_key", "scrub", "snapshot", "error_signature", "format_trace",
            "__version__"]
 
 _APP = "corp_error_agent"
@@ -47,10 +47,10 @@ def activate() -> None:
         _thread._excepthook = _chain(_thread._excepthook, "_on_thread_exception")
         if "threading" in sys.modules:
             sys.modules["threading"].excepthook = _thread._excepthook  # type: ignore[attr-defined]
-        for name in list(_PATCHES):  # a patch may add to it
+        for name in list(_PATCHES) + ["logging"]:  # a patch may add to _PATCHES
             if name in sys.modules:
                 _process["patched"].append(name)
-                _call_agent(_PATCHES[name], sys.modules[name])
+                _apply_patch(name, sys.modules[name])
         finder = type(sys)(_APP + ".finder")
         finder.find_spec = _detached(_find_spec)  # type: ignore[attr-defined]
         sys.meta_path.insert(0, finder)
@@ -95,20 +95,73 @@ def _debug(error: BaseException) -> None:
             pass
 
 
-# Errors that never reach a hook: asyncio task exceptions nobody retrieved, and multiprocessing
-# children, whose bootstrap prints the traceback itself. The agent patches those modules when they
-# are imported, so that processes which never use them never pay for it. (Patching
+# Errors that never reach a hook: asyncio task exceptions nobody retrieved, multiprocessing
+# children, whose bootstrap prints the traceback itself, cells of IPython and Jupyter, which print
+# their own tracebacks, and errors a program logs and carries on. The agent patches those modules
+# when they are imported, so that processes which never use them never pay for it. (Patching
 # multiprocessing adds traceback, for the same reason.)
-_PATCHES = {"asyncio.base_events": "_patch_asyncio", "multiprocessing.process": "_patch_multiprocessing"}
+# (logging is patched by the start-up part itself, see _logging_spec.)
+_PATCHES = {"asyncio.base_events": "_patch_asyncio", "multiprocessing.process": "_patch_multiprocessing",
+            "IPython.core.interactiveshell": "_patch_ipython"}
 
 
 def _find_spec(name, path=None, target=None):
     """Import-system finder (on sys.meta_path, see activate): the spec of a module in _PATCHES,
     with a loader that patches it; None, meaning "not mine", for every other module."""
+    if name == "logging" and name not in _process["patched"]:
+        _process["patched"].append(name)
+        return _logging_spec(path, target)
     if name not in _PATCHES or name in _process["patched"]:
         return None
     _process["patched"].append(name)
     return _reach_agent("_patched_spec", name, path, target)
+
+
+# Most programs import logging, so its patch lives here and loads nothing: the wrapper only looks
+# at a record's level and exception, and reaches the agent for an error that carries one.
+
+def _logging_spec(path, target):
+    spec = None
+    for finder in sys.meta_path:  # this module's finder says "not mine" to logging by now
+        spec = finder.find_spec("logging", path, target) if hasattr(finder, "find_spec") else None
+        if spec is not None:
+            break
+    loader = getattr(spec, "loader", None)
+    if loader is not None and hasattr(loader, "exec_module"):
+        exec_module = loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            try:
+                del loader.exec_module  # nothing of the agent stays referenced by the loader
+                _patch_logging(module)
+            except Exception:
+                pass
+        loader.exec_module = _detached(exec_and_patch)
+    return spec
+
+
+def _patch_logging(logging) -> None:
+    """Report records at ERROR or above that carry an exception (``logger.exception``), as handled."""
+    if os.environ.get("ERROR_AGENT_LOGGING", "1").strip().lower() in ("0", "false", "no", "off"):
+        return
+    call_handlers = logging.Logger.callHandlers
+
+    def callHandlers(self, record):
+        call_handlers(self, record)
+        if record.levelno >= 40 and record.exc_info and record.exc_info[0] is not None:
+            _reach_agent("_on_logged_error", record)
+    logging.Logger.callHandlers = _detached(callHandlers)
+
+
+def _apply_patch(name: str, module) -> None:
+    if name == "logging":
+        try:
+            _patch_logging(module)
+        except Exception:
+            pass
+    else:
+        _call_agent(_PATCHES[name], module)
 
 
 # The hooks, the finder and the exit hook live as long as the interpreter. With this module's
@@ -129,6 +182,11 @@ def _reach_agent(name: str, *args):
 _OUTSIDE = {"__builtins__": __builtins__, "__name__": __name__, "sys": sys, "_PATCHES": _PATCHES,
             "_process": _process}
 _OUTSIDE["_reach_agent"] = _detached(_reach_agent)
+_OUTSIDE["_OUTSIDE"] = _OUTSIDE
+_OUTSIDE["_detached"] = _detached(_detached)
+_OUTSIDE["_patch_logging"] = _detached(_patch_logging)
+_OUTSIDE["_logging_spec"] = _detached(_logging_spec)
+_OUTSIDE["os"] = os
 
 
 def _user_dir(kind: str, platform: str = sys.platform, environ=os.environ) -> str:
@@ -149,8 +207,11 @@ def _cache_dir() -> str:
 
 
 def _script_source():
-    """What is running: ("-m", module), ("-c", code), ("file", path), ("stdin", ""), or None while
-    it cannot be known yet (``-m`` at start-up before Python 3.10, which has no sys.orig_argv)."""
+    """What is running: ("-m", module), ("-c", code), ("file", path), ("stdin", ""), what a launcher
+    runs (see _launched), or None while it cannot be known yet (``-m`` at start-up before Python
+    3.10, which has no sys.orig_argv)."""
+    if "script" in _process:  # a notebook's kernel, once it knows (_on_cell_start)
+        return _process["script"]
     argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "-"
     orig_argv = getattr(sys, "orig_argv", [])
     if argv0 == "-c":
@@ -160,8 +221,46 @@ def _script_source():
         module = module or (orig_argv[orig_argv.index("-m") + 1] if "-m" in orig_argv[:-1] else None)
         if not module:
             return None
-        return "-m", module[:-len(".__main__")] if module.endswith(".__main__") else module
-    return ("stdin", "") if argv0 == "-" else ("file", os.path.abspath(argv0))
+        module = module[:-len(".__main__")] if module.endswith(".__main__") else module
+        return (_launched(module, sys.argv[1:]) if len(sys.argv) > 1 else None) or ("-m", module)
+    if argv0 == "-":
+        return "stdin", ""
+    tool = os.path.basename(argv0)
+    return (_launched(tool, sys.argv[1:]) if tool in _LAUNCHERS else None) or ("file", os.path.abspath(argv0))
+
+
+# A tool that runs other code is not the script: the run is what it runs (the notebook, the test
+# files, the app), so that a clean run of one never counts as the fix of another. Any other
+# ``python -m tool ARGS`` is told apart by the files and directories its arguments name.
+_LAUNCHERS = {"pytest": "paths", "py.test": "paths", "ipython": "script", "flask": "app", "celery": "app",
+              "jupyter-nbconvert": "notebook", "jupyter-execute": "notebook", "nbconvert": "notebook",
+              "nbclient": "notebook", "papermill": "notebook"}
+
+
+def _launched(tool: str, args: list):
+    kind = _LAUNCHERS.get(tool)
+    if kind == "notebook":
+        notebooks = [arg for arg in args if arg.endswith(".ipynb")]
+        if not notebooks:
+            return None
+        import time
+        _process["started"] = time.time()  # a report of its kernel's is from this run if newer
+        return "notebook", os.path.abspath(notebooks[0])
+    if kind == "app":
+        app = os.environ.get("FLASK_APP", "") if tool == "flask" else ""
+        for i, arg in enumerate(args):
+            if arg in ("-A", "--app") and i + 1 < len(args):
+                app = args[i + 1]
+            elif arg.startswith(("--app=", "-A")) and arg not in ("-A", "--app"):
+                app = arg.split("=", 1)[1] if arg.startswith("--app=") else arg[2:]
+        return "run", " ".join((tool, os.getcwd(), app))
+    paths = [os.path.abspath(arg.split("::")[0]) for arg in args
+             if not arg.startswith("-") and os.path.exists(arg.split("::")[0])]
+    if kind == "script":
+        return ("file", paths[0]) if paths else None
+    if kind == "paths":
+        return "run", " ".join([tool] + (paths or [os.getcwd()]))
+    return ("-m", " ".join([tool] + paths)) if paths else None
 
 
 def _pending_path():
@@ -205,11 +304,14 @@ def _agent_code(cache_code: bool):
     import __future__
 
     import marshal
+    import zlib
     cached = None
     if cache_code:
         stat = os.stat(__file__)
-        cached = os.path.join(_cache_dir(), "agent-%s-%s-%d-%d.code" % (
-            __version__, sys.implementation.cache_tag, stat.st_mtime_ns, stat.st_size))
+        # agent-<this install and interpreter>-<this version of the file>.code
+        install = "agent-%08x-" % zlib.crc32(("%s\0%s" % (os.path.abspath(__file__), sys.implementation.cache_tag))
+                                            .encode("utf-8", "surrogateescape"))
+        cached = os.path.join(_cache_dir(), install + "%s-%d-%d.code" % (__version__, stat.st_mtime_ns, stat.st_size))
         try:
             with open(cached, "rb") as f:
                 return marshal.loads(f.read())
@@ -224,9 +326,31 @@ def _agent_code(cache_code: bool):
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             f.write(marshal.dumps(code))
         os.replace(tmp, cached)
+        _remove_stale_code(os.path.dirname(cached), install, os.path.basename(cached))
     except OSError:
         pass
     return code
+
+
+_CODE_MAX_AGE = 30 * 86400  # seconds: compiled code of an install not written since is removed
+
+
+def _remove_stale_code(directory: str, install: str, current: str) -> None:
+    """Written once per install and version of the file, so this is when old ones go: this install's
+    other versions and files named as before 0.5 at once, another install's when it is old (a deleted
+    venv; one still in use compiles again once)."""
+    import time
+    for name in os.listdir(directory):
+        if not name.startswith("agent-") or not name.endswith((".code", ".tmp")) or name == current:
+            continue
+        path = os.path.join(directory, name)
+        named_by_install = name[14:15] == "-" and all(c in "0123456789abcdef" for c in name[6:14])
+        try:
+            if name.endswith(".code") and (name.startswith(install) or not named_by_install) or \
+                    time.time() - os.stat(path).st_mtime > (_CODE_MAX_AGE if name.endswith(".code") else 300):
+                os.unlink(path)
+        except OSError:
+            continue
 
 
 def _agent_source() -> str:
@@ -432,17 +556,189 @@ def _patch_traceback(traceback) -> None:
 
 
 def _interactive() -> bool:
-    at_prompt = hasattr(sys, "ps1") or sys.flags.interactive
+    # IPython sets sys.ps1 in kernels and for `ipython script.py` too: there only its prompt counts
+    at_prompt = _at_ipython_prompt() if _process.get("ipython") else hasattr(sys, "ps1") or sys.flags.interactive
     return bool(at_prompt) and os.environ.get("ERROR_AGENT_INTERACTIVE", "") in ("", "0")
 
 
-def _on_error(exc_type, exc, tb, wait_for_hint: bool) -> None:
+def _on_error(exc_type, exc, tb, wait_for_hint: bool, handled: bool = False) -> None:
     if exc_type is None or issubclass(exc_type, (KeyboardInterrupt, SystemExit)) or _interactive():
         return
     _process["error_seen"] = True
     settings = _settings()
+    if not settings["enabled"][0]:
+        return
+    if _exception_type_name(exc_type) in _CELL_ERRORS:
+        _on_cell_execution_error(exc, settings)
+    else:
+        _report_error(exc_type, exc, tb, settings, wait_for_hint, handled)
+
+
+# Logged errors and capture(): handled errors. The program carried on, so nobody waits at its
+# terminal for a hint: the report goes out in the background, and the failure waits on the server.
+# An exception reported twice (logged, then raised uncaught; logged at two levels) is one report.
+
+def _on_logged_error(record) -> None:
+    """A log record at ERROR or above with exception info (see _patch_logging)."""
+    import threading
+    if threading.current_thread().name.startswith(_APP) or threading.get_ident() in _process.setdefault(
+            "reporting", set()):
+        return  # logged by the agent's own threads, or while the agent reports
+    exc_type, exc, tb = record.exc_info
+    _on_error(exc_type, exc, tb, wait_for_hint=False, handled=True)
+
+
+def capture(error: BaseException | None = None) -> str | None:
+    """Report the exception being handled (or ``error``) as a handled error, as logging it would;
+    call it in an ``except`` block. Returns the report's event id, or None when nothing was sent:
+    no exception, the agent disabled, or this exception reported already."""
+    exc = error if error is not None else sys.exc_info()[1]
+    if exc is None or _reported_as(exc) is not None:
+        return None
+    settings = _settings()
     if settings["enabled"][0]:
-        _report_error(exc_type, exc, tb, settings, wait_for_hint)
+        _process["error_seen"] = True
+        _call_agent("_report_error", type(exc), exc, exc.__traceback__, settings, False, True)
+    event = _reported_as(exc)
+    return event[0] if event else None
+
+
+_REPORTED = "__corp_error_agent_event__"  # (event_id, handled) on an exception once reported
+
+
+def _reported_as(exc):
+    event = getattr(exc, _REPORTED, None)
+    return event if isinstance(event, tuple) else None
+
+
+def _mark_reported(exc, event_id: str, handled: bool) -> None:
+    try:
+        setattr(exc, _REPORTED, (event_id, handled))
+    except Exception:  # an exception type with __slots__ and no __dict__
+        pass
+
+
+# IPython and Jupyter print the tracebacks of cells themselves, and never call sys.excepthook.
+# The agent wraps InteractiveShell.showtraceback and showsyntaxerror, which everything that shows
+# a user's error goes through (cells, `ipython script.py`, %run): the hint then comes right under
+# the traceback, in the cell's output in a notebook. A notebook is the script (see
+# _notebook_source); a cell that failed and later runs cleanly is the first clean run.
+
+def _patch_ipython(interactiveshell) -> None:
+    import functools
+    _process["ipython"] = True
+    shell_class = interactiveshell.InteractiveShell
+
+    def reporting(show):
+        @functools.wraps(show)
+        def show_and_report(self, *args, **kwargs):
+            show(self, *args, **kwargs)
+            _call_agent("_on_shown_error", self, args[0] if show.__name__ == "showtraceback" and args else
+                        kwargs.get("exc_tuple"))
+        return show_and_report
+    shell_class.showtraceback = reporting(shell_class.showtraceback)
+    shell_class.showsyntaxerror = reporting(shell_class.showsyntaxerror)
+    init_events = shell_class.init_events
+
+    @functools.wraps(init_events)
+    def init_events_and_ours(self):
+        init_events(self)
+        _call_agent("_watch_cells", self)
+    shell_class.init_events = init_events_and_ours
+    if shell_class.initialized():
+        _watch_cells(shell_class.instance())
+
+
+def _watch_cells(shell) -> None:
+    def pre_run_cell(info=None):
+        _call_agent("_on_cell_start", shell, info)
+
+    def post_run_cell(result=None):
+        if getattr(result, "success", False):
+            _call_agent("_on_cell_success", result)
+    shell.events.register("pre_run_cell", pre_run_cell)
+    shell.events.register("post_run_cell", post_run_cell)
+
+
+def _on_cell_start(shell, info) -> None:
+    raw_cell = getattr(info, "raw_cell", None)
+    _process["cell"] = _hash12(raw_cell) if isinstance(raw_cell, str) else None
+    if "script" not in _process and type(shell).__module__.startswith("ipykernel"):
+        _process["script"] = _notebook_source(shell)
+        _process["pending"] = None  # the launcher's, computed at start-up
+
+
+def _on_cell_success(result) -> None:
+    path = _pending_path()
+    failure = _read_json(path) if path and _process.get("cell") and os.path.exists(path) else None
+    if isinstance(failure, dict) and failure.get("cell") == _process["cell"]:
+        _report_clean_exit()
+
+
+def _on_shown_error(shell, exc_tuple) -> None:
+    try:
+        exc_type, exc, tb = shell._get_exc_info(exc_tuple)
+    except Exception:
+        return
+    while tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("IPython."):
+        tb = tb.tb_next  # IPython's own frames, which it leaves out of what it shows too
+    if _reported_as(exc) is None:
+        _on_error(exc_type, exc, tb, wait_for_hint=True)
+
+
+def _at_ipython_prompt() -> bool:
+    """Whether this runs under the prompt of terminal IPython (not `ipython script.py`, not a kernel)."""
+    frame = sys._getframe()
+    while frame is not None:
+        if frame.f_code.co_name in ("interact", "mainloop") and \
+                frame.f_globals.get("__name__") == "IPython.terminal.interactiveshell":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _notebook_source(shell):
+    """The notebook a kernel runs: its path where the kernel is told it (Jupyter server, VS Code) or
+    its launcher's command line names it (nbconvert, papermill, nbclient scripts), else the kernel's
+    working directory, which Jupyter and nbconvert set to the notebook's."""
+    user_ns = getattr(shell, "user_ns", {})
+    for named in (os.environ.get("JPY_SESSION_NAME"), user_ns.get("__vsc_ipynb_file__")):
+        if isinstance(named, str) and named.endswith(".ipynb"):
+            path = named if os.path.isabs(named) else os.path.join(os.getcwd(), os.path.basename(named))
+            return "notebook", path
+    try:
+        with open("/proc/%d/cmdline" % os.getppid(), "rb") as f:
+            args = f.read().decode("utf-8", "surrogateescape").split("\0")
+        notebooks = [a for a in args if a.endswith(".ipynb")]
+        if notebooks:
+            cwd = os.readlink("/proc/%d/cwd" % os.getppid())
+            return "notebook", os.path.normpath(os.path.join(cwd, notebooks[0]))
+    except (OSError, ValueError):
+        pass
+    return "notebook", os.path.join(os.getcwd(), "<kernel>")
+
+
+# A notebook launcher (nbconvert --execute, nbclient) raises CellExecutionError for a failing cell,
+# with the cell's traceback as its message. The kernel, with the agent in it, has reported the cell's
+# own exception already: the launcher then only shows its hint. A kernel without the agent leaves
+# it to the launcher, which reports the cell's exception from what the kernel sent.
+_CELL_ERRORS = ("nbclient.exceptions.CellExecutionError", "nbconvert.preprocessors.execute.CellExecutionError")
+
+
+def _on_cell_execution_error(exc, settings: dict) -> None:
+    import time
+    path = _pending_path()
+    failure = _read_json(path) if path else None
+    started = _process.get("started", time.time())
+    if isinstance(failure, dict) and _float(failure.get("ts"), 0.0) >= started and failure.get("cell"):
+        _ask_hint_only(settings, failure["env_hash"], failure["error_sig"])
+        return
+    ename = _sanitize(getattr(exc, "ename", "") or "CellExecutionError", 100) or "CellExecutionError"
+    evalue = _safe_str(getattr(exc, "evalue", ""))
+    message = _normalise_message(scrub(evalue[:_TRACE_LIMIT]))
+    error_sig = (ename + (": " + message if message else "") + " @ __main__.<module>")[:_SIG_LIMIT]
+    trace = scrub(_strip_escapes(str(getattr(exc, "traceback", "") or ename + ": " + evalue)))[-_TRACE_LIMIT:]
+    _report_error(type(exc), exc, None, settings, True, trace=trace, error_sig=error_sig)
 
 
 ###############################################################################
@@ -474,6 +770,16 @@ _MESSAGE_PATTERNS = (
 _DID_YOU_MEAN = r"\.?\s*did you mean:? .*$"
 
 
+# Terminal escape sequences (CSI, OSC, lone ESC), as in IPython's coloured tracebacks: stripped from
+# everything sent, and, with the other control characters, from every hint printed (_ESCAPES).
+_TERMINAL_ESCAPES = r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?"
+
+
+def _strip_escapes(text: str) -> str:
+    import re
+    return re.sub(_TERMINAL_ESCAPES, "", text) if "\x1b" in text else text
+
+
 def _sub_all(text: str, patterns) -> str:
     import re
     for pattern, replacement in patterns:
@@ -488,7 +794,7 @@ def _home() -> str:
 
 def scrub(text: str) -> str:
     """Remove secrets and the user's home directory from text that is about to leave the machine."""
-    text = _sub_all(text, _SECRET_PATTERNS)
+    text = _sub_all(_strip_escapes(text), _SECRET_PATTERNS)
     home = _home()
     return text.replace(home, "~") if home else text
 
@@ -572,8 +878,19 @@ def _script_identity():
             return hashlib.sha256(content).hexdigest()[:12], os.path.basename(what)
         except OSError:
             pass
-    name = {"-m": "-m " + what, "-c": "-c"}.get(kind, "<stdin>")
-    return _hash12(kind + " " + what), name
+    if kind in ("notebook", "run"):  # a notebook's content changes as it runs: its path is the id
+        words = what.split(" ")
+        name = os.path.basename(what) if kind == "notebook" else " ".join(_relative(word) for word in words)
+        return _hash12(kind + " " + scrub(what)), _strip_escapes(scrub(name))[:200]
+    name = {"-m": "-m " + " ".join(_relative(word) for word in what.split(" ")), "-c": "-c"}.get(kind, "<stdin>")
+    return _hash12(kind + " " + what), _strip_escapes(scrub(name))[:200]
+
+
+def _relative(word: str) -> str:
+    try:
+        return os.path.relpath(word) if os.path.isabs(word) else word
+    except ValueError:  # another drive
+        return word
 
 
 def _beacon(kind: str, env_hash: str, **fields) -> dict:
@@ -581,8 +898,22 @@ def _beacon(kind: str, env_hash: str, **fields) -> dict:
     script_id, script_name = _script_identity()
     beacon = {"kind": kind, "env_hash": env_hash, "script_id": script_id, "script_name": script_name,
               "ts": time.time(), "event_id": os.urandom(16).hex(), "agent": _USER_AGENT}
+    host = _host_name()
+    if host:
+        beacon["host"] = host
     beacon.update(fields)
     return beacon
+
+
+def _host_name() -> str:
+    """The machine's name, for the team's view of which machines fail (ERROR_AGENT_SEND_HOST=0: "")."""
+    if os.environ.get("ERROR_AGENT_SEND_HOST", "").strip().lower() in ("0", "false", "no", "off"):
+        return ""
+    import socket
+    try:
+        return _sanitize(scrub(socket.gethostname()), 255)
+    except Exception:
+        return ""
 
 ###############################################################################
 # Environment snapshot ########################################################
@@ -849,9 +1180,11 @@ def _recover_stale_claims(state: str) -> None:
 class _Unreachable(Exception):
     """The backend could not be reached or failed to answer: keep the beacon, open the breaker."""
 
-    def __init__(self, reason: str, retry_after: float = _BREAKER_SECONDS):
+    def __init__(self, reason: str, retry_after: float = _BREAKER_SECONDS, status=None, cause=None):
         super().__init__(reason)
         self.retry_after = retry_after
+        self.status = status  # the HTTP status of a 5xx or 429 answer
+        self.cause = cause    # the exception that ended the request
 
 
 def _post(settings: dict, path: str, payload: dict, timeout: float):
@@ -867,16 +1200,29 @@ def _post(settings: dict, path: str, payload: dict, timeout: float):
         body = json.dumps(_wire_safe(payload))
     request = urllib.request.Request(settings["url"][0] + path, data=body.encode("utf-8"), headers=headers,
                                      method="POST")
+    import _thread
+    contacting = _process.setdefault("contacting", {})  # see _wait
+    contacting[_thread.get_ident()] = settings
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read(_RESPONSE_LIMIT + 1)
     except urllib.error.HTTPError as error:
         if error.code == 429 or error.code >= 500 or error.code < 400:
             retry_after = _float(error.headers.get("Retry-After"), _BREAKER_SECONDS)
-            raise _Unreachable("HTTP %d" % error.code, min(max(retry_after, 1.0), 3600.0)) from None
-        return error.code, b""
+            raise _Unreachable("HTTP %d" % error.code, min(max(retry_after, 1.0), 3600.0), error.code) from None
+        return error.code, _error_body(error)
     except Exception as error:  # refused, reset, timeout, DNS, TLS, malformed answer
-        raise _Unreachable(type(error).__name__ + ": " + str(error)) from None
+        raise _Unreachable(type(error).__name__ + ": " + str(error), cause=error) from None
+    finally:
+        contacting.pop(_thread.get_ident(), None)
+
+
+def _error_body(error) -> bytes:
+    """The body of a 4xx answer (the server's reason), bounded; b"" when it cannot be read."""
+    try:
+        return error.read(_RESPONSE_LIMIT + 1)
+    except Exception:
+        return b""
 
 
 def _wire_safe(value):
@@ -908,6 +1254,14 @@ def _trip_breaker(state: str, settings: dict, error: _Unreachable) -> None:
                   {"until": time.time() + error.retry_after, "reason": str(error), "url": settings["url"][0]})
 
 
+def _close_breaker(state: str, settings: dict) -> None:
+    """The backend answered: the next error is sent and asks for its hint again."""
+    try:
+        os.unlink(_breaker_path(state, settings))
+    except FileNotFoundError:
+        pass
+
+
 def _deliver(settings: dict, state: str, claimed: str, timeout: float) -> str:
     """Send one claimed spool entry: ``delivered``, ``rejected`` (4xx, dropped) or ``kept``."""
     import time
@@ -930,6 +1284,7 @@ def _deliver(settings: dict, state: str, claimed: str, timeout: float) -> str:
     _spool_release(claimed, keep=False)
     _write_atomic(os.path.join(state, "last_delivery.json"),
                   {"ts": time.time(), "url": settings["url"][0], "status": status})
+    _close_breaker(state, settings)
     return "delivered"
 
 
@@ -983,49 +1338,84 @@ def _wait(thread, timeout: float, what: str) -> None:
                          % (deadline - time.monotonic(), what))
         sys.stderr.flush()
     thread.join(max(0.0, deadline - time.monotonic()))
+    # The host leaves now, before the worker's request times out on its own: a wait that ends without
+    # an answer is a failure of the backend, or every later error would wait the full time again.
+    settings = _process.get("contacting", {}).get(thread.ident)
+    if thread.is_alive() and settings is not None:
+        _trip_breaker(_state_dir(), settings, _Unreachable("no answer within the %gs wait (ERROR_AGENT_SUGGEST_TIMEOUT)"
+                                                               % _suggest_timeout()))
 
 
-def _report_error(exc_type, exc, tb, settings: dict, wait_for_hint: bool) -> None:
+def _report_error(exc_type, exc, tb, settings: dict, wait_for_hint: bool, handled: bool = False,
+                  trace: str | None = None, error_sig: str | None = None) -> None:
+    """Spool and send an error report; then, unless it was handled, wait a bounded time for a hint."""
     import threading
     import time
     started = time.monotonic()
+    reported = _reported_as(exc)
+    if reported is not None and (handled or not reported[1]):
+        return  # one exception, one report; logged, then raised uncaught, it still gets its hint
     state = _state_dir()
     env = snapshot(state)
-    error_sig = error_signature(exc_type, exc, tb)
-    beacon = _beacon("error", env["env_hash"], trace=format_trace(exc_type, exc, tb), error_sig=error_sig)
-    spooled = _spool_put(state, {"beacon": beacon, "env": env})
+    error_sig = error_sig or error_signature(exc_type, exc, tb)
+    spooled = None
+    if reported is None:
+        beacon = _beacon("error", env["env_hash"], trace=trace or format_trace(exc_type, exc, tb),
+                         error_sig=error_sig, **({"handled": True} if handled else {}))
+        _mark_reported(exc, beacon["event_id"], handled)
+        spooled = _spool_put(state, {"beacon": beacon, "env": env})
     try:  # success tracking needs the cache dir itself, not the temp-dir fallback
-        if not _process.get("multiprocessing_child"):
-            _write_atomic(_pending_path() or "", {"ts": beacon["ts"], "env_hash": env["env_hash"],
-                                                  "error_sig": error_sig})
+        if not (handled or _process.get("multiprocessing_child")):
+            _write_atomic(_pending_path() or "", {"ts": time.time(), "env_hash": env["env_hash"],
+                                                  "error_sig": error_sig, "cell": _process.get("cell")})
     except OSError:
         pass
     if _breaker_open(state, settings):
         return
     timeout = _suggest_timeout()
-    answer = {}
     # _call_agent as the target: nothing a worker meets (a full disk, say) reaches the host's stderr
-    delivery = threading.Thread(target=_call_agent, args=("_drain", settings, state, spooled), daemon=True)
-    delivery.start()
-    if not wait_for_hint:
-        if not _process["deliveries"]:
-            import atexit
-            atexit.register(_finish_background_deliveries)
-        _process["deliveries"].append(delivery)
+    delivery = None
+    if spooled is not None:
+        delivery = threading.Thread(target=_call_agent, args=("_drain", settings, state, spooled), daemon=True,
+                                    name=_APP + "-delivery")
+        delivery.start()
+    if not wait_for_hint or handled:
+        if delivery is not None:
+            if not _process["deliveries"]:
+                import atexit
+                atexit.register(_finish_background_deliveries)
+            _process["deliveries"] = [d for d in _process["deliveries"] if d.is_alive()] + [delivery]
         return
     if settings["hints"][0] and timeout > 0:
-        request = {"error_sig": error_sig, "env_hash": env["env_hash"], "script_id": beacon["script_id"]}
-        suggestion = threading.Thread(target=_call_agent, daemon=True,
-                                      args=("_ask_for_hint", settings, state, env, request, timeout, answer))
-        suggestion.start()
-        _wait(suggestion, timeout, "a fix suggestion from " + settings["url"][0])
-        if answer.get("hint"):
-            _print_hint(answer["hint"], settings)
-    _wait(delivery, max(0.0, timeout - (time.monotonic() - started)), "the error report to be delivered")
+        _ask_hint(settings, state, env, {"error_sig": error_sig, "env_hash": env["env_hash"],
+                                         "script_id": _script_identity()[0]}, timeout)
+    if delivery is not None:
+        _wait(delivery, max(0.0, timeout - (time.monotonic() - started)), "the error report to be delivered")
 
 
-def _ask_for_hint(settings: dict, state: str, env: dict, request: dict, timeout: float, answer: dict) -> None:
-    _send_env_once(settings, state, env, timeout)
+def _ask_hint(settings: dict, state: str, env, request: dict, timeout: float) -> None:
+    """Ask for a hint in a worker, wait for it (bounded), print it under the traceback."""
+    import threading
+    answer = {}
+    suggestion = threading.Thread(target=_call_agent, daemon=True, name=_APP + "-suggest",
+                                  args=("_ask_for_hint", settings, state, env, request, timeout, answer))
+    suggestion.start()
+    _wait(suggestion, timeout, "a fix suggestion from " + settings["url"][0])
+    if answer.get("hint"):
+        _print_hint(answer["hint"], settings)
+
+
+def _ask_hint_only(settings: dict, env_hash: str, error_sig: str) -> None:
+    """The hint for an error another process (a notebook's kernel) reported."""
+    timeout = _suggest_timeout()
+    if settings["hints"][0] and timeout > 0 and not _breaker_open(_state_dir(), settings):
+        _ask_hint(settings, _state_dir(), None, {"error_sig": error_sig, "env_hash": env_hash,
+                                                 "script_id": _script_identity()[0]}, timeout)
+
+
+def _ask_for_hint(settings: dict, state: str, env, request: dict, timeout: float, answer: dict) -> None:
+    if env is not None:
+        _send_env_once(settings, state, env, timeout)
     answer["hint"] = _suggest(settings, request, timeout)
 
 
@@ -1071,7 +1461,7 @@ def _report_clean_exit() -> None:
 
 # CSI and OSC sequences, lone ESC, C0/C1 controls, and the invisible format characters that can
 # make a command read differently from what it does (bidi overrides, zero-width characters)
-_ESCAPES = (r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|[\x00-\x1f\x7f-\x9f]"
+_ESCAPES = (_TERMINAL_ESCAPES + r"|[\x00-\x1f\x7f-\x9f]"
             r"|[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\U000e0000-\U000e007f]")
 
 
@@ -1264,27 +1654,107 @@ def _spool_summary(state: str) -> dict:
             "dropped": dropped}
 
 
+_PROBE = {"error_sig": "CorpErrorAgentStatus: probe from corp-error-agent status", "env_hash": "000000000000",
+          "script_id": "000000000000"}
+
+
 def _backend_health(settings: dict, timeout: float = 2.0) -> dict:
+    """What answers at the URL, with the problem in words (None when there is none).
+
+    ``GET /healthz`` says whether it is our server (it needs no token); then a valid suggestion
+    request, which every backend takes (the published Django server too), which needs the token
+    and stores nothing: whether the backend would take this agent's reports at all."""
     import time
     import urllib.error
     import urllib.request
+    url = settings["url"][0]
+    health = {"reachable": False, "token_refused": False, "server": None, "problem": None}
     started = time.monotonic()
     try:
-        request = urllib.request.Request(settings["url"][0] + "/healthz", headers={"User-Agent": _USER_AGENT})
+        request = urllib.request.Request(url + "/healthz", headers={"User-Agent": _USER_AGENT})
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            status = response.status
+            status, body = response.status, response.read(_RESPONSE_LIMIT + 1)
     except urllib.error.HTTPError as error:
-        status = error.code  # any HTTP answer means something is listening there
+        status, body = error.code, _error_body(error)  # an HTTP answer: something listens there
     except Exception as error:
-        return {"reachable": False, "error": "%s: %s" % (type(error).__name__, error)}
-    health = {"reachable": True, "status": status, "ms": round((time.monotonic() - started) * 1000, 1)}
-    # /healthz needs no token: an empty suggestion request (400, nothing stored) tells whether
-    # the backend takes ours, or every report would be refused and dropped
+        health["problem"] = "unreachable: " + _unreachable_words(_Unreachable(str(error), cause=error), url, timeout)
+        return health
+    health.update(reachable=True, status=status, ms=round((time.monotonic() - started) * 1000, 1))
+    answer = _json_object(body) if status == 200 else None
+    if answer is not None and answer.get("ok") is True:
+        health["server"] = "corp-error-server (schema %s)" % _sanitize(answer.get("schema_version"), 20)
     try:
-        health["token_refused"] = _post(settings, "/suggest", {}, timeout)[0] in (401, 403)
-    except _Unreachable:
-        health["token_refused"] = False
+        status, body = _post(settings, "/suggest", _PROBE, timeout)
+    except _Unreachable as error:
+        if error.status is None or health["server"] is not None:
+            health["problem"] = _unreachable_words(error, url, timeout, "POST /suggest")
+            return health
+        status, body = error.status, b""  # a 5xx from some other server (501: it has no POST at all)
+    answer = _json_object(body) if status == 200 else None
+    if status in (401, 403):
+        health["token_refused"] = True
+        health["problem"] = _status_words(status, "POST /suggest", bool(settings["token"][0]))
+    elif answer is None or "match" not in answer:
+        health["problem"] = "not a corp-error-agent backend: GET /healthz answered HTTP %s and POST /suggest %s " \
+            "(check the URL)" % (health["status"], "HTTP %d" % status if answer is None else "no suggestion")
+    elif health["server"] is None:
+        health["server"] = "a backend without /healthz (the published 0.4.2 Django server?)"
     return health
+
+
+def _json_object(body: bytes):
+    import json
+    try:
+        value = json.loads(body.decode("utf-8")) if body and len(body) <= _RESPONSE_LIMIT else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _status_words(status: int, request: str, token: bool) -> str:
+    """An HTTP status a backend answered, said in words."""
+    if status in (401, 403):
+        return ("HTTP %d: the backend refuses the token: every report would be dropped" if token else
+                "HTTP %d: the backend wants a token: every report would be dropped") % status + \
+            " (ERROR_AGENT_TOKEN, configure --token)"
+    words = {404: "%s does not exist there: not a corp-error-agent backend (check the URL)",
+             405: "the server does not take %s: not a corp-error-agent backend (check the URL)",
+             501: "the server does not implement %s: not a corp-error-agent backend (check the URL)",
+             400: "the backend refused %s as malformed",
+             413: "%s is over the backend's size limit",
+             415: "the backend does not take %s as JSON",
+             429: "the backend is busy and asks to slow down (%s): reports wait in the spool"}
+    if status in words:
+        return "HTTP %d: " % status + words[status] % request
+    if status >= 500:
+        return "HTTP %d: the backend failed to answer %s: reports wait in the spool" % (status, request)
+    return "HTTP %d" % status
+
+
+def _unreachable_words(error: _Unreachable, url: str, timeout: float, request: str = "the request") -> str:
+    """Why a request got no answer, in words."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+    if error.status is not None:
+        return _status_words(error.status, request, False)
+    where = urlsplit(url).netloc or url
+    cause = getattr(error.cause, "reason", error.cause)  # URLError wraps what the socket raised
+    if isinstance(cause, ConnectionRefusedError):
+        return "nothing listens at %s (connection refused)" % where
+    if isinstance(cause, (socket.timeout, TimeoutError)):
+        return "no answer from %s within %gs" % (where, timeout)
+    if isinstance(cause, socket.gaierror):
+        return "the host name in %s does not resolve" % where
+    if isinstance(cause, ssl.SSLError):
+        return "TLS with %s failed: %s" % (where, _sanitize(cause, 200))
+    if isinstance(cause, ConnectionResetError):
+        return "%s reset the connection" % where
+    if isinstance(cause, OSError) and cause.strerror:
+        return "cannot reach %s: %s" % (where, cause.strerror)
+    if cause is not None:  # a malformed or missing HTTP answer
+        return "%s did not answer in HTTP (%s)" % (where, _sanitize(type(cause).__name__, 100))
+    return _sanitize(error, 300)
 
 
 def _local_time(ts) -> str:
@@ -1319,18 +1789,22 @@ def _cmd_status(args) -> int:
     last = data["last_delivery"]
     lines.append("  last delivery:  %s" % ("%s at %s (HTTP %s)" % (last.get("url"), _local_time(last.get("ts")),
                                                                   last.get("status")) if last else "never"))
+    backend = data["backend"]
     if data["breaker_open"]:
         breaker = _read_json(_breaker_path(state, settings)) or {}
-        lines.append("  breaker:        open until %s after %s: errors are spooled, not sent" % (
-            _local_time(breaker.get("until")), breaker.get("reason")))
-    backend = data["backend"]
-    lines.append("  backend:        %s" % ("unreachable: " + backend["error"] if not backend["reachable"] else
-                                          "answers (HTTP %s, %s ms)" % (backend["status"], backend["ms"])))
-    if backend.get("token_refused"):
-        lines.append("  token:          %s: every report would be dropped (ERROR_AGENT_TOKEN, configure --token)" % (
-            "refused by the backend" if settings["token"][0] else "the backend wants one"))
+        if backend["problem"] is None:  # the backend answered the probe: it is back
+            _close_breaker(state, settings)
+            data["breaker_open"] = False
+            lines.append("  breaker:        closed: the backend answers again (it opened after %s)"
+                         % breaker.get("reason"))
+        else:
+            lines.append("  breaker:        open until %s after %s: errors are spooled, not sent" % (
+                _local_time(breaker.get("until")), breaker.get("reason")))
+    lines.append("  backend:        %s" % ("answers: %s, %s ms" % (backend["server"], backend["ms"])
+                                          if backend["problem"] is None else "PROBLEM: " + backend["problem"]))
+    data["ok"] = backend["problem"] is None
     _emit(args, data, "\n".join(lines) + "\n")
-    return 0
+    return 0 if data["ok"] else 1
 
 
 def _cmd_test(args) -> int:
@@ -1345,8 +1819,9 @@ def _cmd_test(args) -> int:
     for step, path, payload in (("beacon", "/beacon", beacon), ("suggest", "/suggest", {
             "error_sig": error_sig, "env_hash": env["env_hash"], "script_id": beacon["script_id"]})):
         started = time.monotonic()
+        timeout = _suggest_timeout() or _CONNECT_TIMEOUT
         try:
-            status, body = _post(settings, path, payload, _suggest_timeout() or _CONNECT_TIMEOUT)
+            status, body = _post(settings, path, payload, timeout)
             if step == "beacon" and status == 204:
                 _post(settings, "/env", env, _CONNECT_TIMEOUT)
             try:
@@ -1354,12 +1829,16 @@ def _cmd_test(args) -> int:
             except ValueError:
                 answer = _sanitize(body.decode("utf-8", "replace"), 200)
             results[step] = {"ok": 200 <= status < 300, "status": status, "answer": answer}
+            if not results[step]["ok"]:
+                results[step]["error"] = _status_words(status, "POST " + path, bool(settings["token"][0]))
         except _Unreachable as error:
-            results[step] = {"ok": False, "error": str(error)}
+            results[step] = {"ok": False, "status": error.status,
+                             "error": _unreachable_words(error, settings["url"][0], timeout, "POST " + path)}
         results[step]["ms"] = round((time.monotonic() - started) * 1000, 1)
     ok = results["beacon"]["ok"] and results["suggest"]["ok"]
     text = "".join("%-8s %s %s ms  %s\n" % (step, "ok  " if r["ok"] else "FAIL", r["ms"], _sanitize(
-        r.get("error") or "HTTP %s %s" % (r["status"], json.dumps(r["answer"]) if r["answer"] else ""), 300))
+        r["error"] + (" %s" % json.dumps(r["answer"]) if r.get("answer") else "") if "error" in r else
+        "HTTP %s %s" % (r["status"], json.dumps(r["answer"]) if r["answer"] else ""), 300))
         for step, r in ((s, results[s]) for s in ("beacon", "suggest")))
     _emit(args, dict(results, ok=ok), "backend %s\n%s" % (settings["url"][0], text))
     return 0 if ok else 1

@@ -1,27 +1,47 @@
-"""The analysis engine: from failing-vs-succeeding environments to one command.
+"""The analysis engine: from failing-vs-succeeding environments of one bug to one command.
 
-Pure functions over counts. Storage keeps, per error group, how many failing and succeeding runs
-had each (feature, value); the engine ranks features by how well they separate the two and answers
-for the requesting environment. Observed fixes (a failure followed by a success of the same script,
-``prev_env_hash``) are diffed directly and weigh above population statistics.
+Pure functions. Storage keeps, per bug, how many failing and succeeding runs had each (feature,
+value), the observed fixes (a failure followed by a success of the same script, ``prev_env_hash``)
+and, on request, a sample of succeeding environments; the engine weighs every feature as a
+hypothesis ("this feature causes the failure") against the others and against "no environment
+cause" (the bug fails anywhere), and answers for the requesting environment.
+
+The weighing is Bayesian so that it survives noise: a feature's population evidence is the Bayes
+factor of "failing and succeeding runs draw its values from different distributions" over "from
+one" (Dirichlet-multinomial marginal likelihoods), its prior is one share among all features (so
+two hundred features against six runs do not produce a chance winner), raised when the traceback
+names the package or a standard-library module that a Python version added or removed, lowered
+for packaging tools. Observed fixes multiply in a likelihood ratio each. Features whose values
+split the runs identically move together and are answered together, to a combination seen
+succeeding. The posterior is finally mapped through a calibration fitted on bench/engine_quality.py
+(docs/engine.md), so that the printed confidence is the share of answers that are right.
 """
 from __future__ import annotations
 
 import math
 import re
 import shlex
-from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
-ABSENT = "<absent>"            # value of a package / env var a run did not have
-MIN_CONFIDENCE = 0.5           # below this the engine abstains (tuned with bench/engine_quality.py)
-_Z = 1.0                       # Wilson bound width: small counts stay modest, 7/7 is not 100%
-_PAIR_WEIGHT = 0.65            # confidence from one observed fix that changed a single thing
-_TIE = 0.02                    # relative score difference under which two candidates are tied
-_MAX_VALUES = 6                # features with more distinct values than this are per-machine noise
-_PATHY_ENV = re.compile(r"[/\\]")
+ABSENT = "<absent>"            # a package the environment does not have
+UNSET = "<unset>"              # an environment variable the agent collected and found unset
+MIN_CONFIDENCE = 0.5           # below this (calibrated) confidence the engine abstains
+_MAX_VALUES = 8                # features with more distinct values than this are per-machine noise
+_ALPHA = 1.0                   # Dirichlet concentration per value
+_NO_CAUSE_PRIOR = 0.35         # prior share of bugs that fail whatever the environment
+_MENTIONED = 25.0              # prior weight of a package the traceback names, against 1 for others
+_PYTHON_PRIOR = 3.0            # the interpreter version is a common cause: more than one package's share
+_PACKAGING_TOOL = 0.1          # pip, setuptools, wheel ride along with interpreters and venvs
+_STDLIB_PRIOR = 3000.0         # the traceback names a module the requester's Python lacks
+_FLAKE = 0.1                   # share of failing runs a flaky bug adds on good values
+_MISS = 0.02                   # share of succeeding runs on failing values (a cause rarely lets a run pass)
+_FIX_NOISE = 0.12              # chance that an observed "fix" did not touch the cause (a flaky pass)
+_PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
+# Calibration (logit scale) of the posterior, fitted on bench/engine_quality.py over seeds 1-5
+_CALIBRATION = (1.0, 0.0)
 
 Features = Dict[str, str]
-Counts = Dict[str, Dict[str, Tuple[int, int]]]   # feature -> value -> (failing runs, succeeding runs)
+Counts = Dict[str, Dict[str, Tuple[float, float]]]   # feature -> value -> (failing runs, succeeding runs)
 
 ###############################################################################
 # Features of one environment #################################################
@@ -35,7 +55,8 @@ def canonical_name(name: str) -> str:
 
 def env_features(packages: Mapping[str, str], python_ver: str, python_impl: str, os_info: str,
                  machine_arch: str, env_vars: Mapping[str, str]) -> Features:
-    """The engine's view of one environment. Absent packages and unset variables have no entry."""
+    """The engine's view of one environment. Absent packages have no entry; a collected variable
+    that is unset is ``UNSET``, one that was not collected has no entry (unknown, not unset)."""
     features: Features = {}
     for name, version in packages.items():
         features["pkg:" + canonical_name(name)] = version
@@ -51,13 +72,99 @@ def env_features(packages: Mapping[str, str], python_ver: str, python_impl: str,
     if machine_arch:
         features["arch"] = machine_arch.lower()
     for name, value in env_vars.items():
-        if value != "MISSING":
-            features["env:" + name] = value
+        features["env:" + name] = UNSET if value == "MISSING" else value
     return features
 
 ###############################################################################
-# What the traceback names ####################################################
+# What the traceback says #####################################################
 ###############################################################################
+# Where a bug is raised: the innermost frame that is not the standard library's. In a library
+# (site-packages) the library is the place, whatever function: the same library bug hit from many
+# scripts is one bug. In the user's code, the file and function are. Both clients send the trace
+# text; our agent's signature also carries ``module.function`` frames after " @ ".
+
+_FRAME = re.compile(r'^\s*File "([^"\n]{1,1000})", line \d+, in ([^\s]{1,200})\s*$', re.M)
+_SITE = re.compile(r"[/\\](?:site|dist)-packages[/\\]([^/\\]+)")
+_STDLIB_PATH = re.compile(r"[/\\]lib[/\\]python\d+(?:\.\d+)?t?[/\\]|[/\\]Lib[/\\]|^<frozen ")
+_IMPORT_ERROR = re.compile(r"^(?:[\w.]*\.)?(?:modulenotfounderror|importerror)\b", re.I)
+
+
+def _stem(path: str) -> str:
+    name = re.split(r"[/\\]", path)[-1]
+    return re.sub(r"\.pyw?$", "", name) or "?"
+
+
+def _trace_frames(trace: str) -> List[Tuple[str, str]]:
+    """(place, function) of each frame of the last traceback block, outermost first, stdlib left out."""
+    block = trace.rsplit("Traceback (most recent call last):", 1)[-1]
+    frames = []
+    for path, function in _FRAME.findall(block):
+        site = _SITE.search(path)
+        if site and _dist_of(site.group(1)) not in STDLIB_MODULES:
+            frames.append(("lib:" + _dist_of(site.group(1)), function))
+        elif site:
+            continue
+        elif not _STDLIB_PATH.search(path):
+            frames.append((_stem(path), function))
+    return frames
+
+
+def _signature_frames(signature: str) -> List[Tuple[str, str]]:
+    """(place, function) from our agent's ``line @ inner < outer`` frames, outermost first."""
+    if " @ " not in signature:
+        return []
+    frames = []
+    for frame in signature.rsplit(" @ ", 1)[1].split(" < ")[::-1]:
+        parts = frame.strip().split(".")
+        if len(parts) < 2 or not parts[0] or parts[0] in STDLIB_MODULES:
+            continue
+        frames.append((parts[0], parts[-1]))
+    return frames
+
+
+def where_raised(signature: str, trace: str = "") -> str:
+    """The place of the bug: ``lib:<dist>`` or ``<file>.<function>``; "" when nothing says it.
+
+    The trace's frames win over the signature's (the trace names files, the signature modules);
+    an import error is about the module it names, not the place that imports it.
+    """
+    message = signature.strip().splitlines()[-1] if signature.strip() else ""
+    if _IMPORT_ERROR.match(message.split(" @ ")[0].strip()):
+        return ""
+    frames = _trace_frames(trace) if trace else []
+    if not frames:
+        frames = _signature_frames(signature)
+    if not frames:
+        return ""
+    place, function = frames[-1]
+    if not place.startswith("lib:"):
+        return (place + "." + function)[:120].lower()
+    # a library's message with numbers in it ("step 12 failed") is about the caller's data: the
+    # numbers tell one caller's bug from another's; without numbers it is the library's own bug
+    numbers = _message_numbers(_raw_line(trace) or message)
+    return place + (" [%s]" % " ".join(numbers) if numbers else "")
+
+
+def _raw_line(trace: str) -> str:
+    lines = [line for line in trace.strip().splitlines() if line.strip()]
+    return lines[-1] if lines and not lines[-1].startswith((" ", "\t")) else ""
+
+
+def _message_numbers(line: str) -> List[str]:
+    """Numbers standing alone in an exception line, outside quotes and paths (at most four)."""
+    text = re.sub(r"'[^']*'|\"[^\"]*\"|\S*[/\\]\S*|0x[0-9a-fA-F]+|<n>", " ", line.split(" @ ")[0])
+    return re.findall(r"(?<![\w.])\d+(?![\w.])", text)[:4]
+
+
+def places_match(where: str, signature: str) -> bool:
+    """Whether our agent's signature frames fit a place computed from a trace (for /suggest)."""
+    where = where.split(" [")[0]
+    for place, function in _signature_frames(signature):
+        if where in ("lib:" + _dist_of(place), (place + "." + function).lower()) or \
+                (place == "__main__" and where.endswith("." + function.lower())):
+            return True
+    return False
+
 
 _MENTION_PATTERNS = (
     re.compile(r"(?:from|module|named) '([A-Za-z_][\w.]*)'"),
@@ -86,72 +193,167 @@ def mentioned_packages(text: str) -> Set[str]:
     for pattern in _MENTION_PATTERNS:
         for match in pattern.finditer(text):
             name = _dist_of(match.group(1))
-            if name and name not in ("main", "builtins"):
+            if name and name not in ("main", "builtins", "-main-"):
                 found.add(name)
     return found
+
+# Standard-library modules a Python version added or removed. 3.10-3.13 are what
+# sys.stdlib_module_names of those interpreters differ by (tests/server/test_engine.py checks the
+# table against every interpreter under pyenv); 3.9's additions and the 3.10 collections aliases
+# are from the "What's New" pages (3.8 and 3.9 have no stdlib_module_names).
+STDLIB_ADDED = {"zoneinfo": (3, 9), "graphlib": (3, 9), "tomllib": (3, 11)}
+STDLIB_REMOVED = dict(
+    [("binhex", (3, 11))]
+    + [(name, (3, 12)) for name in ("asynchat", "asyncore", "distutils", "imp", "smtpd")]
+    + [(name, (3, 13)) for name in ("aifc", "audioop", "cgi", "cgitb", "chunk", "crypt", "imghdr", "lib2to3",
+                                    "mailcap", "msilib", "nis", "nntplib", "ossaudiodev", "pipes", "sndhdr",
+                                    "spwd", "sunau", "telnetlib", "uu", "xdrlib")])
+_COLLECTIONS_ABCS = ("awaitable", "coroutine", "asynciterable", "asynciterator", "asyncgenerator", "hashable",
+                     "iterable", "iterator", "generator", "reversible", "sized", "container", "callable",
+                     "collection", "set", "mutableset", "mapping", "mutablemapping", "mappingview", "keysview",
+                     "itemsview", "valuesview", "sequence", "mutablesequence", "bytestring")
+STDLIB_MODULES = frozenset(
+    "abc argparse ast asyncio base64 bdb binascii bisect builtins bz2 calendar cmd codecs collections "
+    "concurrent configparser contextlib contextvars copy copyreg csv ctypes dataclasses datetime decimal difflib "
+    "dis email encodings enum errno faulthandler fnmatch fractions functools gc getopt getpass gettext glob gzip "
+    "hashlib heapq hmac html http importlib inspect io ipaddress itertools json keyword linecache locale logging "
+    "lzma mailbox marshal math mimetypes multiprocessing numbers operator optparse os pathlib pdb pickle pkgutil "
+    "platform plistlib posixpath pprint queue random re reprlib runpy sched secrets select selectors shelve shlex "
+    "shutil signal site socket socketserver sqlite3 ssl stat statistics string struct subprocess symtable sys "
+    "sysconfig tarfile tempfile textwrap threading time timeit token tokenize tomllib trace traceback types typing "
+    "unicodedata unittest urllib uuid venv warnings weakref wsgiref xml xmlrpc zipfile zipimport zlib "
+    "zoneinfo".split() + list(STDLIB_ADDED) + list(STDLIB_REMOVED))
+
+
+def python_requirement(message: str) -> Optional[Tuple[str, Tuple[int, int]]]:
+    """("min" or "max", version) when the exception line names a stdlib module of some versions only.
+
+    ("min", 3.11): needs 3.11 or newer; ("max", 3.12): needs older than 3.12.
+    """
+    text = message.lower()
+    named = re.search(r"no module named '([\w.]+)'", text)
+    if named:
+        top = named.group(1).split(".")[0]
+        if top in STDLIB_ADDED:
+            return "min", STDLIB_ADDED[top]
+        if top in STDLIB_REMOVED:
+            return "max", STDLIB_REMOVED[top]
+    abc = re.search(r"cannot import name '(\w+)' from 'collections'|module 'collections' has no attribute '(\w+)'",
+                    text)
+    if abc and (abc.group(1) or abc.group(2)) in _COLLECTIONS_ABCS:
+        return "max", (3, 10)
+    return None
 
 ###############################################################################
 # Statistics ##################################################################
 ###############################################################################
 
 
-def wilson_lower(successes: int, trials: int, z: float = _Z) -> float:
-    """Lower bound of the Wilson interval: a rate that respects how few observations it rests on."""
-    if trials <= 0:
+def _log_dm(counts: Sequence[float], alpha: float = _ALPHA) -> float:
+    """Log marginal likelihood of category counts under a symmetric Dirichlet prior."""
+    total = sum(counts)
+    k = len(counts)
+    return (math.lgamma(k * alpha) - math.lgamma(k * alpha + total)
+            + sum(math.lgamma(alpha + c) - math.lgamma(alpha) for c in counts))
+
+
+def log_bayes_factor(values: Mapping[str, Tuple[float, float]]) -> float:
+    """Failing and succeeding runs draw the feature's values from different distributions, over one."""
+    fails = [a for a, _ in values.values()]
+    oks = [b for _, b in values.values()]
+    pooled = [a + b for a, b in values.values()]
+    return _log_dm(fails) + _log_dm(oks) - _log_dm(pooled)
+
+
+def _log_partition_bf(values: Mapping[str, Tuple[float, float]], bad: Sequence[str]) -> float:
+    """"These values fail, the others work" (a few flaky failures, fewer successes on failing
+    values), over "values are independent of the outcome"; less the choice of the partition."""
+    fails_bad = [values[v][0] for v in values if v in bad]
+    oks_bad = [values[v][1] for v in values if v in bad]
+    fails_good = [values[v][0] for v in values if v not in bad]
+    oks_good = [values[v][1] for v in values if v not in bad]
+    if not fails_bad or not oks_good:
         return 0.0
-    p = successes / trials
-    denominator = 1 + z * z / trials
-    centre = p + z * z / (2 * trials)
-    margin = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
-    return max(0.0, (centre - margin) / denominator)
+    log_ml1 = (_log_dm(fails_bad) + _log_dm(oks_good) + _log_dm(oks_bad) + _log_dm(fails_good)
+               + sum(fails_good) * math.log(_FLAKE) + sum(oks_bad) * math.log(_MISS)
+               + sum(fails_bad) * math.log(1 - _FLAKE) + sum(oks_good) * math.log(1 - _MISS))
+    log_ml0 = _log_dm([a + b for a, b in values.values()])
+    return log_ml1 - log_ml0 - math.log(2 ** len(values) - 2)
+
+
+def with_absent(values: Mapping[str, Tuple[float, float]], fails: float, oks: float
+                ) -> Dict[str, Tuple[float, float]]:
+    """Runs that had no value for a package had it absent: derived, so storage never enumerates."""
+    full = dict(values)
+    missing_fails = fails - sum(a for a, _ in values.values())
+    missing_oks = oks - sum(b for _, b in values.values())
+    if missing_fails > 1e-9 or missing_oks > 1e-9:
+        full[ABSENT] = (max(missing_fails, 0.0), max(missing_oks, 0.0))
+    return full
+
+
+def version_key(value: str) -> Optional[Tuple[int, ...]]:
+    """A release's numbers for ordering ("1.26.4" -> (1, 26, 4)); None for what is no version."""
+    if value in (ABSENT, UNSET) or not re.match(r"^v?\d", value):
+        return None
+    return tuple(int(n) for n in re.findall(r"\d+", value)[:4])
 
 
 class Separation(NamedTuple):
     feature: str
-    score: float
+    log_bf: float
     bad: Tuple[str, ...]      # failure-leaning values
     good: Tuple[str, ...]     # success-leaning values, best supported first
-    values: Dict[str, Tuple[int, int]]
+    values: Dict[str, Tuple[float, float]]
+    range_from: str           # the oldest version seen failing when every newer one fails too ("" if not)
 
 
-def with_absent(values: Mapping[str, Tuple[int, int]], fails: int, oks: int) -> Dict[str, Tuple[int, int]]:
-    """Runs that had no value for a feature had it absent: derived, so storage never enumerates."""
-    full = dict(values)
-    missing_fails = fails - sum(a for a, _ in values.values())
-    missing_oks = oks - sum(b for _, b in values.values())
-    if missing_fails > 0 or missing_oks > 0:
-        full[ABSENT] = (max(missing_fails, 0), max(missing_oks, 0))
-    return full
+def _table(feature: str, group: GroupData, scale: float) -> Dict[str, Tuple[float, float]]:
+    raw = {v: (a * scale, float(b)) for v, (a, b) in group.counts.get(feature, {}).items()}
+    return with_absent(raw, group.fails * scale, float(group.oks)) if feature.startswith("pkg:") else raw
 
 
-def separation(feature: str, values: Mapping[str, Tuple[int, int]], fails: int, oks: int) -> Separation:
-    """How well the feature's values split failing from succeeding runs (0..1, count-aware).
+def separation(feature: str, values: Mapping[str, Tuple[float, float]]) -> Separation:
+    """How the feature's values split failing from succeeding runs.
 
     A value leans to success when its share of the succeeding runs is above its share of the
-    failing runs (shares, not counts: a script fails many times and reports one success). The
-    score multiplies lower bounds of: the failures on failure-leaning values, the successes on
-    success-leaning values, and how pure the success-leaning values are (a real cause leaves no
-    failure on the values that fix it; chance does).
+    failing runs (shares, not counts: a script fails many times and reports one success).
     """
-    bad: List[str] = []
-    good: List[Tuple[int, int, str]] = []
+    fails = sum(a for a, _ in values.values()) or 1.0
+    oks = sum(b for _, b in values.values()) or 1.0
+    bad, good = [], []
     for value, (a, b) in values.items():
-        if b * fails > a * oks:
-            good.append((-b, a, value))
+        if b / oks > a / fails:
+            good.append(value)
         elif a:
             bad.append(value)
-    fails_on_bad = sum(values[v][0] for v in bad)
-    oks_on_good = sum(-b for b, _, _ in good)
-    fails_on_good = sum(a for _, a, _ in good)
-    score = (wilson_lower(fails_on_bad, fails) * wilson_lower(oks_on_good, oks)
-             * wilson_lower(oks_on_good, oks_on_good + fails_on_good))
-    if len(values) > _MAX_VALUES:
-        score = 0.0
-    return Separation(feature, score, tuple(sorted(bad)), tuple(v for _, _, v in sorted(good)), dict(values))
+    # best good value: the purest, then the best supported, then the newest
+    good.sort(key=lambda v: (values[v][0] > 0, -values[v][1], tuple(-n for n in version_key(v) or ())))
+    range_from = _failing_range(values, good, bad)
+    log_bf = max(log_bayes_factor(values), _log_partition_bf(values, bad)) if good and bad else 0.0
+    if range_from:
+        # "every version from X on fails": two bins, less the choice among the thresholds there were
+        start = version_key(range_from)
+        below = [values[v] for v in values if (version_key(v) or ()) < start]  # type: ignore[operator]
+        above = [values[v] for v in values if (version_key(v) or ()) >= start]  # type: ignore[operator]
+        binned = {"below": (sum(a for a, _ in below), sum(b for _, b in below)),
+                  "from": (sum(a for a, _ in above), sum(b for _, b in above))}
+        log_bf = max(log_bf, log_bayes_factor(binned) - math.log(max(len(values) - 1, 1)))
+    return Separation(feature, log_bf, tuple(sorted(bad)), tuple(good), dict(values), range_from)
 
+
+def _failing_range(values: Mapping[str, Tuple[float, float]], good: Sequence[str], bad: Sequence[str]) -> str:
+    """The start of a version range that fails: every version seen from it on failed, all below worked."""
+    keyed_good = [version_key(v) for v in good]
+    keyed_bad = [(version_key(v), v) for v in bad if values[v][1] == 0]
+    if not keyed_bad or len(keyed_bad) != len(bad) or any(k is None for k in keyed_good) or \
+            any(k is None for k, _ in keyed_bad):
+        return ""
+    lowest_bad = min(keyed_bad)
+    return lowest_bad[1] if not keyed_good or max(keyed_good) < lowest_bad[0] else ""  # type: ignore[operator, type-var]
 
 ###############################################################################
-# Candidates and the answer ###################################################
+# Hypotheses ##################################################################
 ###############################################################################
 
 
@@ -166,107 +368,173 @@ class Candidate(NamedTuple):
     current: str
     target: str
     confidence: float
-    population: float
-    pairs: int
+    population: float          # log Bayes factor from the population
+    pairs: int                 # observed fixes that moved this feature to a success value
     mentioned: bool
 
 
 def _pair_diff(pair: FixPair) -> Dict[str, Tuple[str, str]]:
-    keys = set(pair.failing) | set(pair.fixed)
-    diff = {k: (pair.failing.get(k, ABSENT), pair.fixed.get(k, ABSENT)) for k in keys
+    keys = {k for k in set(pair.failing) | set(pair.fixed) if k != "python_full"}
+    return {k: (pair.failing.get(k, ABSENT), pair.fixed.get(k, ABSENT)) for k in keys
+            if not k.startswith("env:") or (k in pair.failing and k in pair.fixed)
             if pair.failing.get(k, ABSENT) != pair.fixed.get(k, ABSENT)}
-    if "python" in diff:
-        diff.pop("python_full", None)   # one interpreter change, not two pieces of evidence
-    return diff
 
 
-def _is_mentioned(feature: str, mentions: Set[str]) -> bool:
-    return feature.startswith("pkg:") and feature[4:] in mentions
+def _pair_evidence(pairs: Sequence[FixPair], universe: int) -> Tuple[Dict[str, float], Dict[str, Dict[str, int]]]:
+    """Per feature: log likelihood ratio of the observed fixes, and the values fixes moved it to.
 
-
-def pair_support(pairs: Sequence[FixPair], mentions: Set[str]) -> Dict[Tuple[str, str], Tuple[float, int]]:
-    """(feature, fixed value) -> (confidence from observed fixes, number of fixes).
-
-    A fix that changed n things lends each 1/n of its weight; when the trace names some of the
-    changed packages, only those share it (the bystanders rode along). A real cause is consistent:
-    no fix moves it to a value another fix moved away from, and fixes that leave it alone count
-    against it; so the confidence is scaled by the share of all fixes that moved the feature to a
-    value never seen failing.
+    Under "feature f is the cause" a fix changes f (unless it was a flaky pass); under "no cause"
+    a fix changes f as often as a random feature of an environment that changed |diff| of them.
     """
-    diffs = [d for d in (_pair_diff(pair) for pair in pairs) if d]
-    failing_values: Dict[str, Set[str]] = {}
+    diffs = [_pair_diff(pair) for pair in pairs]
+    log_lr: Dict[str, float] = {}
+    moved_to: Dict[str, Dict[str, int]] = {}
+    changed: Set[str] = set().union(*diffs) if diffs else set()
     for diff in diffs:
-        for feature, (before, _) in diff.items():
-            failing_values.setdefault(feature, set()).add(before)
-    misses: Dict[Tuple[str, str], float] = {}
-    count: Dict[Tuple[str, str], int] = {}
-    consistent: Dict[str, int] = {}
-    for pair, diff in zip(pairs, diffs):
-        for feature, (_, after) in diff.items():
-            if after not in failing_values[feature]:
-                consistent[feature] = consistent.get(feature, 0) + 1
-        named = [f for f in diff if _is_mentioned(f, mentions)]
-        carriers = named or list(diff)
-        for feature in carriers:
-            key = (feature, diff[feature][1])
-            weight = _PAIR_WEIGHT * (1.25 if pair.same_script else 1.0) / len(carriers)
-            misses[key] = misses.get(key, 1.0) * (1 - min(weight, 0.9))
-            count[key] = count.get(key, 0) + 1
-    return {key: ((1 - miss) * consistent.get(key[0], 0) / len(diffs), count[key]) for key, miss in misses.items()
-            if key[1] not in failing_values[key[0]]}
+        chance = min(0.5, max(len(diff), 1) / max(universe, 2))
+        for feature in changed:
+            if feature in diff:
+                log_lr[feature] = log_lr.get(feature, 0.0) + math.log((1 - _FIX_NOISE) / chance)
+                target = moved_to.setdefault(feature, {})
+                target[diff[feature][1]] = target.get(diff[feature][1], 0) + 1
+            else:
+                log_lr[feature] = log_lr.get(feature, 0.0) + math.log(_FIX_NOISE / (1 - chance))
+    return log_lr, moved_to
 
 
-def _population_candidates(seps: Iterable[Separation], requester: Features, mentions: Set[str]
-                           ) -> Dict[str, Candidate]:
-    found: Dict[str, Candidate] = {}
-    for sep in seps:
-        current = requester.get(sep.feature, ABSENT)
-        if not sep.good or current in sep.good or sep.score <= 0:
+class _Hypothesis(NamedTuple):
+    feature: str
+    log_weight: float          # log prior + log evidence
+    sep: Separation
+    target: str
+    relevance: float           # how surely the requester has a failing value of the feature
+    fixes: int
+    mentioned: bool
+    note: str
+
+
+def _prior(feature: str, mentions: Set[str], python_need, message: str) -> float:
+    name = feature[4:] if feature.startswith("pkg:") else ""
+    if name and name in mentions:
+        return _MENTIONED
+    if feature.startswith("env:") and feature[4:].lower() in message:
+        return _MENTIONED                         # "APP_MODE 'prod' is not supported"
+    if feature in _PACKAGING_TOOLS:
+        return _PACKAGING_TOOL
+    if feature == "python":
+        return _STDLIB_PRIOR if python_need else _PYTHON_PRIOR
+    return 1.0
+
+
+def _satisfies(need, version: str) -> bool:
+    key = version_key(version)
+    if key is None:
+        return False
+    return key[:2] >= need[1] if need[0] == "min" else key[:2] < need[1]
+
+
+def _python_target(need, sep: Optional[Separation], current: str) -> Tuple[str, float]:
+    """A Python version that satisfies the standard-library requirement, seen succeeding if possible."""
+    kind, version = need
+    ok = (lambda v: v >= version) if kind == "min" else (lambda v: v < version)
+    have = version_key(current)
+    if have is not None and ok(have[:2]):
+        return "", 0.0                           # the requester's Python has the module: another cause
+    seen = [v for v in (sep.good if sep else ()) if version_key(v) and ok(version_key(v)[:2])]  # type: ignore
+    if seen:
+        return (min(seen, key=version_key) if kind == "min" else max(seen, key=version_key)), 1.0  # type: ignore
+    fallback = version if kind == "min" else (version[0], version[1] - 1)
+    return "%d.%d" % fallback, 1.0
+
+
+def _choose_target(sep: Separation, current: str, moved_to: Mapping[str, int]) -> Tuple[str, float]:
+    """The value to move to and how surely the requester has a failing value now."""
+    values = sep.values
+    if current in sep.good:
+        return "", 0.0
+    candidates = [v for v in sep.good if v != current]
+    if sep.range_from and candidates:
+        # a version range fails: the newest version below it that was seen succeeding
+        target = max(candidates, key=lambda v: version_key(v) or ())
+    else:
+        fixed = sorted((n, v) for v, n in moved_to.items() if v in sep.good or v not in values)
+        target = fixed[-1][1] if fixed else (candidates[0] if candidates else "")
+    if not target:
+        return "", 0.0
+    if current in sep.bad:
+        relevance = 1.0
+    elif sep.range_from and version_key(current) is not None and \
+            version_key(current) >= version_key(sep.range_from):  # type: ignore[operator]
+        relevance = 1.0                          # a version never seen, inside the failing range
+    elif current == "" and sep.feature.startswith("env:"):
+        relevance = 0.7                          # the requester's agent did not collect the variable
+    else:
+        relevance = 0.3                          # a value never seen: it may fail, it may not
+    return target, relevance
+
+
+def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis], float]:
+    scale = group.fail_envs / group.fails if group.fail_envs and group.fails else 1.0
+    python_need = python_requirement(group.message)
+    python_counts = group.counts.get("python", {})
+    if python_need and any(a > 0 and _satisfies(python_need, v) for v, (a, _) in python_counts.items()):
+        python_need = None   # it also fails on Pythons that have the module: something else is missing
+    universe = max(len(requester), 1)
+    log_lr, moved_to = _pair_evidence(group.pairs, universe)
+    features = set(group.counts) | set(log_lr)
+    if python_need:
+        features.add("python")
+    features.discard("python_full")
+    seps = {}
+    for feature in features:
+        sep = separation(feature, _table(feature, group, scale))
+        if len(sep.values) > _MAX_VALUES and not sep.range_from and feature not in log_lr:
             continue
-        target = sep.good[0]
-        found[sep.feature] = Candidate(sep.feature, current, target, sep.score, sep.score, 0,
-                                                 _is_mentioned(sep.feature, mentions))
-    return found
+        seps[feature] = sep
+    # every feature is a hypothesis: its prior share, whatever it shows
+    priors = {f: _prior(f, group.mentions, python_need, group.message) for f in seps}
+    total_prior = sum(priors.values()) or 1.0
+    hypotheses = []
+    for feature, sep in seps.items():
+        current = requester.get(feature, ABSENT if feature.startswith("pkg:") else "")
+        if feature == "python" and python_need:
+            target, relevance = _python_target(python_need, sep, current)
+            note = "the traceback names a standard-library module of Python %s %d.%d" % (
+                ("from" if python_need[0] == "min" else "before"), python_need[1][0], python_need[1][1])
+        else:
+            target, relevance = _choose_target(sep, current, moved_to.get(feature, {}))
+            note = ""
+        log_weight = math.log((1 - _NO_CAUSE_PRIOR) * priors[feature] / total_prior) + max(sep.log_bf, 0.0) \
+            + log_lr.get(feature, 0.0)
+        if not target:
+            relevance = 0.0
+        hypotheses.append(_Hypothesis(feature, log_weight, sep, target, relevance,
+                                      moved_to.get(feature, {}).get(target, 0),
+                                      feature[4:] in group.mentions, note))
+    return hypotheses, math.log(_NO_CAUSE_PRIOR)
 
 
-def _combine(population: Dict[str, Candidate], support: Mapping[Tuple[str, str], Tuple[float, int]],
-             requester: Features, mentions: Set[str]) -> List[Candidate]:
-    """One candidate per feature: population score and observed fixes towards the same value combined."""
-    combined = dict(population)
-    for (feature, target), (pair_conf, n) in sorted(support.items(), key=lambda kv: -kv[1][0]):
-        current = requester.get(feature, ABSENT)
-        base = combined.get(feature)
-        if current == target or (base is not None and base.pairs):
-            continue   # the requester already has it, or a better-supported fix of this feature is in
-        pop = base.population if base is not None and base.target == target else 0.0
-        candidate = Candidate(feature, current, target, 1 - (1 - pop) * (1 - pair_conf), pop, n,
-                              _is_mentioned(feature, mentions))
-        if base is None or candidate.confidence > base.confidence:
-            combined[feature] = candidate
-    return list(combined.values())
+def _posteriors(hypotheses: Sequence[_Hypothesis], log_none: float) -> List[float]:
+    top = max([log_none] + [h.log_weight for h in hypotheses])
+    norm = math.exp(log_none - top) + sum(math.exp(h.log_weight - top) for h in hypotheses)
+    return [math.exp(h.log_weight - top) / norm for h in hypotheses]
 
 
-def _rank_key(c: Candidate):
-    # coarse Python version before the full one when both explain the same runs equally
-    return (-c.confidence, not c.mentioned, c.feature == "python_full", c.feature)
+def _moves_together(a: Separation, b: Separation) -> bool:
+    """Same split of the runs: nothing in the population tells these two features apart."""
+    def split(sep: Separation) -> Tuple[float, float, float, float]:
+        bad = [sep.values[v] for v in sep.bad]
+        good = [sep.values[v] for v in sep.good]
+        return (round(sum(x for x, _ in bad), 6), round(sum(y for _, y in bad), 6),
+                round(sum(x for x, _ in good), 6), round(sum(y for _, y in good), 6))
+    return bool(a.bad and b.bad) and split(a) == split(b)
 
 
-def choose(candidates: Sequence[Candidate]) -> List[Candidate]:
-    """The winning candidate, or several when the evidence cannot tell them apart.
-
-    Near-equal scores are tied; among tied ones a package the traceback names beats the others.
-    """
-    if not candidates:
-        return []
-    ranked = sorted(candidates, key=lambda c: (-c.confidence, c.feature))
-    best = ranked[0]
-    close = [c for c in ranked if best.confidence - c.confidence <= _TIE * best.confidence]
-    if any(c.mentioned for c in close):
-        close = [c for c in close if c.mentioned]
-    close.sort(key=_rank_key)
-    if any(c.feature == "python" for c in close):
-        close = [c for c in close if c.feature != "python_full"]
-    return close
+def calibrate(posterior: float) -> float:
+    """The posterior mapped to the observed share of right answers (fitted; docs/engine.md)."""
+    p = min(max(posterior, 1e-6), 1 - 1e-6)
+    slope, offset = _CALIBRATION
+    return 1 / (1 + math.exp(-(slope * math.log(p / (1 - p)) + offset)))
 
 ###############################################################################
 # Words and commands ##########################################################
@@ -281,55 +549,72 @@ def _label(feature: str) -> str:
 
 def _with(feature: str, value: str) -> str:
     if value == ABSENT:
-        return ("without " if feature.startswith("pkg:") else "with unset ") + _label(feature)
+        return "without " + _label(feature)
+    if value in (UNSET, ""):
+        return "with unset " + _label(feature)
     return "with " + _label(feature) + " " + value
 
 
-def command(feature: str, target: str, good: Sequence[str] = ()) -> str:
+def command(feature: str, target: str) -> str:
     """The concrete command that moves an environment to the success-associated value."""
     kind, _, name = feature.partition(":")
     if kind == "pkg":
-        if target == ABSENT:
-            return "pip uninstall " + name
-        if len([g for g in good if g != ABSENT]) > 1 and target not in good[:1]:
-            return "pip install " + name
-        return 'pip install "%s==%s"' % (name, target)
+        return "pip uninstall " + name if target == ABSENT else 'pip install "%s==%s"' % (name, target)
     if kind == "env":
-        return "unset " + name if target == ABSENT else "export %s=%s" % (name, shlex.quote(target))
+        return "unset " + name if target in (ABSENT, UNSET) else "export %s=%s" % (name, shlex.quote(target))
     if kind in ("python", "python_full"):
         return "use Python " + target
     return {"impl": "use %s", "os": "run on %s", "arch": "run on %s"}[kind] % target
 
 
-def _joined_command(chosen: Sequence[Candidate]) -> str:
-    pkgs = [c for c in chosen if c.feature.startswith("pkg:") and c.target != ABSENT]
-    if len(pkgs) > 1 and len(pkgs) == len(chosen):
-        return "pip install " + " ".join('"%s==%s"' % (c.feature[4:], c.target) for c in pkgs)
-    return "; ".join(command(c.feature, c.target) for c in chosen)
-
-
-def _evidence_phrase(c: Candidate, values: Mapping[str, Tuple[int, int]]) -> str:
-    parts = []
-    a, b = values.get(c.current, (0, 0))
-    if a + b:
-        parts.append("fails in %d/%d runs %s" % (a, a + b, _with(c.feature, c.current)))
-    a, b = values.get(c.target, (0, 0))
-    if a + b:
-        target = "without" if c.target == ABSENT and c.feature.startswith("pkg:") else (
-            "unset" if c.target == ABSENT else c.target)
-        parts.append("succeeds in %d/%d with %s" % (b, a + b, target))
-    if c.pairs:
-        parts.append("%d observed fix%s" % (c.pairs, "" if c.pairs == 1 else "es"))
-    return "; ".join(parts)
+def _joined_command(moves: Sequence[Tuple[str, str]]) -> str:
+    installs = [(f, t) for f, t in moves if f.startswith("pkg:") and t != ABSENT]
+    others = [command(f, t) for f, t in moves if (f, t) not in installs]
+    if len(installs) > 1:
+        others.append("pip install " + " ".join('"%s==%s"' % (f[4:], t) for f, t in installs))
+    else:
+        others.extend(command(f, t) for f, t in installs)
+    return "; ".join(others)
 
 
 def _value_text(feature: str, value: str) -> str:
-    return ("no " + _label(feature)) if value == ABSENT else _label(feature) + " " + value
+    if value == ABSENT:
+        return "no " + _label(feature)
+    if value in (UNSET, ""):
+        return ("unset " if value else "uncollected ") + _label(feature)
+    return _label(feature) + " " + value
 
+
+def _evidence_phrase(h: _Hypothesis, current: str) -> str:
+    parts = []
+    values = h.sep.values
+    a, b = values.get(current, (0, 0))
+    if a + b:
+        parts.append("fails in %s/%s runs %s" % (_n(a), _n(a + b), _with(h.feature, current)))
+    a, b = values.get(h.target, (0, 0))
+    if a + b:
+        target = {ABSENT: "without", UNSET: "unset"}.get(h.target, h.target)
+        parts.append("succeeds in %s/%s with %s" % (_n(b), _n(a + b), target))
+    if h.fixes:
+        parts.append("%d observed fix%s" % (h.fixes, "" if h.fixes == 1 else "es"))
+    if h.sep.range_from and (len(h.sep.bad) > 1 or current not in values):
+        failing = sorted(h.sep.bad, key=lambda v: version_key(v) or ())
+        parts.append("every version seen from %s on fails (%s)" % (h.sep.range_from, ", ".join(failing[:6])))
+    if h.note:
+        parts.append(h.note)
+    return "; ".join(parts)
+
+
+def _n(x: float) -> str:
+    return "%d" % round(x)
 
 ###############################################################################
 # Entry point #################################################################
 ###############################################################################
+
+
+def _no_envs() -> List[Features]:
+    return []
 
 
 class GroupData(NamedTuple):
@@ -338,63 +623,100 @@ class GroupData(NamedTuple):
     counts: Counts
     mentions: Set[str]
     pairs: List[FixPair]
+    message: str = ""                                          # the bug's normalised exception line
+    fail_envs: int = 0                                         # distinct failing environments (0: unknown)
+    good_envs: Callable[[], List[Features]] = _no_envs         # a sample of succeeding environments, on demand
+
+
+def _seen_combination(moves: List[Tuple[str, str]], seps: Mapping[str, Separation], group: GroupData
+                      ) -> Optional[List[Tuple[str, str]]]:
+    """Targets for features that move together, as one succeeding environment had them."""
+    if all(len([v for v in seps[f].good if seps[f].values[v][0] == 0]) <= 1 for f, _ in moves):
+        return moves   # each has one clean success value: every succeeding run had exactly these
+    envs = [pair.fixed for pair in group.pairs] + group.good_envs()
+    tally: Dict[Tuple[str, ...], int] = {}
+    for env in envs:
+        combo = tuple(env.get(f, ABSENT if f.startswith("pkg:") else "") for f, _ in moves)
+        if all(v in seps[f].good for (f, _), v in zip(moves, combo)):
+            tally[combo] = tally.get(combo, 0) + 1
+    if not tally:
+        return None
+    best = max(tally.items(), key=lambda kv: (kv[1], kv[0]))[0]
+    return [(f, v) for (f, _), v in zip(moves, best)]
 
 
 def suggest(group: GroupData, requester: Optional[Features]) -> dict:
     """The /suggest answer for a requesting environment (``{"match": False}`` when abstaining)."""
     if requester is None:
         return {"match": False, "reason": "unknown environment"}
-    seps = [separation(f, with_absent(v, group.fails, group.oks), group.fails, group.oks)
-            for f, v in group.counts.items()] if group.fails and group.oks else []
-    population = _population_candidates(seps, requester, group.mentions)
-    support = pair_support(group.pairs, group.mentions)
-    candidates = _combine(population, support, requester, group.mentions)
-    chosen = choose(candidates)
-    if not chosen or chosen[0].confidence < MIN_CONFIDENCE:
+    if not group.fails:
+        return {"match": False, "reason": "no failing runs of this error yet"}
+    hypotheses, log_none = _hypotheses(group, requester)
+    if not hypotheses:
         return {"match": False, "reason": "no feature separates failing from succeeding runs"}
-    strongest = max(seps, key=lambda s: s.score, default=None)
-    if (strongest and strongest.score > chosen[0].confidence
-            and requester.get(strongest.feature, ABSENT) in strongest.good):
+    posterior = dict(zip((h.feature for h in hypotheses), _posteriors(hypotheses, log_none)))
+    ranked = sorted(hypotheses, key=lambda h: (-posterior[h.feature], h.feature))
+    best = ranked[0]
+    if best.relevance == 0.0 and calibrate(posterior[best.feature]) >= MIN_CONFIDENCE and best.sep.good:
         return {"match": False, "reason": "requesting environment already has the success value of %s"
-                % strongest.feature}
-    by_feature = {s.feature: s for s in seps}
-    values = {c.feature: with_absent(group.counts.get(c.feature, {}), group.fails, group.oks) for c in chosen}
-    good = by_feature[chosen[0].feature].good if chosen[0].feature in by_feature else ()
-    solution = command(chosen[0].feature, chosen[0].target, good) if len(chosen) == 1 else _joined_command(chosen)
-    moves = " and ".join("%s -> %s" % (_value_text(c.feature, c.current), c.target if c.target != ABSENT
-                                      else "none") for c in chosen)
-    evidence_text = " / ".join(_evidence_phrase(c, values[c.feature]) for c in chosen)
-    hint = moves + ": " + evidence_text
-    if len(chosen) > 1:
+                % _label(best.feature)}
+    seps = {h.feature: h.sep for h in hypotheses}
+    # an interpreter change brings its own venv: what moved with it is no second cause
+    together = [h for h in ranked if h is best or (best.feature != "python" and h.relevance > 0 and h.target
+                                                   and _moves_together(best.sep, h.sep)
+                                                   and (h.feature not in _PACKAGING_TOOLS or h.mentioned))]
+    # the cause: the best hypothesis and, when nothing tells them apart, those that move with it
+    named = [h for h in together if abs(h.log_weight - best.log_weight) < 1e-6]
+    share = sum(posterior[h.feature] for h in named)
+    confidence = calibrate(share * best.relevance)
+    if confidence < MIN_CONFIDENCE or not best.target:
+        return {"match": False, "reason": "no feature separates failing from succeeding runs"}
+    moves = [(h.feature, h.target) for h in together]
+    if len(moves) > 1:
+        combination = _seen_combination(moves, seps, group)
+        if combination is None:
+            return {"match": False, "reason": "%s move together and no succeeding environment had them all "
+                    "at success values" % " and ".join(_label(f) for f, _ in moves)}
+        moves = combination
+    targets = dict(moves)
+    shown = [h._replace(target=targets[h.feature]) for h in together]
+    solution = _joined_command(moves)
+    current = {h.feature: requester.get(h.feature, ABSENT if h.feature.startswith("pkg:") else "") for h in shown}
+    hint = " and ".join("%s -> %s" % (_value_text(h.feature, current[h.feature]),
+                                      {ABSENT: "none", UNSET: "unset"}.get(h.target, h.target)) for h in shown)
+    hint += ": " + " / ".join(_evidence_phrase(h, current[h.feature]) for h in shown)
+    if len(named) > 1:
         hint += "; these changed together, either may be the cause"
-    confidence = round(min(c.confidence for c in chosen), 3)
-    docs = ("https://pypi.org/project/%s/%s/" % (chosen[0].feature[4:], chosen[0].target)
-            if len(chosen) == 1 and chosen[0].feature.startswith("pkg:") and chosen[0].target != ABSENT else "")
+    elif len(shown) > 1:
+        hint += "; %s moved with it in every run" % " and ".join(_label(h.feature) for h in shown[1:])
+    docs = ("https://pypi.org/project/%s/%s/" % (best.feature[4:], targets[best.feature])
+            if len(shown) == 1 and best.feature.startswith("pkg:") and best.target != ABSENT else "")
     return {
-        "match": True, "confidence": confidence, "hint": hint, "solution": solution,
+        "match": True, "confidence": round(confidence, 3), "hint": hint, "solution": solution,
         "recommendation": hint, "docs": docs,
         "evidence": {
             "failing_runs": group.fails, "succeeding_runs": group.oks, "observed_fixes": len(group.pairs),
-            "candidates": [_candidate_evidence(c, values[c.feature]) for c in chosen],
+            "candidates": [_candidate_evidence(h, current[h.feature], posterior[h.feature]) for h in shown],
         },
     }
 
 
-def _candidate_evidence(c: Candidate, values: Mapping[str, Tuple[int, int]]) -> dict:
+def _candidate_evidence(h: _Hypothesis, current: str, posterior: float) -> dict:
     return {
-        "feature": c.feature, "current": c.current, "suggested": c.target,
-        "confidence": round(c.confidence, 3), "population_score": round(c.population, 3),
-        "fixes": c.pairs, "named_in_trace": c.mentioned,
-        "runs": {v: {"failing": a, "succeeding": b} for v, (a, b) in sorted(values.items())},
+        "feature": h.feature, "current": current, "suggested": h.target,
+        "confidence": round(posterior, 3), "population_score": round(h.sep.log_bf, 3),
+        "fixes": h.fixes, "named_in_trace": h.mentioned, "failing_range_from": h.sep.range_from or None,
+        "runs": {v: {"failing": round(a, 2), "succeeding": round(b, 2)} for v, (a, b) in sorted(h.sep.values.items())},
     }
 
 
 def comparison(group: GroupData, limit: int = 20) -> List[dict]:
     """Per-feature comparison of failing vs succeeding runs, best separating first (for the API)."""
-    seps = [separation(f, with_absent(v, group.fails, group.oks), group.fails, group.oks)
-            for f, v in group.counts.items()] if group.fails and group.oks else []
-    seps.sort(key=lambda s: (-s.score, s.feature))
-    return [{"feature": s.feature, "score": round(s.score, 3), "failure_values": list(s.bad),
+    seps = [separation(f, _table(f, group, 1.0)) for f in group.counts if f != "python_full"] \
+        if group.fails and group.oks else []
+    seps = [s for s in seps if len(s.values) <= _MAX_VALUES]
+    seps.sort(key=lambda s: (-s.log_bf, s.feature))
+    return [{"feature": s.feature, "score": round(s.log_bf, 3), "failure_values": list(s.bad),
              "success_values": list(s.good),
              "runs": {v: {"failing": a, "succeeding": b} for v, (a, b) in sorted(s.values.items())}}
             for s in seps[:limit]]

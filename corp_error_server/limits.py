@@ -20,7 +20,8 @@ MAX_LENGTH: Dict[str, Dict[str, int]] = {
 # schema -> field -> characters kept of a longer value: a trace's end (where the error is), the
 # start of the others. 25,000 is what the 0.4.2 client sends at most; our agent sends less.
 KEPT: Dict[str, Dict[str, int]] = {
-    "Beacon": {"trace": 25_000, "error_sig": 2_000, "prev_error_sig": 2_000, "script_name": 256, "agent": 100},
+    "Beacon": {"trace": 25_000, "error_sig": 2_000, "prev_error_sig": 2_000, "script_name": 256, "agent": 100,
+               "host": 255},
     "SuggestRequest": {"error_sig": 2_000},
 }
 KEPT_AT_END = {"trace"}

@@ -48,6 +48,7 @@ _BEACON = _limited("Beacon", {
         "script_name": _s(), "agent": _s(), "test": {"type": "boolean"},
         "handled": {"type": "boolean", "nullable": True,
                     "description": "a logged or captured error rather than an uncaught one"},
+        "host": _s(description="the machine's host name (ERROR_AGENT_SEND_HOST=0 leaves it out)"),
         "prev_env_hash": _s(minLength=1, description="success beacons: the env of the failure it follows"),
         "prev_error_sig": _s(description="success beacons: the failure it follows"),
         "env": {"$ref": "#/components/schemas/Env"},
@@ -90,10 +91,15 @@ _GROUP = {
         "handled": {"type": "integer", "description": "how many of count were logged or captured, not uncaught"},
         "scripts": {"type": "integer"}, "envs_affected": {"type": "integer"},
         "first_seen": {"type": "number"}, "last_seen": {"type": "number"},
+        "first_seen_iso": _s(description="UTC, ISO-8601"), "last_seen_iso": _s(description="UTC, ISO-8601"),
+        "status": {"type": "string", "enum": ["new", "regressed", "resolved", "ignored"]},
+        "script_names": {"type": "array", "items": _s()},
         "failing_runs": {"type": "integer"}, "succeeding_runs": {"type": "integer"},
         "suggestion": {"$ref": "#/components/schemas/Suggestion"},
         "recent": {"type": "array", "items": {"type": "object"}},
         "comparison": {"type": "array", "items": {"type": "object"}},
+        "observed_fixes": {"type": "array", "items": {"type": "object"}},
+        "mentions": {"type": "array", "items": _s()},
     },
 }
 
@@ -138,13 +144,26 @@ def spec(max_body: int) -> dict:
                                  "responses": {"200": {"description": "ok",
                                                        "content": {"application/json": {"schema": ok}}}}}},
             "/api/errors": {"get": {
-                "summary": "Error groups, most recent first",
+                "summary": "Error groups, most recent first; filtered and sorted as the dashboard's list",
                 "parameters": [
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
-                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
+                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "q", "in": "query", "description": "text in the signature",
+                     "schema": {"type": "string", "maxLength": 200}},
+                    {"name": "status", "in": "query",
+                     "schema": {"type": "string", "enum": ["new", "regressed", "resolved", "ignored"]}},
+                    {"name": "script", "in": "query", "description": "script id",
+                     "schema": {"type": "string", "maxLength": 12}},
+                    {"name": "package", "in": "query", "description": "name==version some failing run had",
+                     "schema": {"type": "string"}},
+                    {"name": "python", "in": "query", "description": "3.11 or 3.11.7, of some failing run",
+                     "schema": {"type": "string"}},
+                    {"name": "sort", "in": "query",
+                     "schema": {"type": "string", "enum": ["last_seen", "first_seen", "count"]}}],
                 "responses": dict({"200": {"description": "groups", "content": {"application/json": {"schema": {
                     "type": "object", "properties": {"groups": {"type": "array", "items": {
-                        "$ref": "#/components/schemas/Group"}}}}}}}}, **_errors(400, 401))}},
+                        "$ref": "#/components/schemas/Group"}}, "total": {"type": "integer"},
+                        "limit": {"type": "integer"}, "offset": {"type": "integer"}}}}}}}, **_errors(400, 401))}},
             "/api/errors/{id}": {"get": {
                 "summary": "One group: recent traces and the per-feature comparison",
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],

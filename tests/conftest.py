@@ -98,3 +98,25 @@ def backend():
 @pytest.fixture
 def sandbox(tmp_path) -> support.Sandbox:
     return support.Sandbox(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throw-away PostgreSQL server for the session; skipped with the reason where none can run."""
+    import pgsupport
+    reason = pgsupport.unavailable()
+    if reason:
+        print("skipping: " + reason)
+        pytest.skip(reason)
+    cluster = pgsupport.Cluster()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request, tmp_path) -> str:
+    """Each backend's --db: a SQLite file under tmp_path, a fresh database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "errors.db")
+    return request.getfixturevalue("pg_cluster").database()
+

@@ -121,6 +121,29 @@ def make_venv(interpreter: Path, path: Path, version: str, kind: str = "none",
     return venv
 
 
+def package_venv(interpreter: Path, version: str, packages: Iterable[str]) -> Venv:
+    """A venv of `interpreter` with `packages` from the registry, cached under $CEA_CACHE keyed by
+    the interpreter and the packages, shared by every test that asks for the same ones; the agent's
+    files are copied in afresh each time, so that it runs the agent of this checkout."""
+    import fcntl
+    import hashlib
+    packages = sorted(packages)
+    key = hashlib.sha256(("%s\n%s" % (Path(interpreter).resolve(), "\n".join(packages))).encode()).hexdigest()[:12]
+    path = CACHE / "venvs" / ("%s-%s" % (version, key))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test sessions build it once
+        if not (path / ".complete").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            make_venv(interpreter, path, version, with_pip=True)
+            _check([path / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+                   + packages, env=clean_env(), timeout=1800)
+            (path / ".complete").write_text("\n".join(packages) + "\n")
+        venv = Venv(path, version, "copy")
+        copy_agent(venv.site_packages)
+    return venv
+
+
 def copy_agent(directory: Path) -> None:
     for name in AGENT_FILES:
         shutil.copy2(ROOT / name, Path(directory) / name)

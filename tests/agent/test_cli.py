@@ -6,10 +6,25 @@ import os
 import re
 import shutil
 import stat
+import subprocess
+import sys
+import urllib.request
 
 import pytest
 
-from support import AGENT_FILES, ROOT, RecordingBackend, Reply, closed_port_url, failing_source, run, tree, wait_error
+from support import (
+    AGENT_FILES,
+    ROOT,
+    WAIT_TIMEOUT,
+    RecordingBackend,
+    Reply,
+    clean_env,
+    closed_port_url,
+    failing_source,
+    run,
+    tree,
+    wait_error,
+)
 
 
 def cli(venv, args, env, **kw):
@@ -67,9 +82,9 @@ def test_install_into_target_dir(py, fresh_venv, sandbox, tmp_path):
     assert tree(target) == []
 
 
-def _status(venv, env):
+def _status(venv, env, returncode=0):
     proc = cli(venv, ["status", "--json"], env)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == returncode, proc.stdout + proc.stderr
     return json.loads(proc.stdout)
 
 
@@ -139,7 +154,7 @@ def test_configure_system_scope_in_venv(fresh_venv, sandbox, tmp_path):
     other_home = tmp_path / "someone-else"
     other_home.mkdir()
     other = dict(env, HOME=str(other_home), XDG_CONFIG_HOME=str(other_home / ".config"))
-    settings = _status(venv, other)["settings"]
+    settings = _status(venv, other, returncode=1)["settings"]  # 1: errors.corp.example does not resolve
     assert settings["url"]["value"] == "http://errors.corp.example:8000"
     assert settings["hints"]["value"] is False
 
@@ -175,12 +190,74 @@ def test_status_says_when_the_backend_refuses_the_token(agent_venv, backend, san
     # /healthz answers without a token; the reports would not: status must not look healthy
     backend.set_reply("/suggest", Reply(401, {"error": "missing or wrong bearer token"}))
     env = sandbox.env(backend.url, {"ERROR_AGENT_TOKEN": "tok-wrong", "ERROR_AGENT_MIN_CONFIDENCE": "abc"})
-    data = _status(agent_venv, env)
-    assert data["backend"]["token_refused"] is True
+    proc = cli(agent_venv, ["status", "--json"], env)
+    assert proc.returncode == 1, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["backend"]["token_refused"] is True and data["ok"] is False
     assert data["settings"]["min_confidence"]["value"] == 0.6
     assert "not a number" in data["settings"]["min_confidence"]["source"]
     text = cli(agent_venv, ["status"], env).stdout.decode()
-    assert "refused by the backend: every report would be dropped" in text
+    assert "the backend refuses the token: every report would be dropped" in text
+
+
+def test_status_fails_in_words_when_nothing_listens(agent_venv, sandbox):
+    url = closed_port_url()
+    proc = cli(agent_venv, ["status"], sandbox.env(url))
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr
+    assert "PROBLEM: unreachable: nothing listens at %s (connection refused)" % url[len("http://"):] \
+        in proc.stdout.decode()
+
+
+@pytest.fixture
+def other_web_server(tmp_path):
+    """Some web server that is not a backend: `python -m http.server` (GET answers 404, POST 501)."""
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1"], cwd=str(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        port = re.search(r"port (\d+)", line).group(1)
+        yield "http://127.0.0.1:%s" % port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_status_and_test_say_a_url_is_some_other_web_server(agent_venv, sandbox, other_web_server):
+    env = sandbox.env(other_web_server)
+    status = cli(agent_venv, ["status"], env)
+    assert status.returncode == 1
+    text = status.stdout.decode()
+    assert "PROBLEM: not a corp-error-agent backend: GET /healthz answered HTTP 404 and POST /suggest HTTP 501 " \
+           "(check the URL)" in text and "answers (HTTP" not in text
+    test = cli(agent_venv, ["test"], env)
+    assert test.returncode == 1
+    assert "HTTP 501: the server does not implement POST /beacon: not a corp-error-agent backend (check the URL)" \
+        in test.stdout.decode()
+
+
+def test_status_probes_the_token_of_the_real_server_without_an_error_in_its_log(agent_venv, sandbox, tmp_path):
+    env = clean_env({"PYTHONPATH": str(ROOT), "ERROR_AGENT_ENABLED": "0", "CORP_ERROR_SERVER_TOKEN": "tok-right"})
+    server = subprocess.Popen([sys.executable, "-m", "corp_error_server", "--port", "0", "--db", str(tmp_path / "db")],
+                              cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = server.stderr.readline()
+        assert line.startswith("listening on http://"), line
+        url = line.split()[-1]
+        good = cli(agent_venv, ["status", "--json"], sandbox.env(url, {"ERROR_AGENT_TOKEN": "tok-right"}))
+        assert good.returncode == 0, good.stdout
+        assert json.loads(good.stdout)["backend"]["server"].startswith("corp-error-server")
+        bad = cli(agent_venv, ["status"], sandbox.env(url, {"ERROR_AGENT_TOKEN": "tok-wrong"}))
+        assert bad.returncode == 1 and "HTTP 401: the backend refuses the token" in bad.stdout.decode()
+        none = cli(agent_venv, ["status"], sandbox.env(url))
+        assert none.returncode == 1 and "HTTP 401: the backend wants a token" in none.stdout.decode()
+        with urllib.request.urlopen(url + "/healthz", timeout=WAIT_TIMEOUT) as response:  # after the last probe
+            assert response.status == 200
+    finally:
+        server.terminate()
+        log = server.communicate(timeout=30)[1].splitlines()
+    suggests = [line for line in log if '"POST /suggest"' in line]
+    assert [line.split('"')[2].split()[0] for line in suggests] == ["200", "401", "401"], log
 
 
 def test_status_does_not_show_token(agent_venv, backend, sandbox):

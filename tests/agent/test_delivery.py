@@ -2,8 +2,23 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import threading
+import time
 
-from support import closed_port_url, error_beacons, failing_source, run, success_beacons, wait_error
+import pytest
+
+from support import (
+    WAIT_TIMEOUT,
+    Reply,
+    closed_port_url,
+    error_beacons,
+    failing_source,
+    run,
+    success_beacons,
+    wait_error,
+)
 
 
 def _event_ids(backend):
@@ -78,3 +93,141 @@ def test_clean_run_sends_nothing(agent_venv, backend, sandbox):
     assert proc.stdout == b"fine\n" and proc.stderr == b""
     assert backend.settle() == []
     assert sandbox.spool() == []
+
+
+class SilentBackend:
+    """A TCP server on 127.0.0.1 that accepts every connection and never answers; it counts them."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.sock.settimeout(0.05)
+        self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.peers = []
+        self.held = []
+        self.cond = threading.Condition()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self.stopping.is_set():
+            try:
+                conn, peer = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.cond:
+                self.held.append(conn)
+                self.peers.append(peer)
+                self.cond.notify_all()
+
+    def connections(self) -> int:
+        """Connections made before this call, by anyone but this method (the accept queue is FIFO)."""
+        with socket.create_connection(self.sock.getsockname(), timeout=WAIT_TIMEOUT) as probe:
+            me = probe.getsockname()
+            with self.cond:
+                assert self.cond.wait_for(lambda: me in self.peers, WAIT_TIMEOUT)
+                self.peers.remove(me)
+                return len(self.peers)
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(timeout=10)
+        for conn in self.held:
+            conn.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def silent_backend():
+    server = SilentBackend()
+    yield server
+    server.stop()
+
+
+def test_a_backend_that_never_answers_is_waited_for_once(agent_venv, silent_backend, sandbox):
+    """The process leaves at the wait bound, before its requests time out on their own: that wait
+    trips the breaker, so the next failing script neither connects nor waits."""
+    env = sandbox.env(silent_backend.url, {"ERROR_AGENT_SUGGEST_TIMEOUT": "1"})
+    script = sandbox.script("app.py", failing_source("boom-silent"))
+    first = run(agent_venv.python, [script], env, cwd=sandbox.work)
+    assert first.returncode == 1 and b"boom-silent" in first.stderr
+    assert silent_backend.connections() >= 1
+    [breaker] = sandbox.breakers()
+    assert "no answer within the 1s wait" in json.loads(breaker.read_text())["reason"]
+    before = silent_backend.connections()
+    second = run(agent_venv.python, [script], env, cwd=sandbox.work)
+    assert second.returncode == 1 and b"boom-silent" in second.stderr
+    assert silent_backend.connections() == before  # not even tried
+    # both reports kept for later (the first is still claimed by the process that ended mid-delivery)
+    assert len(list((sandbox.cache / "spool").glob("*.json*"))) == 2
+
+
+def test_a_delivery_that_succeeds_closes_the_breaker(agent_venv, backend, sandbox):
+    env = sandbox.env(backend.url)
+    script = sandbox.script("app.py", failing_source("boom-breaker"))
+    backend.set_fault("500")
+    assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 1
+    assert sandbox.breakers() and len(sandbox.spool()) == 1
+    backend.set_fault(None)
+    backend.set_reply("/suggest", Reply(200, {"match": True, "confidence": 0.9, "hint": "hint-after-flush",
+                                              "solution": "pip install \"x==1\""}))
+    flush = run(agent_venv.python, ["-m", "corp_error_agent", "flush", "--json"], env, cwd=sandbox.work)
+    assert flush.returncode == 0 and json.loads(flush.stdout)["delivered"] == 1
+    assert sandbox.breakers() == []
+    status = run(agent_venv.python, ["-m", "corp_error_agent", "status", "--json"], env, cwd=sandbox.work)
+    assert json.loads(status.stdout)["breaker_open"] is False
+    again = run(agent_venv.python, [script], env, cwd=sandbox.work)
+    assert b"hint-after-flush" in again.stderr  # the next error asks again
+
+
+def test_compiled_code_cache_keeps_one_file_per_live_install(copy_venv, sandbox, tmp_path):
+    """Each error of an install and version loads the agent from one compiled file in the cache dir;
+    a new version's file replaces the old one, and files of installs long gone are removed."""
+    env = sandbox.env(closed_port_url())
+    script = sandbox.script("app.py", failing_source("boom-code-cache"))
+    assert run(copy_venv.python, [script], env, cwd=sandbox.work).returncode == 1
+    [first] = sandbox.cache.glob("agent-*.code")
+    month_ago = time.time() - 31 * 86400
+    others = {name: sandbox.cache / name for name in (
+        "agent-0123abcd-0.5.0-1-1.code",          # another install, compiled a month ago: gone
+        "agent-0.5.0-cpython-311-1-1.code",       # named as before: gone
+        "agent-4567cdef-0.5.0-1-1.code")}         # another install, in use: kept
+    for name, path in others.items():
+        path.write_bytes(b"x")
+        if "0123abcd" in name:
+            os.utime(path, (month_ago, month_ago))
+    agent_file = copy_venv.site_packages / "corp_error_agent.py"
+    stat = agent_file.stat()
+    os.utime(agent_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))  # upgraded in place
+    assert run(copy_venv.python, [script], env, cwd=sandbox.work).returncode == 1
+    remaining = sorted(p.name for p in sandbox.cache.glob("agent-*"))
+    [second] = [name for name in remaining if name not in others]
+    assert second != first.name and second.split("-")[1] == first.name.split("-")[1]  # same install
+    assert remaining == sorted([second, "agent-4567cdef-0.5.0-1-1.code"])
+
+
+def test_beacons_name_the_host_unless_told_not_to(agent_venv, backend, sandbox, tmp_path):
+    flag = sandbox.work / "FAIL"
+    script = sandbox.script("flaky.py", "import os\nif os.path.exists('FAIL'):\n    raise RuntimeError('boom-host')\n")
+    flag.write_text("")
+    assert run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work).returncode == 1
+    flag.unlink()
+    assert run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work).returncode == 0
+    backend.wait_for("/beacon", where=lambda b: b.get("kind") == "success")
+    assert {b["kind"]: b.get("host") for b in backend.bodies("/beacon")} == \
+        {"error": socket.gethostname(), "success": socket.gethostname()}
+
+    quiet = sandbox.script("quiet.py", failing_source("boom-no-host"))
+    run(agent_venv.python, [quiet], sandbox.env(backend.url, {"ERROR_AGENT_SEND_HOST": "0"}), cwd=sandbox.work)
+    [beacon] = wait_error(backend, "boom-no-host")
+    assert "host" not in beacon
+
+    from e2e.server_proc import ServerProcess
+    server = ServerProcess(tmp_path / "db.sqlite")  # the real server takes beacons with the field
+    try:
+        run(agent_venv.python, [quiet], sandbox.env(server.url), cwd=sandbox.work)
+        server.wait_group("boom-no-host", lambda group: group["count"] == 1)
+    finally:
+        server.stop()

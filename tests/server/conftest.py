@@ -1,4 +1,4 @@
-"""A real corp-error-server process on a free loopback port, with its SQLite file under tmp_path."""
+"""A real corp-error-server process on a free loopback port, on each backend (``db_target``)."""
 from __future__ import annotations
 
 import json
@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class Server:
-    def __init__(self, tmp_path: Path, *args: str) -> None:
-        self.db = tmp_path / "errors.db"
+    def __init__(self, db: str, *args: str) -> None:
+        self.db = db
         env = dict(os.environ, PYTHONPATH=str(REPO))
         env.pop("CORP_ERROR_SERVER_TOKEN", None)
         self.proc = subprocess.Popen([sys.executable, "-m", "corp_error_server", "--port", "0", "--db", str(self.db),
@@ -71,18 +71,18 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path):
-    srv = Server(tmp_path)
+def server(db_target):
+    srv = Server(db_target)
     yield srv
     srv.stop()
 
 
 @pytest.fixture
-def make_server(tmp_path):
+def make_server(db_target):
     started = []
 
     def start(*args: str) -> Server:
-        srv = Server(tmp_path, *args)
+        srv = Server(db_target, *args)
         started.append(srv)
         return srv
 

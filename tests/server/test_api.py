@@ -4,12 +4,12 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import sqlite3
 
 import pytest
 
 from conftest import env_body, error_beacon
 from corp_error_server.storage import SCHEMA_VERSION
+from pgsupport import db_rows, db_tables
 
 SIG = "AttributeError: module 'packaging.version' has no attribute 'LegacyVersion' @ __main__.main"
 OLD_SIG = "attributeerror: module 'packaging.version' has no attribute 'legacyversion'. did you mean: 'version'?"
@@ -22,7 +22,8 @@ def _stored(server) -> int:
 
 
 def test_health_and_openapi(server):
-    assert server.request("GET", "/healthz") == (200, {"ok": True, "schema_version": SCHEMA_VERSION})
+    status, health = server.request("GET", "/healthz")
+    assert (status, health["ok"], health["schema_version"]) == (200, True, SCHEMA_VERSION)
     status, spec = server.request("GET", "/openapi.json")
     assert status == 200 and spec["openapi"].startswith("3.")
     assert {"/beacon", "/env", "/suggest", "/healthz", "/api/errors", "/api/errors/{id}", "/openapi.json"} <= set(
@@ -51,8 +52,7 @@ def test_test_beacons_are_stored_but_are_no_ones_error(server):
     server.request("POST", "/env", env_body("e1", {"packaging": "23.2"}))
     test = error_beacon("e1", "s1", "CorpErrorAgentTest: synthetic error from corp-error-agent test", test=True)
     assert server.request("POST", "/beacon", test)[0] == 200
-    with sqlite3.connect(str(server.db)) as db:
-        assert db.execute("SELECT COUNT(*) FROM beacons WHERE test = 1").fetchone()[0] == 1
+    assert db_rows(server.db, "SELECT COUNT(*) FROM beacons WHERE test = 1") == [(1,)]
     assert server.request("GET", "/api/errors")[1]["groups"] == []
     server.request("POST", "/beacon", error_beacon("e1", "s1", SIG))
     assert [g["count"] for g in server.request("GET", "/api/errors")[1]["groups"]] == [1]
@@ -226,18 +226,17 @@ def test_binds_loopback_and_stops_cleanly(server):
         with pytest.raises(OSError):
             socket.create_connection((address, port), timeout=2).close()
     assert server.stop() == 0
-    tables = {r[0] for r in sqlite3.connect(str(server.db)).execute("SELECT name FROM sqlite_master")}
-    assert {"beacons", "envs", "groups", "counts", "meta"} <= tables
+    assert {"beacons", "envs", "groups", "counts", "meta", "schema_version"} <= db_tables(server.db)
 
 
-def test_retention_takes_old_beacons_out_of_the_counts(tmp_path):
+def test_retention_takes_old_beacons_out_of_the_counts(db_target):
     import io
     import time
 
     from corp_error_server import create_app
-    from corp_error_server.storage import SQLiteStorage
+    from corp_error_server.storage import open_storage
 
-    storage = SQLiteStorage(str(tmp_path / "r.db"))
+    storage = open_storage(db_target)
     app = create_app("", storage=storage)
 
     def post(path, body):

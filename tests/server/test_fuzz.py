@@ -4,10 +4,10 @@ from __future__ import annotations
 import io
 import json
 import random
-import sqlite3
 
 from corp_error_server import create_app
-from corp_error_server.storage import SQLiteStorage
+from corp_error_server.storage import SQLiteStorage, open_storage
+from pgsupport import db_rows
 
 _PATHS = ["/beacon", "/env", "/suggest", "/healthz", "/api/errors", "/api/errors/1", "/openapi.json", "/x", ""]
 _METHODS = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "BREW"]
@@ -47,9 +47,10 @@ def _body(rng: random.Random) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def test_generated_requests_never_get_a_server_error(tmp_path):
+def test_generated_requests_never_get_a_server_error(db_target):
     rng = random.Random(7)
-    storage = SQLiteStorage(str(tmp_path / "fuzz.db"), synchronous="OFF")
+    sqlite = "://" not in db_target
+    storage = SQLiteStorage(db_target, synchronous="OFF") if sqlite else open_storage(db_target)
     app = create_app("", storage=storage, max_body=4096)
     statuses = {}
     for _ in range(4000):
@@ -71,10 +72,10 @@ def test_generated_requests_never_get_a_server_error(tmp_path):
     storage.close()
     print("fuzz statuses:", statuses)
     assert statuses.get(200, 0) + statuses.get(204, 0) > 100   # the generator reaches the stores too
-    db = sqlite3.connect(str(tmp_path / "fuzz.db"))
-    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    if sqlite:
+        assert db_rows(db_target, "PRAGMA integrity_check") == [("ok",)]
     # every counted run has a python feature: the counts agree with the group totals
-    for group_id, fails, oks in db.execute("SELECT id, fails, oks FROM groups"):
-        a, b = db.execute("SELECT COALESCE(SUM(fails), 0), COALESCE(SUM(oks), 0) FROM counts "
-                          "WHERE group_id = ? AND feature = 'python'", (group_id,)).fetchone()
-        assert (a, b) == (fails, oks)
+    python_counts = dict((g, (a, b)) for g, a, b in db_rows(
+        db_target, "SELECT group_id, SUM(fails), SUM(oks) FROM counts WHERE feature = 'python' GROUP BY group_id"))
+    for group_id, fails, oks in db_rows(db_target, "SELECT id, fails, oks FROM groups"):
+        assert tuple(python_counts.get(group_id, (0, 0))) == (fails, oks)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import pytest
 from conftest import REPO
 from corp_error_server.storage import (
     SCHEMA_VERSION,
+    Beacon,
+    Env,
     SchemaError,
     SQLiteStorage,
     UnsupportedDatabase,
@@ -18,6 +21,7 @@ from corp_error_server.storage import (
     open_storage,
 )
 from corp_error_server.storage_schema import MIGRATIONS
+from pgsupport import db_rows
 
 # The schema the 0.5.0 server created, versioned in meta only.
 _SCHEMA_050 = [statement for statement in MIGRATIONS[0].sql.replace("{ID}", "INTEGER PRIMARY KEY")
@@ -25,9 +29,9 @@ _SCHEMA_050 = [statement for statement in MIGRATIONS[0].sql.replace("{ID}", "INT
                .split(";") if statement.strip()]
 
 
-def _serve(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def _serve(*args: str, cwd=None, python=(sys.executable,)) -> subprocess.CompletedProcess:
     """The server's command line, for runs that end before it listens."""
-    return subprocess.run([sys.executable, "-m", "corp_error_server", "--port", "0", *args], capture_output=True,
+    return subprocess.run([*python, "-m", "corp_error_server", "--port", "0", *args], capture_output=True,
                           text=True, timeout=60, cwd=str(cwd or REPO), env=dict(os.environ, PYTHONPATH=str(REPO)))
 
 
@@ -36,14 +40,14 @@ def test_migrations_are_numbered_in_order():
     assert SCHEMA_VERSION == len(MIGRATIONS)
 
 
-def test_a_new_database_has_every_migration(tmp_path):
-    storage = SQLiteStorage(str(tmp_path / "new.db"))
+def test_a_new_database_has_every_migration(db_target):
+    storage = open_storage(db_target)
     assert storage.schema_version() == SCHEMA_VERSION
     storage.close()
-    db = sqlite3.connect(str(tmp_path / "new.db"))
-    assert [v for (v,) in db.execute("SELECT version FROM schema_version ORDER BY version")] == \
-        list(range(1, SCHEMA_VERSION + 1))
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+    open_storage(db_target).close()   # opening again applies nothing twice
+    assert db_rows(db_target, "SELECT version FROM schema_version ORDER BY version") == \
+        [(v,) for v in range(1, SCHEMA_VERSION + 1)]
+    assert db_rows(db_target, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
 
 
 def test_a_050_database_is_migrated_keeping_its_rows(tmp_path):
@@ -66,14 +70,12 @@ def test_a_050_database_is_migrated_keeping_its_rows(tmp_path):
     assert db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
 
 
-def test_a_database_from_a_newer_server_is_refused(tmp_path):
-    path = str(tmp_path / "newer.db")
-    SQLiteStorage(path).close()
-    with sqlite3.connect(path) as db:
-        db.execute("INSERT INTO schema_version VALUES(?, 'from the future', 0)", (SCHEMA_VERSION + 1,))
+def test_a_database_from_a_newer_server_is_refused(db_target):
+    open_storage(db_target).close()
+    db_rows(db_target, "INSERT INTO schema_version VALUES(%d, 'from the future', 0)" % (SCHEMA_VERSION + 1))
     with pytest.raises(SchemaError, match="newer than this server"):
-        SQLiteStorage(path)
-    result = _serve("--db", path)
+        open_storage(db_target)
+    result = _serve("--db", db_target)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "newer than this server" in result.stderr
 
@@ -88,7 +90,51 @@ def test_an_unsupported_scheme_is_one_line_and_exit_2(tmp_path, url):
     assert list(tmp_path.iterdir()) == []   # no directory named after the scheme
 
 
+def test_postgresql_without_its_driver_is_one_line_and_exit_2(tmp_path):
+    result = _serve("--db", "postgresql://app:s3cret@127.0.0.1:1/errors", python=(sys.executable, "-S"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "pip install" in result.stderr and "psycopg" in result.stderr
+    assert "s3cret" not in result.stderr
+
+
+def test_an_unreachable_postgresql_is_one_line_and_exit_1(pg_cluster):
+    result = _serve("--db", "postgresql://app:s3cret@127.0.0.1:%d/errors" % _closed_port())
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "cannot open database" in result.stderr
+    assert "s3cret" not in result.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_the_password_of_a_url_is_never_printed():
     assert describe("postgresql://app:s3cret@db.example:5432/errors") == "postgresql://app:***@db.example:5432/errors"
     assert describe("postgresql://app@db/errors") == "postgresql://app@db/errors"
     assert describe("/var/lib/errors.db") == "/var/lib/errors.db"
+
+
+def _beacon(event_id, env_hash="e1", sig="ValueError: boom", **fields) -> Beacon:
+    import corp_error_agent
+    values = dict(kind="error", env_hash=env_hash, script_id="s1", group_key=corp_error_agent.group_key(sig),
+                  signature=sig, trace=None, ts=1.7e9, event_id=event_id, script_name=None, agent=None, test=False,
+                  prev_env_hash=None, prev_group_key=None, mentions=frozenset())
+    values.update(fields)
+    return Beacon(**values)
+
+
+def test_add_beacons_stores_a_batch_in_one_go_each_item_isolated(db_target):
+    storage = open_storage(db_target)
+    env = Env("e1", {"packages": {}}, {"python": "3.11", "pkg:a": "1"})
+    results = storage.add_beacons([(_beacon("a"), None), (_beacon("a"), None), (None, None), (_beacon("b"), env),
+                                   (_beacon(None, handled=True), None), (None, env)])
+    assert [(r.env_known, r.duplicate, type(r.error)) for r in results] == [
+        (False, False, type(None)), (False, True, type(None)), (False, False, ValueError),
+        (True, False, type(None)), (True, False, type(None)), (True, True, type(None))]
+    (group,) = storage.list_groups(10, 0)
+    # the beacon stored before its environment in the same batch is counted when the environment arrives
+    assert (group.info["count"], group.info["handled"], group.data.fails) == (3, 1, 3)
+    assert group.data.counts["pkg:a"] == {"1": (3, 0)}
+    storage.close()

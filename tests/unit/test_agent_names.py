@@ -65,7 +65,9 @@ def test_every_function_reached_by_name_is_defined_in_the_agent_proper():
     assert {"_on_exception", "_on_thread_exception", "_patch_asyncio", "_patch_multiprocessing",
             "_patch_traceback", "_patched_spec", "_report_clean_exit", "_drain", "_ask_for_hint",
             "_on_error"} <= set(reached)
-    missing = {name: where for name, where in reached.items() if name not in defined}
+    # the logging patch is the one entry of _PATCHES the start-up part applies itself (it is cheap
+    # and every program imports logging), so it lives in the detached namespace instead
+    missing = {name: where for name, where in reached.items() if name not in defined and name not in agent._OUTSIDE}
     assert missing == {}, "reached by name but not defined in the agent proper: %r" % missing
 
 
