@@ -706,8 +706,8 @@ def _api_group(group: dict) -> dict:
 def _group_query(params: Dict[str, str], default_limit: int) -> GroupQuery:
     """The list's filters from query parameters; 400 naming the one that is wrong."""
     search = params.get("q", "").strip()
-    if len(search) > 200:
-        raise HTTPError(400, "q is longer than 200 characters")
+    if len(search) > limits.QUERY["q"]:
+        raise HTTPError(400, "q is longer than %d characters" % limits.QUERY["q"])
     status = params.get("status", "")
     if status and status not in GROUP_STATUSES:
         raise HTTPError(400, "status must be one of: %s" % ", ".join(GROUP_STATUSES))
@@ -718,7 +718,7 @@ def _group_query(params: Dict[str, str], default_limit: int) -> GroupQuery:
     package = params.get("package", "").strip()
     if package:
         name, sep, version = package.partition("==")
-        if not sep or not name.strip() or not version.strip() or len(package) > 300:
+        if not sep or not name.strip() or not version.strip() or len(package) > limits.QUERY["package"]:
             raise HTTPError(400, "package must be name==version")
         features.append(("pkg:" + engine.canonical_name(name), version.strip()))
     python = params.get("python", "").strip()
@@ -727,7 +727,7 @@ def _group_query(params: Dict[str, str], default_limit: int) -> GroupQuery:
             raise HTTPError(400, "python must be a version like 3.11 or 3.11.7")
         features.append(("python" if python.count(".") == 1 else "python_full", python))
     script = params.get("script", "").strip()
-    if len(script) > limits.HASH:
+    if len(script) > limits.QUERY["script"]:
         raise HTTPError(400, "script must be a script id (%d characters at most)" % limits.HASH)
     return GroupQuery(search, status, script, tuple(features), sort,
                       _int_param(params, "limit", default_limit, 1, 500), _int_param(params, "offset", 0, 0, 10 ** 9))

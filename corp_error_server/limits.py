@@ -26,6 +26,9 @@ KEPT: Dict[str, Dict[str, int]] = {
 }
 KEPT_AT_END = {"trace"}
 
+# GET /api/errors: query parameter -> the most characters it may have
+QUERY: Dict[str, int] = {"q": 200, "script": HASH, "package": 300}
+
 TS_TEXT = 64               # an ISO-8601 ts
 PACKAGES = 10_000          # entries of an environment's package list
 PACKAGE_ITEM = 400         # one "name==version" entry

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from . import limits
+from .storage import GROUP_SORTS, GROUP_STATUSES
 
 
 def _s(max_length=None, **extra) -> dict:
@@ -149,17 +150,17 @@ def spec(max_body: int) -> dict:
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                     {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
                     {"name": "q", "in": "query", "description": "text in the signature",
-                     "schema": {"type": "string", "maxLength": 200}},
-                    {"name": "status", "in": "query",
-                     "schema": {"type": "string", "enum": ["new", "regressed", "resolved", "ignored"]}},
+                     "schema": {"type": "string", "maxLength": limits.QUERY["q"]}},
+                    {"name": "status", "in": "query", "allowEmptyValue": True, "description": "empty: any",
+                     "schema": {"type": "string", "enum": list(GROUP_STATUSES)}},
                     {"name": "script", "in": "query", "description": "script id",
-                     "schema": {"type": "string", "maxLength": 12}},
+                     "schema": {"type": "string", "maxLength": limits.QUERY["script"]}},
                     {"name": "package", "in": "query", "description": "name==version some failing run had",
-                     "schema": {"type": "string"}},
+                     "schema": {"type": "string", "maxLength": limits.QUERY["package"]}},
                     {"name": "python", "in": "query", "description": "3.11 or 3.11.7, of some failing run",
                      "schema": {"type": "string"}},
-                    {"name": "sort", "in": "query",
-                     "schema": {"type": "string", "enum": ["last_seen", "first_seen", "count"]}}],
+                    {"name": "sort", "in": "query", "allowEmptyValue": True, "description": "empty: last_seen",
+                     "schema": {"type": "string", "enum": list(GROUP_SORTS)}}],
                 "responses": dict({"200": {"description": "groups", "content": {"application/json": {"schema": {
                     "type": "object", "properties": {"groups": {"type": "array", "items": {
                         "$ref": "#/components/schemas/Group"}}, "total": {"type": "integer"},
