@@ -487,10 +487,11 @@ class Storage:
 
     @staticmethod
     def _keys_of_message(cur: Cursor, message: str) -> List[str]:
-        # a group's key is "<exception line>" or "<exception line> @ <place>": a range of the key index
+        # a group's key is "<exception line>" or "<exception line> @ <place>" (substr: no collation involved)
+        prefix = message + " @ "
         return [key for key, _ in cur.execute(
-            "SELECT key, errors FROM groups WHERE key = ? OR (key >= ? AND key < ?) ORDER BY errors DESC, id",
-            (message, message + " @ ", message + " @!")).fetchall()]
+            "SELECT key, errors FROM groups WHERE key = ? OR substr(key, 1, ?) = ? ORDER BY errors DESC, id",
+            (message, len(prefix), prefix)).fetchall()]
 
     def group_keys(self, message: str) -> List[str]:
         """Keys of the groups of one exception line, busiest first."""
@@ -552,7 +553,7 @@ class Storage:
     def _select(self, sql: str, params: Iterable = ()) -> List[tuple]:
         return self._read(lambda cur: cur.execute(sql, tuple(params)).fetchall())
 
-    def find_groups(self, query: "GroupQuery") -> Tuple[int, List[dict]]:
+    def find_groups(self, query: GroupQuery) -> Tuple[int, List[dict]]:
         """(how many groups match, the page of them asked for)."""
         where: List[str] = ["g.errors > 0"]
         params: List[object] = []

@@ -48,8 +48,9 @@ class Gunicorn:
         environ = dict(os.environ, PYTHONPATH=str(ROOT), ERROR_AGENT_ENABLED="0", **env)
         environ.pop("CORP_ERROR_SERVER_TOKEN", None)
         with open(str(log), "ab") as errors:
-            self.proc = subprocess.Popen([str(gunicorn_python()), "-m", "gunicorn", "--bind", "127.0.0.1:%d" % self.port,
-                                          "--graceful-timeout", "5", *args, "corp_error_server:app"],
+            command = [str(gunicorn_python()), "-m", "gunicorn", "--bind", "127.0.0.1:%d" % self.port,
+                       "--graceful-timeout", "5", *args, "corp_error_server:app"]
+            self.proc = subprocess.Popen(command,
                                          cwd=str(ROOT), env=environ, stdout=subprocess.DEVNULL, stderr=errors)
         deadline = time.monotonic() + 60
         while True:
@@ -59,7 +60,7 @@ class Gunicorn:
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError("gunicorn did not start:\n" + log.read_text(errors="replace")[-3000:])
+                    raise RuntimeError("gunicorn did not start:\n" + log.read_text(errors="replace")[-3000:]) from None
                 time.sleep(0.05)   # polling a bounded start-up
 
     def stop(self) -> None:

@@ -14,9 +14,18 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 from conftest import env_body, error_beacon
 
 SIG = "ValueError: bad record @ etl.load < etl.main"
+
+
+@pytest.fixture
+def db_target(tmp_path) -> str:
+    """SQLite only: the test holds the database still with SQLite's write lock (the committer in
+    front of the storage is the same for both backends)."""
+    return str(tmp_path / "ingest.db")
 
 
 def _post(url: str, body: dict):
