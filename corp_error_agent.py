@@ -66,12 +66,12 @@ def activate():
         # covers threads without paying for threading in processes that never use it.
         _thread._excepthook = _chain(_thread._excepthook, "_on_thread_exception")
         if "threading" in sys.modules:
-            sys.modules["threading"].excepthook = _thread._excepthook  # type: ignore[attr-defined]
+            sys.modules["threading"].excepthook = _thread._excepthook
         for name in tuple(_PATCHES):
             if name in sys.modules:
                 _apply_patch(_PATCHES.pop(name), sys.modules[name])
         finder = type(sys)(_APP + ".finder")
-        finder.find_spec = _find_spec  # type: ignore[attr-defined]
+        finder.find_spec = _find_spec
         sys.meta_path.insert(2, finder)  # after the builtin and frozen importers, before the path
         _process["started"] = time.time()
         # where failures of scripts of this file name wait for their first clean run (_pending_path)
@@ -108,7 +108,7 @@ def _call_agent(name, *args):
         return globals()[name](*args)
     except BaseException as error:  # Ctrl-C while the agent waits ends the wait, nothing else
         if _process["loaded"]:
-            _debug(error)  # type: ignore[name-defined]  # (defined by the agent proper)
+            _debug(error)  # (defined by the agent proper)
         return None
 
 
@@ -169,8 +169,8 @@ def _patch_logging(logging):
 
 # (the functions they define run there too)
 for _name in ("_chain", "_reach_agent", "_find_spec", "_apply_patch", "_patch_logging"):
-    _OUTSIDE[_name] = globals()[_name] = type(activate)(globals()[_name].__code__, _OUTSIDE, _name,
-                                                        globals()[_name].__defaults__)
+    _OUTSIDE[_name] = globals()[_name] = type(activate)(  # type: ignore[misc]
+        globals()[_name].__code__, _OUTSIDE, _name, globals()[_name].__defaults__)
 del _name
 
 
@@ -220,7 +220,7 @@ def _load(cache_code=False):
         exec(code, globals())
         _process["loaded"] = True
     if cached:
-        _write_code_cache(code, cached)  # type: ignore[name-defined]  # (defined by the agent proper)
+        _write_code_cache(code, cached)  # (defined by the agent proper)
 
 
 def _agent_source():
