@@ -546,21 +546,33 @@ def _on_error(exc_type, exc, tb, wait_for_hint: bool, handled: bool = False) -> 
     settings = _settings()
     if not settings["enabled"][0]:
         return
-    if _exception_type_name(exc_type) in _CELL_ERRORS:
-        _on_cell_execution_error(exc, settings)
-    else:
-        _report_error(exc_type, exc, tb, settings, wait_for_hint, handled)
+    with _Reporting():
+        if _exception_type_name(exc_type) in _CELL_ERRORS:
+            _on_cell_execution_error(exc, settings)
+        else:
+            _report_error(exc_type, exc, tb, settings, wait_for_hint, handled)
 
 
 # Logged errors and capture(): handled errors. The program carried on, so nobody waits at its
 # terminal for a hint: the report goes out in the background, and the failure waits on the server.
 # An exception reported twice (logged, then raised uncaught; logged at two levels) is one report.
 
+class _Reporting:
+    """Marks the thread as reporting: what it logs meanwhile is the agent's doing, not an error."""
+
+    def __enter__(self):
+        import _thread
+        self.ident = _thread.get_ident()
+        _process.setdefault("reporting", set()).add(self.ident)
+
+    def __exit__(self, *exc_info):
+        _process["reporting"].discard(self.ident)
+
+
 def _on_logged_error(record) -> None:
     """A log record at ERROR or above with exception info (see _patch_logging)."""
     import threading
-    if threading.current_thread().name.startswith(_APP) or threading.get_ident() in _process.setdefault(
-            "reporting", set()):
+    if threading.current_thread().name.startswith(_APP) or threading.get_ident() in _process.get("reporting", ()):
         return  # logged by the agent's own threads, or while the agent reports
     exc_type, exc, tb = record.exc_info
     _on_error(exc_type, exc, tb, wait_for_hint=False, handled=True)
@@ -576,7 +588,8 @@ def capture(error: BaseException | None = None) -> str | None:
     settings = _settings()
     if settings["enabled"][0]:
         _process["error_seen"] = True
-        _call_agent("_report_error", type(exc), exc, exc.__traceback__, settings, False, True)
+        with _Reporting():
+            _call_agent("_report_error", type(exc), exc, exc.__traceback__, settings, False, True)
     event = _reported_as(exc)
     return event[0] if event else None
 
@@ -857,12 +870,18 @@ def _script_identity():
         except OSError:
             pass
     if kind in ("notebook", "run"):  # a notebook's content changes as it runs: its path is the id
-        what = scrub(what)
-        cwd = scrub(os.getcwd()) + os.sep
-        name = os.path.basename(what) if kind == "notebook" else what.replace(" " + cwd, " ").replace(cwd, "")
-        return _hash12(kind + " " + what), _strip_escapes(name)[:200]
-    name = {"-m": "-m " + what, "-c": "-c"}.get(kind, "<stdin>")
-    return _hash12(kind + " " + what), _strip_escapes(name)[:200]
+        words = what.split(" ")
+        name = os.path.basename(what) if kind == "notebook" else " ".join(_relative(word) for word in words)
+        return _hash12(kind + " " + scrub(what)), _strip_escapes(scrub(name))[:200]
+    name = {"-m": "-m " + " ".join(_relative(word) for word in what.split(" ")), "-c": "-c"}.get(kind, "<stdin>")
+    return _hash12(kind + " " + what), _strip_escapes(scrub(name))[:200]
+
+
+def _relative(word: str) -> str:
+    try:
+        return os.path.relpath(word) if os.path.isabs(word) else word
+    except ValueError:  # another drive
+        return word
 
 
 def _beacon(kind: str, env_hash: str, **fields) -> dict:

@@ -87,7 +87,7 @@ class Env:
     client: str                    # "ours" or "042"
     user: str
 
-    def copy(self) -> "Env":
+    def copy(self) -> Env:
         return Env(dict(self.packages), self.python, dict(self.vars), set(self.collected), self.client, self.user)
 
     def home(self) -> str:
@@ -155,7 +155,7 @@ class Population:
         for i, (a, b, cut_a, cut_b) in enumerate(self.coupled):
             if name in (a, b):
                 ladder, cut = (self.ladders[a], cut_a) if name == a else (self.ladders[b], cut_b)
-                return i, ladder.index(version) >= cut if version in ladder else version >= ladder[cut]
+                return i, _vkey(version) >= _vkey(ladder[cut])
         return None
 
     def broken(self, env: Env) -> bool:
@@ -166,7 +166,7 @@ class Population:
                     return True
         return False
 
-    def env(self, python: Optional[str] = None, client: Optional[str] = None) -> Env:
+    def env(self, python: Optional[str] = None) -> Env:
         rng = self.rng
         packages = {}
         for name in self.names:
@@ -179,7 +179,7 @@ class Population:
                 packages[a] = rng.choice(self.ladders[a][cut_a:] if new else self.ladders[a][:cut_a])
                 packages[b] = rng.choice(self.ladders[b][cut_b:] if new else self.ladders[b][:cut_b])
         python = python or rng.choice(self.pythons)
-        env = Env(packages, python, {}, set(_DEFAULT_VARS), client or ("042" if rng.random() < 0.3 else "ours"),
+        env = Env(packages, python, {}, set(_DEFAULT_VARS), "042" if rng.random() < 0.3 else "ours",
                   rng.choice(_USERS))
         self.retool(env)
         lang = rng.choice(["C.UTF-8", "en_US.UTF-8", None])
@@ -215,7 +215,6 @@ class Frame:
     module: str
     qualname: str
     source: str
-    library: bool = False
 
     def file(self, env: Env, script_name: str) -> str:
         if self.module == "__main__":
@@ -243,6 +242,7 @@ class Scenario:
     runs: List[Tuple[str, Env, Optional[int], int]] = field(default_factory=list)  # (kind, env, pair_of, script)
     ask: Optional[Tuple[Env, int]] = None
     note: str = ""
+    oracle: Callable[[Population], Optional[str]] = lambda pop: None  # what a perfect engine would print
 
 
 def _stack(script: Script, scenario: Scenario, env: Env) -> List[Tuple[str, str]]:
@@ -305,7 +305,7 @@ class Builder:
         script_id = hashlib.sha256(("%s-%d-%d" % (name, self.n_scripts, rng.random() * 1e9)).encode()).hexdigest()[:12]
         if framework:  # every step of a pipeline raises from the same runner code
             frames = [Frame("__main__", "<module>", "main()"), Frame("__main__", "main", "run_pipeline(STEPS)"),
-                      Frame("pipeline.runner", "run_step", "raise RuntimeError(f\"step {i} failed\")", True)]
+                      Frame("pipeline.runner", "run_step", "raise RuntimeError(f\"step {i} failed\")")]
         else:
             frames = [Frame("__main__", "<module>", "main()"), Frame("__main__", "main", "%s(args)" % func),
                       Frame("__main__", func, "result = step(config)")]
@@ -341,11 +341,11 @@ class Builder:
             return "TypeError", lambda env: "%s() got an unexpected keyword argument '%s'" % (api, kw), []
         if form == 3:
             n = rng.randint(2, 9)
-            inner = [Frame(mod + ".io", "Reader.load", "header = self._read_header(fh)", True),
-                     Frame(mod + ".io", "Reader._read_header", "raise ValueError(msg)", True)]
+            inner = [Frame(mod + ".io", "Reader.load", "header = self._read_header(fh)"),
+                     Frame(mod + ".io", "Reader._read_header", "raise ValueError(msg)")]
             return "ValueError", lambda env: "unsupported %s format version %d" % (api, n), inner
         cls = rng.choice(["DataFrame", "Session", "Client", "Table", "Model"])
-        inner = [Frame(mod + ".core.base", cls + ".__getattr__", "return object.__getattribute__(self, name)", True)]
+        inner = [Frame(mod + ".core.base", cls + ".__getattr__", "return object.__getattribute__(self, name)")]
         return "AttributeError", lambda env: "'%s' object has no attribute '%s'" % (cls, api), inner
 
     def versions_cause(self, pkg: str, kind: str):
@@ -359,11 +359,10 @@ class Builder:
 
     # -- runs -----------------------------------------------------------------------------
 
-    def draw(self, want_fail: Optional[bool], scenario: Scenario, force: Callable[[Env], None],
-             python: Optional[str] = None, client: Optional[str] = None) -> Env:
+    def draw(self, want_fail: Optional[bool], scenario: Scenario, force: Callable[[Env], None]) -> Env:
         """An environment of the population with the scenario's needs forced in, failing or not as asked."""
         for _ in range(500):
-            env = self.pop.env(python, client)
+            env = self.pop.env()
             force(env)
             if want_fail is None or (scenario.fails(env) == want_fail):
                 return env
@@ -418,6 +417,10 @@ def _ok(fails, pop):
     return lambda env: pop.broken(env) or fails(env)
 
 
+def _newest_seen(pop: Population, name: str, allowed) -> str:
+    return max((v for v in pop.seen.get(name, ()) if v in allowed), key=_vkey)
+
+
 def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool = False,
                      exc_msg: Optional[Tuple[str, Callable[[Env], str], List[Frame]]] = None) -> Scenario:
     """exact | range | missing | extra | coupled | flaky | nocause, raised by ``n_scripts`` scripts."""
@@ -444,6 +447,9 @@ def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool 
             return env
         b.plan(sc, fix, lambda: b.draw(True, sc, force), lambda: b.draw(False, sc, force))
         sc.ask = (b.draw(True, sc, force), rng.randrange(n_scripts))
+        sc.oracle = lambda pop: 'pip install "%s==%s" "%s==%s"' % (
+            a, _newest_seen(pop, a, pop.ladders[a][:cut_a]), partner, _newest_seen(pop, partner,
+                                                                                pop.ladders[partner][:cut_b]))
         return sc
 
     if kind == "nocause":
@@ -480,7 +486,7 @@ def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool 
         sc = Scenario(b.difficulty, kind, True, fails, exc, msg, inner, scripts, note=pkg)
 
         def force(env):
-            pass
+            """Nothing to force: whether the package is there decides."""
 
         def fix(env):
             env = env.copy()
@@ -498,13 +504,14 @@ def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool 
             return env
         b.plan(sc, fix, bad, good)
         sc.ask = (bad(), rng.randrange(n_scripts))
+        sc.oracle = lambda pop: "pip install " + pkg
         return sc
     if kind == "extra":  # a package whose mere presence breaks the script (a backport shadowing the stdlib)
         host = pop.module(b.pick_package(2, avoid={pkg}))
         plugin = pop.module(pkg)
         exc, msg, inner = "TypeError", (lambda env: "%s: plugin '%s' returned an incompatible hook"
                                         % (host, plugin)), [
-            Frame(host + ".plugins", "load_entry_points", "hook = ep.load()(registry)", True)]
+            Frame(host + ".plugins", "load_entry_points", "hook = ep.load()(registry)")]
         fails = _ok(lambda env: pkg in env.packages, pop)
         sc = Scenario(b.difficulty, kind, True, fails, exc, msg, inner, scripts, note=pkg)
 
@@ -522,6 +529,7 @@ def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool 
             return fix(b.draw(None, sc, lambda e: None))
         b.plan(sc, fix, bad, good)
         sc.ask = (bad(), rng.randrange(n_scripts))
+        sc.oracle = lambda pop: "pip uninstall " + pkg
         return sc
 
     # exact, range, flaky: a set of bad versions of pkg
@@ -551,6 +559,7 @@ def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool 
            lambda: b.draw(False, sc, force_to(good_versions)), flaky=flaky)
     ask_force = force_to([asked_version] if asked_version else sorted(bad_versions))
     sc.ask = (b.draw(True, sc, ask_force), rng.randrange(n_scripts))
+    sc.oracle = lambda pop: 'pip install "%s==%s"' % (pkg, _newest_seen(pop, pkg, good_versions))
     return sc
 
 
@@ -579,7 +588,7 @@ def python_scenario(b: Builder) -> Scenario:
     script = b.script()
     if rng.random() < 0.4:  # imported by a library the script uses, not by the script itself
         lib = pop.module(b.pick_package(2))
-        inner = [Frame(lib + ".config", "<module>", "import %s" % module, True)]
+        inner = [Frame(lib + ".config", "<module>", "import %s" % module)]
     else:
         inner = [Frame("__main__", script.frames[-1].qualname, "import %s" % module)]
         script.frames = script.frames[:-1]
@@ -612,6 +621,8 @@ def python_scenario(b: Builder) -> Scenario:
         return env
     b.plan(sc, fix, lambda: on(bad_py)(True), lambda: on(good_py)(False))
     sc.ask = (on(bad_py)(True), 0)
+    asked = _vkey(sc.ask[0].python)
+    sc.oracle = lambda pop: "use Python " + _minor(min(good_py, key=lambda p: abs(_vkey(p)[1] - asked[1])))
     return sc
 
 
@@ -664,7 +675,10 @@ def envvar_scenario(b: Builder, kind: str) -> Scenario:
     ask = bad()
     if rng.random() < 0.7:
         ask.collected.add(name)
+    if name not in ask.collected:  # the asking run's own value is unknown to the server: reported apart
+        sc.kind += "-uncollected"
     sc.ask = (ask, 0)
+    sc.oracle = lambda pop: "export %s=%s" % (name, values[0])
     return sc
 
 ###############################################################################
@@ -694,8 +708,8 @@ def build(difficulty: str, rng: random.Random, quick: bool) -> Tuple[Population,
                 sc = package_scenario(b, "exact", n_scripts=rng.randint(2, 4))
                 sc.kind = "multiscript"
                 if not sc.inner:  # raised inside the library: the same frames whichever script calls it
-                    sc.inner = [Frame(pop.module(sc.note) + ".api", "load", "return _impl.load(path, **kw)", True),
-                                Frame(pop.module(sc.note) + "._impl", "load", "raise err", True)]
+                    sc.inner = [Frame(pop.module(sc.note) + ".api", "load", "return _impl.load(path, **kw)"),
+                                Frame(pop.module(sc.note) + "._impl", "load", "raise err")]
                 _ask_from_other_script(sc, rng)
                 out.append(sc)
             else:
@@ -760,7 +774,7 @@ class Wire:
         self.conn = http.client.HTTPConnection(host, port, timeout=60)
 
     def post(self, path: str, body: dict) -> Tuple[int, dict]:
-        for attempt in range(6):
+        for _attempt in range(6):
             try:
                 self.conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
                 response = self.conn.getresponse()
@@ -785,10 +799,11 @@ class Fleet:
     def __init__(self, wire: Wire, pop: Population) -> None:
         self.wire, self.pop = wire, pop
         self.ts = time.time() - 5 * 86400
+        self.gaps = random.Random(0)
         self.machines = 0
 
     def _stamp(self) -> float:
-        self.ts += random.Random(self.ts).uniform(1, 90)
+        self.ts += self.gaps.uniform(1, 90)
         return round(self.ts, 3)
 
     def _send_env(self, env: Env) -> None:
@@ -947,6 +962,12 @@ class Outcome:
     why: str
 
 
+def oracle_answer(sc: Scenario, pop: Population) -> dict:
+    """The answer of an engine that knows the model: the baseline every figure is measured against."""
+    command = sc.oracle(pop) if sc.has_cause else None
+    return {"match": True, "confidence": 1.0, "solution": command} if command else {"match": False}
+
+
 def judge(sc: Scenario, answer: dict, pop: Population) -> Outcome:
     answered = answer.get("match") is True
     confidence = float(answer.get("confidence") or 0.0) if answered else 0.0
@@ -1008,7 +1029,8 @@ HEADER = "  %-10s %5s  %-16s  %-16s  %-16s  %s" % ("difficulty", "bugs", "correc
                                                    "wrong-answers", "ECE")
 
 
-def run_population(difficulty: str, seed: int, quick: bool) -> List[Outcome]:
+def run_population(difficulty: str, seed: int, quick: bool) -> Tuple[List[Outcome], List[Outcome]]:
+    """(the engine's outcomes, the oracle's) for one population sent to a fresh server."""
     rng = random.Random("%s-%d" % (difficulty, seed))
     pop, scenarios = build(difficulty, rng, quick)
     with tempfile.TemporaryDirectory() as tmp:
@@ -1018,12 +1040,10 @@ def run_population(difficulty: str, seed: int, quick: bool) -> List[Outcome]:
             fleet = Fleet(Wire(host, port), pop)
             for sc in scenarios:
                 fleet.history(sc)
-            outcomes = []
-            for sc in scenarios:
-                outcomes.append(judge(sc, fleet.ask(sc), pop))
+            outcomes = [judge(sc, fleet.ask(sc), pop) for sc in scenarios]
         finally:
             stop(proc)
-    return outcomes
+    return outcomes, [judge(sc, oracle_answer(sc, pop), pop) for sc in scenarios]
 
 
 def main(argv=None) -> int:
@@ -1035,13 +1055,15 @@ def main(argv=None) -> int:
     os.environ["ERROR_AGENT_ENABLED"] = "0"  # the server process must not report to itself
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     every: List[Outcome] = []
+    oracle: List[Outcome] = []
     for seed in seeds:
         print("seed %d" % seed)
         print(HEADER)
         outcomes: List[Outcome] = []
         for difficulty in DIFFICULTIES:
-            found = run_population(difficulty, seed, args.quick)
+            found, ideal = run_population(difficulty, seed, args.quick)
             print(row(difficulty, metrics(found)), flush=True)
+            oracle += ideal
             outcomes += found
         print(row("overall", metrics(outcomes)))
         every += outcomes
@@ -1050,6 +1072,8 @@ def main(argv=None) -> int:
     for difficulty in DIFFICULTIES:
         print(row(difficulty, metrics([o for o in every if o.difficulty == difficulty])))
     print(row("overall", metrics(every)))
+    print("baseline: an oracle that knows each bug's model, judged the same way (the generator's self-check)")
+    print(row("oracle", metrics(oracle)))
     print("\nper kind (pooled): right/bugs for causes, answered/bugs without one")
     kinds = sorted({(o.difficulty, o.kind) for o in every}, key=lambda k: (DIFFICULTIES.index(k[0]), k[1]))
     for difficulty, kind in kinds:
@@ -1057,7 +1081,7 @@ def main(argv=None) -> int:
         m = metrics(group)
         shown = _pct(m["right"], m["cause"]) if m["cause"] else "answered " + _pct(m["false"], m["nocause"])
         mean = sum(o.confidence for o in group if o.answered) / max(1, m["answers"])
-        print("  %-9s %-22s %s   answers %3d, mean confidence %.2f" % (difficulty, kind, shown, m["answers"], mean))
+        print("  %-9s %-26s %s   answers %3d, mean confidence %.2f" % (difficulty, kind, shown, m["answers"], mean))
     if args.examples:
         print("\nexamples of wrong answers and misses")
         for difficulty, kind in kinds:

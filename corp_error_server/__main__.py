@@ -9,11 +9,13 @@ from typing import List, Optional
 
 def _parser() -> argparse.ArgumentParser:
     from . import DEFAULT_MAX_BODY, DEFAULT_RETENTION_DAYS, default_db_path
+    from .ingest import DEFAULT_MAX_WAITING
     parser = argparse.ArgumentParser(
         prog="corp-error-server",
         description="Serve the corp-error-agent backend (default), or run `corp-error-server demo ...`, or "
                     "`corp-error-server migrate SRC DST` (copy a SQLite database into PostgreSQL).",
-        epilog="The token may also come from $CORP_ERROR_SERVER_TOKEN (kept out of the process list).")
+        epilog="The token may also come from $CORP_ERROR_SERVER_TOKEN (kept out of the process list), webhooks from "
+               "$CORP_ERROR_SERVER_WEBHOOKS (separated by spaces).")
     parser.add_argument("command", nargs="?", choices=["serve"], default="serve", help=argparse.SUPPRESS)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
@@ -26,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="delete beacons older than this (default: %(default)s)")
     parser.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, help="request body limit in bytes")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-connection socket timeout in seconds")
+    parser.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,
+                        help="writes waiting for the database beyond which requests get 503 (default: %(default)s)")
+    parser.add_argument("--webhook", action="append", metavar="[slack=|json=]URL",
+                        default=os.environ.get("CORP_ERROR_SERVER_WEBHOOKS", "").split(),
+                        help="POST an alert on a new error group, a regression, and a fix becoming available: "
+                             "slack= sends {\"text\": ...}, json= (the default) the event as JSON; repeatable")
     return parser
 
 
@@ -85,15 +93,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv[:1] == ["migrate"]:
         return _migrate(argv[1:])
     args = _parser().parse_args(argv)
-    if not 0 <= args.port <= 65535 or args.retention_days <= 0 or args.max_body <= 0 or args.timeout <= 0:
-        print("corp-error-server: --port, --retention-days, --max-body and --timeout must be in range",
+    if (not 0 <= args.port <= 65535 or args.retention_days <= 0 or args.max_body <= 0 or args.timeout <= 0
+            or args.max_waiting <= 0):
+        print("corp-error-server: --port, --retention-days, --max-body, --timeout and --max-waiting must be in range",
               file=sys.stderr)
         return 2
     from . import create_app
+    from .alerts import parse_webhook
     from .server import make_server, serve
     from .storage import UnsupportedDatabase, describe
     try:
-        app = create_app(args.db, token=args.token, retention_days=args.retention_days, max_body=args.max_body)
+        webhooks = [parse_webhook(spec) for spec in args.webhook]
+    except ValueError as error:
+        print("corp-error-server: %s" % error, file=sys.stderr)
+        return 2
+    try:
+        app = create_app(args.db, token=args.token, retention_days=args.retention_days, max_body=args.max_body,
+                         max_waiting=args.max_waiting, webhooks=webhooks)
     except UnsupportedDatabase as error:
         print("corp-error-server: --db %s: %s" % (describe(args.db), error), file=sys.stderr)
         return 2
@@ -106,7 +122,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("corp-error-server: cannot listen on %s:%d: %s" % (args.host, args.port, error), file=sys.stderr)
         return 1
     serve(server)
-    app.storage.close()
+    app.close()
     return 0
 
 

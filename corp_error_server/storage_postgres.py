@@ -19,7 +19,6 @@ from .storage import Dialect, Storage, StorageConflict, StorageUnavailable, Unsu
 try:
     import psycopg
     import psycopg_pool
-    from psycopg import errors as _pg_errors
 except ImportError as error:   # the [postgres] extra is not installed
     _MISSING: Optional[str] = str(error)
 else:
@@ -28,6 +27,9 @@ else:
 _POOL_MAX = 10          # connections per process; more waiting requests get 503 after _POOL_WAIT
 _POOL_WAIT = 3.0        # seconds a request waits for a connection (PostgreSQL down, or all busy)
 _CONNECT_TIMEOUT = 5    # seconds to establish one connection
+# A connection attempt backs off exponentially, so after a long outage the next one could be half a
+# minute away; given up this soon, the next request starts a fresh attempt at once.
+_RECONNECT_GIVE_UP = 5.0
 
 _pool_lock = threading.Lock()
 
@@ -46,7 +48,6 @@ class PostgresDialect(Dialect):
     for_update = " FOR UPDATE"
 
     def __init__(self) -> None:
-        self.item_errors = (psycopg.IntegrityError, psycopg.DataError)
         self._translated: dict = {}
 
     def sql(self, text: str) -> str:
@@ -58,6 +59,17 @@ class PostgresDialect(Dialect):
     def params(self, params: Sequence[Any]) -> Sequence[Any]:
         # PostgreSQL text cannot hold NUL, which SQLite and JSON can: stored as U+FFFD rather than refused
         return [p.replace("\x00", "\ufffd") if isinstance(p, str) else p for p in params]
+
+    def translate(self, error: Exception) -> Exception:
+        if isinstance(error, (psycopg.IntegrityError, psycopg.DataError)):
+            return StorageConflict("refused by the database: %s" % _first_line(error))
+        if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return StorageUnavailable("PostgreSQL: %s" % _first_line(error))
+        return error
+
+    def retryable(self, error: Exception) -> bool:
+        # SQLSTATE class 40: deadlock detected, serialization failure
+        return isinstance(error, psycopg.Error) and (error.sqlstate or "").startswith("40")
 
     def insert_id(self, raw, sql: str, params: Sequence[Any]) -> Optional[int]:
         raw.execute(sql + " RETURNING id", params)
@@ -102,6 +114,7 @@ class PostgresStorage(Storage):
                     self._pool = psycopg_pool.ConnectionPool(
                         self._url, min_size=1, max_size=_POOL_MAX, timeout=_POOL_WAIT, open=True,
                         check=psycopg_pool.ConnectionPool.check_connection, name="corp-error-server",
+                        reconnect_timeout=_RECONNECT_GIVE_UP,
                         kwargs={"connect_timeout": _CONNECT_TIMEOUT})
                     self._pool_pid = os.getpid()
                     self._features.clear()
@@ -121,12 +134,10 @@ class PostgresStorage(Storage):
         try:
             with self._connection() as conn, conn.transaction(), conn.cursor() as raw:
                 yield raw
-        except _pg_errors.TransactionRollback:   # deadlock or serialization failure: worth running again
-            raise _Retry() from None
-        except (psycopg.IntegrityError, psycopg.DataError) as error:
-            raise StorageConflict("refused by the database: %s" % _first_line(error)) from None
-        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-            raise StorageUnavailable("PostgreSQL: %s" % _first_line(error)) from None
+        except psycopg.Error as error:
+            if self.dialect.retryable(error):
+                raise _Retry() from None
+            raise self.dialect.translate(error) from None
 
     _snapshot = _transaction
 

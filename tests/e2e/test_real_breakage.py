@@ -45,17 +45,18 @@ def _pip(venv: support.Venv, *args: str) -> subprocess.CompletedProcess:
                support.clean_env(), timeout=support.PROC_TIMEOUT * 3)
 
 
-def install(venv: support.Venv, requirement: str) -> None:
-    """Install from the wheel cache; fill the cache from PyPI first when it cannot satisfy the pin."""
+def install(venv: support.Venv, *requirements: str) -> None:
+    """Install from the wheel cache; fill the cache from PyPI first when it cannot satisfy the pins."""
     WHEELS.mkdir(parents=True, exist_ok=True)
-    offline = ("install", "--no-index", "--find-links", str(WHEELS), requirement)
+    offline = ("install", "--no-index", "--find-links", str(WHEELS), *requirements)
     if _pip(venv, *offline).returncode == 0:
         return
-    fetched = _pip(venv, "download", "--only-binary", ":all:", "--dest", str(WHEELS), requirement)
+    fetched = _pip(venv, "download", "--only-binary", ":all:", "--dest", str(WHEELS), *requirements)
     if fetched.returncode != 0:
+        wanted = " ".join(requirements)
         if not _pypi_reachable():
-            pytest.skip("PyPI is unreachable, and %s is not in the wheel cache %s" % (requirement, WHEELS))
-        raise AssertionError("pip download %s failed:\n%s" % (requirement, fetched.stderr.decode(errors="replace")))
+            pytest.skip("PyPI is unreachable, and %s is not in the wheel cache %s" % (wanted, WHEELS))
+        raise AssertionError("pip download %s failed:\n%s" % (wanted, fetched.stderr.decode(errors="replace")))
     done = _pip(venv, *offline)
     assert done.returncode == 0, done.stderr.decode(errors="replace")
 

@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from conftest import env_body, error_beacon
-from pgsupport import db_rows, db_tables
 from corp_error_server.storage import SCHEMA_VERSION
+from pgsupport import db_rows, db_tables
 
 SIG = "AttributeError: module 'packaging.version' has no attribute 'LegacyVersion' @ __main__.main"
 OLD_SIG = "attributeerror: module 'packaging.version' has no attribute 'legacyversion'. did you mean: 'version'?"
@@ -22,7 +22,8 @@ def _stored(server) -> int:
 
 
 def test_health_and_openapi(server):
-    assert server.request("GET", "/healthz") == (200, {"ok": True, "schema_version": SCHEMA_VERSION})
+    status, health = server.request("GET", "/healthz")
+    assert (status, health["ok"], health["schema_version"]) == (200, True, SCHEMA_VERSION)
     status, spec = server.request("GET", "/openapi.json")
     assert status == 200 and spec["openapi"].startswith("3.")
     assert {"/beacon", "/env", "/suggest", "/healthz", "/api/errors", "/api/errors/{id}", "/openapi.json"} <= set(

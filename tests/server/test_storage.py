@@ -9,10 +9,19 @@ import sys
 
 import pytest
 
-from corp_error_server.storage import (SCHEMA_VERSION, Beacon, Env, SchemaError, SQLiteStorage, UnsupportedDatabase,
-                                       describe, open_storage)
-from corp_error_server.storage_schema import MIGRATIONS
 from conftest import REPO
+from corp_error_server.storage import (
+    SCHEMA_VERSION,
+    Beacon,
+    Env,
+    GroupQuery,
+    SchemaError,
+    SQLiteStorage,
+    UnsupportedDatabase,
+    describe,
+    open_storage,
+)
+from corp_error_server.storage_schema import MIGRATIONS
 from pgsupport import db_rows
 
 # The schema the 0.5.0 server created, versioned in meta only.
@@ -117,15 +126,17 @@ def _beacon(event_id, env_hash="e1", sig="ValueError: boom", **fields) -> Beacon
     return Beacon(**values)
 
 
-def test_add_beacons_stores_a_batch_in_one_go_and_dedupes_within_it(db_target):
+def test_add_beacons_stores_a_batch_in_one_go_each_item_isolated(db_target):
     storage = open_storage(db_target)
     env = Env("e1", {"packages": {}}, {"python": "3.11", "pkg:a": "1"})
-    results = storage.add_beacons([(_beacon("a"), None), (_beacon("a"), None), (_beacon("b"), env),
-                                   (_beacon(None, handled=True), None)])
-    assert [(r.env_known, r.duplicate, r.error) for r in results] == \
-        [(False, False, None), (False, True, None), (True, False, None), (True, False, None)]
-    (group,) = storage.list_groups(10, 0)
+    results = storage.add_beacons([(_beacon("a"), None), (_beacon("a"), None), (None, None), (_beacon("b"), env),
+                                   (_beacon(None, handled=True), None), (None, env)])
+    assert [(r.env_known, r.duplicate, type(r.error)) for r in results] == [
+        (False, False, type(None)), (False, True, type(None)), (False, False, ValueError),
+        (True, False, type(None)), (True, False, type(None)), (True, True, type(None))]
+    total, (group,) = storage.find_groups(GroupQuery())
+    data = storage.groups_data([group["id"]])[group["id"]]
     # the beacon stored before its environment in the same batch is counted when the environment arrives
-    assert (group.info["count"], group.info["handled"], group.data.fails) == (3, 1, 3)
-    assert group.data.counts["pkg:a"] == {"1": (3, 0)}
+    assert (total, group["count"], group["handled"], data.fails) == (1, 3, 1, 3)
+    assert data.counts["pkg:a"] == {"1": (3, 0)}
     storage.close()

@@ -62,15 +62,14 @@ def names_reached_by_string() -> dict:
 def test_every_function_reached_by_name_is_defined_in_the_agent_proper():
     proper = ast.parse(agent._agent_source())
     defined = {node.name for node in proper.body if isinstance(node, ast.FunctionDef)}
-    # the start-up part applies a patch of its own (logging's), which must load nothing
-    defined |= {node.name for node in ast.parse(START_UP).body if isinstance(node, ast.FunctionDef)
-                and node.name == "_patch_logging"}
     reached = names_reached_by_string()
     # the search finds what is known to be there: the hooks, the patches, the workers
     assert {"_on_exception", "_on_thread_exception", "_patch_asyncio", "_patch_multiprocessing",
             "_patch_traceback", "_at_exit", "_drain", "_ask_for_hint",
             "_on_error"} <= set(reached)
-    missing = {name: where for name, where in reached.items() if name not in defined}
+    # the logging patch is the one entry of _PATCHES the start-up part applies itself (it is cheap
+    # and every program imports logging), so it lives in the detached namespace instead
+    missing = {name: where for name, where in reached.items() if name not in defined and name not in agent._OUTSIDE}
     assert missing == {}, "reached by name but not defined in the agent proper: %r" % missing
 
 
