@@ -29,7 +29,7 @@ from corp_error_server.app import parse_env  # noqa: E402
 from corp_error_server.storage import Beacon, SQLiteStorage  # noqa: E402
 
 _GROUPS = 200
-_BATCH = 5000
+_BATCH = 1000          # items per add_beacons call (one transaction)
 
 
 def _signature(group: int) -> str:
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     parser.add_argument("--beacons", type=int)
     parser.add_argument("--envs", type=int)
     args = parser.parse_args(argv)
-    beacons, envs, queries = (100_000, 5_000, 300) if args.quick else (1_000_000, 20_000, 2000)
+    beacons, envs, queries = (100_000, 5_000, 300) if args.quick else (1_000_000, 20_000, 1000)
     beacons, envs = args.beacons or beacons, args.envs or envs
     load = os.getloadavg()
     figures = []

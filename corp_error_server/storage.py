@@ -35,10 +35,15 @@ _ATTEMPTS = 5             # a transaction the database aborted for a conflict (d
 # Lock name spaces for backends whose writers run concurrently (PostgreSQL advisory locks).
 LOCK_ENV, LOCK_PURGE, LOCK_SCHEMA = 1, 2, 3
 
-_UPSERT_COUNT = (
-    "INSERT INTO counts(group_id, feature, value, fails, oks) VALUES(?, ?, ?, ?, ?) "
-    "ON CONFLICT(group_id, feature, value) DO UPDATE "
-    "SET fails = counts.fails + excluded.fails, oks = counts.oks + excluded.oks")
+_UPSERT_ROWS = 190       # count rows in one upsert: 5 parameters each, within SQLite's oldest limit of 999
+
+
+def _upsert_counts(rows: int) -> str:
+    # a run's 30-odd counts in one statement, not one each: every statement is a round through the
+    # driver (sqlite3 gives the GIL up at each, PostgreSQL answers each) while the batch holds the lock
+    return ("INSERT INTO counts(group_id, feature, value, fails, oks) VALUES" + ", ".join(["(?, ?, ?, ?, ?)"] * rows)
+            + " ON CONFLICT(group_id, feature, value) DO UPDATE"
+            " SET fails = counts.fails + excluded.fails, oks = counts.oks + excluded.oks")
 
 T = TypeVar("T")
 
@@ -371,7 +376,10 @@ class Storage:
         # writers queue instead of deadlocking
         for group in sorted(groups):
             cur.execute("UPDATE groups SET %s = %s + ? WHERE id = ?" % (column, column), (sign, group))
-            cur.executemany(_UPSERT_COUNT, [(group, f, v, fail, ok) for f, v in sorted(features.items())])
+            rows = [(group, f, v, fail, ok) for f, v in sorted(features.items())]
+            for start in range(0, len(rows), _UPSERT_ROWS):
+                chunk = rows[start:start + _UPSERT_ROWS]
+                cur.execute(_upsert_counts(len(chunk)), [value for row in chunk for value in row])
 
     def _store_beacon(self, cur: Cursor, beacon: Beacon, env: Optional[Env], now: float) -> BeaconResult:
         if env is not None:
