@@ -47,7 +47,7 @@ def activate() -> None:
         _thread._excepthook = _chain(_thread._excepthook, "_on_thread_exception")
         if "threading" in sys.modules:
             sys.modules["threading"].excepthook = _thread._excepthook  # type: ignore[attr-defined]
-        for name in list(_PATCHES):  # a patch may add to it
+        for name in list(_PATCHES) + ["logging"]:  # a patch may add to _PATCHES
             if name in sys.modules:
                 _process["patched"].append(name)
                 _apply_patch(name, sys.modules[name])
@@ -100,18 +100,20 @@ def _debug(error: BaseException) -> None:
 # their own tracebacks, and errors a program logs and carries on. The agent patches those modules
 # when they are imported, so that processes which never use them never pay for it. (Patching
 # multiprocessing adds traceback, for the same reason.)
+# (logging is patched by the start-up part itself, see _logging_spec.)
 _PATCHES = {"asyncio.base_events": "_patch_asyncio", "multiprocessing.process": "_patch_multiprocessing",
-            "IPython.core.interactiveshell": "_patch_ipython", "logging": "_patch_logging"}
+            "IPython.core.interactiveshell": "_patch_ipython"}
 
 
 def _find_spec(name, path=None, target=None):
     """Import-system finder (on sys.meta_path, see activate): the spec of a module in _PATCHES,
     with a loader that patches it; None, meaning "not mine", for every other module."""
+    if name == "logging" and name not in _process["patched"]:
+        _process["patched"].append(name)
+        return _logging_spec(path, target)
     if name not in _PATCHES or name in _process["patched"]:
         return None
     _process["patched"].append(name)
-    if name == "logging":
-        return _logging_spec(path, target)
     return _reach_agent("_patched_spec", name, path, target)
 
 
@@ -566,21 +568,33 @@ def _on_error(exc_type, exc, tb, wait_for_hint: bool, handled: bool = False) -> 
     settings = _settings()
     if not settings["enabled"][0]:
         return
-    if _exception_type_name(exc_type) in _CELL_ERRORS:
-        _on_cell_execution_error(exc, settings)
-    else:
-        _report_error(exc_type, exc, tb, settings, wait_for_hint, handled)
+    with _Reporting():
+        if _exception_type_name(exc_type) in _CELL_ERRORS:
+            _on_cell_execution_error(exc, settings)
+        else:
+            _report_error(exc_type, exc, tb, settings, wait_for_hint, handled)
 
 
 # Logged errors and capture(): handled errors. The program carried on, so nobody waits at its
 # terminal for a hint: the report goes out in the background, and the failure waits on the server.
 # An exception reported twice (logged, then raised uncaught; logged at two levels) is one report.
 
+class _Reporting:
+    """Marks the thread as reporting: what it logs meanwhile is the agent's doing, not an error."""
+
+    def __enter__(self):
+        import _thread
+        self.ident = _thread.get_ident()
+        _process.setdefault("reporting", set()).add(self.ident)
+
+    def __exit__(self, *exc_info):
+        _process["reporting"].discard(self.ident)
+
+
 def _on_logged_error(record) -> None:
     """A log record at ERROR or above with exception info (see _patch_logging)."""
     import threading
-    if threading.current_thread().name.startswith(_APP) or threading.get_ident() in _process.setdefault(
-            "reporting", set()):
+    if threading.current_thread().name.startswith(_APP) or threading.get_ident() in _process.get("reporting", ()):
         return  # logged by the agent's own threads, or while the agent reports
     exc_type, exc, tb = record.exc_info
     _on_error(exc_type, exc, tb, wait_for_hint=False, handled=True)
@@ -596,7 +610,8 @@ def capture(error: BaseException | None = None) -> str | None:
     settings = _settings()
     if settings["enabled"][0]:
         _process["error_seen"] = True
-        _call_agent("_report_error", type(exc), exc, exc.__traceback__, settings, False, True)
+        with _Reporting():
+            _call_agent("_report_error", type(exc), exc, exc.__traceback__, settings, False, True)
     event = _reported_as(exc)
     return event[0] if event else None
 
@@ -880,8 +895,8 @@ def _script_identity():
         words = what.split(" ")
         name = os.path.basename(what) if kind == "notebook" else " ".join(_relative(word) for word in words)
         return _hash12(kind + " " + scrub(what)), _strip_escapes(scrub(name))[:200]
-    name = {"-m": "-m " + what, "-c": "-c"}.get(kind, "<stdin>")
-    return _hash12(kind + " " + what), _strip_escapes(name)[:200]
+    name = {"-m": "-m " + " ".join(_relative(word) for word in what.split(" ")), "-c": "-c"}.get(kind, "<stdin>")
+    return _hash12(kind + " " + what), _strip_escapes(scrub(name))[:200]
 
 
 def _relative(word: str) -> str:

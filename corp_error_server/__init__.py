@@ -2,7 +2,8 @@
 
 ``create_app(db_path, ...)`` returns a WSGI application; ``app`` is one ready for any WSGI server
 (gunicorn, waitress), storing into ``$CORP_ERROR_SERVER_DB`` or the per-user data directory and
-requiring ``$CORP_ERROR_SERVER_TOKEN`` as bearer token when that is set. It opens its database on
+requiring ``$CORP_ERROR_SERVER_TOKEN`` as bearer token when that is set and alerting the webhooks of
+``$CORP_ERROR_SERVER_WEBHOOKS``. It opens its database on
 the first request, so importing this package touches no file.
 """
 from __future__ import annotations
@@ -36,8 +37,10 @@ class _LazyApp:
         if self._app is None:
             with self._lock:
                 if self._app is None:
+                    from .alerts import parse_webhook
                     token: Optional[str] = os.environ.get("CORP_ERROR_SERVER_TOKEN") or None
-                    self._app = create_app(default_db_path(), token=token)
+                    hooks = [parse_webhook(s) for s in os.environ.get("CORP_ERROR_SERVER_WEBHOOKS", "").split()]
+                    self._app = create_app(default_db_path(), token=token, webhooks=hooks)
         return self._app(environ, start_response)
 
 

@@ -14,7 +14,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="corp-error-server",
         description="Serve the corp-error-agent backend (default), or run `corp-error-server demo ...`, or "
                     "`corp-error-server migrate SRC DST` (copy a SQLite database into PostgreSQL).",
-        epilog="The token may also come from $CORP_ERROR_SERVER_TOKEN (kept out of the process list).")
+        epilog="The token may also come from $CORP_ERROR_SERVER_TOKEN (kept out of the process list), webhooks from "
+               "$CORP_ERROR_SERVER_WEBHOOKS (separated by spaces).")
     parser.add_argument("command", nargs="?", choices=["serve"], default="serve", help=argparse.SUPPRESS)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
@@ -29,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=10.0, help="per-connection socket timeout in seconds")
     parser.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,
                         help="writes waiting for the database beyond which requests get 503 (default: %(default)s)")
+    parser.add_argument("--webhook", action="append", metavar="[slack=|json=]URL",
+                        default=os.environ.get("CORP_ERROR_SERVER_WEBHOOKS", "").split(),
+                        help="POST an alert on a new error group, a regression, and a fix becoming available: "
+                             "slack= sends {\"text\": ...}, json= (the default) the event as JSON; repeatable")
     return parser
 
 
@@ -94,11 +99,17 @@ def main(argv: Optional[List[str]] = None) -> int:
               file=sys.stderr)
         return 2
     from . import create_app
+    from .alerts import parse_webhook
     from .server import make_server, serve
     from .storage import UnsupportedDatabase, describe
     try:
+        webhooks = [parse_webhook(spec) for spec in args.webhook]
+    except ValueError as error:
+        print("corp-error-server: %s" % error, file=sys.stderr)
+        return 2
+    try:
         app = create_app(args.db, token=args.token, retention_days=args.retention_days, max_body=args.max_body,
-                         max_waiting=args.max_waiting)
+                         max_waiting=args.max_waiting, webhooks=webhooks)
     except UnsupportedDatabase as error:
         print("corp-error-server: --db %s: %s" % (describe(args.db), error), file=sys.stderr)
         return 2
@@ -111,7 +122,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("corp-error-server: cannot listen on %s:%d: %s" % (args.host, args.port, error), file=sys.stderr)
         return 1
     serve(server)
-    app.storage.close()
+    app.close()
     return 0
 
 

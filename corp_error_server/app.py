@@ -6,34 +6,47 @@ payload one server takes the other takes too.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
+import http.cookies
 import json
 import math
+import os
 import re
 import sys
 import threading
 import time
 import traceback
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from urllib.parse import parse_qsl
 
 import corp_error_agent
 
-from . import engine, ingest, openapi
-from .storage import Beacon, Env, Storage, StorageConflict, StorageUnavailable, open_storage
+from . import alerts, engine, ingest, limits, openapi, pages
+from .storage import (
+    GROUP_SORTS,
+    GROUP_STATUSES,
+    Beacon,
+    Env,
+    GroupQuery,
+    Storage,
+    StorageConflict,
+    StorageUnavailable,
+    open_storage,
+)
 
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_RETENTION_DAYS = 90
 _PURGE_EVERY = 3600.0
-_TRACE_KEEP = 25_000          # what the 0.4.2 client sends at most; our agent sends less
-_SIG_KEEP = 2_000
-_MAX_PACKAGES = 10_000
-_MAX_ENV_VARS = 500
-_HASH_LIMIT = 12
+# the wire limits (limits.py) of each request body
+_BEACON, _BEACON_KEPT = limits.MAX_LENGTH["Beacon"], limits.KEPT["Beacon"]
+_ENV = limits.MAX_LENGTH["Env"]
+_SUGGEST, _SUGGEST_KEPT = limits.MAX_LENGTH["SuggestRequest"], limits.KEPT["SuggestRequest"]
 
-_REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
-            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
-            411: "Length Required", 413: "Payload Too Large",
+_REASONS = {200: "OK", 201: "Created", 204: "No Content", 303: "See Other", 400: "Bad Request",
+            401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+            408: "Request Timeout", 409: "Conflict", 411: "Length Required", 413: "Payload Too Large",
             415: "Unsupported Media Type", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
@@ -43,6 +56,37 @@ class HTTPError(Exception):
         self.status = status
         self.message = message
         self.headers = list(headers)
+
+
+class Page(NamedTuple):
+    """A non-JSON answer: an HTML page or a static file."""
+    body: str
+    content_type: str = "text/html; charset=utf-8"
+
+
+# Every answer carries these; the pages load nothing but /static/ from this origin and cannot be framed.
+_SECURITY_HEADERS = [
+    ("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"),
+]
+_STATIC = {"/static/app.css": Page(pages.APP_CSS, "text/css; charset=utf-8"),
+           "/static/app.js": Page(pages.APP_JS, "text/javascript; charset=utf-8")}
+_MACHINE_PATHS = ("/beacon", "/env", "/suggest", "/healthz", "/openapi.json")
+
+
+def _for_machines(path: str) -> bool:
+    """The wire, the API and static files answer in JSON; everything else is a page for a person."""
+    return path in _MACHINE_PATHS or path.startswith(("/api/", "/static/"))
+
+
+_SESSION_COOKIE, _CSRF_COOKIE = "cea_session", "cea_csrf"
+_MAX_FORM = 8192
+_TRIAGE = {"resolve": "resolved", "ignore": "ignored", "reopen": "new"}
+_SPARK_DAYS, _CHART_DAYS, _FLEET_DAYS = 14, 30, 14
+_SUGGESTIONS_KEPT = 20_000    # groups whose last answer the pages keep
+_SOURCES_SHOWN = 50           # scripts and environments a group page lists
+_FIXES_SHOWN = 5              # observed fixes a group page diffs
 
 ###############################################################################
 # Validation ##################################################################
@@ -83,7 +127,7 @@ def _timestamp(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise HTTPError(400, "ts must be an epoch number or an ISO-8601 string")
     if isinstance(value, str):
-        text = _text(value, "ts", 64).strip()
+        text = _text(value, "ts", limits.TS_TEXT).strip()
         try:
             parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
         except ValueError:
@@ -100,15 +144,15 @@ def _packages(value: Any) -> Dict[str, str]:
     if isinstance(value, dict):
         items = list(value.items())
     elif isinstance(value, list):
-        items = [_split_requirement(_text(item, "packages[]", 400)) for item in value]
+        items = [_split_requirement(_text(item, "packages[]", limits.PACKAGE_ITEM)) for item in value]
     else:
         raise HTTPError(400, "packages must be a list of \"name==version\" or a {name: version} object")
-    if len(items) > _MAX_PACKAGES:
-        raise HTTPError(400, "packages has more than %d entries" % _MAX_PACKAGES)
+    if len(items) > limits.PACKAGES:
+        raise HTTPError(400, "packages has more than %d entries" % limits.PACKAGES)
     packages: Dict[str, str] = {}
     for name, version in items:
-        name = _text(name, "package name", 200, empty=False)
-        version = "unknown" if version is None else _text(version, "version of " + name[:50], 100)
+        name = _text(name, "package name", limits.PACKAGE_NAME, empty=False)
+        version = "unknown" if version is None else _text(version, "version of " + name[:50], limits.PACKAGE_VERSION)
         packages[engine.canonical_name(name)] = version.strip() or "unknown"
     return packages
 
@@ -125,21 +169,21 @@ def _env_vars(value: Any) -> Dict[str, str]:
         return {}
     if not isinstance(value, dict):
         raise HTTPError(400, "env_vars must be an object {NAME: value}")
-    if len(value) > _MAX_ENV_VARS:
-        raise HTTPError(400, "env_vars has more than %d entries" % _MAX_ENV_VARS)
-    return {_text(k, "env_vars name", 100, empty=False): ("MISSING" if v is None else
-                                                           _text(v, "env_vars[%s]" % k[:50], 4000))
+    if len(value) > limits.ENV_VARS:
+        raise HTTPError(400, "env_vars has more than %d entries" % limits.ENV_VARS)
+    return {_text(k, "env_vars name", limits.ENV_VAR_NAME, empty=False): (
+                "MISSING" if v is None else _text(v, "env_vars[%s]" % k[:50], limits.ENV_VAR_VALUE))
             for k, v in value.items()}
 
 
 def parse_env(body: dict, env_hash: Optional[str] = None) -> Env:
-    env_hash = env_hash or _text(_required(body, "env_hash"), "env_hash", _HASH_LIMIT, empty=False)
+    env_hash = env_hash or _text(_required(body, "env_hash"), "env_hash", _ENV["env_hash"], empty=False)
     snapshot: Dict[str, Any] = {
         "packages": _packages(_required(body, "packages")),
-        "python_ver": _text(_required(body, "python_ver"), "python_ver", 20),
-        "python_impl": _optional_text(body, "python_impl", 40) or "",
-        "os_info": _text(_required(body, "os_info"), "os_info", 120),
-        "machine_arch": _text(_required(body, "machine_arch"), "machine_arch", 20),
+        "python_ver": _text(_required(body, "python_ver"), "python_ver", _ENV["python_ver"]),
+        "python_impl": _optional_text(body, "python_impl", _ENV["python_impl"]) or "",
+        "os_info": _text(_required(body, "os_info"), "os_info", _ENV["os_info"]),
+        "machine_arch": _text(_required(body, "machine_arch"), "machine_arch", _ENV["machine_arch"]),
         "env_vars": _env_vars(body.get("env_vars")),
     }
     features = engine.env_features(snapshot["packages"], snapshot["python_ver"].strip(), snapshot["python_impl"],
@@ -181,23 +225,23 @@ def resolve_group(storage: Storage, signature: str, env_hash: str, script_id: Op
 
 
 def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon, Optional[Env]]:
-    kind = _text(_required(body, "kind"), "kind", 7)
-    if kind not in ("error", "success"):
+    kind = _text(_required(body, "kind"), "kind", max(map(len, limits.KINDS)))
+    if kind not in limits.KINDS:
         raise HTTPError(400, "kind must be \"error\" or \"success\"")
-    env_hash = _text(_required(body, "env_hash"), "env_hash", _HASH_LIMIT, empty=False)
-    script_id = _text(_required(body, "script_id"), "script_id", _HASH_LIMIT, empty=False)
+    env_hash = _text(_required(body, "env_hash"), "env_hash", _BEACON["env_hash"], empty=False)
+    script_id = _text(_required(body, "script_id"), "script_id", _BEACON["script_id"], empty=False)
     ts = _timestamp(_required(body, "ts"))
-    trace = _optional_text(body, "trace", keep=_TRACE_KEEP, keep_end=True)
-    error_sig = _optional_text(body, "error_sig", keep=_SIG_KEEP)
-    event_id = _optional_text(body, "event_id", 64, empty=False)
+    trace = _optional_text(body, "trace", keep=_BEACON_KEPT["trace"], keep_end="trace" in limits.KEPT_AT_END)
+    error_sig = _optional_text(body, "error_sig", keep=_BEACON_KEPT["error_sig"])
+    event_id = _optional_text(body, "event_id", _BEACON["event_id"], empty=False)
     test = body.get("test", False)
     if not isinstance(test, bool):
         raise HTTPError(400, "test must be a boolean")
     handled = False if body.get("handled") is None else body["handled"]
     if not isinstance(handled, bool):
         raise HTTPError(400, "handled must be a boolean")
-    prev_env_hash = _optional_text(body, "prev_env_hash", _HASH_LIMIT, empty=False)
-    prev_error_sig = _optional_text(body, "prev_error_sig", keep=_SIG_KEEP)
+    prev_env_hash = _optional_text(body, "prev_env_hash", _BEACON["prev_env_hash"], empty=False)
+    prev_error_sig = _optional_text(body, "prev_error_sig", keep=_BEACON_KEPT["prev_error_sig"])
     group = mentions = None
     if kind == "error":
         group = _group_of(error_sig, trace)
@@ -211,9 +255,10 @@ def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon,
     if inline is not None and not isinstance(inline, dict):
         raise HTTPError(400, "env must be an object like the /env body")
     beacon = Beacon(kind, env_hash, script_id, group, error_sig, trace, ts, event_id,
-                    _optional_text(body, "script_name", keep=256), _optional_text(body, "agent", keep=100), test,
+                    _optional_text(body, "script_name", keep=_BEACON_KEPT["script_name"]),
+                    _optional_text(body, "agent", keep=_BEACON_KEPT["agent"]), test,
                     prev_env_hash if kind == "success" else None, prev_group, frozenset(mentions or ()),
-                    handled and kind == "error")
+                    handled and kind == "error", _optional_text(body, "host", keep=_BEACON_KEPT["host"]) or None)
     return beacon, (parse_env(inline, env_hash) if inline else None)
 
 ###############################################################################
@@ -223,27 +268,47 @@ def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon,
 
 class _App:
     def __init__(self, storage: Storage, token: Optional[str], retention_days: float, max_body: int,
-                 max_waiting: int) -> None:
+                 max_waiting: int, webhooks: Sequence[alerts.Webhook] = ()) -> None:
         self.storage = storage
         self._committer = ingest.Committer(storage, max_waiting)
         self._token = token.encode("utf-8") if token else None
+        self._session = (hmac.new(self._token, b"corp-error-server dashboard session", hashlib.sha256).hexdigest()
+                         if self._token else "")
         self._retention = retention_days * 86400.0
         self._max_body = max_body
         self._purge_lock = threading.Lock()
         self._next_purge = 0.0
         self._schema_version = storage.schema_version()
+        self._alerts = alerts.Alerts(webhooks, self._alert_events) if webhooks else None
+        self._suggested: Dict[int, Tuple[tuple, dict]] = {}   # group id -> (its counts then, the engine's answer)
+        self._suggested_lock = threading.Lock()
         self._routes: Dict[str, Dict[str, Callable]] = {
             "/beacon": {"POST": self._beacon}, "/env": {"POST": self._env}, "/suggest": {"POST": self._suggest},
             "/healthz": {"GET": self._healthz}, "/api/errors": {"GET": self._errors},
             "/openapi.json": {"GET": self._openapi},
+            "/": {"GET": self._list_page}, "/fleet": {"GET": self._fleet_page}, "/diff": {"GET": self._diff_page},
+            "/login": {"GET": self._login_page, "POST": self._login}, "/favicon.ico": {"GET": self._no_icon},
         }
+        self._patterns: List[Tuple[re.Pattern[str], Dict[str, Callable]]] = [
+            (re.compile(r"/api/errors/(\d{1,18})"), {"GET": self._error}),
+            (re.compile(r"/group/(\d{1,18})"), {"GET": self._group_page}),
+            (re.compile(r"/group/(\d{1,18})/status"), {"POST": self._triage}),
+            (re.compile(r"/env/([^/]{1,%d})" % limits.HASH), {"GET": self._env_page}),
+        ]
         self._maybe_purge()
+
+    def close(self) -> None:
+        if self._alerts is not None:
+            self._alerts.close()
+        self.storage.close()
 
     # -- WSGI -------------------------------------------------------------------------------
 
     def __call__(self, environ: dict, start_response) -> List[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        is_page = not _for_machines(path)
         try:
-            status, payload, headers = self._dispatch(environ)
+            status, payload, headers = self._dispatch(environ, path)
         except HTTPError as error:
             status, payload, headers = error.status, {"error": error.message}, error.headers
         except ingest.Busy as error:
@@ -256,38 +321,73 @@ class _App:
         except Exception:
             _log_exception(environ)
             status, payload, headers = 500, {"error": "internal error"}, []
-        body = b"" if status == 204 else json.dumps(payload).encode("utf-8")
-        headers = list(headers)
-        if status != 204:
-            headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        headers = list(headers) + _SECURITY_HEADERS
+        if is_page and isinstance(payload, dict) and "text/html" in environ.get("HTTP_ACCEPT", ""):
+            if status == 401:
+                payload = Page(pages.login_page(_here(environ), wrong=False))
+            else:
+                payload = Page(pages.error_page(status, payload.get("error", "")))
+        if isinstance(payload, Page):
+            body = payload.body.encode("utf-8")
+            headers += [("Content-Type", payload.content_type), ("Content-Length", str(len(body))),
+                        ("Cache-Control", "no-store" if is_page else "max-age=3600")]
+            if is_page and environ.get("cea.new_csrf"):
+                headers.append(("Set-Cookie", _cookie(environ, _CSRF_COOKIE, environ["cea.csrf"])))
+        else:
+            body = b"" if status in (204, 303) else json.dumps(payload).encode("utf-8")
+            if status not in (204, 303):
+                headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         start_response("%d %s" % (status, _REASONS.get(status, "Error")), headers)
         return [body]
 
-    def _dispatch(self, environ: dict) -> Tuple[int, Any, List[Tuple[str, str]]]:
-        path = environ.get("PATH_INFO") or "/"
+    def _dispatch(self, environ: dict, path: str) -> Tuple[int, Any, List[Tuple[str, str]]]:
         method = environ.get("REQUEST_METHOD", "GET")
-        match = re.fullmatch(r"/api/errors/(\d{1,18})", path)
-        routes: Optional[Dict[str, Callable]] = {"GET": self._error} if match else self._routes.get(path)
+        if path in _STATIC:
+            if method != "GET":
+                raise HTTPError(405, "method %s not allowed on %s" % (method[:20], path), [("Allow", "GET")])
+            return 200, _STATIC[path], []
+        routes: Optional[Dict[str, Callable]] = self._routes.get(path)
+        args: Tuple[str, ...] = ()
+        if routes is None:
+            for pattern, candidate in self._patterns:
+                match = pattern.fullmatch(path)
+                if match:
+                    routes, args = candidate, match.groups()
+                    break
         if routes is None:
             raise HTTPError(404, "no such path: %s" % path[:200])
-        if path != "/healthz":
-            self._authorise(environ)
+        self._authorise(environ, path)
         handler = routes.get(method)
         if handler is None:
             raise HTTPError(405, "method %s not allowed on %s" % (method[:20], path),
                             [("Allow", ", ".join(sorted(routes)))])
-        if method == "POST":
+        if path in ("/beacon", "/env", "/suggest"):
             return handler(self._json_body(environ))
-        return handler(int(match.group(1))) if match else handler(environ)
+        return handler(environ, *args)
 
-    def _authorise(self, environ: dict) -> None:
-        if self._token is None:
+    def _authorise(self, environ: dict, path: str) -> None:
+        """Machines show the bearer token; a browser its session cookie, got once from /login."""
+        cookies = _cookies(environ)
+        environ["cea.cookies"] = cookies
+        if not _for_machines(path):
+            csrf = cookies.get(_CSRF_COOKIE, "")
+            if not re.fullmatch(r"[0-9a-f]{32}", csrf):
+                csrf, environ["cea.new_csrf"] = os.urandom(16).hex(), True
+            environ["cea.csrf"] = csrf
+        if self._token is None or path in ("/healthz", "/login", "/favicon.ico"):
             return
         given = environ.get("HTTP_AUTHORIZATION", "")
         scheme, _, credential = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode("utf-8", "replace"),
-                                                                 self._token):
+        if scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode("utf-8", "replace"),
+                                                              self._token):
+            return
+        session = cookies.get(_SESSION_COOKIE, "")
+        if session and hmac.compare_digest(session.encode("utf-8", "replace"), self._session.encode("ascii")) and (
+                not _for_machines(path) or environ.get("REQUEST_METHOD") == "GET"):
+            return
+        if _for_machines(path):
             raise HTTPError(401, "missing or wrong bearer token", [("WWW-Authenticate", "Bearer")])
+        raise HTTPError(401, "sign in with the server's token")
 
     def _json_body(self, environ: dict) -> dict:
         content_type = environ.get("CONTENT_TYPE", "")
@@ -322,6 +422,37 @@ class _App:
             raise HTTPError(400, "body must be a JSON object")
         return body
 
+    def _form_body(self, environ: dict) -> Dict[str, str]:
+        """A small urlencoded form (the dashboard's POSTs)."""
+        if "application/x-www-form-urlencoded" not in environ.get("CONTENT_TYPE", "").lower():
+            raise HTTPError(415, "Content-Type must be application/x-www-form-urlencoded")
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise HTTPError(400, "Content-Length is not a number") from None
+        if not 0 <= length <= _MAX_FORM:
+            raise HTTPError(413, "form of %d bytes is over the limit of %d" % (length, _MAX_FORM))
+        try:
+            raw = environ["wsgi.input"].read(length) if length else b""
+        except OSError:
+            raise HTTPError(408, "request body not received in time") from None
+        try:
+            return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=20))
+        except (UnicodeDecodeError, ValueError):
+            raise HTTPError(400, "the form is not valid") from None
+
+    def _check_csrf(self, environ: dict, form: Dict[str, str]) -> None:
+        """The form's token must be the one in this browser's cookie, and the POST must come from our pages."""
+        expected = environ.get("cea.cookies", {}).get(_CSRF_COOKIE, "")
+        given = form.get("csrf", "")
+        if not expected or not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8",
+                                                                                                     "replace")):
+            raise HTTPError(403, "the form is stale or did not come from this dashboard (CSRF check); reload the "
+                                 "page and try again")
+        origin = environ.get("HTTP_ORIGIN")
+        if origin and origin != "null" and origin.split("://", 1)[-1] != environ.get("HTTP_HOST", ""):
+            raise HTTPError(403, "cross-origin form refused")
+
     def _maybe_purge(self) -> None:
         now = time.time()
         if now < self._next_purge or not self._purge_lock.acquire(blocking=False):
@@ -332,12 +463,17 @@ class _App:
         finally:
             self._purge_lock.release()
 
-    # -- routes -----------------------------------------------------------------------------
+    # -- wire routes ------------------------------------------------------------------------
 
     def _beacon(self, body: dict):
         beacon, env = parse_beacon(body, self.storage)
         self._maybe_purge()
         result = self._committer.add(beacon, env)
+        if self._alerts is not None and not beacon.test and not result.duplicate:
+            if beacon.group_key:
+                self._alerts.note(beacon.group_key, result.new_group, result.regressed)
+            elif beacon.prev_group_key:
+                self._alerts.note(beacon.prev_group_key)
         if not result.env_known:
             return 204, None, []
         return 200, {"ok": True, "duplicate": result.duplicate}, []
@@ -347,9 +483,9 @@ class _App:
         return (201 if created else 200), {"ok": True, "created": created}, []
 
     def _suggest(self, body: dict):
-        error_sig = _text(_required(body, "error_sig"), "error_sig", keep=_SIG_KEEP, empty=False)
-        env_hash = _text(_required(body, "env_hash"), "env_hash", _HASH_LIMIT)
-        script_id = _optional_text(body, "script_id", _HASH_LIMIT)
+        error_sig = _text(_required(body, "error_sig"), "error_sig", keep=_SUGGEST_KEPT["error_sig"], empty=False)
+        env_hash = _text(_required(body, "env_hash"), "env_hash", _SUGGEST["env_hash"])
+        script_id = _optional_text(body, "script_id", _SUGGEST["script_id"])
         key = resolve_group(self.storage, error_sig, env_hash, script_id)
         group = self.storage.group_data(key, script_id) if key else None
         if group is None:
@@ -362,20 +498,277 @@ class _App:
     def _openapi(self, environ: dict):
         return 200, openapi.spec(self._max_body), []
 
-    def _errors(self, environ: dict):
-        query = _query(environ)
-        limit = _int_param(query, "limit", 50, 1, 500)
-        offset = _int_param(query, "offset", 0, 0, 10 ** 9)
-        groups = [dict(row.info, suggestion=engine.suggest(row.data, row.latest_features))
-                  for row in self.storage.list_groups(limit, offset)]
-        return 200, {"groups": groups, "limit": limit, "offset": offset}, []
+    # -- what pages and the API share -------------------------------------------------------
 
-    def _error(self, group_id: int):
-        row = self.storage.get_group(group_id)
-        if row is None:
-            raise HTTPError(404, "no error group %d" % group_id)
-        return 200, dict(row.info, suggestion=engine.suggest(row.data, row.latest_features),
-                         comparison=engine.comparison(row.data)), []
+    def _suggestions(self, groups: Sequence[dict]) -> None:
+        """Each group's suggestion for its latest failing run, into ``group["suggestion"]``.
+
+        A group's engine input changes only with its run counts, so an answer is kept under the counts
+        it was computed from (and the requesting environment) and computed again once they moved."""
+        keys = {g["id"]: (g["count"], g["failing_runs"], g["succeeding_runs"], g["latest_env"]) for g in groups}
+        with self._suggested_lock:
+            kept = {g["id"]: self._suggested[g["id"]] for g in groups if g["id"] in self._suggested}
+        missing = [g for g in groups if g["id"] not in kept or kept[g["id"]][0] != keys[g["id"]]]
+        data = self.storage.groups_data([g["id"] for g in missing]) if missing else {}
+        for group in missing:
+            requester = self.storage.env_features(group["latest_env"]) if group["latest_env"] else None
+            kept[group["id"]] = (keys[group["id"]], engine.suggest(data[group["id"]], requester))
+        with self._suggested_lock:
+            if len(self._suggested) + len(missing) > _SUGGESTIONS_KEPT:
+                self._suggested.clear()
+            self._suggested.update((g["id"], kept[g["id"]]) for g in missing)
+        for group in groups:
+            group["suggestion"] = kept[group["id"]][1]
+
+    def _suggestion(self, group: dict) -> dict:
+        self._suggestions([group])
+        return group["suggestion"]
+
+    def _groups(self, query: GroupQuery, now: float) -> Tuple[int, List[dict]]:
+        total, groups = self.storage.find_groups(query)
+        first_day = int(now // 86400) - _SPARK_DAYS + 1
+        daily = self.storage.daily_runs([g["id"] for g in groups], first_day, _SPARK_DAYS)
+        self._suggestions(groups)
+        for group in groups:
+            group["daily"] = [fails for fails, _ in daily[group["id"]]]
+        return total, groups
+
+    # -- JSON API ---------------------------------------------------------------------------
+
+    def _errors(self, environ: dict):
+        query = _group_query(_query(environ), 50)
+        total, groups = self._groups(query, time.time())
+        return 200, {"groups": [_api_group(g) for g in groups], "total": total, "limit": query.limit,
+                     "offset": query.offset}, []
+
+    def _error(self, environ: dict, group_id: str):
+        group = self.storage.group_by_id(int(group_id))
+        if group is None:
+            raise HTTPError(404, "no error group %s" % group_id)
+        data = self.storage.groups_data([group["id"]])[group["id"]]
+        self._suggestions([group])
+        answer = _api_group(group)
+        answer["recent"] = [dict(r, ts_iso=pages.iso(r["ts"]), received_iso=pages.iso(r["received"]))
+                            for r in self.storage.recent_errors(group["id"], 5)]
+        answer["mentions"] = sorted(data.mentions)
+        answer["comparison"] = engine.comparison(data)
+        answer["observed_fixes"] = [dict(f, received_iso=pages.iso(f["received"]))
+                                    for f in self.storage.observed_fixes(group["id"], 20)]
+        return 200, answer, []
+
+    # -- pages ------------------------------------------------------------------------------
+
+    def _list_page(self, environ: dict):
+        params = _query(environ)
+        query = _group_query(params, 50)
+        now = time.time()
+        total, groups = self._groups(query, now)
+        shown = {k: params[k] for k in ("q", "status", "script", "package", "python", "sort") if params.get(k)}
+        return 200, Page(pages.groups_page(groups, total, shown, query.limit, query.offset, GROUP_STATUSES,
+                                           list(GROUP_SORTS), now)), []
+
+    def _group_page(self, environ: dict, group_id: str):
+        group = self.storage.group_by_id(int(group_id))
+        if group is None:
+            raise HTTPError(404, "no error group %s" % group_id)
+        now = time.time()
+        data = self.storage.groups_data([group["id"]])[group["id"]]
+        fixes = []
+        for fix in self.storage.observed_fixes(group["id"], _FIXES_SHOWN):
+            before, after = self.storage.env_features(fix["failing_env"]), self.storage.env_features(fix["fixed_env"])
+            fixes.append(dict(fix, diff=feature_diff(before or {}, after or {})[0]))
+        first_day = int(now // 86400) - _CHART_DAYS + 1
+        series = self.storage.daily_runs([group["id"]], first_day, _CHART_DAYS)[group["id"]]
+        days = [(pages.day_label(first_day + i), f, o) for i, (f, o) in enumerate(series)]
+        scripts, envs = self.storage.group_sources(group["id"], _SOURCES_SHOWN)
+        snapshots = self.storage.env_snapshots(e["env_hash"] for e in envs)
+        return 200, Page(pages.group_page(group, self._suggestion(group), engine.comparison(data), fixes, days,
+                                          self.storage.recent_errors(group["id"], 10), scripts, envs, snapshots,
+                                          environ["cea.csrf"], now)), []
+
+    def _triage(self, environ: dict, group_id: str):
+        form = self._form_body(environ)
+        self._check_csrf(environ, form)
+        status = _TRIAGE.get(form.get("action", ""))
+        if status is None:
+            raise HTTPError(400, "action must be one of: %s" % ", ".join(sorted(_TRIAGE)))
+        if not self.storage.set_status(int(group_id), status):
+            raise HTTPError(404, "no error group %s" % group_id)
+        return 303, None, [("Location", pages.group_url(int(group_id)))]
+
+    def _env_page(self, environ: dict, env_hash: str):
+        env = self.storage.environment(env_hash)
+        if env is None:
+            raise HTTPError(404, "no environment %s" % env_hash)
+        return 200, Page(pages.environment_page(env, time.time())), []
+
+    def _diff_page(self, environ: dict):
+        params = _query(environ)
+        sides = []
+        for name in ("a", "b"):
+            env_hash = params.get(name, "").strip()
+            features = self.storage.env_features(env_hash) if env_hash else None
+            if features is None:
+                raise HTTPError(404 if env_hash else 400, "no environment %s" % (env_hash[:40] or "given as " + name))
+            sides.append(({"env_hash": env_hash}, features))
+        rows, same = feature_diff(sides[0][1], sides[1][1])
+        return 200, Page(pages.diff_page(sides[0][0], sides[1][0], rows, same)), []
+
+    def _fleet_page(self, environ: dict):
+        now = time.time()
+        rows = self.storage.fleet(now - _FLEET_DAYS * 86400)
+        snapshots = self.storage.env_snapshots(r["env_hash"] for r in rows)
+        machines: Dict[str, dict] = {}
+        for row in sorted(rows, key=lambda r: r["last_seen"]):
+            snap = snapshots.get(row["env_hash"], {})
+            key = row["host"] or "env " + row["env_hash"]
+            machine = machines.setdefault(key, {"host": row["host"], "envs": set(), "beacons": 0})
+            machine["envs"].add(row["env_hash"])
+            machine["beacons"] += row["beacons"]
+            machine.update(agent=row["agent"], last_seen=row["last_seen"], python=snap.get("python_ver", "?"),
+                           os=snap.get("os_info", "?"))
+        hosts = sorted(machines.values(), key=lambda m: -m["last_seen"])
+        for machine in hosts:
+            machine["envs"] = len(machine["envs"])
+
+        def shares(field: str) -> Dict[str, int]:
+            counts: Dict[str, int] = {}
+            for machine in hosts:
+                counts[machine[field]] = counts.get(machine[field], 0) + 1
+            return counts
+        first_day = int(now // 86400) - _FLEET_DAYS + 1
+        days = [(pages.day_label(first_day + i), e, o)
+                for i, (e, o) in enumerate(self.storage.fleet_days(first_day, _FLEET_DAYS))]
+        systems: Dict[str, int] = {}
+        for machine in hosts:
+            system = re.split(r"[-\s]", machine["os"], maxsplit=1)[0] or "?"
+            systems[system] = systems.get(system, 0) + 1
+        return 200, Page(pages.fleet_page(hosts, shares("agent"), shares("python"), systems, days, _FLEET_DAYS,
+                                          now)), []
+
+    def _no_icon(self, environ: dict):
+        return 204, None, []
+
+    def _login_page(self, environ: dict):
+        if self._token is None:
+            return 303, None, [("Location", "/")]
+        return 200, Page(pages.login_page(_safe_next(_query(environ).get("next", "/")), wrong=False)), []
+
+    def _login(self, environ: dict):
+        form = self._form_body(environ)
+        target = _safe_next(form.get("next", "/"))
+        if self._token is None:
+            return 303, None, [("Location", target)]
+        given = form.get("token", "").strip().encode("utf-8", "replace")
+        if not hmac.compare_digest(given, self._token):
+            return 401, Page(pages.login_page(target, wrong=True)), []
+        return 303, None, [("Location", target), ("Set-Cookie", _cookie(environ, _SESSION_COOKIE, self._session,
+                                                                        max_age=30 * 86400))]
+
+    # -- alerts -----------------------------------------------------------------------------
+
+    def _alert_events(self, group_key: str, new_group: bool, regressed: bool) -> List[dict]:
+        """Runs on the alerts thread, never on a request."""
+        group_id = self.storage.group_id_of(group_key)
+        group = self.storage.group_by_id(group_id) if group_id is not None else None
+        if group is None:
+            return []
+        events = []
+        title = "#%d %s" % (group["id"], group["signature"][:300])
+        if new_group:
+            events.append(_event("new_group", "New error group %s" % title, group, None))
+        if regressed:
+            events.append(_event("regression", "Regression: resolved error group %s failed again" % title, group,
+                                 None))
+        suggestion = self._suggestion(group)
+        if suggestion.get("match") and self.storage.alerted_solution(group["id"]) != suggestion["solution"]:
+            self.storage.set_alerted_solution(group["id"], suggestion["solution"])
+            events.append(_event("suggestion", "Fix available for %s: %s (confidence %d%%)" % (
+                title, suggestion["solution"], round(100 * suggestion["confidence"])), group, suggestion))
+        return events
+
+
+def _event(kind: str, text: str, group: dict, suggestion: Optional[dict]) -> dict:
+    return {"event": kind, "text": text, "group": {k: v for k, v in _api_group(group).items() if k != "suggestion"},
+            "suggestion": None if suggestion is None else {k: suggestion[k] for k in ("solution", "confidence",
+                                                                                          "hint")}}
+
+
+def _api_group(group: dict) -> dict:
+    """A group as /api/errors shows it: epoch and ISO times, the suggestion for its latest failing run."""
+    keys = ("id", "group_key", "where", "signature", "status", "count", "handled", "scripts", "script_names",
+            "envs_affected", "first_seen", "last_seen", "failing_runs", "succeeding_runs", "suggestion")
+    answer = {k: group[k] for k in keys if k in group}
+    answer["first_seen_iso"], answer["last_seen_iso"] = pages.iso(group["first_seen"]), pages.iso(group["last_seen"])
+    return answer
+
+
+def _group_query(params: Dict[str, str], default_limit: int) -> GroupQuery:
+    """The list's filters from query parameters; 400 naming the one that is wrong."""
+    search = params.get("q", "").strip()
+    if len(search) > limits.QUERY["q"]:
+        raise HTTPError(400, "q is longer than %d characters" % limits.QUERY["q"])
+    status = params.get("status", "")
+    if status and status not in GROUP_STATUSES:
+        raise HTTPError(400, "status must be one of: %s" % ", ".join(GROUP_STATUSES))
+    sort = params.get("sort") or "last_seen"
+    if sort not in GROUP_SORTS:
+        raise HTTPError(400, "sort must be one of: %s" % ", ".join(GROUP_SORTS))
+    features = []
+    package = params.get("package", "").strip()
+    if package:
+        name, sep, version = package.partition("==")
+        if not sep or not name.strip() or not version.strip() or len(package) > limits.QUERY["package"]:
+            raise HTTPError(400, "package must be name==version")
+        features.append(("pkg:" + engine.canonical_name(name), version.strip()))
+    python = params.get("python", "").strip()
+    if python:
+        if not re.fullmatch(r"\d{1,2}\.\d{1,3}(\.\d{1,3}\S{0,12})?", python):
+            raise HTTPError(400, "python must be a version like 3.11 or 3.11.7")
+        features.append(("python" if python.count(".") == 1 else "python_full", python))
+    script = params.get("script", "").strip()
+    if len(script) > limits.QUERY["script"]:
+        raise HTTPError(400, "script must be a script id (%d characters at most)" % limits.HASH)
+    return GroupQuery(search, status, script, tuple(features), sort,
+                      _int_param(params, "limit", default_limit, 1, 500), _int_param(params, "offset", 0, 0, 10 ** 9))
+
+
+def feature_diff(before: Dict[str, str], after: Dict[str, str]) -> Tuple[List[Tuple[str, str, str]], int]:
+    """What differs between two environments' features (interpreter and system first), and how much is equal."""
+    keys = sorted(set(before) | set(after), key=lambda k: (k.startswith(("pkg:", "env:")), k))
+    rows = [(k, before.get(k, engine.ABSENT), after.get(k, engine.ABSENT)) for k in keys
+            if before.get(k, engine.ABSENT) != after.get(k, engine.ABSENT)]
+    return rows, len(keys) - len(rows)
+
+
+def _cookies(environ: dict) -> Dict[str, str]:
+    jar: http.cookies.SimpleCookie = http.cookies.SimpleCookie()
+    try:
+        jar.load(environ.get("HTTP_COOKIE", ""))
+    except http.cookies.CookieError:
+        return {}
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+def _cookie(environ: dict, name: str, value: str, max_age: Optional[int] = None) -> str:
+    parts = ["%s=%s" % (name, value), "Path=/", "HttpOnly", "SameSite=Strict"]
+    if max_age is not None:
+        parts.append("Max-Age=%d" % max_age)
+    if environ.get("wsgi.url_scheme") == "https":
+        parts.append("Secure")
+    return "; ".join(parts)
+
+
+def _safe_next(target: str) -> str:
+    """Only a path on this server: never //host or a scheme (no open redirect)."""
+    if not target.startswith("/") or target.startswith("//") or "\\" in target or any(c in target for c in "\r\n"):
+        return "/"
+    return target[:2000]
+
+
+def _here(environ: dict) -> str:
+    query = environ.get("QUERY_STRING", "")
+    return _safe_next((environ.get("PATH_INFO") or "/") + ("?" + query if query else ""))
 
 
 def _reject_constant(name: str):
@@ -383,7 +776,6 @@ def _reject_constant(name: str):
 
 
 def _query(environ: dict) -> Dict[str, str]:
-    from urllib.parse import parse_qsl
     return dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True))
 
 
@@ -417,7 +809,7 @@ def _log_exception(environ: dict) -> None:
 
 def create_app(db_path: str, *, token: Optional[str] = None, retention_days: float = DEFAULT_RETENTION_DAYS,
                max_body: int = DEFAULT_MAX_BODY, max_waiting: int = ingest.DEFAULT_MAX_WAITING,
-               storage: Optional[Storage] = None) -> _App:
+               storage: Optional[Storage] = None, webhooks: Sequence[alerts.Webhook] = ()) -> _App:
     """A WSGI application storing into ``db_path``: a SQLite file, or a ``postgresql://`` URL; past
-    ``max_waiting`` writes not yet committed, it answers 503 with Retry-After."""
-    return _App(storage or open_storage(db_path), token, retention_days, max_body, max_waiting)
+    ``max_waiting`` writes not yet committed, it answers 503 with Retry-After; alerting ``webhooks``."""
+    return _App(storage or open_storage(db_path), token, retention_days, max_body, max_waiting, webhooks)

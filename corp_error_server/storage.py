@@ -45,6 +45,19 @@ def _upsert_counts(rows: int) -> str:
             + " ON CONFLICT(group_id, feature, value) DO UPDATE"
             " SET fails = counts.fails + excluded.fails, oks = counts.oks + excluded.oks")
 
+
+_UPSERT_DAY = (
+    "INSERT INTO group_days(group_id, day, fails, oks) VALUES(?, ?, ?, ?) "
+    "ON CONFLICT(group_id, day) DO UPDATE SET fails = group_days.fails + excluded.fails, "
+    "oks = group_days.oks + excluded.oks")
+_UPSERT_SOURCE = (
+    "INSERT INTO group_sources(group_id, script_id, env_hash, host, script_name, fails, oks, last_seen) "
+    "VALUES(?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(group_id, script_id, env_hash, host) DO UPDATE SET "
+    "fails = group_sources.fails + excluded.fails, oks = group_sources.oks + excluded.oks, "
+    "last_seen = excluded.last_seen, script_name = COALESCE(excluded.script_name, group_sources.script_name)")
+GROUP_STATUSES = ("new", "regressed", "resolved", "ignored")
+GROUP_SORTS = {"last_seen": "g.last_seen DESC", "first_seen": "g.first_seen DESC", "count": "g.errors DESC"}
+
 T = TypeVar("T")
 
 
@@ -104,19 +117,26 @@ class Beacon(NamedTuple):
     prev_group_key: Optional[str]   # the failure a success follows (our agent)
     mentions: frozenset
     handled: bool = False           # a logged or captured error rather than an uncaught one
+    host: Optional[str] = None      # the machine's host name, when the agent sends it
 
 
 class BeaconResult(NamedTuple):
     env_known: bool
     duplicate: bool
     error: Optional[Exception] = None   # add_beacons: this item failed and was rolled back alone
+    new_group: bool = False         # this beacon opened its error group
+    regressed: bool = False         # ... or reopened a resolved one
 
 
-class GroupRow(NamedTuple):
-    """An error group as stored: its fields for the API, the engine's input, the latest failing env."""
-    info: dict
-    data: GroupData
-    latest_features: Optional[Dict[str, str]]
+class GroupQuery(NamedTuple):
+    """A filtered, sorted page of error groups (the list page and /api/errors)."""
+    search: str = ""
+    status: str = ""
+    script: str = ""
+    features: Tuple[Tuple[str, str], ...] = ()   # (feature, value) the failing runs had: pkg:x==1, python
+    sort: str = "last_seen"
+    limit: int = 50
+    offset: int = 0
 
 
 ###############################################################################
@@ -339,18 +359,33 @@ class Storage:
                     "ON CONFLICT DO NOTHING", (key, signature, now, now))
         return cur.execute("SELECT id FROM groups WHERE key = ?", (key,)).fetchone()[0]
 
-    @staticmethod
-    def _note_error(cur: Cursor, group_id: int, beacon: Beacon, now: float) -> None:
-        mentions = json.loads(cur.execute("SELECT mentions FROM groups WHERE id = ?" + cur.for_update,
-                                          (group_id,)).fetchone()[0])
+    def _note_error(self, cur: Cursor, group_id: int, beacon: Beacon, now: float) -> Tuple[bool, bool]:
+        """Count the error in its group; (the group is new, a resolved group regressed)."""
+        mentions_text, errors, status = cur.execute("SELECT mentions, errors, status FROM groups WHERE id = ?"
+                                                    + cur.for_update, (group_id,)).fetchone()
+        mentions = json.loads(mentions_text)
         new = sorted(set(beacon.mentions) - set(mentions))
         if new:
             mentions = (mentions + new)[:_MENTIONS_KEPT]
-        cur.execute("UPDATE groups SET errors = errors + 1, handled = handled + ?, mentions = ?, "
+        cur.execute("UPDATE groups SET errors = errors + 1, handled = handled + ?, mentions = ?, latest_env = ?, "
                     "last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END WHERE id = ?",
-                    (int(beacon.handled), json.dumps(mentions), now, now, group_id))
+                    (int(beacon.handled), json.dumps(mentions), beacon.env_hash, now, now, group_id))
         cur.execute("INSERT INTO group_scripts(script_id, group_id) VALUES(?, ?) ON CONFLICT DO NOTHING",
                     (beacon.script_id, group_id))
+        regressed = status == "resolved"
+        if regressed:
+            cur.execute("UPDATE groups SET status = 'regressed', status_at = ? WHERE id = ?", (now, group_id))
+        self._roll_up(cur, group_id, "error", beacon.script_id, beacon.env_hash, beacon.host, beacon.script_name,
+                      now)
+        return errors == 0, regressed
+
+    @staticmethod
+    def _roll_up(cur: Cursor, group_id: int, kind: str, script_id: str, env_hash: str, host: Optional[str],
+                 script_name: Optional[str], received: float) -> None:
+        """The dashboard's rollups: runs per group and day, and per (script, environment, host)."""
+        fail, ok = (1, 0) if kind == "error" else (0, 1)
+        cur.execute(_UPSERT_DAY, (group_id, int(received // 86400), fail, ok))
+        cur.execute(_UPSERT_SOURCE, (group_id, script_id, env_hash, host or "", script_name, fail, ok, received))
 
     def _count(self, cur: Cursor, beacon_id: int, kind: str, script_id: str, group_id: Optional[int],
                prev_group_id: Optional[int], features: Dict[str, str]) -> None:
@@ -364,6 +399,11 @@ class Storage:
             if prev_group_id is not None and prev_group_id not in groups:
                 groups.append(prev_group_id)
         self._apply(cur, groups, kind, features, +1)
+        if kind == "success":
+            env_hash, host, script_name, received = cur.execute(
+                "SELECT env_hash, host, script_name, received FROM beacons WHERE id = ?", (beacon_id,)).fetchone()
+            for group in sorted(g for g in groups if g is not None):
+                self._roll_up(cur, group, kind, script_id, env_hash, host, script_name, received)
         cur.executemany("INSERT INTO contributions(beacon_id, group_id) VALUES(?, ?) ON CONFLICT DO NOTHING",
                         [(beacon_id, g) for g in groups])
         cur.execute("UPDATE beacons SET counted = 1 WHERE id = ?", (beacon_id,))
@@ -392,19 +432,20 @@ class Storage:
                          if beacon.prev_group_key else None)
         beacon_id = cur.insert_id(
             "INSERT INTO beacons(event_id, kind, env_hash, script_id, group_id, error_sig, trace, ts,"
-            " received, script_name, agent, test, prev_env_hash, prev_group_id, counted, handled)"
-            " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            " received, script_name, agent, test, prev_env_hash, prev_group_id, counted, handled, host)"
+            " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (beacon.event_id, beacon.kind, beacon.env_hash, beacon.script_id, group_id, beacon.signature,
              beacon.trace, beacon.ts, now, beacon.script_name, beacon.agent, int(beacon.test),
-             beacon.prev_env_hash, prev_group_id, int(beacon.test), int(beacon.handled)))
+             beacon.prev_env_hash, prev_group_id, int(beacon.test), int(beacon.handled), beacon.host))
         features = self._features_of(cur, beacon.env_hash)
         if beacon_id is None:   # a repeated event id: stored once, answered as usual
             return BeaconResult(features is not None, True)
+        new_group = regressed = False
         if group_id is not None and not beacon.test:   # `corp-error-agent test` is no error of anyone's
-            self._note_error(cur, group_id, beacon, now)
+            new_group, regressed = self._note_error(cur, group_id, beacon, now)
         if features is not None and not beacon.test:
             self._count(cur, beacon_id, beacon.kind, beacon.script_id, group_id, prev_group_id, features)
-        return BeaconResult(features is not None, False)
+        return BeaconResult(features is not None, False, None, new_group, regressed)
 
     def add_beacon(self, beacon: Beacon, env: Optional[Env] = None) -> BeaconResult:
         return self._write(lambda cur: self._store_beacon(cur, beacon, env, time.time()))
@@ -455,10 +496,11 @@ class Storage:
 
     @staticmethod
     def _keys_of_message(cur: Cursor, message: str) -> List[str]:
-        # a group's key is "<exception line>" or "<exception line> @ <place>": a range of the key index
+        # a group's key is "<exception line>" or "<exception line> @ <place>" (substr: no collation involved)
+        prefix = message + " @ "
         return [key for key, _ in cur.execute(
-            "SELECT key, errors FROM groups WHERE key = ? OR (key >= ? AND key < ?) ORDER BY errors DESC, id",
-            (message, message + " @ ", message + " @!")).fetchall()]
+            "SELECT key, errors FROM groups WHERE key = ? OR substr(key, 1, ?) = ? ORDER BY errors DESC, id",
+            (message, len(prefix), prefix)).fetchall()]
 
     def group_keys(self, message: str) -> List[str]:
         """Keys of the groups of one exception line, busiest first."""
@@ -509,44 +551,189 @@ class Storage:
             return [f for f in (self._features_of(cur, env_hash) for (env_hash,) in rows) if f is not None]
         return self._read(work)
 
-    _GROUP_COLUMNS = "id, key, signature, first_seen, last_seen, errors, fails, oks, handled"
+    ###########################################################################
+    # Queries of the dashboard and the JSON API ###############################
+    ###########################################################################
+    # The pages and /api/errors read through these methods only, so a filter means the same in both.
+    # Plain SQL that PostgreSQL runs as well (no SQLite functions; `?` placeholders), reading the
+    # rollups kept at ingest (group_days, group_sources) rather than a group's beacons, which may be
+    # a hundred thousand.
 
-    def _group_row(self, cur: Cursor, row) -> GroupRow:
-        group_id, key, signature, first_seen, last_seen, errors, fails, oks, handled = row
-        scripts, envs = cur.execute("SELECT COUNT(DISTINCT script_id), COUNT(DISTINCT env_hash) FROM beacons "
-                                    "WHERE group_id = ?", (group_id,)).fetchone()
-        latest = cur.execute("SELECT env_hash FROM beacons WHERE group_id = ? ORDER BY id DESC LIMIT 1",
-                             (group_id,)).fetchone()
-        message, _, where = key.partition(" @ ")
-        info = {"id": group_id, "group_key": message, "where": where, "signature": signature, "count": errors,
-                "handled": handled,
-                "scripts": scripts, "envs_affected": envs, "first_seen": first_seen, "last_seen": last_seen,
-                "failing_runs": fails, "succeeding_runs": oks}
-        return GroupRow(info, self._group_data(cur, group_id, None),
-                        self._features_of(cur, latest[0]) if latest else None)
+    def _select(self, sql: str, params: Iterable = ()) -> List[tuple]:
+        return self._read(lambda cur: cur.execute(sql, tuple(params)).fetchall())
 
-    def list_groups(self, limit: int, offset: int) -> List[GroupRow]:
-        def work(cur: Cursor) -> List[GroupRow]:
-            rows = cur.execute("SELECT %s FROM groups WHERE errors > 0 ORDER BY last_seen DESC, id DESC "
-                               "LIMIT ? OFFSET ?" % self._GROUP_COLUMNS, (limit, offset)).fetchall()
-            return [self._group_row(cur, row) for row in rows]
+    def find_groups(self, query: GroupQuery) -> Tuple[int, List[dict]]:
+        """(how many groups match, the page of them asked for)."""
+        where: List[str] = ["g.errors > 0"]
+        params: List[object] = []
+        if query.search:
+            like = "%" + query.search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append("(LOWER(g.signature) LIKE ? ESCAPE '\\' OR g.key LIKE ? ESCAPE '\\')")
+            params += [like, like]
+        if query.status:
+            where.append("g.status = ?")
+            params.append(query.status)
+        if query.script:
+            where.append("EXISTS (SELECT 1 FROM group_scripts s WHERE s.group_id = g.id AND s.script_id = ?)")
+            params.append(query.script)
+        for feature, value in query.features:
+            where.append("EXISTS (SELECT 1 FROM counts c WHERE c.group_id = g.id AND c.feature = ? AND c.value = ? "
+                         "AND c.fails > 0)")
+            params += [feature, value]
+        condition = " AND ".join(where)
+
+        def work(cur: Cursor) -> Tuple[int, List[dict]]:
+            # one pass of the filter: the ids in order give the total and the page
+            ids = [g for (g,) in cur.execute("SELECT g.id FROM groups g WHERE %s ORDER BY %s, g.id DESC"
+                                             % (condition, GROUP_SORTS[query.sort]), params).fetchall()]
+            page = ids[query.offset:query.offset + query.limit]
+            if not page:
+                return len(ids), []
+            rows = {row[0]: row for row in cur.execute(self._SUMMARY_SELECT + " WHERE g.id IN (%s)"
+                                                        % ", ".join("?" * len(page)), page).fetchall()}
+            return len(ids), self._summaries(cur, [rows[g] for g in page])
         return self._read(work)
 
-    def get_group(self, group_id: int, traces: int = 5) -> Optional[GroupRow]:
-        def work(cur: Cursor) -> Optional[GroupRow]:
-            row = cur.execute("SELECT %s FROM groups WHERE id = ?" % self._GROUP_COLUMNS, (group_id,)).fetchone()
-            if row is None:
-                return None
-            group = self._group_row(cur, row)
-            group.info["recent"] = [
-                {"script_id": s, "script_name": n, "env_hash": e, "ts": ts, "error_sig": sig, "trace": t,
-                 "handled": bool(h)}
-                for s, n, e, ts, sig, t, h in cur.execute(
-                    "SELECT script_id, script_name, env_hash, ts, error_sig, trace, handled FROM beacons "
-                    "WHERE group_id = ? ORDER BY id DESC LIMIT ?", (group_id, traces))]
-            group.info["mentions"] = sorted(group.data.mentions)
-            return group
+    _SUMMARY_SELECT = ("SELECT g.id, g.key, g.signature, g.first_seen, g.last_seen, g.errors, g.fails, g.oks, "
+                       "g.status, g.status_at, g.handled, g.latest_env FROM groups g")
+    _SUMMARY_COLUMNS = ("id", "group_key", "signature", "first_seen", "last_seen", "count", "failing_runs",
+                        "succeeding_runs", "status", "status_at", "handled", "latest_env")
+
+    def _summaries(self, cur: Cursor, rows: Sequence[tuple]) -> List[dict]:
+        """Groups with who ran into them (scripts, environments) from the rollup."""
+        groups = {row[0]: dict(zip(self._SUMMARY_COLUMNS, row), scripts=0, envs_affected=0, script_names=[])
+                  for row in rows}
+        for group in groups.values():   # the key is "<exception line> @ <where it is raised>"
+            group["group_key"], _, group["where"] = group["group_key"].partition(" @ ")
+        if not groups:
+            return []
+        ids = list(groups)
+        marks = ", ".join("?" * len(ids))
+        for group_id, scripts, envs in cur.execute(
+                "SELECT group_id, COUNT(DISTINCT script_id), COUNT(DISTINCT env_hash) FROM group_sources "
+                "WHERE group_id IN (%s) AND fails > 0 GROUP BY group_id" % marks, ids).fetchall():
+            groups[group_id].update(scripts=scripts, envs_affected=envs)
+        names: Dict[int, Dict[str, str]] = {}
+        for group_id, script_id, name in cur.execute(
+                "SELECT DISTINCT group_id, script_id, script_name FROM group_sources "
+                "WHERE group_id IN (%s) AND fails > 0" % marks, ids).fetchall():
+            known = names.setdefault(group_id, {})
+            known[script_id] = name or known.get(script_id) or script_id
+        for group_id, known in names.items():
+            groups[group_id]["script_names"] = sorted(set(known.values()))[:5]
+        return [groups[row[0]] for row in rows]
+
+    def group_by_id(self, group_id: int) -> Optional[dict]:
+        def work(cur: Cursor) -> List[dict]:
+            rows = cur.execute(self._SUMMARY_SELECT + " WHERE g.id = ? AND g.errors > 0", (group_id,)).fetchall()
+            return self._summaries(cur, rows)
+        found = self._read(work)
+        return found[0] if found else None
+
+    def groups_data(self, group_ids: Sequence[int]) -> Dict[int, GroupData]:
+        """The engine's input for each group, in one read."""
+        return self._read(lambda cur: {g: self._group_data(cur, g, None) for g in group_ids})
+
+    def daily_runs(self, group_ids: Sequence[int], first_day: int, days: int) -> Dict[int, List[Tuple[int, int]]]:
+        """group id -> [(failing, succeeding) runs] for each day from ``first_day`` (days since the epoch)."""
+        series = {g: [(0, 0)] * days for g in group_ids}
+        if not group_ids:
+            return series
+        marks = ", ".join("?" * len(group_ids))
+        for group_id, day, fails, oks in self._select(
+                "SELECT group_id, day, fails, oks FROM group_days WHERE group_id IN (%s) AND day >= ? AND day < ?"
+                % marks, list(group_ids) + [first_day, first_day + days]):
+            series[group_id][day - first_day] = (fails, oks)
+        return series
+
+    def group_sources(self, group_id: int, limit: int) -> Tuple[List[dict], List[dict]]:
+        """Who ran into the group, latest first: (scripts, environments), each with its runs and hosts
+        (how many, and one of them), at most ``limit`` of each."""
+        def work(cur: Cursor) -> Tuple[List[dict], List[dict]]:
+            scripts = [dict(zip(("script_id", "script_name", "failing", "succeeding", "last_seen", "hosts",
+                                 "host"), row)) for row in cur.execute(
+                "SELECT script_id, MAX(script_name), SUM(fails), SUM(oks), MAX(last_seen), "
+                "COUNT(DISTINCT NULLIF(host, '')), MAX(host) FROM group_sources WHERE group_id = ? "
+                "GROUP BY script_id ORDER BY MAX(last_seen) DESC LIMIT ?", (group_id, limit)).fetchall()]
+            envs = [dict(zip(("env_hash", "failing", "succeeding", "last_seen", "hosts", "host"), row))
+                    for row in cur.execute(
+                "SELECT env_hash, SUM(fails), SUM(oks), MAX(last_seen), COUNT(DISTINCT NULLIF(host, '')), "
+                "MAX(host) FROM group_sources WHERE group_id = ? GROUP BY env_hash ORDER BY MAX(last_seen) DESC "
+                "LIMIT ?", (group_id, limit)).fetchall()]
+            return scripts, envs
         return self._read(work)
+
+    def recent_errors(self, group_id: int, limit: int) -> List[dict]:
+        keys = ("script_id", "script_name", "env_hash", "host", "ts", "received", "error_sig", "trace")
+        return [dict(zip(keys, row[:-1]), handled=bool(row[-1])) for row in self._select(
+            "SELECT script_id, script_name, env_hash, host, ts, received, error_sig, trace, handled FROM beacons "
+            "WHERE group_id = ? ORDER BY id DESC LIMIT ?", (group_id, limit))]
+
+    def observed_fixes(self, group_id: int, limit: int) -> List[dict]:
+        """Successes that followed a failure of the group in another environment: (from, to, when)."""
+        keys = ("failing_env", "fixed_env", "script_id", "script_name", "host", "received")
+        return [dict(zip(keys, row)) for row in self._select(
+            "SELECT prev_env_hash, env_hash, script_id, script_name, host, received FROM beacons "
+            "WHERE prev_group_id = ? AND kind = 'success' AND prev_env_hash IS NOT NULL AND test = 0 "
+            "AND prev_env_hash <> env_hash ORDER BY id DESC LIMIT ?", (group_id, limit))]
+
+    def set_status(self, group_id: int, status: str) -> bool:
+        return self._write(lambda cur: cur.execute("UPDATE groups SET status = ?, status_at = ? WHERE id = ? "
+                                                   "AND errors > 0", (status, time.time(), group_id)).rowcount > 0)
+
+    def alerted_solution(self, group_id: int) -> Optional[str]:
+        rows = self._select("SELECT alerted_solution FROM groups WHERE id = ?", (group_id,))
+        return rows[0][0] if rows else None
+
+    def set_alerted_solution(self, group_id: int, solution: str) -> None:
+        self._write(lambda cur: cur.execute("UPDATE groups SET alerted_solution = ? WHERE id = ?",
+                                            (solution, group_id)))
+
+    def group_id_of(self, group_key: str) -> Optional[int]:
+        rows = self._select("SELECT id FROM groups WHERE key = ?", (group_key,))
+        return rows[0][0] if rows else None
+
+    def environment(self, env_hash: str) -> Optional[dict]:
+        rows = self._select("SELECT received, snapshot FROM envs WHERE env_hash = ?", (env_hash,))
+        if not rows:
+            return None
+        env = {"env_hash": env_hash, "received": rows[0][0], "snapshot": json.loads(rows[0][1])}
+        keys = ("group_id", "signature", "script_id", "script_name", "host", "failing", "succeeding", "last_seen")
+        env["groups"] = [dict(zip(keys, row)) for row in self._select(
+            "SELECT s.group_id, g.signature, s.script_id, s.script_name, s.host, s.fails, s.oks, s.last_seen "
+            "FROM group_sources s JOIN groups g ON g.id = s.group_id WHERE s.env_hash = ? "
+            "ORDER BY s.last_seen DESC LIMIT 200", (env_hash,))]
+        return env
+
+    def fleet(self, since: float) -> List[dict]:
+        """Per (host, agent, environment): beacons and last contact since ``since``."""
+        keys = ("host", "agent", "env_hash", "beacons", "errors", "last_seen")
+        rows = [dict(zip(keys, row)) for row in self._select(
+            "SELECT COALESCE(host, ''), COALESCE(agent, ''), env_hash, COUNT(*), "
+            "SUM(CASE WHEN kind = 'error' THEN 1 ELSE 0 END), MAX(received) FROM beacons "
+            "WHERE received >= ? AND test = 0 GROUP BY COALESCE(host, ''), COALESCE(agent, ''), env_hash",
+            (since,))]
+        return rows
+
+    def fleet_days(self, first_day: int, days: int) -> List[Tuple[int, int]]:
+        """[(error, success) beacons] per day from ``first_day``, test beacons left out."""
+        columns = ", ".join("SUM(CASE WHEN received >= %d AND received < %d THEN 1 ELSE 0 END)"
+                            % ((first_day + i) * 86400, (first_day + i + 1) * 86400) for i in range(days))
+        rows = {kind: row for kind, *row in self._select(
+            "SELECT kind, %s FROM beacons WHERE received >= ? AND test = 0 GROUP BY kind" % columns,
+            (first_day * 86400,))}
+        errors, oks = rows.get("error") or [0] * days, rows.get("success") or [0] * days
+        return [(e or 0, o or 0) for e, o in zip(errors, oks)]
+
+    def env_snapshots(self, env_hashes: Iterable[str]) -> Dict[str, dict]:
+        hashes = sorted(set(env_hashes))
+        found: Dict[str, dict] = {}
+        for start in range(0, len(hashes), 500):
+            chunk = hashes[start:start + 500]
+            for env_hash, snapshot in self._select("SELECT env_hash, snapshot FROM envs WHERE env_hash IN (%s)"
+                                                   % ", ".join("?" * len(chunk)), chunk):
+                found[env_hash] = json.loads(snapshot)
+        return found
 
     def counts_total(self) -> Tuple[int, int]:
         """(beacons, environments) stored: for health checks and tests."""
@@ -589,6 +776,8 @@ class Storage:
     @staticmethod
     def _purge_leftovers(cur: Cursor, older_than: float) -> None:
         cur.execute("DELETE FROM counts WHERE fails <= 0 AND oks <= 0")
+        cur.execute("DELETE FROM group_days WHERE day < ?", (int(older_than // 86400),))
+        cur.execute("DELETE FROM group_sources WHERE last_seen < ?", (older_than,))
         cur.execute("DELETE FROM envs WHERE received < ? "
                     "AND NOT EXISTS (SELECT 1 FROM beacons b WHERE b.env_hash = envs.env_hash) "
                     "AND NOT EXISTS (SELECT 1 FROM beacons b WHERE b.prev_env_hash = envs.env_hash)",

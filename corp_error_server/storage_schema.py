@@ -58,6 +58,44 @@ CREATE TABLE IF NOT EXISTS counts(
 ALTER TABLE beacons ADD COLUMN handled INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE groups ADD COLUMN handled INTEGER NOT NULL DEFAULT 0
 """),
+    Migration(3, "dashboard: the beacon's host; per group its triage status, alert state and latest failing "
+                 "environment; two rollups "
+                 "(runs per group and day; per group, script, environment and host) so pages read a few rows", """
+ALTER TABLE beacons ADD COLUMN host TEXT;
+ALTER TABLE groups ADD COLUMN status TEXT NOT NULL DEFAULT 'new';
+ALTER TABLE groups ADD COLUMN status_at {FLOAT};
+ALTER TABLE groups ADD COLUMN alerted_solution TEXT;
+ALTER TABLE groups ADD COLUMN latest_env TEXT;
+UPDATE groups SET latest_env = (SELECT b.env_hash FROM beacons b WHERE b.group_id = groups.id AND b.test = 0
+                                ORDER BY b.id DESC LIMIT 1);
+CREATE TABLE group_days(
+    group_id {BIGINT} NOT NULL, day INTEGER NOT NULL, fails INTEGER NOT NULL DEFAULT 0,
+    oks INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(group_id, day)){NOROWID};
+CREATE TABLE group_sources(
+    group_id {BIGINT} NOT NULL, script_id TEXT NOT NULL, env_hash TEXT NOT NULL, host TEXT NOT NULL,
+    script_name TEXT, fails INTEGER NOT NULL DEFAULT 0, oks INTEGER NOT NULL DEFAULT 0, last_seen {FLOAT} NOT NULL,
+    PRIMARY KEY(group_id, script_id, env_hash, host)){NOROWID};
+CREATE INDEX group_sources_env ON group_sources(env_hash);
+CREATE INDEX groups_last_seen ON groups(last_seen);
+CREATE INDEX groups_first_seen ON groups(first_seen);
+CREATE INDEX groups_errors ON groups(errors);
+INSERT INTO group_days(group_id, day, fails, oks)
+SELECT group_id, day, SUM(f), SUM(o) FROM (
+    SELECT group_id, (CAST(received AS BIGINT) - CAST(received AS BIGINT) % 86400) / 86400 AS day, 1 AS f, 0 AS o
+    FROM beacons WHERE kind = 'error' AND group_id IS NOT NULL AND test = 0
+    UNION ALL
+    SELECT c.group_id, (CAST(b.received AS BIGINT) - CAST(b.received AS BIGINT) % 86400) / 86400, 0, 1
+    FROM contributions c JOIN beacons b ON b.id = c.beacon_id WHERE b.kind = 'success') runs
+GROUP BY group_id, day;
+INSERT INTO group_sources(group_id, script_id, env_hash, host, script_name, fails, oks, last_seen)
+SELECT group_id, script_id, env_hash, '', MAX(script_name), SUM(f), SUM(o), MAX(received) FROM (
+    SELECT group_id, script_id, env_hash, script_name, received, 1 AS f, 0 AS o
+    FROM beacons WHERE kind = 'error' AND group_id IS NOT NULL AND test = 0
+    UNION ALL
+    SELECT c.group_id, b.script_id, b.env_hash, b.script_name, b.received, 0, 1
+    FROM contributions c JOIN beacons b ON b.id = c.beacon_id WHERE b.kind = 'success') runs
+GROUP BY group_id, script_id, env_hash
+"""),
 ]
 
 
@@ -66,4 +104,5 @@ ALTER TABLE groups ADD COLUMN handled INTEGER NOT NULL DEFAULT 0
 COPIED_TABLES = [
     ("envs", ("env_hash",)), ("groups", ("id",)), ("beacons", ("id",)), ("group_scripts", ("script_id", "group_id")),
     ("contributions", ("beacon_id", "group_id")), ("counts", ("group_id", "feature", "value")),
+    ("group_days", ("group_id", "day")), ("group_sources", ("group_id", "script_id", "env_hash", "host")),
 ]

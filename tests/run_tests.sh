@@ -40,7 +40,7 @@ fi
 
 VENV="$CACHE/tools-venv"
 STAMP="$VENV/.requirements-installed"
-REQS="pytest>=7 hypothesis>=6 build>=1 hatchling>=1.18 pyflakes>=3 psycopg[binary]>=3.1 psycopg_pool>=3.2 ruff==0.17.6 mypy==2.4.1 coverage>=7.10,<8 schemathesis>=4"
+REQS="pytest>=7 hypothesis>=6 build>=1 hatchling>=1.18 pyflakes>=3 psycopg[binary]>=3.1 psycopg_pool>=3.2 ruff==0.17.6 mypy==2.4.1 coverage>=7.10,<8 schemathesis>=4 playwright>=1.40"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$REQS" ]; then
     echo "== creating tooling venv with $TOOL_PY"
     rm -rf "$VENV"

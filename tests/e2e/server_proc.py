@@ -15,9 +15,9 @@ from support import ROOT, WAIT_TIMEOUT, clean_env
 
 
 class ServerProcess:
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path, *args: str) -> None:
         env = clean_env({"PYTHONPATH": str(ROOT), "ERROR_AGENT_ENABLED": "0"})
-        self.proc = subprocess.Popen([sys.executable, "-m", "corp_error_server", "--port", "0", "--db", str(db)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "corp_error_server", "--port", "0", "--db", str(db), *args],
                                      cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         self.log: list = []
