@@ -23,9 +23,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _common import environment, percentile  # noqa: E402
-
 import corp_error_agent  # noqa: E402
+from _common import environment, percentile  # noqa: E402
 from corp_error_server import create_app  # noqa: E402
 from corp_error_server.app import parse_env  # noqa: E402
 from corp_error_server.storage import Beacon, SQLiteStorage  # noqa: E402

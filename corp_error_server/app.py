@@ -18,14 +18,23 @@ import threading
 import time
 import traceback
 from datetime import datetime, timezone
-from urllib.parse import parse_qsl
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from urllib.parse import parse_qsl
 
 import corp_error_agent
 
 from . import alerts, engine, openapi, pages
-from .storage import (GROUP_SORTS, GROUP_STATUSES, Beacon, Env, GroupQuery, Storage, StorageConflict,
-                      StorageUnavailable, open_storage)
+from .storage import (
+    GROUP_SORTS,
+    GROUP_STATUSES,
+    Beacon,
+    Env,
+    GroupQuery,
+    Storage,
+    StorageConflict,
+    StorageUnavailable,
+    open_storage,
+)
 
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_RETENTION_DAYS = 90
@@ -279,7 +288,7 @@ class _App:
             "/": {"GET": self._list_page}, "/fleet": {"GET": self._fleet_page}, "/diff": {"GET": self._diff_page},
             "/login": {"GET": self._login_page, "POST": self._login}, "/favicon.ico": {"GET": self._no_icon},
         }
-        self._patterns: List[Tuple["re.Pattern[str]", Dict[str, Callable]]] = [
+        self._patterns: List[Tuple[re.Pattern[str], Dict[str, Callable]]] = [
             (re.compile(r"/api/errors/(\d{1,18})"), {"GET": self._error}),
             (re.compile(r"/group/(\d{1,18})"), {"GET": self._group_page}),
             (re.compile(r"/group/(\d{1,18})/status"), {"POST": self._triage}),
@@ -629,7 +638,7 @@ class _App:
                 for i, (e, o) in enumerate(self.storage.fleet_days(first_day, _FLEET_DAYS))]
         systems: Dict[str, int] = {}
         for machine in hosts:
-            system = re.split(r"[-\s]", machine["os"], 1)[0] or "?"
+            system = re.split(r"[-\s]", machine["os"], maxsplit=1)[0] or "?"
             systems[system] = systems.get(system, 0) + 1
         return 200, Page(pages.fleet_page(hosts, shares("agent"), shares("python"), systems, days, _FLEET_DAYS,
                                           now)), []

@@ -552,7 +552,7 @@ class Storage:
     def _select(self, sql: str, params: Iterable = ()) -> List[tuple]:
         return self._read(lambda cur: cur.execute(sql, tuple(params)).fetchall())
 
-    def find_groups(self, query: "GroupQuery") -> Tuple[int, List[dict]]:
+    def find_groups(self, query: GroupQuery) -> Tuple[int, List[dict]]:
         """(how many groups match, the page of them asked for)."""
         where: List[str] = ["g.errors > 0"]
         params: List[object] = []
