@@ -101,6 +101,7 @@ def measure(app, paths, rounds: int, cold: bool = False):
     for i in range(rounds):
         if cold:
             app._suggested.clear()
+            app._compared.clear()
         times.append(_get(app, paths[i % len(paths)]))
     return times
 
