@@ -1,14 +1,18 @@
 """Shared by the server benchmarks: start a server process, a keep-alive JSON client, populations."""
 from __future__ import annotations
 
+import contextlib
+import glob
 import http.client
 import json
 import os
 import random
+import shutil
+import socket
 import subprocess
 import threading
 import time
-from typing import List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ["requests", "urllib3", "idna", "certifi", "six", "attrs", "click", "jinja2", "markupsafe", "pyyaml",
@@ -17,10 +21,10 @@ PACKAGES = ["requests", "urllib3", "idna", "certifi", "six", "attrs", "click", "
             "rich", "pygments", "cryptography", "cffi"]
 
 
-def start(argv: List[str]) -> Tuple[subprocess.Popen, str, int]:
+def start(argv: List[str], env: Optional[Dict[str, str]] = None) -> Tuple[subprocess.Popen, str, int]:
     """Start a server process that prints `listening on http://HOST:PORT` on stderr; (process, host, port)."""
     proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=REPO))
+                            env=env or dict(os.environ, PYTHONPATH=REPO))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
@@ -63,3 +67,46 @@ def environment(rng: random.Random, index: int, n_packages: int = 30, minors: in
 def percentile(values: List[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def postgres(tmp: str) -> Iterator[Tuple[str, str]]:
+    """A throw-away PostgreSQL cluster on a free port: (URL, "") or ("", why there is none).
+
+    Debian's binaries; initdb and postgres refuse root, so they run as the postgres user then."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+    if not bins:
+        yield "", "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/postgres; apt-get install -y postgresql)"
+        return
+    bindir = os.path.dirname(bins[-1])
+    data = os.path.join(tmp, "pgdata")
+    as_user: List[str] = []
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        os.chmod(tmp, 0o755)
+    os.makedirs(data)
+    if as_user:
+        shutil.chown(data, "postgres", "postgres")
+    subprocess.run(as_user + [os.path.join(bindir, "initdb"), "-D", data, "-A", "trust", "-U", "postgres",
+                              "--no-sync"], check=True, capture_output=True)
+    port = free_port()
+    proc = subprocess.Popen(as_user + [os.path.join(bindir, "postgres"), "-D", data, "-p", str(port), "-k", data,
+                                       "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run([os.path.join(bindir, "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                             capture_output=True).returncode != 0:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("PostgreSQL did not start")
+            time.sleep(0.1)   # polling a bounded start-up
+        yield "postgresql://postgres@127.0.0.1:%d/postgres" % port, ""
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -155,7 +155,7 @@ class Population:
         for i, (a, b, cut_a, cut_b) in enumerate(self.coupled):
             if name in (a, b):
                 ladder, cut = (self.ladders[a], cut_a) if name == a else (self.ladders[b], cut_b)
-                return i, ladder.index(version) >= cut if version in ladder else version >= ladder[cut]
+                return i, _vkey(version) >= _vkey(ladder[cut])
         return None
 
     def broken(self, env: Env) -> bool:
@@ -675,6 +675,8 @@ def envvar_scenario(b: Builder, kind: str) -> Scenario:
     ask = bad()
     if rng.random() < 0.7:
         ask.collected.add(name)
+    if name not in ask.collected:  # the asking run's own value is unknown to the server: reported apart
+        sc.kind += "-uncollected"
     sc.ask = (ask, 0)
     sc.oracle = lambda pop: "export %s=%s" % (name, values[0])
     return sc
@@ -1079,7 +1081,7 @@ def main(argv=None) -> int:
         m = metrics(group)
         shown = _pct(m["right"], m["cause"]) if m["cause"] else "answered " + _pct(m["false"], m["nocause"])
         mean = sum(o.confidence for o in group if o.answered) / max(1, m["answers"])
-        print("  %-9s %-22s %s   answers %3d, mean confidence %.2f" % (difficulty, kind, shown, m["answers"], mean))
+        print("  %-9s %-26s %s   answers %3d, mean confidence %.2f" % (difficulty, kind, shown, m["answers"], mean))
     if args.examples:
         print("\nexamples of wrong answers and misses")
         for difficulty, kind in kinds:

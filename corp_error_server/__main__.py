@@ -9,6 +9,7 @@ from typing import List, Optional
 
 def _parser() -> argparse.ArgumentParser:
     from . import DEFAULT_MAX_BODY, DEFAULT_RETENTION_DAYS, default_db_path
+    from .ingest import DEFAULT_MAX_WAITING
     parser = argparse.ArgumentParser(
         prog="corp-error-server",
         description="Serve the corp-error-agent backend (default), or run `corp-error-server demo ...`, or "
@@ -27,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="delete beacons older than this (default: %(default)s)")
     parser.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, help="request body limit in bytes")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-connection socket timeout in seconds")
+    parser.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,
+                        help="writes waiting for the database beyond which requests get 503 (default: %(default)s)")
     parser.add_argument("--webhook", action="append", metavar="[slack=|json=]URL",
                         default=os.environ.get("CORP_ERROR_SERVER_WEBHOOKS", "").split(),
                         help="POST an alert on a new error group, a regression, and a fix becoming available: "
@@ -90,8 +93,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv[:1] == ["migrate"]:
         return _migrate(argv[1:])
     args = _parser().parse_args(argv)
-    if not 0 <= args.port <= 65535 or args.retention_days <= 0 or args.max_body <= 0 or args.timeout <= 0:
-        print("corp-error-server: --port, --retention-days, --max-body and --timeout must be in range",
+    if (not 0 <= args.port <= 65535 or args.retention_days <= 0 or args.max_body <= 0 or args.timeout <= 0
+            or args.max_waiting <= 0):
+        print("corp-error-server: --port, --retention-days, --max-body, --timeout and --max-waiting must be in range",
               file=sys.stderr)
         return 2
     from . import create_app
@@ -105,7 +109,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         app = create_app(args.db, token=args.token, retention_days=args.retention_days, max_body=args.max_body,
-                         webhooks=webhooks)
+                         max_waiting=args.max_waiting, webhooks=webhooks)
     except UnsupportedDatabase as error:
         print("corp-error-server: --db %s: %s" % (describe(args.db), error), file=sys.stderr)
         return 2

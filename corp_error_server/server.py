@@ -1,12 +1,19 @@
-"""The embedded HTTP/1.1 server: threads, keep-alive, per-connection timeouts, one log line a request.
+"""The embedded HTTP/1.1 server: a thread per keep-alive connection, a lean parser, bounded clients.
 
-``wsgiref.simple_server`` answers one request per connection; beacons arrive in bursts from the
-same clients, so this small WSGI gateway keeps connections open, and bounds what a slow or hostile
-client can hold: a socket timeout per connection and a cap on concurrent connections.
+Beacons arrive in bursts over keep-alive connections, and each request's own work (validation and
+a share of a group commit) is small, so what the gateway costs per request matters:
+``http.server`` parses every header block with the ``email`` package and writes a response in
+several system calls. Here a request head is split by hand, the answer leaves in one ``sendall``,
+and the Date header is formatted once a second. A thread per connection keeps the WSGI app
+synchronous while its requests wait together on one commit (see ingest.py); the threads sleep in
+``recv`` or on that commit, so adding connections adds waiting, not work.
+
+What a slow or hostile client can hold is bounded: the whole request head must arrive within the
+timeout (trickling bytes does not reset it), a body read waits at most the timeout per read, heads
+and header counts are limited, and past a cap on connections new ones are closed at once.
 """
 from __future__ import annotations
 
-import io
 import json
 import signal
 import socket
@@ -14,35 +21,48 @@ import socketserver
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, Callable, Dict, List, Optional, TextIO
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 from urllib.parse import unquote
 
 _DRAIN_LIMIT = 64 * 1024        # unread request body we still skip to keep a connection alive
 _MAX_CONNECTIONS = 256          # beyond this, new connections are closed at once
+_MAX_HEAD = 64 * 1024           # request line and headers
+_MAX_HEADERS = 100
+_RECV = 65536
 
 
-class _Body(io.RawIOBase):
-    """The request body: never more than Content-Length bytes of the connection."""
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
-    def __init__(self, stream, length: int) -> None:
-        super().__init__()
-        self._stream = stream
+
+class _Body:
+    """The request body: what is buffered of it first, never more than Content-Length bytes."""
+
+    def __init__(self, connection: _Connection, length: int, expect_continue: bool) -> None:
+        self._connection = connection
         self.remaining = length
-
-    def readable(self) -> bool:
-        return True
+        self._expect_continue = expect_continue
 
     def read(self, size: int = -1) -> bytes:
         size = self.remaining if size is None or size < 0 else min(size, self.remaining)
-        data = self._stream.read(size) if size else b""
+        if size <= 0:
+            return b""
+        if self._expect_continue:   # the client waits for this before it sends the body
+            self._expect_continue = False
+            self._connection.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        data = self._connection.take(size)
         self.remaining -= len(data)
         return data
 
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
+    def readline(self, size: int = -1) -> bytes:
+        return self.read(size)      # bodies here are JSON documents, read whole
+
+    def __iter__(self):
+        return iter(lambda: self.read(_RECV), b"")
 
 
 def _printable(text: str, limit: int = 200) -> str:
@@ -50,36 +70,154 @@ def _printable(text: str, limit: int = 200) -> str:
     return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "corp-error-server"
-    sys_version = ""
-    # headers and body leave in two writes; with Nagle, a keep-alive client waits on a delayed ACK
-    disable_nagle_algorithm = True
+_date_cache: List = [0, ""]
+
+
+def _http_date() -> str:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[:] = [now, formatdate(now, usegmt=True)]
+    return _date_cache[1]
+
+
+class _Connection(socketserver.BaseRequestHandler):
+    """One client connection: requests in order until either side closes or the client idles."""
+
     server: _Server
 
     def setup(self) -> None:
-        self.timeout = self.server.request_timeout  # type: ignore[misc]  # per connection, on purpose
-        super().setup()
+        self.sock: socket.socket = self.request
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+        self.eof = False
 
-    def _run(self) -> None:
-        started = time.perf_counter()
-        path, _, query = self.path.partition("?")
-        if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
+    # -- reading ----------------------------------------------------------------------------
+
+    def _fill(self, timeout: float) -> bool:
+        """One recv into the buffer; False at end of stream."""
+        self.sock.settimeout(timeout)
+        data = self.sock.recv(_RECV)
+        if not data:
+            self.eof = True
+            return False
+        self.buffer += data
+        return True
+
+    def take(self, size: int) -> bytes:
+        """Up to ``size`` body bytes; short only at end of stream. Raises OSError on a timeout."""
+        while len(self.buffer) < size and not self.eof:
+            try:
+                self._fill(self.server.request_timeout)
+            except OSError:
+                self.eof = True     # a stalled body: answer, then close rather than wait again
+                raise
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def _read_head(self) -> Optional[bytes]:
+        """The next request head (without its blank line), or None when the client is done or too slow."""
+        deadline = time.monotonic() + self.server.request_timeout
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            cut = 4
+            if end < 0:
+                end, cut = self.buffer.find(b"\n\n"), 2
+            if end >= 0:
+                head, self.buffer = self.buffer[:end], self.buffer[end + cut:]
+                return head
+            if len(self.buffer) > _MAX_HEAD:
+                raise _BadRequest(431, "request head over %d bytes" % _MAX_HEAD)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.eof:
+                return None
+            try:
+                if not self._fill(remaining):
+                    return None
+            except OSError:
+                return None
+            if not self.buffer.strip(b"\r\n"):
+                self.buffer = b""      # blank lines between requests are allowed (RFC 9112 2.2)
+
+    # -- one request ------------------------------------------------------------------------
+
+    def handle(self) -> None:
+        self.command, self.path = "", ""
+        while True:
+            started = time.perf_counter()
+            try:
+                head = self._read_head()
+                if head is None:
+                    return
+                keep_alive = self._serve(head, started)
+            except _BadRequest as error:
+                self._error(error.status, str(error), started)
+                return
+            except OSError:     # the client went away or stalled mid-write
+                return
+            if not keep_alive:
+                return
+
+    def _parse(self, head: bytes) -> Tuple[str, str, str, List[Tuple[str, str]]]:
+        lines = head.decode("iso-8859-1").split("\n")
+        words = lines[0].rstrip("\r").split()
+        if not words:
+            raise _BadRequest(400, "empty request line")
+        if len(words) == 3:
+            self.command, self.path, version = words
+            if not version.startswith("HTTP/1.") or not version[7:].isdigit():
+                if version.startswith("HTTP/") and version[5:6].isdigit() and version[5:6] != "0":
+                    raise _BadRequest(505, "HTTP version %s not supported" % _printable(version, 20))
+                raise _BadRequest(400, "bad request version %s" % _printable(version, 20))
+        elif len(words) == 2:
+            # a request line without a version reads as HTTP/0.9; nobody speaks it: a status line all the same
+            self.command, self.path = words
+            if self.command != "GET":
+                raise _BadRequest(400, "bad HTTP/0.9 request type %s" % _printable(self.command, 20))
+            version = "HTTP/0.9"
+        else:
+            raise _BadRequest(400, "bad request syntax %s" % _printable(lines[0], 100))
+        headers: List[Tuple[str, str]] = []
+        for line in lines[1:]:
+            line = line.rstrip("\r")
+            if line[:1] in (" ", "\t") and headers:     # obsolete line folding
+                name, value = headers[-1]
+                headers[-1] = (name, value + " " + line.strip())
+                continue
+            name, colon, value = line.partition(":")
+            if not colon or not name or name != name.strip():
+                raise _BadRequest(400, "bad header line %s" % _printable(line, 100))
+            headers.append((name, value.strip()))
+        if len(headers) > _MAX_HEADERS:
+            raise _BadRequest(431, "more than %d headers" % _MAX_HEADERS)
+        return self.command, self.path, version, headers
+
+    def _serve(self, head: bytes, started: float) -> bool:
+        method, target, version, headers = self._parse(head)
+        fields: Dict[str, str] = {}
+        for name, value in headers:
+            key = name.lower()
+            fields[key] = fields[key] + "," + value if key in fields else value
+        connection = fields.get("connection", "").lower()
+        keep_alive = (version == "HTTP/1.1" and "close" not in connection) or (
+            version == "HTTP/1.0" and "keep-alive" in connection)
+        path, _, query = target.partition("?")
+        if path.startswith("//"):
+            path = "/" + path.lstrip("/")      # as http.server: no scheme-relative path reaches the app
+        if "transfer-encoding" in fields:
             self._respond(411, [("Content-Type", "application/json")],
-                          b'{"error": "chunked request bodies are not supported; send Content-Length"}', started, path)
-            return
+                          b'{"error": "chunked request bodies are not supported; send Content-Length"}',
+                          False, started, method, path)
+            return False
         try:
-            length = max(int(self.headers.get("Content-Length") or 0), 0)
+            length = max(int(fields.get("content-length") or 0), 0)
         except ValueError:
             length = 0
-        body = _Body(self.rfile, length)
-        environ = self._environ(path, query, body)
+        body = _Body(self, length, version == "HTTP/1.1" and fields.get("expect", "").lower() == "100-continue")
+        environ = self._environ(method, path, query, version, fields, body)
         response: List = []
 
-        def start_response(status: str, headers, exc_info=None):
-            response[:] = [status, headers]
+        def start_response(status: str, response_headers, exc_info=None):
+            response[:] = [status, response_headers]
             return lambda data: None
 
         result = self.server.app(environ, start_response)
@@ -89,88 +227,79 @@ class _Handler(BaseHTTPRequestHandler):
             getattr(result, "close", lambda: None)()
         code = int(response[0].split(" ", 1)[0])
         if body.remaining:
-            self._skip(body)
-        self._respond(code, response[1], payload, started, path)
+            keep_alive = keep_alive and self._skip(body)
+        self._respond(code, response[1], payload, keep_alive, started, method, path, response[0])
+        return keep_alive
 
-    def _skip(self, body: _Body) -> None:
-        if body.remaining > _DRAIN_LIMIT:
-            self.close_connection = True
-            return
+    def _skip(self, body: _Body) -> bool:
+        """Read what the app left of the body, to reach the next request; False: close instead."""
+        if body.remaining > _DRAIN_LIMIT or self.eof:
+            return False
         try:
             body.read()
         except OSError:
-            self.close_connection = True
+            return False
+        return not self.eof
 
-    def _respond(self, code: int, headers, payload: bytes, started: float, path: str) -> None:
-        if getattr(self, "request_version", None) == "HTTP/0.9":
-            # a request line without a version ("GET  HTTP/1.1" with the path missing) is not HTTP/0.9
-            # spoken by anyone: answer with a status line all the same
-            self.request_version = self.protocol_version
-            self.close_connection = True
-        self.send_response_only(code)
-        self.send_header("Date", self.date_time_string())
-        names = set()
-        for name, value in headers:
-            names.add(name.lower())
-            self.send_header(name, value)
-        if "content-length" not in names and code != 204:
-            self.send_header("Content-Length", str(len(payload)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD" and code != 204:
-            self.wfile.write(payload)
-        self.wfile.flush()
-        self.server.log("%s \"%s %s\" %d %d %.1fms" % (
-            self.client_address[0], _printable(self.command or "-", 20), _printable(path), code, len(payload),
-            (time.perf_counter() - started) * 1000))
-
-    def _environ(self, path: str, query: str, body: _Body) -> dict:
+    def _environ(self, method: str, path: str, query: str, version: str, fields: Dict[str, str],
+                 body: _Body) -> dict:
         environ: Dict[str, Any] = {
-            "REQUEST_METHOD": self.command, "SCRIPT_NAME": "", "PATH_INFO": unquote(path, "iso-8859-1"),
+            "REQUEST_METHOD": method, "SCRIPT_NAME": "", "PATH_INFO": unquote(path, "iso-8859-1"),
             "QUERY_STRING": query, "SERVER_NAME": self.server.server_name,
-            "SERVER_PORT": str(self.server.server_port), "SERVER_PROTOCOL": self.request_version,
-            "REMOTE_ADDR": self.client_address[0], "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-            "CONTENT_LENGTH": self.headers.get("Content-Length", ""),
+            "SERVER_PORT": str(self.server.server_port), "SERVER_PROTOCOL": version,
+            "REMOTE_ADDR": self.client_address[0], "CONTENT_TYPE": fields.get("content-type", ""),
+            "CONTENT_LENGTH": fields.get("content-length", ""),
             "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": body,
             "wsgi.errors": self.server.log_stream, "wsgi.multithread": True, "wsgi.multiprocess": False,
             "wsgi.run_once": False,
         }
-        for name, value in self.headers.items():
-            key = "HTTP_" + name.upper().replace("-", "_")
-            if key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
-                environ[key] = environ[key] + "," + value if key in environ else value
+        for name, value in fields.items():
+            if name not in ("content-type", "content-length"):
+                environ["HTTP_" + name.upper().replace("-", "_")] = value
         return environ
 
-    def __getattr__(self, name: str):
-        # every method, even one made up, reaches the application, which answers 405 (not 501)
-        if name.startswith("do_"):
-            return self._run
-        raise AttributeError(name)
+    # -- answering --------------------------------------------------------------------------
 
-    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+    def _respond(self, code: int, headers, payload: bytes, keep_alive: bool, started: float, method: str,
+                 path: str, status: str = "") -> None:
+        lines = ["HTTP/1.1 " + (status or "%d %s" % (code, _reason(code))),
+                 "Server: corp-error-server", "Date: " + _http_date()]
+        has_length = False
+        for name, value in headers:
+            has_length = has_length or name.lower() == "content-length"
+            lines.append("%s: %s" % (name, value))
+        if not has_length and code != 204:
+            lines.append("Content-Length: %d" % len(payload))
+        lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
+        answer = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if method != "HEAD" and code != 204:
+            answer += payload
+        self.sock.sendall(answer)
+        self.server.log("%s \"%s %s\" %d %d %.1fms" % (
+            self.client_address[0], _printable(method or "-", 20), _printable(path), code, len(payload),
+            (time.perf_counter() - started) * 1000))
+
+    def _error(self, code: int, message: str, started: float) -> None:
         # malformed request lines and headers: the same JSON error shape as the application's
-        self.close_connection = True
-        payload = json.dumps({"error": message or self.responses.get(code, ("error",))[0]}).encode()
-        if not hasattr(self, "command") or self.command is None:
-            self.command = ""
+        payload = json.dumps({"error": message}).encode()
         try:
-            self._respond(code, [("Content-Type", "application/json")], payload, time.perf_counter(),
-                          getattr(self, "path", "") or "")
+            self._respond(code, [("Content-Type", "application/json")], payload, False, started,
+                          self.command, self.path)
         except OSError:
             pass
 
-    def log_request(self, code="-", size="-") -> None:
-        pass   # _respond logs, with the timing
 
-    def log_message(self, format: str, *args) -> None:
-        self.server.log("%s %s" % (self.client_address[0], _printable(format % args)))
+def _reason(code: int) -> str:
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "Error"
 
 
-class _Server(socketserver.ThreadingMixIn, HTTPServer):
+class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 128
+    request_queue_size = 1024       # a burst of new connections waits in the kernel, not refused
 
     def __init__(self, address, app: Callable, request_timeout: float, log_stream: TextIO) -> None:
         if ":" in address[0]:
@@ -181,11 +310,7 @@ class _Server(socketserver.ThreadingMixIn, HTTPServer):
         self._log_lock = threading.Lock()
         self._active = 0
         self._active_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host's FQDN, which can stall on machines without DNS
-        socketserver.TCPServer.server_bind(self)
+        super().__init__(address, _Connection)
         host, self.server_port = self.server_address[:2]
         self.server_name = str(host)
 

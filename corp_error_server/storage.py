@@ -35,6 +35,17 @@ _ATTEMPTS = 5             # a transaction the database aborted for a conflict (d
 # Lock name spaces for backends whose writers run concurrently (PostgreSQL advisory locks).
 LOCK_ENV, LOCK_PURGE, LOCK_SCHEMA = 1, 2, 3
 
+_UPSERT_ROWS = 190       # count rows in one upsert: 5 parameters each, within SQLite's oldest limit of 999
+
+
+def _upsert_counts(rows: int) -> str:
+    # a run's 30-odd counts in one statement, not one each: every statement is a round through the
+    # driver (sqlite3 gives the GIL up at each, PostgreSQL answers each) while the batch holds the lock
+    return ("INSERT INTO counts(group_id, feature, value, fails, oks) VALUES" + ", ".join(["(?, ?, ?, ?, ?)"] * rows)
+            + " ON CONFLICT(group_id, feature, value) DO UPDATE"
+            " SET fails = counts.fails + excluded.fails, oks = counts.oks + excluded.oks")
+
+
 _UPSERT_DAY = (
     "INSERT INTO group_days(group_id, day, fails, oks) VALUES(?, ?, ?, ?) "
     "ON CONFLICT(group_id, day) DO UPDATE SET fails = group_days.fails + excluded.fails, "
@@ -46,11 +57,6 @@ _UPSERT_SOURCE = (
     "last_seen = excluded.last_seen, script_name = COALESCE(excluded.script_name, group_sources.script_name)")
 GROUP_STATUSES = ("new", "regressed", "resolved", "ignored")
 GROUP_SORTS = {"last_seen": "g.last_seen DESC", "first_seen": "g.first_seen DESC", "count": "g.errors DESC"}
-
-_UPSERT_COUNT = (
-    "INSERT INTO counts(group_id, feature, value, fails, oks) VALUES(?, ?, ?, ?, ?) "
-    "ON CONFLICT(group_id, feature, value) DO UPDATE "
-    "SET fails = counts.fails + excluded.fails, oks = counts.oks + excluded.oks")
 
 T = TypeVar("T")
 
@@ -410,7 +416,10 @@ class Storage:
         # writers queue instead of deadlocking
         for group in sorted(groups):
             cur.execute("UPDATE groups SET %s = %s + ? WHERE id = ?" % (column, column), (sign, group))
-            cur.executemany(_UPSERT_COUNT, [(group, f, v, fail, ok) for f, v in sorted(features.items())])
+            rows = [(group, f, v, fail, ok) for f, v in sorted(features.items())]
+            for start in range(0, len(rows), _UPSERT_ROWS):
+                chunk = rows[start:start + _UPSERT_ROWS]
+                cur.execute(_upsert_counts(len(chunk)), [value for row in chunk for value in row])
 
     def _store_beacon(self, cur: Cursor, beacon: Beacon, env: Optional[Env], now: float) -> BeaconResult:
         if env is not None:
@@ -487,10 +496,11 @@ class Storage:
 
     @staticmethod
     def _keys_of_message(cur: Cursor, message: str) -> List[str]:
-        # a group's key is "<exception line>" or "<exception line> @ <place>": a range of the key index
+        # a group's key is "<exception line>" or "<exception line> @ <place>" (substr: no collation involved)
+        prefix = message + " @ "
         return [key for key, _ in cur.execute(
-            "SELECT key, errors FROM groups WHERE key = ? OR (key >= ? AND key < ?) ORDER BY errors DESC, id",
-            (message, message + " @ ", message + " @!")).fetchall()]
+            "SELECT key, errors FROM groups WHERE key = ? OR substr(key, 1, ?) = ? ORDER BY errors DESC, id",
+            (message, len(prefix), prefix)).fetchall()]
 
     def group_keys(self, message: str) -> List[str]:
         """Keys of the groups of one exception line, busiest first."""

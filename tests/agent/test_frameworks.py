@@ -1,7 +1,7 @@
 """Web frameworks report a raising view through their own logging: exactly one handled report whose
 trace holds the view's frame. Real Flask (test client), Django (test client) and FastAPI under a
-real uvicorn server, from the registry, in one cached venv per interpreter (WEB_PYTHONS), with the
-agent copied in; the recording backend.
+real uvicorn server, from the registry, in one cached venv per interpreter (the `web` fixture,
+conftest.py), with the agent copied in; the recording backend.
 """
 from __future__ import annotations
 
@@ -11,24 +11,11 @@ import subprocess
 import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 import support
 from support import error_beacons, run, wait_error
-
-WEB = ("flask", "django", "fastapi", "uvicorn", "pytest")
-WEB_PYTHONS = ("3.9", "3.12")
-
-
-@pytest.fixture(scope="module", params=WEB_PYTHONS, ids=["py" + v for v in WEB_PYTHONS])
-def web(request) -> support.Venv:
-    found = support.find_interpreters()[request.param]
-    if not isinstance(found, Path):
-        print("skipping web framework tests on CPython %s: %s" % (request.param, found))
-        pytest.skip("CPython %s %s" % (request.param, found))
-    return support.package_venv(found, request.param, WEB)
 
 
 def one_handled_report(backend, text: str, view: str) -> dict:
@@ -114,7 +101,7 @@ def test_fastapi_under_uvicorn(web, backend, sandbox):
     server = subprocess.Popen([str(web.python), "-m", "uvicorn", "api:app", "--host", "127.0.0.1", "--port", "0"],
                               env=sandbox.env(backend.url), cwd=str(sandbox.work), stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines: "queue.Queue[str]" = queue.Queue()
+    lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in server.stderr] + [lines.put("")],
                      daemon=True).start()
     try:

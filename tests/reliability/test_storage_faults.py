@@ -7,12 +7,15 @@ import http.client
 import json
 import os
 import signal
+import subprocess
 import threading
+from pathlib import Path
 from typing import Dict, List, Optional, Set
 
 import pytest
 
 import pgsupport
+import support
 from corp_error_server.storage import Beacon, Env, open_storage
 from e2e.server_proc import ServerProcess
 from pgsupport import db_rows
@@ -250,3 +253,74 @@ def test_pool_opened_after_fork(pg_cluster):
     assert storage.env_features("e2") == {"python": "3.12"}
     storage.add_env(Env("e3", {"packages": {}}, {"python": "3.13"}))
     storage.close()
+
+
+def _children(pid: int) -> List[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return found
+
+
+def test_gunicorn_with_four_workers_on_postgresql(pg_cluster, tmp_path):
+    python = support.find_interpreters()["3.11"]
+    if not isinstance(python, Path):
+        pytest.skip("CPython 3.11 %s" % python)
+    venv = support.package_venv(python, "3.11", ["gunicorn", "psycopg[binary]", "psycopg_pool"])
+    target = pg_cluster.database()
+    env = support.clean_env({"PYTHONPATH": str(support.ROOT), "ERROR_AGENT_ENABLED": "0",
+                             "CORP_ERROR_SERVER_DB": target})
+    proc = subprocess.Popen([str(venv.python), "-m", "gunicorn", "-w", "4", "-b", "127.0.0.1:0",
+                             "corp_error_server:app"], cwd=str(tmp_path), env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log: List[str] = []
+    try:
+        url = None
+        for line in proc.stderr:
+            log.append(line)
+            if "Listening at: " in line:
+                url = line.split("Listening at: ")[1].split()[0]
+                break
+        assert url, "".join(log)
+        threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()
+        loads = [Load([url], prefix="g"), Load([url], prefix="g")]   # the same event ids, twice at once
+        for load in loads:
+            load.wait_for(lambda load=load: len(load.acked) >= 200, "200 beacons acknowledged")
+        workers = _children(proc.pid)
+        assert len(workers) == 4, workers
+        os.kill(workers[0], signal.SIGKILL)   # gunicorn starts another; its clients reconnect
+        for load in loads:
+            acked = len(load.acked)
+            load.wait_for(lambda load=load, acked=acked: len(load.acked) >= acked + 200, "beacons after the kill")
+        for load in loads:
+            load.stop()
+        acked = loads[0].acked | loads[1].acked
+        stored = _stored(target)
+        assert acked <= stored
+        assert db_rows(target, "SELECT COUNT(*), COUNT(DISTINCT event_id) FROM beacons") == [(len(stored),) * 2]
+        _consistent(target)
+        answers = {json.dumps(_get(url, "/api/errors"), sort_keys=True) for _ in range(8)}   # whichever worker
+        assert len(answers) == 1
+        group, = json.loads(answers.pop())["groups"]
+        assert group["count"] == len(stored)
+    finally:
+        for load in loads:
+            load.stop()
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def _get(url: str, path: str):
+    host, port = url[len("http://"):].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("GET", path)
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()

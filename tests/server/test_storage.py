@@ -134,7 +134,7 @@ def test_add_beacons_stores_a_batch_in_one_go_each_item_isolated(db_target):
     assert [(r.env_known, r.duplicate, type(r.error)) for r in results] == [
         (False, False, type(None)), (False, True, type(None)), (False, False, ValueError),
         (True, False, type(None)), (True, False, type(None)), (True, True, type(None))]
-    total, (group,) = storage.find_groups(GroupQuery(limit=10))
+    total, (group,) = storage.find_groups(GroupQuery())
     data = storage.groups_data([group["id"]])[group["id"]]
     # the beacon stored before its environment in the same batch is counted when the environment arrives
     assert (total, group["count"], group["handled"], data.fails) == (1, 3, 1, 3)
