@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 ABSENT = "<absent>"            # a package the environment does not have
 UNSET = "<unset>"              # an environment variable the agent collected and found unset
-MIN_CONFIDENCE = 0.7           # below this (calibrated) confidence the engine abstains (docs/engine.md)
+MIN_CONFIDENCE = 0.9           # below this (calibrated) confidence the engine abstains (docs/engine.md)
 _MAX_VALUES = 8                # features with more distinct values than this are per-machine noise
 _ALPHA = 1.0                   # Dirichlet concentration per value
 _NO_CAUSE_PRIOR = 0.35         # prior share of bugs that fail whatever the environment
@@ -39,8 +39,8 @@ _MISS = 0.02                   # share of succeeding runs on failing values (a c
 _FIX_NOISE = 0.12              # chance that an observed "fix" did not touch the cause (a flaky pass)
 _MAX_TOGETHER = 3              # more features than this splitting the runs alike is chance, not a cause
 _PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
-# Platt calibration (slope, offset on the logit) of the posterior: bench/engine_quality.py --fit, seeds 1-10
-_CALIBRATION = (1.85, 1.40)
+# Platt calibration (slope, offset on the logit) of the posterior: bench/engine_quality.py --fit, seeds 1-5
+_CALIBRATION = (1.84, 1.14)
 
 Features = Dict[str, str]
 Counts = Dict[str, Dict[str, Tuple[float, float]]]   # feature -> value -> (failing runs, succeeding runs)
