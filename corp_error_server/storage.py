@@ -26,6 +26,7 @@ from .storage_schema import MIGRATIONS
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
 _PAIRS_READ = 50          # most recent observed fixes the engine looks at per group
+_FAIL_ENVS_READ = 400     # latest failing runs whose distinct environments estimate the repeat rate
 _GOOD_ENVS_READ = 50      # succeeding environments read when packages that move together need a combination
 _MENTIONS_KEPT = 40       # package names remembered per group from its traces
 _FEATURE_CACHE = 8192     # environments whose features stay in memory (they never change)
@@ -548,8 +549,11 @@ class Storage:
             fixed_features = self._features_of(cur, fixed)
             if failing_features is not None and fixed_features is not None and failing != fixed:
                 pairs.append(FixPair(failing_features, fixed_features, sid == script_id))
-        fail_envs = cur.execute("SELECT COUNT(DISTINCT env_hash) FROM beacons WHERE group_id = ? AND kind = 'error' "
-                                "AND test = 0 AND counted = 1", (group_id,)).fetchone()[0]
+        # distinct environments among the latest failing runs, scaled to all of them (bounded work)
+        recent = cur.execute("SELECT COUNT(*), COUNT(DISTINCT env_hash) FROM (SELECT env_hash FROM beacons "
+                             "WHERE group_id = ? AND kind = 'error' AND test = 0 AND counted = 1 "
+                             "ORDER BY id DESC LIMIT ?) AS latest", (group_id, _FAIL_ENVS_READ)).fetchone()
+        fail_envs = round(fails * recent[1] / recent[0]) if recent[0] else 0
         return GroupData(fails, oks, counts, set(json.loads(mentions)), pairs, key.split(" @ ")[0], fail_envs,
                          lambda: self._succeeding_envs(group_id))
 
