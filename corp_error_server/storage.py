@@ -284,7 +284,8 @@ class Storage:
                 self._group_ids.clear()
             self._group_ids.update(cur.group_ids)
             return result
-        raise StorageConflict("the database kept aborting the write for concurrent conflicts; try again")
+        # nothing the client sent is wrong: a 4xx would make the agent drop the beacon, so try again later
+        raise StorageUnavailable("the database kept aborting the write for concurrent conflicts; try again")
 
     def _read(self, work: Callable[[Cursor], T]) -> T:
         with self._snapshot() as raw:
@@ -467,12 +468,19 @@ class Storage:
         environment only (``duplicate``: it was stored already)."""
         def work(cur: Cursor) -> List[BeaconResult]:
             now = time.time()
-            results = []
-            for beacon, env in items:
+            # locks taken in one order by every batch, so batches of several processes queue, not deadlock:
+            # all the environments' first, sorted, then the items by environment (a stable sort: within
+            # one environment the sent order stays, a beacon before or after its environment's snapshot)
+            for env_hash in sorted({_env_of(item) for item in items}):
+                cur.lock(LOCK_ENV, env_hash)
+            order = sorted(range(len(items)), key=lambda i: _env_of(items[i]))
+            results: List[Optional[BeaconResult]] = [None] * len(items)
+            for index in order:
+                beacon, env = items[index]
                 seen, group_ids = dict(cur.seen), dict(cur.group_ids)
                 cur.execute("SAVEPOINT item")
                 try:
-                    results.append(self._store_item(cur, beacon, env, now))
+                    results[index] = self._store_item(cur, beacon, env, now)
                 except Exception as error:
                     if self.dialect.retryable(error):
                         raise
@@ -481,9 +489,9 @@ class Storage:
                     except Exception:   # the database gave the whole transaction up (connection lost, disk full)
                         raise error from None
                     cur.seen, cur.group_ids = seen, group_ids
-                    results.append(BeaconResult(False, False, self.dialect.translate(error)))
+                    results[index] = BeaconResult(False, False, self.dialect.translate(error))
                 cur.execute("RELEASE SAVEPOINT item")
-            return results
+            return [result for result in results if result is not None]
         return self._write(work)
 
     def _store_item(self, cur: Cursor, beacon: Optional[Beacon], env: Optional[Env], now: float) -> BeaconResult:
@@ -884,6 +892,11 @@ def open_storage(target: str) -> Storage:
         return PostgresStorage(target)
     raise UnsupportedDatabase("unsupported database URL scheme %r: give a file path (SQLite) or a "
                               "postgresql:// URL" % scheme[:40])
+
+
+def _env_of(item: Tuple[Optional[Beacon], Optional[Env]]) -> str:
+    beacon, env = item
+    return beacon.env_hash if beacon is not None else env.env_hash if env is not None else ""
 
 
 def describe(target: str) -> str:
