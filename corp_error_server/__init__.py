@@ -8,11 +8,13 @@ the first request, so importing this package touches no file.
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 from typing import Callable, Optional
 
 from .app import DEFAULT_MAX_BODY, DEFAULT_RETENTION_DAYS, create_app
+from .storage import StorageUnavailable
 
 __all__ = ["create_app", "app", "default_db_path", "DEFAULT_MAX_BODY", "DEFAULT_RETENTION_DAYS"]
 
@@ -40,7 +42,14 @@ class _LazyApp:
                     from .alerts import parse_webhook
                     token: Optional[str] = os.environ.get("CORP_ERROR_SERVER_TOKEN") or None
                     hooks = [parse_webhook(s) for s in os.environ.get("CORP_ERROR_SERVER_WEBHOOKS", "").split()]
-                    self._app = create_app(default_db_path(), token=token, webhooks=hooks)
+                    try:
+                        self._app = create_app(default_db_path(), token=token, webhooks=hooks)
+                    except StorageUnavailable as error:   # down at the first request: the next one tries again
+                        body = json.dumps({"error": "storage unavailable: %s" % error}).encode()
+                        start_response("503 Service Unavailable", [
+                            ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                            ("Retry-After", "1")])
+                        return [body]
         return self._app(environ, start_response)
 
 

@@ -494,6 +494,7 @@ class _App:
         return 200, engine.suggest(group, self.storage.env_features(env_hash)), []
 
     def _healthz(self, environ: dict):
+        self.storage.ping()   # the database down: StorageUnavailable, a 503 (bounded by the storage's timeouts)
         return 200, {"ok": True, "schema_version": self._schema_version, "ingest": self._committer.stats()}, []
 
     def _openapi(self, environ: dict):

@@ -319,6 +319,10 @@ class Storage:
         cur.execute("INSERT INTO meta(key, value) VALUES('schema_version', ?) "
                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
 
+    def ping(self) -> None:
+        """Raises StorageUnavailable unless the database answers a trivial query."""
+        self._read(lambda cur: cur.execute("SELECT 1").fetchone())
+
     def schema_version(self) -> int:
         return self._read(lambda cur: cur.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])
 
