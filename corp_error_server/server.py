@@ -208,10 +208,13 @@ class _Connection(socketserver.BaseRequestHandler):
                           b'{"error": "chunked request bodies are not supported; send Content-Length"}',
                           False, started, method, path)
             return False
-        try:
-            length = max(int(fields.get("content-length") or 0), 0)
-        except ValueError:
-            length = 0
+        declared = fields.get("content-length", "0")   # several headers were joined by "," above
+        if not (declared.isascii() and declared.isdigit()):
+            # where the body ends is in doubt (a proxy may read it otherwise): no next request on this connection
+            self._respond(400, [("Content-Type", "application/json")],
+                          b'{"error": "Content-Length must be one header of digits"}', False, started, method, path)
+            return False
+        length = int(declared)
         body = _Body(self, length, version == "HTTP/1.1" and fields.get("expect", "").lower() == "100-continue")
         environ = self._environ(method, path, query, version, fields, body)
         response: List = []

@@ -166,6 +166,19 @@ def test_odd_request_lines_get_a_status_line_and_a_4xx(server, request_line, sta
     assert "error" in json.loads(body)
 
 
+@pytest.mark.parametrize("lengths", [[b"-1"], [b"+5"], [b"5", b"5"], [b"0", b"40"], [b"1_0"], [b"\xc2\xb2"]])
+def test_a_doubtful_content_length_gets_400_and_the_connection_closed(server, lengths):
+    host, port = server.url[len("http://"):].split(":")
+    smuggled = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    headers = b"".join(b"Content-Length: %s\r\n" % value for value in lengths)
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(b"POST /beacon HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + headers
+                     + b"\r\n" + smuggled)
+        answer = _read_to_close(sock)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"Content-Length" in answer, answer
+    assert answer.count(b"HTTP/1.1 ") == 1, answer     # the bytes after it were never taken for a request
+
+
 def test_oversized_body_is_refused_before_it_is_read(make_server):
     server = make_server("--max-body", "1000")
     host, port = server.url[len("http://"):].split(":")
