@@ -14,6 +14,7 @@ import queue
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, TextIO, Tuple
 
@@ -50,6 +51,8 @@ class _Sender:
     def __init__(self, hook: Webhook, attempts: int, timeout: float, backoff: float, stop: threading.Event,
                  log: Callable[[str], None]) -> None:
         self.hook = hook
+        parts = urllib.parse.urlsplit(hook.url)   # a webhook's path and query are its secret: never logged
+        self._where = "%s://%s" % (parts.scheme, parts.netloc.rpartition("@")[2])
         self._attempts, self._timeout, self._backoff = attempts, timeout, backoff
         self._stop, self._log = stop, log
         self.queue: queue.Queue[Optional[dict]] = queue.Queue(_QUEUE)
@@ -61,7 +64,7 @@ class _Sender:
         try:
             self.queue.put_nowait(event)
         except queue.Full:
-            self._log("webhook %s: queue full, dropped a %s alert" % (self.hook.url, event["event"]))
+            self._log("webhook %s: queue full, dropped a %s alert" % (self._where, event["event"]))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -83,7 +86,7 @@ class _Sender:
             except urllib.error.HTTPError as error:
                 if error.code < 500 and error.code != 429:
                     self._log("webhook %s: refused the %s alert (%d), not retried"
-                              % (self.hook.url, event["event"], error.code))
+                              % (self._where, event["event"], error.code))
                     return
                 reason = "HTTP %d" % error.code
             except (OSError, ValueError) as error:   # refused, reset, timed out, bad URL
@@ -91,7 +94,7 @@ class _Sender:
             if attempt + 1 < self._attempts and self._stop.wait(self._backoff * 2 ** attempt):
                 return
         self._log("webhook %s: gave up on the %s alert after %d attempts (%s)"
-                  % (self.hook.url, event["event"], self._attempts, reason))
+                  % (self._where, event["event"], self._attempts, reason))
 
 
 class Alerts:

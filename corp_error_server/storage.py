@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -904,9 +905,14 @@ def _env_of(item: Tuple[Optional[Beacon], Optional[Env]]) -> str:
 
 
 def describe(target: str) -> str:
-    """``target`` fit for a log line: a URL's password masked."""
+    """``target`` fit for a log line: a URL's password masked, in its user part or its query (libpq
+    takes ``?password=`` and ``?sslpassword=`` too)."""
     scheme, sep, rest = target.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in credentials:
+    if not sep:
         return target
-    return "%s://%s:***@%s" % (scheme, credentials.split(":", 1)[0], host)
+    rest, question, query = rest.partition("?")
+    query = re.sub(r"((?:^|&)[^=&]*password=)[^&]*", r"\1***", query, flags=re.IGNORECASE)
+    credentials, at, host = rest.rpartition("@")
+    if at and ":" in credentials:
+        rest = "%s:***@%s" % (credentials.split(":", 1)[0], host)
+    return "%s://%s%s%s" % (scheme, rest, question, query)

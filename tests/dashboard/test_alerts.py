@@ -1,6 +1,8 @@
 """Webhook alerts against real local HTTP endpoints: formats, bounded retries, and ingest never waiting."""
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from corp_error_server.alerts import Alerts, parse_webhook
@@ -47,6 +49,23 @@ def test_a_failing_webhook_is_retried_a_bounded_number_of_times(receivers):
         assert [b["text"].split()[3] for b in refusing.wait(2)][:2] == ["group-a", "group-b"]
     finally:
         alerts.close()
+
+
+def test_a_webhook_is_logged_by_scheme_and_host_only(receivers):
+    failing, refusing = receivers("500"), receivers("400")
+    log = io.StringIO()
+    alerts = Alerts([parse_webhook(failing.url + "/T0KEN?key=s3cret"), parse_webhook(refusing.url + "/T0KEN")],
+                    lambda key, new, regressed: _event(key), attempts=2, backoff=0.01, log=log)
+    try:
+        alerts.note("group-a", new_group=True)
+        assert len(failing.wait(2)) == 2 and len(refusing.wait(1)) == 1
+    finally:
+        alerts.close()
+    for sender in alerts._senders:   # each logs what it gave up on before it takes the close
+        sender.thread.join(timeout=30)
+    lines = log.getvalue()
+    assert "gave up" in lines and "not retried" in lines and "http://127.0.0.1:" in lines
+    assert "T0KEN" not in lines and "s3cret" not in lines and "/hook" not in lines
 
 
 def test_slow_and_failing_webhooks_never_slow_ingest(tmp_path, receivers):

@@ -115,6 +115,10 @@ def test_the_password_of_a_url_is_never_printed():
     assert describe("postgresql://app:s3cret@db.example:5432/errors") == "postgresql://app:***@db.example:5432/errors"
     assert describe("postgresql://app@db/errors") == "postgresql://app@db/errors"
     assert describe("/var/lib/errors.db") == "/var/lib/errors.db"
+    assert (describe("postgresql://app@db/errors?sslmode=require&password=s3cret&PassWord=x")
+            == "postgresql://app@db/errors?sslmode=require&password=***&PassWord=***")
+    assert describe("postgresql:///errors?host=/run/pg&sslpassword=k3y") == "postgresql:///errors?host=/run/pg&sslpassword=***"
+    assert describe("postgresql://app:s3cret@db/errors?sslmode=require") == "postgresql://app:***@db/errors?sslmode=require"
 
 
 def _beacon(event_id, env_hash="e1", sig="ValueError: boom", **fields) -> Beacon:
