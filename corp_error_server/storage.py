@@ -845,6 +845,10 @@ class SQLiteStorage(Storage):
         assert self._conn is not None
         return self._conn
 
+    def ping(self) -> None:
+        """Nothing to reach: the file is open in this process, and a query would queue behind the
+        committer's lock (a stalled write must not make the server look dead)."""
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
         conn = self._connection()
