@@ -326,11 +326,11 @@ def _get(url: str, path: str):
         conn.close()
 
 
-def _get(url: str, path: str):
+def _health(url: str):
     host, port = url[len("http://"):].rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
     try:
-        conn.request("GET", path)
+        conn.request("GET", "/healthz")
         response = conn.getresponse()
         return response.status, response.getheader("Retry-After"), json.loads(response.read())
     finally:
@@ -340,12 +340,12 @@ def _get(url: str, path: str):
 def test_healthz_says_503_while_postgresql_is_down(own_cluster):
     server = ServerProcess(own_cluster.database())
     try:
-        assert _get(server.url, "/healthz")[0] == 200
+        assert _health(server.url)[0] == 200
         own_cluster.stop("fast")
-        status, retry_after, body = _get(server.url, "/healthz")
+        status, retry_after, body = _health(server.url)
         assert (status, retry_after) == (503, "1") and "storage unavailable" in body["error"]
         own_cluster.start()
-        assert _get(server.url, "/healthz")[0] == 200
+        assert _health(server.url)[0] == 200
     finally:
         server.stop()
 
@@ -356,9 +356,9 @@ def test_gunicorn_started_with_postgresql_down_answers_503_then_serves(own_clust
     own_cluster.stop("fast")
     server = Gunicorn(["--workers", "1"], {"CORP_ERROR_SERVER_DB": target}, tmp_path / "gunicorn.log")
     try:
-        status, retry_after, body = _get(server.url, "/healthz")
+        status, retry_after, body = _health(server.url)
         assert (status, retry_after) == (503, "1") and "storage unavailable" in body["error"]
         own_cluster.start()
-        assert _get(server.url, "/healthz")[0] == 200
+        assert _health(server.url)[0] == 200
     finally:
         server.stop()
