@@ -32,6 +32,7 @@ from .storage import (
     GroupQuery,
     Storage,
     StorageConflict,
+    StorageError,
     StorageUnavailable,
     open_storage,
 )
@@ -278,6 +279,7 @@ class _App:
         self._max_body = max_body
         self._purge_lock = threading.Lock()
         self._next_purge = 0.0
+        self._purger: Optional[threading.Thread] = None
         self._schema_version = storage.schema_version()
         self._alerts = alerts.Alerts(webhooks, self._alert_events) if webhooks else None
         self._suggested: Dict[int, Tuple[tuple, dict]] = {}   # group id -> (its counts then, the engine's answer)
@@ -301,6 +303,8 @@ class _App:
     def close(self) -> None:
         if self._alerts is not None:
             self._alerts.close()
+        if self._purger is not None:
+            self._purger.join(timeout=30)
         self.storage.close()
 
     # -- WSGI -------------------------------------------------------------------------------
@@ -455,12 +459,21 @@ class _App:
             raise HTTPError(403, "cross-origin form refused")
 
     def _maybe_purge(self) -> None:
+        """Start the retention purge in a thread when it is due (one at a time per process): a large
+        purge would otherwise hold the request that happened to trigger it."""
         now = time.time()
         if now < self._next_purge or not self._purge_lock.acquire(blocking=False):
             return
+        self._next_purge = now + _PURGE_EVERY
+        self._purger = threading.Thread(target=self._purge, args=(now - self._retention,), name="purge", daemon=True)
+        self._purger.start()
+
+    def _purge(self, older_than: float) -> None:
         try:
-            self._next_purge = now + _PURGE_EVERY
-            self.storage.purge(now - self._retention)
+            self.storage.purge(older_than)
+        except StorageError as error:   # the database down or busy: tried again on the next request
+            self._next_purge = 0.0
+            _log_line({}, "retention purge failed: %s" % error)
         finally:
             self._purge_lock.release()
 

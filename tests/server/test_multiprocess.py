@@ -58,3 +58,25 @@ def test_two_servers_on_one_postgresql_never_refuse_nor_lose_a_beacon(pg_cluster
     stored = {row[0] for row in db_rows(target, "SELECT event_id FROM beacons")}
     assert set(acknowledged) <= stored
     assert len(acknowledged) > len(statuses) // 2
+
+
+def test_beacons_are_answered_while_the_retention_purge_waits(pg_cluster):
+    import psycopg
+
+    from corp_error_server.storage import open_storage
+    target = pg_cluster.database()
+    open_storage(target).close()
+    db_rows(target, "INSERT INTO envs(env_hash, received, snapshot, features) VALUES('old', 0, '{}', '{}')")
+    db_rows(target, "INSERT INTO beacons(event_id, kind, env_hash, script_id, ts, received, counted, test, handled)"
+                    " VALUES('old-1', 'success', 'old', 's0', 0, 0, 1, 0, 0)")
+    with psycopg.connect(target) as holder:
+        holder.execute("SELECT id FROM beacons WHERE event_id = 'old-1' FOR UPDATE")   # the purge queues on it
+        server = Server(target)
+        try:
+            assert _post(server.url, "/env", env_body(ENVS[0], {"numpy": "1.0.0"})) == 201
+            assert _post(server.url, "/beacon", error_beacon(ENVS[0], "s1", SIGS[0], event_id="new-1")) == 200
+            waiting = db_rows(target, "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            assert any("FROM beacons WHERE received <" in query for (query,) in waiting), waiting
+        finally:
+            holder.rollback()
+            server.stop()
