@@ -299,8 +299,8 @@ def run_scenario(app, scenario: Scenario, rng: random.Random) -> tuple:
         _call(app, "POST", "/beacon", beacon)
     requester = failing_envs[rng.randrange(len(failing_envs))]
     if scenario.base == "range":   # the asker has a bad version nobody reported failing
-        bad_version = {scenario.target: "7.%d" % rng.randint(0, 5)}
-        requester = dict(requester, packages=dict(requester["packages"], **bad_version),
+        unseen = "7.%d" % rng.randint(0, 5)
+        requester = dict(requester, packages=dict(requester["packages"], **{scenario.target: unseen}),
                          env_hash="%012x" % rng.getrandbits(48))
         _call(app, "POST", "/env", {k: v for k, v in requester.items() if not k.startswith("_")})
     ours = rng.random() < 0.5
@@ -331,6 +331,32 @@ def ece(points: list, bins: int = 10) -> float:
     return total / len(points)
 
 
+def fit_calibration(path: str) -> tuple:
+    """Platt scaling: the (slope, offset) maximising the likelihood of right/wrong given logit(posterior)."""
+    import math
+    rows = [json.loads(line) for line in open(path)]
+    xs = [math.log(max(min(r["posterior"], 1 - 1e-6), 1e-6) / (1 - max(min(r["posterior"], 1 - 1e-6), 1e-6)))
+          for r in rows]
+    ys = [1.0 if r["right"] else 0.0 for r in rows]
+    a, b = 1.0, 0.0
+    for _ in range(200):   # Newton's method on the two parameters, with a small ridge for stability
+        ga = gb = haa = hab = hbb = 0.0
+        for x, y in zip(xs, ys):
+            p = 1 / (1 + math.exp(-(a * x + b)))
+            ga += (p - y) * x
+            gb += p - y
+            w = p * (1 - p)
+            haa += w * x * x
+            hab += w * x
+            hbb += w
+        haa += 1e-3
+        hbb += 1e-3
+        det = haa * hbb - hab * hab
+        a -= (hbb * ga - hab * gb) / det
+        b -= (haa * gb - hab * ga) / det
+    return a, b
+
+
 def run_seed(seed: int, scenarios: int, verbose: bool, dump) -> dict:
     rng = random.Random(seed)
     tally = {d: {"n": 0, "answered": 0, "right": 0, "points": []} for d in DIFFICULTIES}
@@ -350,8 +376,7 @@ def run_seed(seed: int, scenarios: int, verbose: bool, dump) -> dict:
                 if dump:
                     dump.write(json.dumps({"seed": seed, "difficulty": scenario.difficulty,
                                            "confidence": answer["confidence"], "right": right,
-                                           "posterior": max(c["confidence"] for c in answer["evidence"]["candidates"])
-                                           }) + "\n")
+                                           "posterior": answer["evidence"]["posterior"]}) + "\n")
                 if verbose and not right:
                     print("WRONG seed %d %s #%d (%.2f): %s | %s" % (seed, scenario.difficulty, index,
                                                                    answer["confidence"], answer["solution"],
@@ -381,7 +406,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="1,2,3,4,5")
     parser.add_argument("--verbose", action="store_true", help="print every wrong answer and missed cause")
     parser.add_argument("--dump", help="write one JSON line per answer (for fitting the calibration)")
+    parser.add_argument("--fit", action="store_true",
+                        help="answer everything, uncalibrated, and fit the calibration on the answers (with --dump)")
     args = parser.parse_args(argv)
+    if args.fit:
+        from corp_error_server import engine
+        engine.MIN_CONFIDENCE, engine._CALIBRATION = 0.0, (1.0, 0.0)
     total = args.scenarios or (170 if args.quick else 510)
     seeds = [int(s) for s in args.seeds.split(",")]
     merged = {d: {"n": 0, "answered": 0, "right": 0, "points": []} for d in DIFFICULTIES}
@@ -396,6 +426,8 @@ def main(argv=None) -> int:
         per_seed.append((seed, tally))
     if dump:
         dump.close()
+        if args.fit:
+            print("calibration (slope, offset) on logit(posterior): (%.3f, %.3f)" % fit_calibration(args.dump))
     print("engine quality: %d seeds (%s) x %d scenarios, judged by following the answer"
           % (len(seeds), args.seeds, total))
     print("%-12s %6s %8s %9s %7s %7s %6s" % ("difficulty", "bugs", "answered", "correct@1", "false", "wrong", "ECE"))

@@ -18,9 +18,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import corp_error_agent  # noqa: E402
 from _common import PACKAGES, Client, environment, percentile, start, stop  # noqa: E402
-from corp_error_server.app import parse_env  # noqa: E402
+from corp_error_server.app import _group_of, parse_env  # noqa: E402
 from corp_error_server.storage import Beacon, SQLiteStorage  # noqa: E402
 
 _GROUPS = 40
@@ -29,6 +28,11 @@ _GROUPS = 40
 def _signature(group: int) -> str:
     column = "abcdefghijklmnopqrstuvwxyz"[group % 26] * (1 + group // 26)
     return "KeyError: 'column_%s' @ etl.load < etl.main" % column
+
+
+def _trace(group: int) -> str:
+    return ('Traceback (most recent call last):\n  File "/srv/etl/main.py", line 9, in <module>\n    main()\n'
+            '  File "/srv/etl/etl.py", line 40, in load\n    row[name]\n' + _signature(group).split(" @ ")[0] + "\n")
 
 
 def populate(path: str, beacons: int, envs: int, seed: int = 0) -> dict:
@@ -48,7 +52,7 @@ def populate(path: str, beacons: int, envs: int, seed: int = 0) -> dict:
         cause = PACKAGES[group % len(packages[0])]
         failing[group] = [i for i, p in enumerate(packages) if p[cause] == "3.1"]
         working[group] = [i for i, p in enumerate(packages) if p[cause] != "3.1"]
-    keys = [corp_error_agent.group_key(_signature(g)) for g in range(_GROUPS)]
+    keys = [_group_of(_signature(g), _trace(g)) for g in range(_GROUPS)]
     for i in range(beacons):
         group = rng.randrange(_GROUPS)
         success = i % 8 == 0
@@ -60,7 +64,7 @@ def populate(path: str, beacons: int, envs: int, seed: int = 0) -> dict:
         storage.add_beacon(Beacon(
             "success" if success else "error", "%012x" % env_index, "s%04d" % rng.randrange(2000),
             None if success else keys[group], None if success else _signature(group),
-            None if success else "Traceback ...\n" + _signature(group).split(" @ ")[0], time.time(), None, None, None,
+            None if success else _trace(group), time.time(), None, None, None,
             False, "%012x" % previous if success else None, keys[group] if success else None,
             frozenset({"pandas"})))
     storage.close()

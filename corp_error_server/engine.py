@@ -18,6 +18,7 @@ succeeding. The posterior is finally mapped through a calibration fitted on benc
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import shlex
@@ -25,7 +26,7 @@ from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 ABSENT = "<absent>"            # a package the environment does not have
 UNSET = "<unset>"              # an environment variable the agent collected and found unset
-MIN_CONFIDENCE = 0.5           # below this (calibrated) confidence the engine abstains
+MIN_CONFIDENCE = 0.9           # below this (calibrated) confidence the engine abstains (docs/engine.md)
 _MAX_VALUES = 8                # features with more distinct values than this are per-machine noise
 _ALPHA = 1.0                   # Dirichlet concentration per value
 _NO_CAUSE_PRIOR = 0.35         # prior share of bugs that fail whatever the environment
@@ -36,9 +37,10 @@ _STDLIB_PRIOR = 3000.0         # the traceback names a module the requester's Py
 _FLAKE = 0.1                   # share of failing runs a flaky bug adds on good values
 _MISS = 0.02                   # share of succeeding runs on failing values (a cause rarely lets a run pass)
 _FIX_NOISE = 0.12              # chance that an observed "fix" did not touch the cause (a flaky pass)
+_MAX_TOGETHER = 3              # more features than this splitting the runs alike is chance, not a cause
 _PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
-# Calibration (logit scale) of the posterior, fitted on bench/engine_quality.py over seeds 1-5
-_CALIBRATION = (1.0, 0.0)
+# Platt calibration (slope, offset on the logit) of the posterior: bench/engine_quality.py --fit, seeds 1-5
+_CALIBRATION = (1.84, 1.14)
 
 Features = Dict[str, str]
 Counts = Dict[str, Dict[str, Tuple[float, float]]]   # feature -> value -> (failing runs, succeeding runs)
@@ -68,7 +70,7 @@ def env_features(packages: Mapping[str, str], python_ver: str, python_impl: str,
         features["impl"] = python_impl
     if os_info:
         # "Linux-6.1.0-...-x86_64-with-glibc2.36" -> "linux": kernel builds differ on every machine
-        features["os"] = re.split(r"[-\s]", os_info.strip(), maxsplit=1)[0].lower()
+        features["os"] = re.split(r"[-\s]", os_info.strip(), 1)[0].lower()
     if machine_arch:
         features["arch"] = machine_arch.lower()
     for name, value in env_vars.items():
@@ -265,7 +267,7 @@ def log_bayes_factor(values: Mapping[str, Tuple[float, float]]) -> float:
     return _log_dm(fails) + _log_dm(oks) - _log_dm(pooled)
 
 
-def _log_partition_bf(values: Mapping[str, Tuple[float, float]], bad: Sequence[str]) -> float:
+def _log_partition_bf(values: Mapping[str, Tuple[float, float]], bad: Sequence[str], choices: int) -> float:
     """"These values fail, the others work" (a few flaky failures, fewer successes on failing
     values), over "values are independent of the outcome"; less the choice of the partition."""
     fails_bad = [values[v][0] for v in values if v in bad]
@@ -278,7 +280,7 @@ def _log_partition_bf(values: Mapping[str, Tuple[float, float]], bad: Sequence[s
                + sum(fails_good) * math.log(_FLAKE) + sum(oks_bad) * math.log(_MISS)
                + sum(fails_bad) * math.log(1 - _FLAKE) + sum(oks_good) * math.log(1 - _MISS))
     log_ml0 = _log_dm([a + b for a, b in values.values()])
-    return log_ml1 - log_ml0 - math.log(2 ** len(values) - 2)
+    return log_ml1 - log_ml0 - math.log(max(choices, 1))
 
 
 def with_absent(values: Mapping[str, Tuple[float, float]], fails: float, oks: float
@@ -292,6 +294,7 @@ def with_absent(values: Mapping[str, Tuple[float, float]], fails: float, oks: fl
     return full
 
 
+@functools.lru_cache(maxsize=8192)
 def version_key(value: str) -> Optional[Tuple[int, ...]]:
     """A release's numbers for ordering ("1.26.4" -> (1, 26, 4)); None for what is no version."""
     if value in (ABSENT, UNSET) or not re.match(r"^v?\d", value):
@@ -308,7 +311,7 @@ class Separation(NamedTuple):
     range_from: str           # the oldest version seen failing when every newer one fails too ("" if not)
 
 
-def _table(feature: str, group: GroupData, scale: float) -> Dict[str, Tuple[float, float]]:
+def _table(feature: str, group: "GroupData", scale: float) -> Dict[str, Tuple[float, float]]:
     raw = {v: (a * scale, float(b)) for v, (a, b) in group.counts.get(feature, {}).items()}
     return with_absent(raw, group.fails * scale, float(group.oks)) if feature.startswith("pkg:") else raw
 
@@ -330,15 +333,10 @@ def separation(feature: str, values: Mapping[str, Tuple[float, float]]) -> Separ
     # best good value: the purest, then the best supported, then the newest
     good.sort(key=lambda v: (values[v][0] > 0, -values[v][1], tuple(-n for n in version_key(v) or ())))
     range_from = _failing_range(values, good, bad)
-    log_bf = max(log_bayes_factor(values), _log_partition_bf(values, bad)) if good and bad else 0.0
-    if range_from:
-        # "every version from X on fails": two bins, less the choice among the thresholds there were
-        start = version_key(range_from)
-        below = [values[v] for v in values if (version_key(v) or ()) < start]  # type: ignore[operator]
-        above = [values[v] for v in values if (version_key(v) or ()) >= start]  # type: ignore[operator]
-        binned = {"below": (sum(a for a, _ in below), sum(b for _, b in below)),
-                  "from": (sum(a for a, _ in above), sum(b for _, b in above))}
-        log_bf = max(log_bf, log_bayes_factor(binned) - math.log(max(len(values) - 1, 1)))
+    # the hypotheses: any split of the values into failing and working ones, or -- for versions --
+    # "every version from X on fails", one of only len(values) - 1 thresholds
+    choices = 2 * (len(values) - 1) if range_from else 2 ** len(values) - 2
+    log_bf = _log_partition_bf(values, bad, choices) if good and bad else 0.0
     return Separation(feature, log_bf, tuple(sorted(bad)), tuple(good), dict(values), range_from)
 
 
@@ -350,7 +348,7 @@ def _failing_range(values: Mapping[str, Tuple[float, float]], good: Sequence[str
             any(k is None for k, _ in keyed_bad):
         return ""
     lowest_bad = min(keyed_bad)
-    return lowest_bad[1] if not keyed_good or max(keyed_good) < lowest_bad[0] else ""  # type: ignore[operator, type-var]
+    return lowest_bad[1] if not keyed_good or max(keyed_good) < lowest_bad[0] else ""  # type: ignore[type-var]
 
 ###############################################################################
 # Hypotheses ##################################################################
@@ -374,10 +372,17 @@ class Candidate(NamedTuple):
 
 
 def _pair_diff(pair: FixPair) -> Dict[str, Tuple[str, str]]:
-    keys = {k for k in set(pair.failing) | set(pair.fixed) if k != "python_full"}
-    return {k: (pair.failing.get(k, ABSENT), pair.fixed.get(k, ABSENT)) for k in keys
-            if not k.startswith("env:") or (k in pair.failing and k in pair.fixed)
-            if pair.failing.get(k, ABSENT) != pair.fixed.get(k, ABSENT)}
+    """What a fix changed; an env var only when both runs collected it, the interpreter once."""
+    failing, fixed = pair.failing, pair.fixed
+    diff = {}
+    for key, before in failing.items():
+        after = fixed.get(key, ABSENT)
+        if after != before and key != "python_full" and (after is not ABSENT or not key.startswith("env:")):
+            diff[key] = (before, after)
+    for key, after in fixed.items():
+        if key not in failing and key != "python_full" and not key.startswith("env:"):
+            diff[key] = (ABSENT, after)
+    return diff
 
 
 def _pair_evidence(pairs: Sequence[FixPair], universe: int) -> Tuple[Dict[str, float], Dict[str, Dict[str, int]]]:
@@ -386,20 +391,20 @@ def _pair_evidence(pairs: Sequence[FixPair], universe: int) -> Tuple[Dict[str, f
     Under "feature f is the cause" a fix changes f (unless it was a flaky pass); under "no cause"
     a fix changes f as often as a random feature of an environment that changed |diff| of them.
     """
-    diffs = [_pair_diff(pair) for pair in pairs]
     log_lr: Dict[str, float] = {}
     moved_to: Dict[str, Dict[str, int]] = {}
-    changed: Set[str] = set().union(*diffs) if diffs else set()
-    for diff in diffs:
+    missed = 0.0   # what every feature pays for the fixes that left it alone, taken back where it changed
+    for pair in pairs:
+        diff = _pair_diff(pair)
         chance = min(0.5, max(len(diff), 1) / max(universe, 2))
-        for feature in changed:
-            if feature in diff:
-                log_lr[feature] = log_lr.get(feature, 0.0) + math.log((1 - _FIX_NOISE) / chance)
-                target = moved_to.setdefault(feature, {})
-                target[diff[feature][1]] = target.get(diff[feature][1], 0) + 1
-            else:
-                log_lr[feature] = log_lr.get(feature, 0.0) + math.log(_FIX_NOISE / (1 - chance))
-    return log_lr, moved_to
+        miss = math.log(_FIX_NOISE / (1 - chance))
+        missed += miss
+        hit = math.log((1 - _FIX_NOISE) / chance) - miss
+        for feature, (_, after) in diff.items():
+            log_lr[feature] = log_lr.get(feature, 0.0) + hit
+            target = moved_to.setdefault(feature, {})
+            target[after] = target.get(after, 0) + 1
+    return {feature: value + missed for feature, value in log_lr.items()}, moved_to
 
 
 class _Hypothesis(NamedTuple):
@@ -467,17 +472,19 @@ def _choose_target(sep: Separation, current: str, moved_to: Mapping[str, int]) -
             version_key(current) >= version_key(sep.range_from):  # type: ignore[operator]
         relevance = 1.0                          # a version never seen, inside the failing range
     elif current == "" and sep.feature.startswith("env:"):
-        relevance = 0.7                          # the requester's agent did not collect the variable
+        # the requester's agent did not collect the variable: as likely failing as the runs that did
+        fails_bad = sum(values[v][0] for v in sep.bad)
+        relevance = 0.8 * fails_bad / (sum(a for a, _ in values.values()) or 1.0)
     else:
         relevance = 0.3                          # a value never seen: it may fail, it may not
     return target, relevance
 
 
-def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis], float]:
+def _hypotheses(group: "GroupData", requester: Features) -> Tuple[List[_Hypothesis], float]:
     scale = group.fail_envs / group.fails if group.fail_envs and group.fails else 1.0
     python_need = python_requirement(group.message)
-    python_counts = group.counts.get("python", {})
-    if python_need and any(a > 0 and _satisfies(python_need, v) for v, (a, _) in python_counts.items()):
+    pythons = group.counts.get("python", {})
+    if python_need and any(a > 0 and _satisfies(python_need, v) for v, (a, _) in pythons.items()):
         python_need = None   # it also fails on Pythons that have the module: something else is missing
     universe = max(len(requester), 1)
     log_lr, moved_to = _pair_evidence(group.pairs, universe)
@@ -668,9 +675,13 @@ def suggest(group: GroupData, requester: Optional[Features]) -> dict:
     # the cause: the best hypothesis and, when nothing tells them apart, those that move with it
     named = [h for h in together if abs(h.log_weight - best.log_weight) < 1e-6]
     share = sum(posterior[h.feature] for h in named)
-    confidence = calibrate(share * best.relevance)
+    raw = share * best.relevance
+    confidence = calibrate(raw)
     if confidence < MIN_CONFIDENCE or not best.target:
         return {"match": False, "reason": "no feature separates failing from succeeding runs"}
+    if len(together) > (2 * _MAX_TOGETHER if best.mentioned else _MAX_TOGETHER):
+        return {"match": False, "reason": "%d features split the runs alike: too few runs to tell a cause from chance"
+                % len(together)}
     moves = [(h.feature, h.target) for h in together]
     if len(moves) > 1:
         combination = _seen_combination(moves, seps, group)
@@ -696,6 +707,7 @@ def suggest(group: GroupData, requester: Optional[Features]) -> dict:
         "recommendation": hint, "docs": docs,
         "evidence": {
             "failing_runs": group.fails, "succeeding_runs": group.oks, "observed_fixes": len(group.pairs),
+            "posterior": round(raw, 4),
             "candidates": [_candidate_evidence(h, current[h.feature], posterior[h.feature]) for h in shown],
         },
     }

@@ -21,6 +21,9 @@ CACHE = REPO / ".cache" / "compat-0.4.2"
 WHEELS = CACHE / "wheels"
 OUR_SIG = "AttributeError: module 'requests' has no attribute 'LegacyAPI' @ __main__.<module>"
 SCRIPT = "import os, requests\nif os.environ.get('BROKEN'):\n    requests.LegacyAPI\n"
+# what our agent sends for the same script on another machine: the trace names the file (job.py)
+OUR_TRACE = ("Traceback (most recent call last):\n  File \"~/work/job.py\", line 3, in <module>\n"
+             "    requests.LegacyAPI\n" + OUR_SIG.split(" @ ")[0] + "\n")
 
 
 def _pip(python: str, *args: str) -> subprocess.CompletedProcess:
@@ -93,7 +96,7 @@ def test_old_client_groups_with_our_agent_and_gets_the_fix_it_observed(old_clien
         before, after = "before%d" % i, "after%d" % i
         server.request("POST", "/env", env_body(before, {"requests": requests_version, "urllib3": "2.%d.0" % i}))
         server.request("POST", "/env", env_body(after, {"requests": "2.0.0", "urllib3": "2.%d.0" % i}))
-        server.request("POST", "/beacon", error_beacon(before, "ours%d" % i, OUR_SIG))
+        server.request("POST", "/beacon", error_beacon(before, "ours%d" % i, OUR_SIG, trace=OUR_TRACE))
         server.request("POST", "/beacon", {"kind": "success", "env_hash": after, "script_id": "ours%d" % i,
                                            "ts": time.time(), "prev_env_hash": before, "prev_error_sig": OUR_SIG})
     (tmp_path / "job.py").write_text(SCRIPT)
