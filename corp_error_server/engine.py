@@ -70,7 +70,7 @@ def env_features(packages: Mapping[str, str], python_ver: str, python_impl: str,
         features["impl"] = python_impl
     if os_info:
         # "Linux-6.1.0-...-x86_64-with-glibc2.36" -> "linux": kernel builds differ on every machine
-        features["os"] = re.split(r"[-\s]", os_info.strip(), 1)[0].lower()
+        features["os"] = re.split(r"[-\s]", os_info.strip(), maxsplit=1)[0].lower()
     if machine_arch:
         features["arch"] = machine_arch.lower()
     for name, value in env_vars.items():
@@ -311,7 +311,7 @@ class Separation(NamedTuple):
     range_from: str           # the oldest version seen failing when every newer one fails too ("" if not)
 
 
-def _table(feature: str, group: "GroupData", scale: float) -> Dict[str, Tuple[float, float]]:
+def _table(feature: str, group: GroupData, scale: float) -> Dict[str, Tuple[float, float]]:
     raw = {v: (a * scale, float(b)) for v, (a, b) in group.counts.get(feature, {}).items()}
     return with_absent(raw, group.fails * scale, float(group.oks)) if feature.startswith("pkg:") else raw
 
@@ -348,7 +348,7 @@ def _failing_range(values: Mapping[str, Tuple[float, float]], good: Sequence[str
             any(k is None for k, _ in keyed_bad):
         return ""
     lowest_bad = min(keyed_bad)
-    return lowest_bad[1] if not keyed_good or max(keyed_good) < lowest_bad[0] else ""  # type: ignore[type-var]
+    return lowest_bad[1] if not keyed_good or max(keyed_good) < lowest_bad[0] else ""  # type: ignore[operator, type-var]
 
 ###############################################################################
 # Hypotheses ##################################################################
@@ -480,7 +480,7 @@ def _choose_target(sep: Separation, current: str, moved_to: Mapping[str, int]) -
     return target, relevance
 
 
-def _hypotheses(group: "GroupData", requester: Features) -> Tuple[List[_Hypothesis], float]:
+def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis], float]:
     scale = group.fail_envs / group.fails if group.fail_envs and group.fails else 1.0
     python_need = python_requirement(group.message)
     pythons = group.counts.get("python", {})
