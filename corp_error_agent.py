@@ -34,12 +34,9 @@ _APP = "corp_error_agent"
 # Each hook calls the hook that was installed before it first, so the user sees the traceback at
 # once and unchanged, and only then loads the agent.
 
-# Per-process state, each key of it, the agent proper's too. Only immutable values: a list or dict
-# made here would be made at every start; the lock, deliveries, contacting and reporting are made on
-# first use (setdefault).
-_process = {"error_seen": False, "loaded": False, "pending": None, "started": None, "pending_dir": None,
-            "state_dir": None, "pid_space": None, "script": None, "cell": None, "ipython": False,
-            "bootstrap_code": None, "child_failure": None, "multiprocessing_child": False}  # type: dict
+# Per-process state: the keys the start-up part uses. The agent proper declares the others when it
+# is loaded (first thing in it): each key here would cost every Python start (bench/startup.py).
+_process = {"error_seen": False, "loaded": False, "pending": None, "started": None, "pending_dir": None}  # type: dict
 
 # Errors that never reach a hook: asyncio task exceptions nobody retrieved, multiprocessing
 # children, whose bootstrap prints the traceback itself, cells of IPython and Jupyter, which print
@@ -265,6 +262,12 @@ r'''
 ###############################################################################
 # Constants and configuration #################################################
 ###############################################################################
+
+# The rest of the per-process state (see _process at start-up). Made on first use, by setdefault:
+# the lock of _load, the deliveries still running, the backend each worker is contacting, and the
+# threads that are reporting.
+_process.update({"state_dir": None, "pid_space": None, "script": None, "cell": None, "ipython": False,
+                 "bootstrap_code": None, "child_failure": None, "multiprocessing_child": False})
 
 _USER_AGENT = "corp-error-agent/" + __version__
 _DEFAULT_URL = "http://127.0.0.1:8000"
