@@ -155,7 +155,7 @@ class Population:
         for i, (a, b, cut_a, cut_b) in enumerate(self.coupled):
             if name in (a, b):
                 ladder, cut = (self.ladders[a], cut_a) if name == a else (self.ladders[b], cut_b)
-                return i, ladder.index(version) >= cut if version in ladder else version >= ladder[cut]
+                return i, _vkey(version) >= _vkey(ladder[cut])
         return None
 
     def broken(self, env: Env) -> bool:

@@ -150,7 +150,7 @@ def _start_gunicorn(python: str, app: str, env: Dict[str, str], chdir: str,
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise SystemExit("gunicorn did not start:\n" + open(log).read()[-2000:])
+                raise SystemExit("gunicorn did not start:\n" + open(log).read()[-2000:]) from None
             time.sleep(0.05)   # polling a bounded start-up
 
 

@@ -52,7 +52,7 @@ class _Sender:
         self.hook = hook
         self._attempts, self._timeout, self._backoff = attempts, timeout, backoff
         self._stop, self._log = stop, log
-        self.queue: "queue.Queue[Optional[dict]]" = queue.Queue(_QUEUE)
+        self.queue: queue.Queue[Optional[dict]] = queue.Queue(_QUEUE)
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self.thread = threading.Thread(target=self._run, name="webhook", daemon=True)
         self.thread.start()

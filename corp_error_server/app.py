@@ -18,23 +18,31 @@ import threading
 import time
 import traceback
 from datetime import datetime, timezone
-from urllib.parse import parse_qsl
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from urllib.parse import parse_qsl
 
 import corp_error_agent
 
-from . import alerts, engine, ingest, openapi, pages
-from .storage import (GROUP_SORTS, GROUP_STATUSES, Beacon, Env, GroupQuery, Storage, StorageConflict,
-                      StorageUnavailable, open_storage)
+from . import alerts, engine, ingest, limits, openapi, pages
+from .storage import (
+    GROUP_SORTS,
+    GROUP_STATUSES,
+    Beacon,
+    Env,
+    GroupQuery,
+    Storage,
+    StorageConflict,
+    StorageUnavailable,
+    open_storage,
+)
 
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_RETENTION_DAYS = 90
 _PURGE_EVERY = 3600.0
-_TRACE_KEEP = 25_000          # what the 0.4.2 client sends at most; our agent sends less
-_SIG_KEEP = 2_000
-_MAX_PACKAGES = 10_000
-_MAX_ENV_VARS = 500
-_HASH_LIMIT = 12
+# the wire limits (limits.py) of each request body
+_BEACON, _BEACON_KEPT = limits.MAX_LENGTH["Beacon"], limits.KEPT["Beacon"]
+_ENV = limits.MAX_LENGTH["Env"]
+_SUGGEST, _SUGGEST_KEPT = limits.MAX_LENGTH["SuggestRequest"], limits.KEPT["SuggestRequest"]
 
 _REASONS = {200: "OK", 201: "Created", 204: "No Content", 303: "See Other", 400: "Bad Request",
             401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
@@ -119,7 +127,7 @@ def _timestamp(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise HTTPError(400, "ts must be an epoch number or an ISO-8601 string")
     if isinstance(value, str):
-        text = _text(value, "ts", 64).strip()
+        text = _text(value, "ts", limits.TS_TEXT).strip()
         try:
             parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
         except ValueError:
@@ -136,15 +144,15 @@ def _packages(value: Any) -> Dict[str, str]:
     if isinstance(value, dict):
         items = list(value.items())
     elif isinstance(value, list):
-        items = [_split_requirement(_text(item, "packages[]", 400)) for item in value]
+        items = [_split_requirement(_text(item, "packages[]", limits.PACKAGE_ITEM)) for item in value]
     else:
         raise HTTPError(400, "packages must be a list of \"name==version\" or a {name: version} object")
-    if len(items) > _MAX_PACKAGES:
-        raise HTTPError(400, "packages has more than %d entries" % _MAX_PACKAGES)
+    if len(items) > limits.PACKAGES:
+        raise HTTPError(400, "packages has more than %d entries" % limits.PACKAGES)
     packages: Dict[str, str] = {}
     for name, version in items:
-        name = _text(name, "package name", 200, empty=False)
-        version = "unknown" if version is None else _text(version, "version of " + name[:50], 100)
+        name = _text(name, "package name", limits.PACKAGE_NAME, empty=False)
+        version = "unknown" if version is None else _text(version, "version of " + name[:50], limits.PACKAGE_VERSION)
         packages[engine.canonical_name(name)] = version.strip() or "unknown"
     return packages
 
@@ -161,21 +169,21 @@ def _env_vars(value: Any) -> Dict[str, str]:
         return {}
     if not isinstance(value, dict):
         raise HTTPError(400, "env_vars must be an object {NAME: value}")
-    if len(value) > _MAX_ENV_VARS:
-        raise HTTPError(400, "env_vars has more than %d entries" % _MAX_ENV_VARS)
-    return {_text(k, "env_vars name", 100, empty=False): ("MISSING" if v is None else
-                                                           _text(v, "env_vars[%s]" % k[:50], 4000))
+    if len(value) > limits.ENV_VARS:
+        raise HTTPError(400, "env_vars has more than %d entries" % limits.ENV_VARS)
+    return {_text(k, "env_vars name", limits.ENV_VAR_NAME, empty=False): (
+                "MISSING" if v is None else _text(v, "env_vars[%s]" % k[:50], limits.ENV_VAR_VALUE))
             for k, v in value.items()}
 
 
 def parse_env(body: dict, env_hash: Optional[str] = None) -> Env:
-    env_hash = env_hash or _text(_required(body, "env_hash"), "env_hash", _HASH_LIMIT, empty=False)
+    env_hash = env_hash or _text(_required(body, "env_hash"), "env_hash", _ENV["env_hash"], empty=False)
     snapshot: Dict[str, Any] = {
         "packages": _packages(_required(body, "packages")),
-        "python_ver": _text(_required(body, "python_ver"), "python_ver", 20),
-        "python_impl": _optional_text(body, "python_impl", 40) or "",
-        "os_info": _text(_required(body, "os_info"), "os_info", 120),
-        "machine_arch": _text(_required(body, "machine_arch"), "machine_arch", 20),
+        "python_ver": _text(_required(body, "python_ver"), "python_ver", _ENV["python_ver"]),
+        "python_impl": _optional_text(body, "python_impl", _ENV["python_impl"]) or "",
+        "os_info": _text(_required(body, "os_info"), "os_info", _ENV["os_info"]),
+        "machine_arch": _text(_required(body, "machine_arch"), "machine_arch", _ENV["machine_arch"]),
         "env_vars": _env_vars(body.get("env_vars")),
     }
     features = engine.env_features(snapshot["packages"], snapshot["python_ver"].strip(), snapshot["python_impl"],
@@ -217,23 +225,23 @@ def resolve_group(storage: Storage, signature: str, env_hash: str, script_id: Op
 
 
 def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon, Optional[Env]]:
-    kind = _text(_required(body, "kind"), "kind", 7)
-    if kind not in ("error", "success"):
+    kind = _text(_required(body, "kind"), "kind", max(map(len, limits.KINDS)))
+    if kind not in limits.KINDS:
         raise HTTPError(400, "kind must be \"error\" or \"success\"")
-    env_hash = _text(_required(body, "env_hash"), "env_hash", _HASH_LIMIT, empty=False)
-    script_id = _text(_required(body, "script_id"), "script_id", _HASH_LIMIT, empty=False)
+    env_hash = _text(_required(body, "env_hash"), "env_hash", _BEACON["env_hash"], empty=False)
+    script_id = _text(_required(body, "script_id"), "script_id", _BEACON["script_id"], empty=False)
     ts = _timestamp(_required(body, "ts"))
-    trace = _optional_text(body, "trace", keep=_TRACE_KEEP, keep_end=True)
-    error_sig = _optional_text(body, "error_sig", keep=_SIG_KEEP)
-    event_id = _optional_text(body, "event_id", 64, empty=False)
+    trace = _optional_text(body, "trace", keep=_BEACON_KEPT["trace"], keep_end="trace" in limits.KEPT_AT_END)
+    error_sig = _optional_text(body, "error_sig", keep=_BEACON_KEPT["error_sig"])
+    event_id = _optional_text(body, "event_id", _BEACON["event_id"], empty=False)
     test = body.get("test", False)
     if not isinstance(test, bool):
         raise HTTPError(400, "test must be a boolean")
     handled = False if body.get("handled") is None else body["handled"]
     if not isinstance(handled, bool):
         raise HTTPError(400, "handled must be a boolean")
-    prev_env_hash = _optional_text(body, "prev_env_hash", _HASH_LIMIT, empty=False)
-    prev_error_sig = _optional_text(body, "prev_error_sig", keep=_SIG_KEEP)
+    prev_env_hash = _optional_text(body, "prev_env_hash", _BEACON["prev_env_hash"], empty=False)
+    prev_error_sig = _optional_text(body, "prev_error_sig", keep=_BEACON_KEPT["prev_error_sig"])
     group = mentions = None
     if kind == "error":
         group = _group_of(error_sig, trace)
@@ -247,9 +255,10 @@ def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon,
     if inline is not None and not isinstance(inline, dict):
         raise HTTPError(400, "env must be an object like the /env body")
     beacon = Beacon(kind, env_hash, script_id, group, error_sig, trace, ts, event_id,
-                    _optional_text(body, "script_name", keep=256), _optional_text(body, "agent", keep=100), test,
+                    _optional_text(body, "script_name", keep=_BEACON_KEPT["script_name"]),
+                    _optional_text(body, "agent", keep=_BEACON_KEPT["agent"]), test,
                     prev_env_hash if kind == "success" else None, prev_group, frozenset(mentions or ()),
-                    handled and kind == "error", _optional_text(body, "host", keep=255) or None)
+                    handled and kind == "error", _optional_text(body, "host", keep=_BEACON_KEPT["host"]) or None)
     return beacon, (parse_env(inline, env_hash) if inline else None)
 
 ###############################################################################
@@ -272,6 +281,7 @@ class _App:
         self._schema_version = storage.schema_version()
         self._alerts = alerts.Alerts(webhooks, self._alert_events) if webhooks else None
         self._suggested: Dict[int, Tuple[tuple, dict]] = {}   # group id -> (its counts then, the engine's answer)
+        self._compared: Dict[int, Tuple[tuple, List[dict]]] = {}
         self._suggested_lock = threading.Lock()
         self._routes: Dict[str, Dict[str, Callable]] = {
             "/beacon": {"POST": self._beacon}, "/env": {"POST": self._env}, "/suggest": {"POST": self._suggest},
@@ -280,11 +290,11 @@ class _App:
             "/": {"GET": self._list_page}, "/fleet": {"GET": self._fleet_page}, "/diff": {"GET": self._diff_page},
             "/login": {"GET": self._login_page, "POST": self._login}, "/favicon.ico": {"GET": self._no_icon},
         }
-        self._patterns: List[Tuple["re.Pattern[str]", Dict[str, Callable]]] = [
+        self._patterns: List[Tuple[re.Pattern[str], Dict[str, Callable]]] = [
             (re.compile(r"/api/errors/(\d{1,18})"), {"GET": self._error}),
             (re.compile(r"/group/(\d{1,18})"), {"GET": self._group_page}),
             (re.compile(r"/group/(\d{1,18})/status"), {"POST": self._triage}),
-            (re.compile(r"/env/([^/]{1,%d})" % _HASH_LIMIT), {"GET": self._env_page}),
+            (re.compile(r"/env/([^/]{1,%d})" % limits.HASH), {"GET": self._env_page}),
         ]
         self._maybe_purge()
 
@@ -474,9 +484,9 @@ class _App:
         return (201 if created else 200), {"ok": True, "created": created}, []
 
     def _suggest(self, body: dict):
-        error_sig = _text(_required(body, "error_sig"), "error_sig", keep=_SIG_KEEP, empty=False)
-        env_hash = _text(_required(body, "env_hash"), "env_hash", _HASH_LIMIT)
-        script_id = _optional_text(body, "script_id", _HASH_LIMIT)
+        error_sig = _text(_required(body, "error_sig"), "error_sig", keep=_SUGGEST_KEPT["error_sig"], empty=False)
+        env_hash = _text(_required(body, "env_hash"), "env_hash", _SUGGEST["env_hash"])
+        script_id = _optional_text(body, "script_id", _SUGGEST["script_id"])
         key = resolve_group(self.storage, error_sig, env_hash, script_id)
         group = self.storage.group_data(key, script_id) if key else None
         if group is None:
@@ -514,6 +524,20 @@ class _App:
     def _suggestion(self, group: dict) -> dict:
         self._suggestions([group])
         return group["suggestion"]
+
+    def _comparison(self, group: dict) -> List[dict]:
+        """The engine's per-feature comparison of the group, kept like its suggestion."""
+        key = (group["count"], group["failing_runs"], group["succeeding_runs"])
+        with self._suggested_lock:
+            kept = self._compared.get(group["id"])
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        comparison = engine.comparison(self.storage.groups_data([group["id"]])[group["id"]])
+        with self._suggested_lock:
+            if len(self._compared) >= _SUGGESTIONS_KEPT:
+                self._compared.clear()
+            self._compared[group["id"]] = (key, comparison)
+        return comparison
 
     def _groups(self, query: GroupQuery, now: float) -> Tuple[int, List[dict]]:
         total, groups = self.storage.find_groups(query)
@@ -563,7 +587,6 @@ class _App:
         if group is None:
             raise HTTPError(404, "no error group %s" % group_id)
         now = time.time()
-        data = self.storage.groups_data([group["id"]])[group["id"]]
         fixes = []
         for fix in self.storage.observed_fixes(group["id"], _FIXES_SHOWN):
             before, after = self.storage.env_features(fix["failing_env"]), self.storage.env_features(fix["fixed_env"])
@@ -573,7 +596,7 @@ class _App:
         days = [(pages.day_label(first_day + i), f, o) for i, (f, o) in enumerate(series)]
         scripts, envs = self.storage.group_sources(group["id"], _SOURCES_SHOWN)
         snapshots = self.storage.env_snapshots(e["env_hash"] for e in envs)
-        return 200, Page(pages.group_page(group, self._suggestion(group), engine.comparison(data), fixes, days,
+        return 200, Page(pages.group_page(group, self._suggestion(group), self._comparison(group), fixes, days,
                                           self.storage.recent_errors(group["id"], 10), scripts, envs, snapshots,
                                           environ["cea.csrf"], now)), []
 
@@ -632,7 +655,7 @@ class _App:
                 for i, (e, o) in enumerate(self.storage.fleet_days(first_day, _FLEET_DAYS))]
         systems: Dict[str, int] = {}
         for machine in hosts:
-            system = re.split(r"[-\s]", machine["os"], 1)[0] or "?"
+            system = re.split(r"[-\s]", machine["os"], maxsplit=1)[0] or "?"
             systems[system] = systems.get(system, 0) + 1
         return 200, Page(pages.fleet_page(hosts, shares("agent"), shares("python"), systems, days, _FLEET_DAYS,
                                           now)), []
@@ -697,8 +720,8 @@ def _api_group(group: dict) -> dict:
 def _group_query(params: Dict[str, str], default_limit: int) -> GroupQuery:
     """The list's filters from query parameters; 400 naming the one that is wrong."""
     search = params.get("q", "").strip()
-    if len(search) > 200:
-        raise HTTPError(400, "q is longer than 200 characters")
+    if len(search) > limits.QUERY["q"]:
+        raise HTTPError(400, "q is longer than %d characters" % limits.QUERY["q"])
     status = params.get("status", "")
     if status and status not in GROUP_STATUSES:
         raise HTTPError(400, "status must be one of: %s" % ", ".join(GROUP_STATUSES))
@@ -709,7 +732,7 @@ def _group_query(params: Dict[str, str], default_limit: int) -> GroupQuery:
     package = params.get("package", "").strip()
     if package:
         name, sep, version = package.partition("==")
-        if not sep or not name.strip() or not version.strip() or len(package) > 300:
+        if not sep or not name.strip() or not version.strip() or len(package) > limits.QUERY["package"]:
             raise HTTPError(400, "package must be name==version")
         features.append(("pkg:" + engine.canonical_name(name), version.strip()))
     python = params.get("python", "").strip()
@@ -718,8 +741,8 @@ def _group_query(params: Dict[str, str], default_limit: int) -> GroupQuery:
             raise HTTPError(400, "python must be a version like 3.11 or 3.11.7")
         features.append(("python" if python.count(".") == 1 else "python_full", python))
     script = params.get("script", "").strip()
-    if len(script) > _HASH_LIMIT:
-        raise HTTPError(400, "script must be a script id (%d characters at most)" % _HASH_LIMIT)
+    if len(script) > limits.QUERY["script"]:
+        raise HTTPError(400, "script must be a script id (%d characters at most)" % limits.HASH)
     return GroupQuery(search, status, script, tuple(features), sort,
                       _int_param(params, "limit", default_limit, 1, 500), _int_param(params, "offset", 0, 0, 10 ** 9))
 

@@ -1,50 +1,81 @@
-"""The OpenAPI 3 description served at /openapi.json."""
+"""The OpenAPI 3 description served at /openapi.json. The length limits come from limits.py, as the
+application's validation does."""
 from __future__ import annotations
+
+from typing import Any, Dict
+
+from . import limits
+from .storage import GROUP_SORTS, GROUP_STATUSES
 
 
 def _s(max_length=None, **extra) -> dict:
-    schema = {"type": "string"}
+    schema: Dict[str, Any] = {"type": "string"}
     if max_length is not None:
         schema["maxLength"] = max_length
     schema.update(extra)
     return schema
 
 
+def _limited(name: str, schema: dict) -> dict:
+    """``schema`` with the limits of its fields: maxLength, and what is kept of a longer value. An
+    optional string may be null: the application reads null as absent."""
+    properties = schema["properties"]
+    for field, prop in properties.items():
+        if field not in schema.get("required", ()) and prop.get("type") == "string":
+            prop["nullable"] = True
+    for field, length in limits.MAX_LENGTH.get(name, {}).items():
+        properties[field]["maxLength"] = length
+    for field, length in limits.KEPT.get(name, {}).items():
+        kept = "the %s %s characters are kept" % ("last" if field in limits.KEPT_AT_END else "first",
+                                                 format(length, ","))
+        described = properties[field].get("description")
+        properties[field]["description"] = described + "; " + kept if described else kept
+    return schema
+
+
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": _s()}}
-_TS = {"oneOf": [{"type": "number"}, _s(64, format="date-time")],
+_TS = {"oneOf": [{"type": "number"}, _s(limits.TS_TEXT, format="date-time")],
        "description": "epoch seconds or ISO-8601"}
 
-_BEACON = {
+_BEACON = _limited("Beacon", {
     "type": "object", "required": ["kind", "env_hash", "script_id", "ts"],
     "description": "An error needs error_sig or trace. Unknown fields are ignored.",
     "properties": {
-        "kind": {"type": "string", "enum": ["error", "success"]},
-        "env_hash": _s(12, minLength=1), "script_id": _s(12, minLength=1), "ts": _TS,
-        "trace": _s(description="traceback; the last 25,000 characters are kept"),
+        "kind": {"type": "string", "enum": list(limits.KINDS)},
+        "env_hash": _s(minLength=1), "script_id": _s(minLength=1), "ts": _TS,
+        "trace": _s(description="traceback"),
         "error_sig": _s(description="signature; grouped by its normalised exception line"),
-        "event_id": _s(64, minLength=1, description="stored once however often it is sent"),
+        "event_id": _s(minLength=1, description="stored once however often it is sent"),
         "script_name": _s(), "agent": _s(), "test": {"type": "boolean"},
-        "handled": {"type": "boolean", "description": "a logged or captured error rather than an uncaught one"},
-        "host": _s(description="the machine's host name (ERROR_AGENT_SEND_HOST=0 leaves it out); 255 kept"),
-        "prev_env_hash": _s(12, minLength=1, description="success beacons: the env of the failure it follows"),
+        "handled": {"type": "boolean", "nullable": True,
+                    "description": "a logged or captured error rather than an uncaught one"},
+        "host": _s(description="the machine's host name (ERROR_AGENT_SEND_HOST=0 leaves it out)"),
+        "prev_env_hash": _s(minLength=1, description="success beacons: the env of the failure it follows"),
         "prev_error_sig": _s(description="success beacons: the failure it follows"),
         "env": {"$ref": "#/components/schemas/Env"},
     },
-}
-_ENV = {
+})
+_ENV = _limited("Env", {
     "type": "object", "required": ["env_hash", "packages", "python_ver", "os_info", "machine_arch"],
     "properties": {
-        "env_hash": _s(12, minLength=1),
-        "packages": {"oneOf": [{"type": "array", "items": _s(400, description="name==version")},
-                               {"type": "object", "additionalProperties": _s(100)}]},
-        "python_ver": _s(20), "python_impl": _s(40), "os_info": _s(120), "machine_arch": _s(20),
-        "env_vars": {"type": "object", "additionalProperties": _s(4000, description="value or MISSING")},
+        "env_hash": _s(minLength=1),
+        "packages": {"oneOf": [
+            {"type": "array", "maxItems": limits.PACKAGES,
+             "items": _s(limits.PACKAGE_ITEM, description="name==version")},
+            {"type": "object", "maxProperties": limits.PACKAGES,
+             "additionalProperties": _s(limits.PACKAGE_VERSION, nullable=True),
+             "description": "{name: version or null}; a name has at most %d characters" % limits.PACKAGE_NAME}]},
+        "python_ver": _s(), "python_impl": _s(), "os_info": _s(), "machine_arch": _s(),
+        "env_vars": {"type": "object", "nullable": True, "maxProperties": limits.ENV_VARS,
+                     "additionalProperties": _s(limits.ENV_VAR_VALUE, nullable=True, description="value or MISSING"),
+                     "description": "{NAME: value}; a name has 1 to %d characters; null is MISSING"
+                                    % limits.ENV_VAR_NAME},
     },
-}
-_SUGGEST = {
+})
+_SUGGEST = _limited("SuggestRequest", {
     "type": "object", "required": ["error_sig", "env_hash"],
-    "properties": {"error_sig": _s(minLength=1), "env_hash": _s(12), "script_id": _s(12)},
-}
+    "properties": {"error_sig": _s(minLength=1), "env_hash": _s(), "script_id": _s()},
+})
 _SUGGESTION = {
     "type": "object", "required": ["match"],
     "properties": {
@@ -119,17 +150,17 @@ def spec(max_body: int) -> dict:
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                     {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
                     {"name": "q", "in": "query", "description": "text in the signature",
-                     "schema": {"type": "string", "maxLength": 200}},
-                    {"name": "status", "in": "query",
-                     "schema": {"type": "string", "enum": ["new", "regressed", "resolved", "ignored"]}},
+                     "schema": {"type": "string", "maxLength": limits.QUERY["q"]}},
+                    {"name": "status", "in": "query", "allowEmptyValue": True, "description": "empty: any",
+                     "schema": {"type": "string", "enum": list(GROUP_STATUSES)}},
                     {"name": "script", "in": "query", "description": "script id",
-                     "schema": {"type": "string", "maxLength": 12}},
+                     "schema": {"type": "string", "maxLength": limits.QUERY["script"]}},
                     {"name": "package", "in": "query", "description": "name==version some failing run had",
-                     "schema": {"type": "string"}},
+                     "schema": {"type": "string", "maxLength": limits.QUERY["package"]}},
                     {"name": "python", "in": "query", "description": "3.11 or 3.11.7, of some failing run",
                      "schema": {"type": "string"}},
-                    {"name": "sort", "in": "query",
-                     "schema": {"type": "string", "enum": ["last_seen", "first_seen", "count"]}}],
+                    {"name": "sort", "in": "query", "allowEmptyValue": True, "description": "empty: last_seen",
+                     "schema": {"type": "string", "enum": list(GROUP_SORTS)}}],
                 "responses": dict({"200": {"description": "groups", "content": {"application/json": {"schema": {
                     "type": "object", "properties": {"groups": {"type": "array", "items": {
                         "$ref": "#/components/schemas/Group"}}, "total": {"type": "integer"},

@@ -42,7 +42,7 @@ class _BadRequest(Exception):
 class _Body:
     """The request body: what is buffered of it first, never more than Content-Length bytes."""
 
-    def __init__(self, connection: "_Connection", length: int, expect_continue: bool) -> None:
+    def __init__(self, connection: _Connection, length: int, expect_continue: bool) -> None:
         self._connection = connection
         self.remaining = length
         self._expect_continue = expect_continue
@@ -83,7 +83,7 @@ def _http_date() -> str:
 class _Connection(socketserver.BaseRequestHandler):
     """One client connection: requests in order until either side closes or the client idles."""
 
-    server: "_Server"
+    server: _Server
 
     def setup(self) -> None:
         self.sock: socket.socket = self.request

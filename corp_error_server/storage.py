@@ -36,6 +36,17 @@ _ATTEMPTS = 5             # a transaction the database aborted for a conflict (d
 # Lock name spaces for backends whose writers run concurrently (PostgreSQL advisory locks).
 LOCK_ENV, LOCK_PURGE, LOCK_SCHEMA = 1, 2, 3
 
+_UPSERT_ROWS = 190       # count rows in one upsert: 5 parameters each, within SQLite's oldest limit of 999
+
+
+def _upsert_counts(rows: int) -> str:
+    # a run's 30-odd counts in one statement, not one each: every statement is a round through the
+    # driver (sqlite3 gives the GIL up at each, PostgreSQL answers each) while the batch holds the lock
+    return ("INSERT INTO counts(group_id, feature, value, fails, oks) VALUES" + ", ".join(["(?, ?, ?, ?, ?)"] * rows)
+            + " ON CONFLICT(group_id, feature, value) DO UPDATE"
+            " SET fails = counts.fails + excluded.fails, oks = counts.oks + excluded.oks")
+
+
 _UPSERT_DAY = (
     "INSERT INTO group_days(group_id, day, fails, oks) VALUES(?, ?, ?, ?) "
     "ON CONFLICT(group_id, day) DO UPDATE SET fails = group_days.fails + excluded.fails, "
@@ -47,11 +58,6 @@ _UPSERT_SOURCE = (
     "last_seen = excluded.last_seen, script_name = COALESCE(excluded.script_name, group_sources.script_name)")
 GROUP_STATUSES = ("new", "regressed", "resolved", "ignored")
 GROUP_SORTS = {"last_seen": "g.last_seen DESC", "first_seen": "g.first_seen DESC", "count": "g.errors DESC"}
-
-_UPSERT_COUNT = (
-    "INSERT INTO counts(group_id, feature, value, fails, oks) VALUES(?, ?, ?, ?, ?) "
-    "ON CONFLICT(group_id, feature, value) DO UPDATE "
-    "SET fails = counts.fails + excluded.fails, oks = counts.oks + excluded.oks")
 
 T = TypeVar("T")
 
@@ -183,12 +189,13 @@ class Dialect:
 
 
 class Cursor:
-    """A driver's cursor speaking ``?`` placeholders, plus the features this transaction read."""
+    """A driver's cursor speaking ``?`` placeholders, plus the environments and groups this transaction read."""
 
     def __init__(self, raw, dialect: Dialect) -> None:
         self._raw = raw
         self._dialect = dialect
         self.seen: Dict[str, Dict[str, str]] = {}
+        self.group_ids: Dict[str, int] = {}
         self.for_update = dialect.for_update
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
@@ -246,6 +253,7 @@ class Storage:
 
     def __init__(self) -> None:
         self._features: Dict[str, Dict[str, str]] = {}
+        self._group_ids: Dict[str, int] = {}
 
     # -- backend hooks ----------------------------------------------------------------------
 
@@ -271,7 +279,10 @@ class Storage:
                     result = work(cur)
             except _Retry:
                 continue
-            self._remember(cur.seen)   # only once committed: a rolled-back env was never stored
+            self._remember(cur.seen)   # only once committed: a rolled-back env or group was never stored
+            if len(self._group_ids) + len(cur.group_ids) > _FEATURE_CACHE:
+                self._group_ids.clear()
+            self._group_ids.update(cur.group_ids)
             return result
         raise StorageConflict("the database kept aborting the write for concurrent conflicts; try again")
 
@@ -348,11 +359,16 @@ class Storage:
 
     # -- beacons ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _group_id(cur: Cursor, key: str, signature: str, now: float) -> int:
+    def _group_id(self, cur: Cursor, key: str, signature: str, now: float) -> int:
+        known = self._group_ids.get(key)
+        if known is None:
+            known = cur.group_ids.get(key)
+        if known is not None:   # a group's row, once committed, is never deleted nor renumbered
+            return known
         cur.execute("INSERT INTO groups(key, signature, first_seen, last_seen) VALUES(?, ?, ?, ?) "
                     "ON CONFLICT DO NOTHING", (key, signature, now, now))
-        return cur.execute("SELECT id FROM groups WHERE key = ?", (key,)).fetchone()[0]
+        cur.group_ids[key] = group_id = cur.execute("SELECT id FROM groups WHERE key = ?", (key,)).fetchone()[0]
+        return group_id
 
     def _note_error(self, cur: Cursor, group_id: int, beacon: Beacon, now: float) -> Tuple[bool, bool]:
         """Count the error in its group; (the group is new, a resolved group regressed)."""
@@ -411,7 +427,10 @@ class Storage:
         # writers queue instead of deadlocking
         for group in sorted(groups):
             cur.execute("UPDATE groups SET %s = %s + ? WHERE id = ?" % (column, column), (sign, group))
-            cur.executemany(_UPSERT_COUNT, [(group, f, v, fail, ok) for f, v in sorted(features.items())])
+            rows = [(group, f, v, fail, ok) for f, v in sorted(features.items())]
+            for start in range(0, len(rows), _UPSERT_ROWS):
+                chunk = rows[start:start + _UPSERT_ROWS]
+                cur.execute(_upsert_counts(len(chunk)), [value for row in chunk for value in row])
 
     def _store_beacon(self, cur: Cursor, beacon: Beacon, env: Optional[Env], now: float) -> BeaconResult:
         if env is not None:
@@ -450,7 +469,7 @@ class Storage:
             now = time.time()
             results = []
             for beacon, env in items:
-                seen = dict(cur.seen)
+                seen, group_ids = dict(cur.seen), dict(cur.group_ids)
                 cur.execute("SAVEPOINT item")
                 try:
                     results.append(self._store_item(cur, beacon, env, now))
@@ -461,7 +480,7 @@ class Storage:
                         cur.execute("ROLLBACK TO SAVEPOINT item")
                     except Exception:   # the database gave the whole transaction up (connection lost, disk full)
                         raise error from None
-                    cur.seen = seen
+                    cur.seen, cur.group_ids = seen, group_ids
                     results.append(BeaconResult(False, False, self.dialect.translate(error)))
                 cur.execute("RELEASE SAVEPOINT item")
             return results
@@ -557,7 +576,7 @@ class Storage:
     def _select(self, sql: str, params: Iterable = ()) -> List[tuple]:
         return self._read(lambda cur: cur.execute(sql, tuple(params)).fetchall())
 
-    def find_groups(self, query: "GroupQuery") -> Tuple[int, List[dict]]:
+    def find_groups(self, query: GroupQuery) -> Tuple[int, List[dict]]:
         """(how many groups match, the page of them asked for)."""
         where: List[str] = ["g.errors > 0"]
         params: List[object] = []

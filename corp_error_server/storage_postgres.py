@@ -27,6 +27,9 @@ else:
 _POOL_MAX = 10          # connections per process; more waiting requests get 503 after _POOL_WAIT
 _POOL_WAIT = 3.0        # seconds a request waits for a connection (PostgreSQL down, or all busy)
 _CONNECT_TIMEOUT = 5    # seconds to establish one connection
+# A connection attempt backs off exponentially, so after a long outage the next one could be half a
+# minute away; given up this soon, the next request starts a fresh attempt at once.
+_RECONNECT_GIVE_UP = 5.0
 
 _pool_lock = threading.Lock()
 
@@ -111,6 +114,7 @@ class PostgresStorage(Storage):
                     self._pool = psycopg_pool.ConnectionPool(
                         self._url, min_size=1, max_size=_POOL_MAX, timeout=_POOL_WAIT, open=True,
                         check=psycopg_pool.ConnectionPool.check_connection, name="corp-error-server",
+                        reconnect_timeout=_RECONNECT_GIVE_UP,
                         kwargs={"connect_timeout": _CONNECT_TIMEOUT})
                     self._pool_pid = os.getpid()
                     self._features.clear()

@@ -1,16 +1,12 @@
 """Shared fixtures: one param per CPython 3.8-3.13, session venvs, the recording backend, sandboxes."""
 from __future__ import annotations
 
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # corp_error_agent for unit tests
-
-import support  # noqa: E402
+import support
 
 _INTERPRETERS = support.find_interpreters()
 

@@ -1,9 +1,10 @@
-"""coverage.py plugin and start-up hook: the agent file measured whole, in every test process.
+"""Coverage of the agent file whole, measured in every test process: a start-up hook and a plugin.
 
 The agent proper runs compiled with the agent file's name and line numbers, so coverage.py records
-its lines; but coverage.py finds a file's statements by compiling the file, where the agent proper
-is one string. The plugin claims the agent file (each copy of it, installed in a venv or not) and
-reports it as tests/agent_whole.py sees it: start-up part and agent proper as one module.
+its lines as for any module; but coverage.py finds a file's statements by compiling the file, where
+the agent proper is one string. So the report marks the agent file as this plugin's, whose file
+reporter reads it as tests/agent_whole.py sees it: start-up part and agent proper as one module.
+(Measuring needs no plugin: the C tracer records the lines at full speed.)
 
 Most agent tests run the agent in real interpreters, in venvs the tests create. ``install_hook``
 puts a .pth file there (ahead of the agent's own, so that activate() is measured too) that starts
@@ -22,21 +23,12 @@ from pathlib import Path
 
 import coverage
 
-ROOT = Path(__file__).resolve().parent.parent
 HOOK_NAME = "a0_corp_error_agent_coverage.pth"   # .pth files run in name order: before corp_error_agent.pth
-
-
-class _AgentTracer(coverage.FileTracer):
-    def __init__(self, filename: str) -> None:
-        self._filename = filename
-
-    def source_filename(self) -> str:
-        return self._filename
 
 
 class _AgentPlugin(coverage.CoveragePlugin):
     def file_tracer(self, filename: str):
-        return _AgentTracer(filename) if os.path.basename(filename) == "corp_error_agent.py" else None
+        return None   # measured as any module; report() hands the agent file to file_reporter
 
     def file_reporter(self, filename: str):
         from coverage.config import DEFAULT_EXCLUDE
@@ -69,7 +61,7 @@ def coverage_init(reg, options) -> None:
 
 def hook_line() -> str:
     """The .pth line: start coverage.py from this (the tooling) venv, put sys.path back."""
-    paths = [str(Path(coverage.__file__).resolve().parent.parent), str(ROOT)]
+    paths = [str(Path(coverage.__file__).resolve().parent.parent)]
     code = ("import os\n"
             "if os.environ.get('COVERAGE_PROCESS_START'):\n"
             "    added = %r\n"
@@ -94,7 +86,12 @@ PARTS = {"agent": ["corp_error_agent.py"], "server": ["corp_error_server/*"]}
 def report(fail_under: float = 0.0) -> int:
     """The combined data's report, file by file, then one line per part; 1 if a part is under the bar."""
     cov = coverage.Coverage()
+    cov.set_option("run:plugins", [__spec__.name if __spec__ else __name__])
     cov.load()
+    data = cov.get_data()
+    plugin = "%s.%s" % (cov.get_option("run:plugins")[0], _AgentPlugin.__name__)
+    data.add_file_tracers({path: plugin for path in data.measured_files()
+                           if os.path.basename(path) == "corp_error_agent.py" and not data.file_tracer(path)})
     cov.report(file=sys.stdout, skip_empty=True)
     status = 0
     for part, include in PARTS.items():

@@ -52,7 +52,8 @@ class Cluster:
 
     def __init__(self) -> None:
         self.bindir = _bindir()
-        self.dir = tempfile.mkdtemp(prefix="cea-pg-")
+        # as root, under /tmp: $TMPDIR may be in a home the postgres user cannot enter
+        self.dir = tempfile.mkdtemp(prefix="cea-pg-", dir="/tmp" if os.geteuid() == 0 else None)
         self.data = os.path.join(self.dir, "data")
         self.port = _free_port()
         self._as_postgres: List[str] = []

@@ -108,8 +108,8 @@ def make_venv(interpreter: Path, path: Path, version: str, kind: str = "none",
     cmd = [interpreter, "-m", "venv"] + ([] if with_pip or kind == "wheel" else ["--without-pip"])
     _check(cmd + [path], env=clean_env())
     venv = Venv(path, version, kind)
-    if os.environ.get("COVERAGE_PROCESS_START") and version == "%d.%d" % sys.version_info[:2]:
-        from coverage_agent import install_hook  # only run_tests.sh measures: coverage.py is there
+    if kind != "none" and os.environ.get("COVERAGE_PROCESS_START") and version == "%d.%d" % sys.version_info[:2]:
+        from coverage_agent import install_hook  # run_tests.sh measures the agent: coverage.py is there
         install_hook(venv.site_packages)
     if kind == "wheel":
         _check([venv.python, "-m", "pip", "install", "-q", "--disable-pip-version-check",

@@ -7,6 +7,7 @@ agent installed, against the recording backend.
 """
 from __future__ import annotations
 
+from e2e.server_proc import ServerProcess
 from support import Reply, error_beacons, run, same_outcome, wait_error
 
 HINT = Reply(200, {"match": True, "confidence": 0.95, "hint": "handled-hint-text", "solution": 'pip install "a==1"'})
@@ -40,6 +41,8 @@ def test_logged_exception_is_one_handled_report(agent_venv, plain_venv, backend,
     assert b"carried on" in proc.stdout and b"handled-hint-text" not in proc.stderr
     [beacon] = wait_error(backend, "boom-logged")
     assert beacon["handled"] is True
+    # within the published Django server's columns (PROTOCOL-NOTES); it ignores `handled`
+    assert len(beacon["env_hash"]) <= 12 and len(beacon["script_id"]) <= 12 and beacon["kind"] == "error"
     assert beacon["error_sig"] == "ValueError: boom-logged @ __main__.handle_request < __main__.<module>"
     assert "in handle_request" in beacon["trace"]
     backend.settle()
@@ -130,3 +133,32 @@ def test_capture_is_a_no_op_when_disabled(agent_venv, backend, sandbox):
     assert proc.returncode == 0, proc.stderr
     assert b"event: None" in proc.stdout
     assert not backend.settle()
+
+
+def test_the_real_server_stores_a_handled_report(agent_venv, sandbox, tmp_path):
+    """The beacon's one new field, `handled`, is a JSON boolean within the published server's rules
+    (its other fields and sizes unchanged; PROTOCOL-NOTES: it ignores fields it does not know); this
+    server stores it and counts it in /api/errors."""
+    server = ServerProcess(tmp_path / "errors.db")
+    try:
+        script = sandbox.script("service.py", SERVICE)
+        proc = run(agent_venv.python, [script], sandbox.env(server.url), cwd=sandbox.work)
+        assert proc.returncode == 0, proc.stderr
+        group = server.wait_group("boom-logged", lambda g: g["count"] >= 1)
+        assert group["handled"] == 1 and group["count"] == 1
+    finally:
+        server.stop()
+
+
+def test_importing_logging_patches_it_without_loading_the_agent(agent_venv, sandbox):
+    code = ("import sys, logging; agent = sys.modules['corp_error_agent'];"
+            "print(agent._process['loaded'], logging.Logger.callHandlers.__globals__['__name__']);"
+            "print(' '.join(sorted(sys.modules)))")
+    env = sandbox.env("http://127.0.0.1:9")
+    env.pop("COVERAGE_PROCESS_START", None)  # coverage.py imports more itself
+    first, modules = run(agent_venv.python, ["-c", code], env).stdout.decode().splitlines()
+    off = dict(env, ERROR_AGENT_ENABLED="0")  # the .pth imports the module, which installs nothing
+    first_off, modules_off = run(agent_venv.python, ["-c", code], off).stdout.decode().splitlines()
+    assert first == "False corp_error_agent"  # patched by the agent's start-up part, the agent proper not loaded
+    assert first_off == "False logging"
+    assert modules == modules_off             # and nothing more imported

@@ -29,11 +29,11 @@ print(json.dumps([cell.get("outputs", []) for cell in notebook.cells]))
 """
 
 
-def write_notebook(path: Path, *cells: str) -> Path:
+def write_notebook(path: Path, *cells: str, kernel: str = "python3") -> Path:
     path.write_text(json.dumps({
         "cells": [{"cell_type": "code", "execution_count": None, "id": "cell%d" % i, "metadata": {}, "outputs": [],
                    "source": source} for i, source in enumerate(cells)],
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "metadata": {"kernelspec": {"name": kernel, "display_name": kernel, "language": "python"}},
         "nbformat": 4, "nbformat_minor": 5}))
     return path
 
@@ -127,6 +127,28 @@ def test_nbconvert_execute_is_one_report_of_the_cells_own_error(jupyter, backend
     backend.settle()
     assert len(error_beacons(backend)) == 1
     assert all("\x1b" not in json.dumps(r.json) for r in backend.settle() if r.json)
+
+
+def test_nbconvert_with_a_kernel_without_the_agent_reports_the_cells_own_error(jupyter, backend, sandbox):
+    """Another interpreter as the kernel (here: the agent disabled in it by its kernel spec): the
+    launcher reports the cell's exception from what the kernel sent, escape codes stripped."""
+    spec = sandbox.tmp / "jupyter" / "kernels" / "noagent"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [str(jupyter.python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "no agent", "language": "python", "env": {"ERROR_AGENT_ENABLED": "0"}}))
+    notebook = write_notebook(sandbox.work / "daily.ipynb", "def compute():\n    return 1 / 0\ncompute()",
+                              kernel="noagent")
+    proc = subprocess.run([str(jupyter.bin / "jupyter-nbconvert"), "--to", "notebook", "--execute", notebook.name],
+                          env=sandbox.env(backend.url, {"JUPYTER_PATH": str(sandbox.tmp / "jupyter")}),
+                          cwd=str(sandbox.work), capture_output=True, timeout=300)
+    assert proc.returncode != 0 and b"CellExecutionError" in proc.stderr
+    [beacon] = wait_error(backend, "ZeroDivisionError")
+    assert beacon["error_sig"] == "ZeroDivisionError: division by zero @ __main__.<module>"
+    assert beacon["script_name"] == "daily.ipynb"
+    assert "compute()" in beacon["trace"] and "\x1b" not in beacon["trace"]
+    backend.settle()
+    assert len(error_beacons(backend)) == 1
 
 
 def test_ipython_script(jupyter, backend, sandbox):

@@ -110,7 +110,7 @@ def test_api_filters_sort_total_and_iso_times(start):
     browser = start()
     browser.post_json("/env", env_body("a", {"requests": "2.31.0"}))
     browser.post_json("/env", env_body("b", {"requests": "2.32.0"}, python="3.12.1"))
-    for i in range(3):
+    for _ in range(3):
         browser.post_json("/beacon", error_beacon("a", "s1", "KeyError: 'k' @ etl.load", script_name="etl.py"))
     browser.post_json("/beacon", error_beacon("b", "s2", "ValueError: bad 100%_done @ app.run", script_name="app.py"))
     everything = browser.api("/api/errors")

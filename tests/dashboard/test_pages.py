@@ -6,8 +6,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from corp_error_server.app import HTTPError, _group_query, _safe_next, feature_diff
 from corp_error_server import pages
+from corp_error_server.app import HTTPError, _group_query, _safe_next, feature_diff
 from corp_error_server.storage import GROUP_SORTS, GROUP_STATUSES
 
 HOSTILE = ('<script>alert(1)</script>"\'><img src=x onerror=alert(2)> javascript:alert(3) '

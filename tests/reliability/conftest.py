@@ -1,15 +1,11 @@
 """Fixtures of the reliability suite: the 3.11 agent venv the fault matrix runs on."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import support  # noqa: E402
+import support
 
 MATRIX_VERSION = "3.11"
 

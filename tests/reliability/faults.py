@@ -14,15 +14,11 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from support import RecordingBackend, Sandbox, closed_port_url, run  # noqa: E402
+from support import RecordingBackend, Sandbox, closed_port_url, run
 
 # Faults answered by a RecordingBackend fault mode, plus the ones made here.
 BACKEND_FAULTS = ("silent", "slow", "500", "429", "garbage", "huge", "reset")

@@ -7,7 +7,6 @@ import subprocess
 import threading
 import time
 
-import faults  # noqa: F401  (puts tests/ on sys.path)
 from support import PROC_TIMEOUT, RecordingBackend, closed_port_url, run
 
 N = 50

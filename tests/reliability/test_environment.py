@@ -12,7 +12,6 @@ import stat
 
 import pytest
 
-import faults  # noqa: F401  (puts tests/ on sys.path)
 from support import closed_port_url, error_beacons, failing_source, run, tree, wait_error
 
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-import faults
+from reliability import faults
 from support import RecordingBackend, Reply, Sandbox, closed_port_url, failing_source, run
 
 

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-import faults  # noqa: F401  (puts tests/ on sys.path)
 from e2e.server_proc import ServerProcess
 from support import run
 

@@ -7,7 +7,6 @@ import os
 import re
 import stat
 
-import faults  # noqa: F401  (puts tests/ on sys.path)
 from support import RecordingBackend, Reply, closed_port_url, failing_source, run, wait_error
 
 INJECTED = ("\x1b]0;owned-title\x07 \x1b[2J\x1b[H \x1b[31mred\x1b[0m \x9b31m c1-csi \x9d0;osc\x9c "

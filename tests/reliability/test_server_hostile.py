@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import faults  # noqa: F401  (puts tests/ on sys.path)
-import server_fuzz
+from reliability import server_fuzz
 from support import ROOT, WAIT_TIMEOUT, clean_env
 
 

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
-import corp_error_agent as agent  # noqa: E402
+import corp_error_agent as agent
 
 try:
     from hypothesis import given, settings

@@ -4,12 +4,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
-import corp_error_agent as agent  # noqa: E402
+import corp_error_agent as agent
 
 agent._load()
 
