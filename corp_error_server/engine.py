@@ -7,8 +7,8 @@ hypothesis ("this feature causes the failure") against the others and against "n
 cause" (the bug fails anywhere), and answers for the requesting environment.
 
 The weighing is Bayesian so that it survives noise: a feature's population evidence is the Bayes
-factor of "failing and succeeding runs draw its values from different distributions" over "from
-one" (Dirichlet-multinomial marginal likelihoods), its prior is one share among all features (so
+factor of "these values fail, the others work" over "values are independent of the outcome"
+(Dirichlet-multinomial marginal likelihoods), its prior is one share among all features (so
 two hundred features against six runs do not produce a chance winner), raised when the traceback
 names the package or a standard-library module that a Python version added or removed, lowered
 for packaging tools. Observed fixes multiply in a likelihood ratio each. Features whose values
@@ -259,14 +259,6 @@ def _log_dm(counts: Sequence[float], alpha: float = _ALPHA) -> float:
             + sum(math.lgamma(alpha + c) - math.lgamma(alpha) for c in counts))
 
 
-def log_bayes_factor(values: Mapping[str, Tuple[float, float]]) -> float:
-    """Failing and succeeding runs draw the feature's values from different distributions, over one."""
-    fails = [a for a, _ in values.values()]
-    oks = [b for _, b in values.values()]
-    pooled = [a + b for a, b in values.values()]
-    return _log_dm(fails) + _log_dm(oks) - _log_dm(pooled)
-
-
 def _log_partition_bf(values: Mapping[str, Tuple[float, float]], bad: Sequence[str], choices: int) -> float:
     """"These values fail, the others work" (a few flaky failures, fewer successes on failing
     values), over "values are independent of the outcome"; less the choice of the partition."""
@@ -359,16 +351,6 @@ class FixPair(NamedTuple):
     failing: Features
     fixed: Features
     same_script: bool
-
-
-class Candidate(NamedTuple):
-    feature: str
-    current: str
-    target: str
-    confidence: float
-    population: float          # log Bayes factor from the population
-    pairs: int                 # observed fixes that moved this feature to a success value
-    mentioned: bool
 
 
 def _pair_diff(pair: FixPair) -> Dict[str, Tuple[str, str]]:
