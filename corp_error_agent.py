@@ -1475,7 +1475,14 @@ def _report_clean_exit() -> None:
     if failure is None and len(_spool_entries(state)) < _SPOOL_DRAIN_BATCH:
         return  # routine successes travel in batches
     if not _breaker_open(state, settings):
-        _drain(settings, state, spooled, timeout=min(_CONNECT_TIMEOUT, _suggest_timeout() or _CONNECT_TIMEOUT))
+        # The socket timeout bounds each read, not a backend trickling its answer: the host's exit
+        # waits for the whole delivery at most this long, and a wait without an answer trips the breaker.
+        import threading
+        bound = min(_CONNECT_TIMEOUT, _suggest_timeout() or _CONNECT_TIMEOUT)
+        delivery = threading.Thread(target=_call_agent, args=("_drain", settings, state, spooled, _SPOOL_DRAIN_BATCH,
+                                                              bound), daemon=True, name=_APP + "-delivery")
+        delivery.start()
+        _wait(delivery, bound, "the success report to be delivered")
 
 ###############################################################################
 # Hints #######################################################################
