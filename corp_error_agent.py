@@ -455,7 +455,8 @@ def _launched(tool: str, args: list):
 
 
 def _pending_path():
-    """Where a failure of this script waits for its first clean run, named without hashing."""
+    """Where a failure of this script waits for its first clean run, named without hashing; "" where
+    none is tracked."""
     if _process["pending"] is None and "pending_dir" in _process:  # (set by activate)
         source = _script_source()
         if source is None:
@@ -655,8 +656,10 @@ def _on_cell_start(shell, info) -> None:
     raw_cell = getattr(info, "raw_cell", None)
     _process["cell"] = _hash12(raw_cell) if isinstance(raw_cell, str) else None
     if "script" not in _process and type(shell).__module__.startswith("ipykernel"):
-        _process["script"] = _notebook_source(shell)
-        _process["pending"] = None  # the launcher's, computed at start-up
+        source = _process["script"] = _notebook_source(shell)
+        # not the launcher's, computed at start-up; none for a kernel not told its notebook, or the
+        # clean run of any such notebook would count as the fix of another's failure
+        _process["pending"] = "" if os.path.basename(source[1]) == "<kernel>" else None
 
 
 def _on_cell_success(result) -> None:
@@ -1422,7 +1425,9 @@ def _finish_background_deliveries() -> None:
 
 def _write_pending(failure: dict) -> None:
     import time
-    path = _pending_path() or ""
+    path = _pending_path()
+    if not path:
+        return
     for _ in range(2):  # a clean exit elsewhere may remove the emptied directory in between
         os.makedirs(os.path.dirname(os.path.dirname(path)), mode=0o700, exist_ok=True)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
