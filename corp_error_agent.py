@@ -1460,7 +1460,8 @@ def _pending_failure():
 
 
 def _at_exit() -> None:
-    if not _process["error_seen"]:  # (then the agent is loaded already)
+    # sys.last_type: an uncaught exception shown by a hook that is not ours (a replaced sys.excepthook)
+    if not _process["error_seen"] and getattr(sys, "last_type", None) is None:  # (then the agent is loaded)
         _report_clean_exit()
 
 

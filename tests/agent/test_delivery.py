@@ -87,6 +87,32 @@ def test_success_after_failure_reported_once(agent_venv, backend, sandbox):
     assert len(success_beacons(backend)) == 1 and len(error_beacons(backend)) == 1
 
 
+def test_an_error_shown_by_a_replaced_excepthook_is_no_clean_run(agent_venv, backend, sandbox):
+    """After a failure, a run whose error goes to the user's own sys.excepthook (not the agent's)
+    exits 1: no success is reported; the next clean run is the fix."""
+    mode = sandbox.work / "MODE"
+    script = sandbox.script("flaky.py", (
+        "import os, sys\n"
+        "mode = open('MODE').read() if os.path.exists('MODE') else ''\n"
+        "if mode == 'own-hook':\n"
+        "    sys.excepthook = lambda *exc: sys.stderr.write('own hook\\n')\n"
+        "if mode:\n"
+        "    raise RuntimeError('boom-own-hook')\n"))
+    env = sandbox.env(backend.url)
+    mode.write_text("fail")
+    assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 1
+    [error] = wait_error(backend, "boom-own-hook")
+    mode.write_text("own-hook")
+    own = run(agent_venv.python, [script], env, cwd=sandbox.work)
+    assert own.returncode == 1 and own.stderr == b"own hook\n"
+    backend.settle()
+    assert success_beacons(backend) == []
+    mode.unlink()
+    assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 0
+    [success] = [r.json for r in backend.wait_for("/beacon", where=lambda b: b.get("kind") == "success")]
+    assert success["prev_error_sig"] == error["error_sig"]
+
+
 def test_clean_run_sends_nothing(agent_venv, backend, sandbox):
     script = sandbox.script("fine.py", "print('fine')\n")
     proc = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
