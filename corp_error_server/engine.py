@@ -70,7 +70,7 @@ def env_features(packages: Mapping[str, str], python_ver: str, python_impl: str,
         features["impl"] = python_impl
     if os_info:
         # "Linux-6.1.0-...-x86_64-with-glibc2.36" -> "linux": kernel builds differ on every machine
-        features["os"] = re.split(r"[-\s]", os_info.strip(), 1)[0].lower()
+        features["os"] = re.split(r"[-\s]", os_info.strip(), maxsplit=1)[0].lower()
     if machine_arch:
         features["arch"] = machine_arch.lower()
     for name, value in env_vars.items():
@@ -303,7 +303,7 @@ class Separation(NamedTuple):
     range_from: str           # the oldest version seen failing when every newer one fails too ("" if not)
 
 
-def _table(feature: str, group: "GroupData", scale: float) -> Dict[str, Tuple[float, float]]:
+def _table(feature: str, group: GroupData, scale: float) -> Dict[str, Tuple[float, float]]:
     raw = {v: (a * scale, float(b)) for v, (a, b) in group.counts.get(feature, {}).items()}
     return with_absent(raw, group.fails * scale, float(group.oks)) if feature.startswith("pkg:") else raw
 
@@ -334,13 +334,16 @@ def separation(feature: str, values: Mapping[str, Tuple[float, float]]) -> Separ
 
 def _failing_range(values: Mapping[str, Tuple[float, float]], good: Sequence[str], bad: Sequence[str]) -> str:
     """The start of a version range that fails: every version seen from it on failed, all below worked."""
-    keyed_good = [version_key(v) for v in good]
-    keyed_bad = [(version_key(v), v) for v in bad if values[v][1] == 0]
-    if not keyed_bad or len(keyed_bad) != len(bad) or any(k is None for k in keyed_good) or \
-            any(k is None for k, _ in keyed_bad):
+    if any(values[v][1] for v in bad):
         return ""
-    lowest_bad = min(keyed_bad)
-    return lowest_bad[1] if not keyed_good or max(keyed_good) < lowest_bad[0] else ""  # type: ignore[type-var]
+    keyed_good = [version_key(v) for v in good]
+    keyed_bad = [(version_key(v), v) for v in bad]
+    known_good = [k for k in keyed_good if k is not None]
+    known_bad = [(k, v) for k, v in keyed_bad if k is not None]
+    if not known_bad or len(known_good) != len(keyed_good) or len(known_bad) != len(keyed_bad):
+        return ""
+    lowest_key, lowest = min(known_bad)
+    return lowest if not known_good or max(known_good) < lowest_key else ""
 
 ###############################################################################
 # Hypotheses ##################################################################
@@ -462,7 +465,7 @@ def _choose_target(sep: Separation, current: str, moved_to: Mapping[str, int]) -
     return target, relevance
 
 
-def _hypotheses(group: "GroupData", requester: Features) -> Tuple[List[_Hypothesis], float]:
+def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis], float]:
     scale = group.fail_envs / group.fails if group.fail_envs and group.fails else 1.0
     python_need = python_requirement(group.message)
     pythons = group.counts.get("python", {})
