@@ -18,131 +18,144 @@ import os
 import sys
 
 __version__ = "0.5.0"
-__all__ = ["activate", "capture", "main", "group_key", "scrub", "snapshot", "error_signature", "format_trace",
-           "__version__"]
+__all__ = ("activate", "capture", "main", "group_key", "scrub", "snapshot", "error_signature", "format_trace",
+           "__version__")
 
 _APP = "corp_error_agent"
 
 ###############################################################################
 # Start-up: hooks #############################################################
 ###############################################################################
-# Installing costs a few attribute assignments and one stat(): does this script have a failure
-# waiting for its first clean run? Only then is an exit hook needed. Each hook calls the hook that
-# was installed before it first, so the user sees the traceback at once and unchanged, and only
-# then loads the agent.
+# Every Python process runs this part, so it is kept small: each function of it is loaded at every
+# start, and what it allocates (type hints too) can tip the garbage collector into one more
+# collection (bench/startup.py counts the instructions). Installing costs a few attribute
+# assignments and one stat(): has a
+# script of this name a failure waiting for its first clean run? Only then is an exit hook needed.
+# Each hook calls the hook that was installed before it first, so the user sees the traceback at
+# once and unchanged, and only then loads the agent.
 
-_process = {"error_seen": False, "deliveries": [], "loaded": False, "pending": None, "patched": []}  # type: dict
+_process = {"error_seen": False, "loaded": False, "pending": None}  # type: dict
+
+# Errors that never reach a hook: asyncio task exceptions nobody retrieved, multiprocessing
+# children, whose bootstrap prints the traceback itself, cells of IPython and Jupyter, which print
+# their own tracebacks, and errors a program logs and carries on. The agent patches those modules
+# when they are imported, so that processes which never use them never pay for it. (Patching
+# multiprocessing adds traceback, for the same reason.) An entry goes once its module is patched.
+_PATCHES = {"asyncio.base_events": "_patch_asyncio", "multiprocessing.process": "_patch_multiprocessing",
+            "IPython.core.interactiveshell": "_patch_ipython", "logging": "_patch_logging"}
 
 
-def activate() -> None:
+# The hooks, the finder and what they call live as long as the interpreter. With this module's
+# globals they would keep `os` alive into finalization, which then clears it the slow way (~1% of a
+# `python -c pass`, bench/startup.py). So they get a small namespace of their own (and so do the
+# functions they define), and reach the agent through sys.modules.
+_OUTSIDE = {"__builtins__": __builtins__, "__name__": __name__, "sys": sys, "_PATCHES": _PATCHES,
+            "_process": _process}
+
+
+def activate():
     """Install the hooks (idempotent): the entry point of corp_error_agent.pth and .start."""
     try:
-        enabled = os.environ.get("ERROR_AGENT_ENABLED", "1").strip().lower() not in ("0", "false", "no", "off")
-        if not enabled or getattr(sys.excepthook, "corp_error_agent", False):
+        if getattr(sys.excepthook, "__qualname__", "") == "_chain.<locals>.hook" or \
+                os.environ.get("ERROR_AGENT_ENABLED", "1").strip().lower() in ("0", "false", "no", "off"):
             return
         import _thread
+        import time  # (both imported by Python's own start-up already)
         sys.excepthook = _chain(sys.excepthook, "_on_exception")
         # threading copies _thread._excepthook when it is first imported, so patching the builtin
         # covers threads without paying for threading in processes that never use it.
         _thread._excepthook = _chain(_thread._excepthook, "_on_thread_exception")
         if "threading" in sys.modules:
-            sys.modules["threading"].excepthook = _thread._excepthook  # type: ignore[attr-defined]
-        for name in list(_PATCHES) + ["logging"]:  # a patch may add to _PATCHES
+            sys.modules["threading"].excepthook = _thread._excepthook
+        for name in tuple(_PATCHES):
             if name in sys.modules:
-                _process["patched"].append(name)
-                _apply_patch(name, sys.modules[name])
+                _apply_patch(_PATCHES.pop(name), sys.modules[name])
         finder = type(sys)(_APP + ".finder")
-        finder.find_spec = _detached(_find_spec)  # type: ignore[attr-defined]
-        sys.meta_path.insert(0, finder)
-        pending = _pending_path()
-        if pending is None or os.access(pending, os.F_OK) or _success_always():  # exists() raises inside
+        finder.find_spec = _find_spec
+        sys.meta_path.insert(2, finder)  # after the builtin and frozen importers, before the path
+        _process["started"] = time.time()
+        # where failures of scripts of this file name wait for their first clean run (_pending_path)
+        name = os.path.basename(sys.argv[0] if sys.argv else "") or "-"  # "-c", "-m", a script
+        pending = _process["pending_dir"] = os.path.join(_cache_dir(), "pending", name.strip(".") or "-")
+        if os.access(pending, os.F_OK) or \
+                os.environ.get("ERROR_AGENT_SUCCESS", "").strip().lower() == "always":
             import atexit
-            atexit.register(_detached(_at_exit))
+            atexit.register(_reach_agent, "_at_exit")
     except Exception:
         pass
 
 
-def _chain(previous, handler: str):
+def _chain(previous, handler):
     def hook(*args):
         try:
             previous(*args)
         finally:
             if not (isinstance(args[0], type) and issubclass(args[0], (KeyboardInterrupt, SystemExit))):
                 _reach_agent(handler, *args)
-    hook = _detached(hook)
-    hook.corp_error_agent = True  # type: ignore[attr-defined]
-    return hook
+    return hook  # (known by its __qualname__: an attribute would cost a dict)
 
 
-def _call_agent(name: str, *args):
+def _reach_agent(name, *args):
+    """Run an agent function from a hook, found under the name the module was imported as."""
+    agent = sys.modules.get(__name__)  # None once the interpreter is shutting down
+    return None if agent is None else agent._call_agent(name, *args)
+
+
+def _call_agent(name, *args):
     """Run an agent function; whatever goes wrong inside the agent stays inside it."""
     try:
         _load(cache_code=True)
         return globals()[name](*args)
     except BaseException as error:  # Ctrl-C while the agent waits ends the wait, nothing else
-        _debug(error)
+        if _process["loaded"]:
+            _debug(error)  # (defined by the agent proper)
         return None
-
-
-def _debug(error: BaseException) -> None:
-    """ERROR_AGENT_DEBUG=1 shows the agent's own errors, which are otherwise swallowed."""
-    if os.environ.get("ERROR_AGENT_DEBUG", "") not in ("", "0") and sys.stderr is not None:
-        try:
-            import traceback
-            sys.stderr.write("corp-error-agent debug: " + "".join(
-                traceback.format_exception(type(error), error, error.__traceback__)))
-        except Exception:
-            pass
-
-
-# Errors that never reach a hook: asyncio task exceptions nobody retrieved, multiprocessing
-# children, whose bootstrap prints the traceback itself, cells of IPython and Jupyter, which print
-# their own tracebacks, and errors a program logs and carries on. The agent patches those modules
-# when they are imported, so that processes which never use them never pay for it. (Patching
-# multiprocessing adds traceback, for the same reason.)
-# (logging is patched by the start-up part itself, see _logging_spec.)
-_PATCHES = {"asyncio.base_events": "_patch_asyncio", "multiprocessing.process": "_patch_multiprocessing",
-            "IPython.core.interactiveshell": "_patch_ipython"}
 
 
 def _find_spec(name, path=None, target=None):
-    """Import-system finder (on sys.meta_path, see activate): the spec of a module in _PATCHES,
-    with a loader that patches it; None, meaning "not mine", for every other module."""
-    if name == "logging" and name not in _process["patched"]:
-        _process["patched"].append(name)
-        return _logging_spec(path, target)
-    if name not in _PATCHES or name in _process["patched"]:
+    """Import-system finder (on sys.meta_path, see activate), asked about every import: None,
+    meaning "not mine", unless the module is in _PATCHES; then the module's spec, found by the
+    finders after this one, with a loader that patches the module once it ran."""
+    if name not in _PATCHES:
         return None
-    _process["patched"].append(name)
-    return _reach_agent("_patched_spec", name, path, target)
-
-
-# Most programs import logging, so its patch lives here and loads nothing: the wrapper only looks
-# at a record's level and exception, and reaches the agent for an error that carries one.
-
-def _logging_spec(path, target):
+    patch = _PATCHES.pop(name)
     spec = None
-    for finder in sys.meta_path:  # this module's finder says "not mine" to logging by now
-        spec = finder.find_spec("logging", path, target) if hasattr(finder, "find_spec") else None
+    for finder in sys.meta_path:  # this one says "not mine" to the module by now
+        spec = finder.find_spec(name, path, target) if hasattr(finder, "find_spec") else None
         if spec is not None:
             break
     loader = getattr(spec, "loader", None)
     if loader is not None and hasattr(loader, "exec_module"):
-        exec_module = loader.exec_module
-
-        def exec_and_patch(module):
+        # (defaults, not a closure: a closure's cells would be made at every import)
+        def exec_and_patch(module, loader=loader, exec_module=loader.exec_module, patch=patch):
             exec_module(module)
             try:
                 del loader.exec_module  # nothing of the agent stays referenced by the loader
-                _patch_logging(module)
             except Exception:
                 pass
-        loader.exec_module = _detached(exec_and_patch)
+            _apply_patch(patch, module)
+        try:
+            loader.exec_module = exec_and_patch
+        except Exception:  # a loader that takes no attributes: the module stays unpatched
+            pass
     return spec
 
 
-def _patch_logging(logging) -> None:
-    """Report records at ERROR or above that carry an exception (``logger.exception``), as handled."""
+def _apply_patch(patch, module):
+    if patch == "_patch_logging":  # most programs import logging: its patch loads nothing
+        try:
+            _patch_logging(module)
+        except Exception:
+            pass
+    else:
+        _reach_agent(patch, module)
+
+
+def _patch_logging(logging):
+    """Report records at ERROR or above that carry an exception (``logger.exception``), as handled.
+    The wrapper only looks at a record's level and exception, and reaches the agent for an error
+    that carries one."""
+    import os  # (not a global: see _OUTSIDE)
     if os.environ.get("ERROR_AGENT_LOGGING", "1").strip().lower() in ("0", "false", "no", "off"):
         return
     call_handlers = logging.Logger.callHandlers
@@ -151,45 +164,17 @@ def _patch_logging(logging) -> None:
         call_handlers(self, record)
         if record.levelno >= 40 and record.exc_info and record.exc_info[0] is not None:
             _reach_agent("_on_logged_error", record)
-    logging.Logger.callHandlers = _detached(callHandlers)
+    logging.Logger.callHandlers = callHandlers
 
 
-def _apply_patch(name: str, module) -> None:
-    if name == "logging":
-        try:
-            _patch_logging(module)
-        except Exception:
-            pass
-    else:
-        _call_agent(_PATCHES[name], module)
+# (the functions they define run there too)
+for _name in ("_chain", "_reach_agent", "_find_spec", "_apply_patch", "_patch_logging"):
+    _OUTSIDE[_name] = globals()[_name] = type(activate)(  # type: ignore[misc]
+        globals()[_name].__code__, _OUTSIDE, _name, globals()[_name].__defaults__)
+del _name
 
 
-# The hooks, the finder and the exit hook live as long as the interpreter. With this module's
-# globals, they would keep the module alive into finalization, which then clears it the slow way,
-# with all it refers to: ~1% of a `python -c pass` (bench/startup.py). So they get a small
-# namespace of their own and reach the agent through sys.modules.
-
-def _detached(function):
-    return type(function)(function.__code__, _OUTSIDE, function.__name__, function.__defaults__,
-                          function.__closure__)
-
-
-def _reach_agent(name: str, *args):
-    agent = sys.modules.get(__name__)  # None once the interpreter is shutting down
-    return None if agent is None else agent._call_agent(name, *args)
-
-
-_OUTSIDE = {"__builtins__": __builtins__, "__name__": __name__, "sys": sys, "_PATCHES": _PATCHES,
-            "_process": _process}
-_OUTSIDE["_reach_agent"] = _detached(_reach_agent)
-_OUTSIDE["_OUTSIDE"] = _OUTSIDE
-_OUTSIDE["_detached"] = _detached(_detached)
-_OUTSIDE["_patch_logging"] = _detached(_patch_logging)
-_OUTSIDE["_logging_spec"] = _detached(_logging_spec)
-_OUTSIDE["os"] = os
-
-
-def _user_dir(kind: str, platform: str = sys.platform, environ=os.environ) -> str:
+def _user_dir(kind, platform=sys.platform, environ=os.environ):
     """The per-user ``config`` or ``cache`` directory, where platformdirs would put it."""
     home = os.path.expanduser("~")
     if platform == "win32":
@@ -202,158 +187,43 @@ def _user_dir(kind: str, platform: str = sys.platform, environ=os.environ) -> st
     return os.path.join(base, _APP)
 
 
-def _cache_dir() -> str:
+def _cache_dir():
     return os.environ.get("ERROR_AGENT_CACHE_DIR", "").strip() or _user_dir("cache")
 
 
-def _script_source():
-    """What is running: ("-m", module), ("-c", code), ("file", path), ("stdin", ""), what a launcher
-    runs (see _launched), or None while it cannot be known yet (``-m`` at start-up before Python
-    3.10, which has no sys.orig_argv)."""
-    if "script" in _process:  # a notebook's kernel, once it knows (_on_cell_start)
-        return _process["script"]
-    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "-"
-    orig_argv = getattr(sys, "orig_argv", [])
-    if argv0 == "-c":
-        return "-c", orig_argv[orig_argv.index("-c") + 1] if "-c" in orig_argv[:-1] else ""
-    module = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None)
-    if argv0 == "-m" or module not in (None, "__main__"):  # at start-up, runpy has not run yet
-        module = module or (orig_argv[orig_argv.index("-m") + 1] if "-m" in orig_argv[:-1] else None)
-        if not module:
-            return None
-        module = module[:-len(".__main__")] if module.endswith(".__main__") else module
-        return (_launched(module, sys.argv[1:]) if len(sys.argv) > 1 else None) or ("-m", module)
-    if argv0 == "-":
-        return "stdin", ""
-    tool = os.path.basename(argv0)
-    return (_launched(tool, sys.argv[1:]) if tool in _LAUNCHERS else None) or ("file", os.path.abspath(argv0))
-
-
-# A tool that runs other code is not the script: the run is what it runs (the notebook, the test
-# files, the app), so that a clean run of one never counts as the fix of another. Any other
-# ``python -m tool ARGS`` is told apart by the files and directories its arguments name.
-_LAUNCHERS = {"pytest": "paths", "py.test": "paths", "ipython": "script", "flask": "app", "celery": "app",
-              "jupyter-nbconvert": "notebook", "jupyter-execute": "notebook", "nbconvert": "notebook",
-              "nbclient": "notebook", "papermill": "notebook"}
-
-
-def _launched(tool: str, args: list):
-    kind = _LAUNCHERS.get(tool)
-    if kind == "notebook":
-        notebooks = [arg for arg in args if arg.endswith(".ipynb")]
-        if not notebooks:
-            return None
-        import time
-        _process["started"] = time.time()  # a report of its kernel's is from this run if newer
-        return "notebook", os.path.abspath(notebooks[0])
-    if kind == "app":
-        app = os.environ.get("FLASK_APP", "") if tool == "flask" else ""
-        for i, arg in enumerate(args):
-            if arg in ("-A", "--app") and i + 1 < len(args):
-                app = args[i + 1]
-            elif arg.startswith(("--app=", "-A")) and arg not in ("-A", "--app"):
-                app = arg.split("=", 1)[1] if arg.startswith("--app=") else arg[2:]
-        return "run", " ".join((tool, os.getcwd(), app))
-    paths = [os.path.abspath(arg.split("::")[0]) for arg in args
-             if not arg.startswith("-") and os.path.exists(arg.split("::")[0])]
-    if kind == "script":
-        return ("file", paths[0]) if paths else None
-    if kind == "paths":
-        return "run", " ".join([tool] + (paths or [os.getcwd()]))
-    return ("-m", " ".join([tool] + paths)) if paths else None
-
-
-def _pending_path():
-    """Where a failure of this script waits for its first clean run, named without hashing."""
-    if _process["pending"] is None:
-        source = _script_source()
-        if source is None:
-            return None
-        key = "".join(c if c.isalnum() or c in "._-" else "_" for c in " ".join(source))
-        key = key if len(key) <= 120 else key[:60] + key[-60:]
-        _process["pending"] = os.path.join(_cache_dir(), "pending", key + ".json")
-    return _process["pending"]
-
-
-def _success_always() -> bool:
-    return os.environ.get("ERROR_AGENT_SUCCESS", "").strip().lower() == "always"
-
-
-def _at_exit() -> None:
-    if not _process["error_seen"]:
-        _reach_agent("_report_clean_exit")
-
-
-def _load(cache_code: bool = False) -> None:
-    """Compile and run the agent proper (the source text below) in this module, once. Hooks firing in a
-    host process may reuse the compiled code from the agent's cache dir; other uses (the command
-    line, a server importing group_key) leave no trace on disk."""
+def _load(cache_code=False):
+    """Compile and run the agent proper (the source text below) in this module, once. Hooks firing
+    in a host process reuse its compiled code from the cache dir while this file is unchanged
+    (compiling costs ~10 ms, which every error would pay again); other uses (the command line, a
+    server importing group_key) leave no trace on disk."""
     if _process["loaded"]:
         return
     import _thread
+    import marshal
     with _process.setdefault("lock", _thread.allocate_lock()):
         if _process["loaded"]:
             return
-        exec(_agent_code(cache_code), globals())
-        _process["loaded"] = True
-
-
-def _agent_code(cache_code: bool):
-    """The agent proper compiled, from the per-user cache dir while this file is unchanged:
-    compiling it costs ~10 ms, which every error would pay again otherwise."""
-    import __future__
-
-    import marshal
-    import zlib
-    cached = None
-    if cache_code:
-        stat = os.stat(__file__)
-        # agent-<this install and interpreter>-<this version of the file>.code
-        install = "agent-%08x-" % zlib.crc32(("%s\0%s" % (os.path.abspath(__file__), sys.implementation.cache_tag))
-                                            .encode("utf-8", "surrogateescape"))
-        cached = os.path.join(_cache_dir(), install + "%s-%d-%d.code" % (__version__, stat.st_mtime_ns, stat.st_size))
+        cached = None
+        if cache_code:  # agent-<install and interpreter>-<version of the file>.code
+            import zlib
+            stat = os.stat(__file__)
+            install = "%s\0%s" % (os.path.abspath(__file__), sys.implementation.cache_tag)
+            cached = os.path.join(_cache_dir(), "agent-%08x-%s-%d-%d.code" % (
+                zlib.crc32(install.encode("utf-8", "surrogateescape")), __version__, stat.st_mtime_ns,
+                stat.st_size))
         try:
-            with open(cached, "rb") as f:
-                return marshal.loads(f.read())
+            with open(cached or "", "rb") as f:
+                code, cached = marshal.loads(f.read()), None
         except (OSError, ValueError, EOFError, TypeError):
-            pass
-    code = compile(_agent_source(), __file__, "exec", __future__.annotations.compiler_flag, True)
-    if cached is None:
-        return code
-    try:
-        os.makedirs(os.path.dirname(cached), mode=0o700, exist_ok=True)
-        tmp = "%s.%d.tmp" % (cached, os.getpid())
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-            f.write(marshal.dumps(code))
-        os.replace(tmp, cached)
-        _remove_stale_code(os.path.dirname(cached), install, os.path.basename(cached))
-    except OSError:
-        pass
-    return code
+            import __future__
+            code = compile(_agent_source(), __file__, "exec", __future__.annotations.compiler_flag, True)
+        exec(code, globals())
+        _process["loaded"] = True
+    if cached:
+        _write_code_cache(code, cached)  # (defined by the agent proper)
 
 
-_CODE_MAX_AGE = 30 * 86400  # seconds: compiled code of an install not written since is removed
-
-
-def _remove_stale_code(directory: str, install: str, current: str) -> None:
-    """Written once per install and version of the file, so this is when old ones go: this install's
-    other versions and files named as before 0.5 at once, another install's when it is old (a deleted
-    venv; one still in use compiles again once)."""
-    import time
-    for name in os.listdir(directory):
-        if not name.startswith("agent-") or not name.endswith((".code", ".tmp")) or name == current:
-            continue
-        path = os.path.join(directory, name)
-        named_by_install = name[14:15] == "-" and all(c in "0123456789abcdef" for c in name[6:14])
-        try:
-            if name.endswith(".code") and (name.startswith(install) or not named_by_install) or \
-                    time.time() - os.stat(path).st_mtime > (_CODE_MAX_AGE if name.endswith(".code") else 300):
-                os.unlink(path)
-        except OSError:
-            continue
-
-
-def _agent_source() -> str:
+def _agent_source():
     """The agent proper, read from this file, with blank lines in front so that tracebacks and
     debuggers show this file's line numbers."""
     with open(__file__, "rb") as f:
@@ -367,17 +237,17 @@ def _agent_source() -> str:
     return "\n" * text.count("\n", 0, start) + text[start:end]
 
 
-def __getattr__(name: str):
+def __getattr__(name):
     """PEP 562: the first use of anything in the agent proper loads it."""
-    if name.startswith("__") or _process["loaded"]:
-        raise AttributeError("module %r has no attribute %r" % (__name__, name))
-    try:
-        _load()
-        return globals()[name]
-    except KeyError:
-        raise AttributeError("module %r has no attribute %r" % (__name__, name)) from None
-    except Exception as error:  # the agent proper could not be loaded
-        raise AttributeError("module %r has no attribute %r (%s)" % (__name__, name, error)) from error
+    error = None
+    if not (name.startswith("__") or _process["loaded"]):
+        try:
+            _load()
+        except Exception as failure:  # the agent proper could not be loaded
+            error = failure
+        if name in globals():
+            return globals()[name]
+    raise AttributeError("module %r has no attribute %r%s" % (__name__, name, error and " (%s)" % error or ""))
 
 
 ###############################################################################
@@ -413,6 +283,17 @@ _SPOOL_DRAIN_BATCH = 50        # spooled beacons delivered per contact, oldest f
 _PENDING_MAX_AGE = 7 * 86400   # a failure not followed by a success within this is forgotten
 _BREAKER_SECONDS = 180         # a backend that failed is not waited on again for this long
 _CONNECT_TIMEOUT = 2.0         # seconds; beacons in the background never wait longer per request
+
+
+def _debug(error: BaseException) -> None:
+    """ERROR_AGENT_DEBUG=1 shows the agent's own errors, which are otherwise swallowed."""
+    if os.environ.get("ERROR_AGENT_DEBUG", "") not in ("", "0") and sys.stderr is not None:
+        try:
+            import traceback
+            sys.stderr.write("corp-error-agent debug: " + "".join(
+                traceback.format_exception(type(error), error, error.__traceback__)))
+        except Exception:
+            pass
 
 
 def _truthy(value: str) -> bool:
@@ -473,6 +354,118 @@ def _suggest_timeout() -> float:
     return max(0.0, _float(os.environ.get("ERROR_AGENT_SUGGEST_TIMEOUT"), 5.0))
 
 
+_CODE_MAX_AGE = 30 * 86400  # seconds: compiled code of an install not written since is removed
+
+
+def _write_code_cache(code, path: str) -> None:
+    """Keep the agent proper's compiled code for the next error of this install (see _load)."""
+    import marshal
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = "%s.%d.tmp" % (path, os.getpid())
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            f.write(marshal.dumps(code))
+        os.replace(tmp, path)
+        name = os.path.basename(path)
+        _remove_stale_code(os.path.dirname(path), name[:len("agent-12345678-")], name)
+    except OSError:
+        pass
+
+
+def _remove_stale_code(directory: str, install: str, current: str) -> None:
+    """Written once per install and version of the file, so this is when old ones go: this install's
+    other versions and files named as before 0.5 at once, another install's when it is old (a deleted
+    venv; one still in use compiles again once)."""
+    import time
+    for name in os.listdir(directory):
+        if not name.startswith("agent-") or not name.endswith((".code", ".tmp")) or name == current:
+            continue
+        path = os.path.join(directory, name)
+        named_by_install = name[14:15] == "-" and all(c in "0123456789abcdef" for c in name[6:14])
+        try:
+            if name.endswith(".code") and (name.startswith(install) or not named_by_install) or \
+                    time.time() - os.stat(path).st_mtime > (_CODE_MAX_AGE if name.endswith(".code") else 300):
+                os.unlink(path)
+        except OSError:
+            continue
+
+
+
+def _success_always() -> bool:
+    return os.environ.get("ERROR_AGENT_SUCCESS", "").strip().lower() == "always"
+
+
+###############################################################################
+# Which script runs ###########################################################
+###############################################################################
+
+def _script_source():
+    """What is running: ("-m", module), ("-c", code), ("file", path), ("stdin", ""), what a launcher
+    runs (see _launched), or None while it cannot be known yet (``-m`` at start-up before Python
+    3.10, which has no sys.orig_argv)."""
+    if "script" in _process:  # a notebook's kernel, once it knows (_on_cell_start)
+        return _process["script"]
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "-"
+    orig_argv = getattr(sys, "orig_argv", [])
+    if argv0 == "-c":
+        return "-c", orig_argv[orig_argv.index("-c") + 1] if "-c" in orig_argv[:-1] else ""
+    module = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None)
+    if argv0 == "-m" or module not in (None, "__main__"):  # at start-up, runpy has not run yet
+        module = module or (orig_argv[orig_argv.index("-m") + 1] if "-m" in orig_argv[:-1] else None)
+        if not module:
+            return None
+        module = module[:-len(".__main__")] if module.endswith(".__main__") else module
+        return (_launched(module, sys.argv[1:]) if len(sys.argv) > 1 else None) or ("-m", module)
+    if argv0 == "-":
+        return "stdin", ""
+    tool = os.path.basename(argv0)
+    return (_launched(tool, sys.argv[1:]) if tool in _LAUNCHERS else None) or ("file", os.path.abspath(argv0))
+
+
+# A tool that runs other code is not the script: the run is what it runs (the notebook, the test
+# files, the app), so that a clean run of one never counts as the fix of another. Any other
+# ``python -m tool ARGS`` is told apart by the files and directories its arguments name.
+_LAUNCHERS = {"pytest": "paths", "py.test": "paths", "ipython": "script", "flask": "app", "celery": "app",
+              "jupyter-nbconvert": "notebook", "jupyter-execute": "notebook", "nbconvert": "notebook",
+              "nbclient": "notebook", "papermill": "notebook"}
+
+
+def _launched(tool: str, args: list):
+    kind = _LAUNCHERS.get(tool)
+    if kind == "notebook":
+        notebooks = [arg for arg in args if arg.endswith(".ipynb")]
+        if not notebooks:
+            return None
+        return "notebook", os.path.abspath(notebooks[0])
+    if kind == "app":
+        app = os.environ.get("FLASK_APP", "") if tool == "flask" else ""
+        for i, arg in enumerate(args):
+            if arg in ("-A", "--app") and i + 1 < len(args):
+                app = args[i + 1]
+            elif arg.startswith(("--app=", "-A")) and arg not in ("-A", "--app"):
+                app = arg.split("=", 1)[1] if arg.startswith("--app=") else arg[2:]
+        return "run", " ".join((tool, os.getcwd(), app))
+    paths = [os.path.abspath(arg.split("::")[0]) for arg in args
+             if not arg.startswith("-") and os.path.exists(arg.split("::")[0])]
+    if kind == "script":
+        return ("file", paths[0]) if paths else None
+    if kind == "paths":
+        return "run", " ".join([tool] + (paths or [os.getcwd()]))
+    return ("-m", " ".join([tool] + paths)) if paths else None
+
+
+def _pending_path():
+    """Where a failure of this script waits for its first clean run, named without hashing."""
+    if _process["pending"] is None and "pending_dir" in _process:  # (set by activate)
+        source = _script_source()
+        if source is None:
+            return None
+        key = "".join(c if c.isalnum() or c in "._-" else "_" for c in " ".join(source))
+        key = key if len(key) <= 120 else key[:60] + key[-60:]
+        _process["pending"] = os.path.join(_process["pending_dir"], key + ".json")
+    return _process["pending"]
+
+
 ###############################################################################
 # Hooks: what happens when one fires ##########################################
 ###############################################################################
@@ -480,7 +473,8 @@ def _suggest_timeout() -> float:
 
 def _hooks_active() -> bool:
     import _thread
-    return any(getattr(hook, "corp_error_agent", False) for hook in (sys.excepthook, _thread._excepthook))
+    return any(getattr(hook, "__qualname__", "") == "_chain.<locals>.hook" for hook in (sys.excepthook,
+                                                                                       _thread._excepthook))
 
 
 def _on_exception(exc_type, exc, tb) -> None:
@@ -490,22 +484,6 @@ def _on_exception(exc_type, exc, tb) -> None:
 def _on_thread_exception(args) -> None:
     # A dying thread does not wait for a hint: that would delay the host's join().
     _on_error(args.exc_type, args.exc_value, args.exc_traceback, wait_for_hint=False)
-
-
-def _patched_spec(name, path, target):
-    """The module's spec, with a loader that patches the module once it ran (see _PATCHES)."""
-    from importlib.machinery import PathFinder
-    spec = PathFinder.find_spec(name, path, target)
-    loader = getattr(spec, "loader", None)
-    if loader is None or not hasattr(loader, "exec_module"):
-        return spec
-    exec_module = loader.exec_module
-
-    def exec_and_patch(module):
-        exec_module(module)
-        _call_agent(_PATCHES[name], module)
-    loader.exec_module = exec_and_patch
-    return spec
 
 
 def _patch_asyncio(base_events) -> None:
@@ -1067,7 +1045,6 @@ def _state_dir() -> str:
             try:
                 os.makedirs(candidate, mode=0o700, exist_ok=True)
                 os.makedirs(os.path.join(candidate, "spool"), mode=0o700, exist_ok=True)
-                os.makedirs(os.path.join(candidate, "pending"), mode=0o700, exist_ok=True)
                 if os.access(candidate, os.W_OK):
                     _state["dir"] = candidate
                     break
@@ -1379,8 +1356,8 @@ def _report_error(exc_type, exc, tb, settings: dict, wait_for_hint: bool, handle
         spooled = _spool_put(state, {"beacon": beacon, "env": env})
     try:  # success tracking needs the cache dir itself, not the temp-dir fallback
         if not (handled or _process.get("multiprocessing_child")):
-            _write_atomic(_pending_path() or "", {"ts": time.time(), "env_hash": env["env_hash"],
-                                                  "error_sig": error_sig, "cell": _process.get("cell")})
+            _write_pending({"ts": time.time(), "env_hash": env["env_hash"], "error_sig": error_sig,
+                            "cell": _process.get("cell")})
     except OSError:
         pass
     if _breaker_open(state, settings):
@@ -1394,10 +1371,10 @@ def _report_error(exc_type, exc, tb, settings: dict, wait_for_hint: bool, handle
         delivery.start()
     if not wait_for_hint or handled:
         if delivery is not None:
-            if not _process["deliveries"]:
+            if not _process.get("deliveries"):
                 import atexit
                 atexit.register(_finish_background_deliveries)
-            _process["deliveries"] = [d for d in _process["deliveries"] if d.is_alive()] + [delivery]
+            _process["deliveries"] = [d for d in _process.get("deliveries", []) if d.is_alive()] + [delivery]
         return
     if settings["hints"][0] and timeout > 0:
         _ask_hint(settings, state, env, {"error_sig": error_sig, "env_hash": env["env_hash"],
@@ -1436,8 +1413,31 @@ def _finish_background_deliveries() -> None:
     """At exit, give reports of thread and asyncio errors the usual bounded time to arrive."""
     import time
     deadline = time.monotonic() + _suggest_timeout()
-    for delivery in _process["deliveries"]:
+    for delivery in _process.get("deliveries", []):
         _wait(delivery, max(0.0, deadline - time.monotonic()), "error reports to be delivered")
+
+
+# <cache dir>/pending/<script file name> exists only while a failure of a script of that name
+# waits in it, so that a start checks one directory, not what its script is (see activate).
+
+def _write_pending(failure: dict) -> None:
+    import time
+    path = _pending_path() or ""
+    for _ in range(2):  # a clean exit elsewhere may remove the emptied directory in between
+        os.makedirs(os.path.dirname(os.path.dirname(path)), mode=0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        try:
+            _write_atomic(path, failure)
+            break
+        except FileNotFoundError:
+            continue
+    for name in os.listdir(os.path.dirname(path)):  # failures never followed by a clean run
+        other = os.path.join(os.path.dirname(path), name)
+        try:
+            if time.time() - os.stat(other).st_mtime > _PENDING_MAX_AGE:
+                os.unlink(other)
+        except OSError:
+            continue
 
 
 def _pending_failure():
@@ -1447,7 +1447,16 @@ def _pending_failure():
     if not isinstance(failure, dict):
         return None
     os.unlink(path)
+    try:
+        os.rmdir(os.path.dirname(path))  # only when it was the last one
+    except OSError:
+        pass
     return failure if time.time() - _float(failure.get("ts"), 0.0) < _PENDING_MAX_AGE else None
+
+
+def _at_exit() -> None:
+    if not _process["error_seen"]:  # (then the agent is loaded already)
+        _report_clean_exit()
 
 
 def _report_clean_exit() -> None:

@@ -11,7 +11,12 @@ alike. Prints the median wall time of each and the median of the per-round ratio
 (budget: <= 1.05), peak RSS per variant (budget: <= +1 MiB), and what a clean exit with no
 pending failure costs (budget: <= 0.2 ms).
 
-    python bench/startup.py [--quick] [--all] [--rounds N]
+With --instructions it counts CPU instructions instead (valgrind --tool=callgrind; deterministic
+with PYTHONHASHSEED=0, so one run each, unlike wall time on a shared machine): `python -c pass` and
+`python -c "import logging"` (logging is patched by the agent when imported), in `floor` and
+`install`. Bar: the agent at most 1.0% over the floor on each.
+
+    python bench/startup.py [--quick] [--all] [--rounds N] [--instructions]
 """
 from __future__ import annotations
 
@@ -49,9 +54,9 @@ def site_packages(venv: str) -> str:
     return glob.glob(os.path.join(venv, "lib", "python3.*", "site-packages"))[0]
 
 
-def make_venvs(python: str, workdir: str) -> dict:
+def make_venvs(python: str, workdir: str, names=("bare", "floor", "install", "wheel")) -> dict:
     venvs = {}
-    for name in ("bare", "floor", "install"):
+    for name in [n for n in ("bare", "floor", "install") if n in names]:
         path = os.path.join(workdir, name)
         subprocess.run([python, "-m", "venv", "--without-pip", path], check=True)
         venvs[name] = os.path.join(path, "bin", "python")
@@ -63,7 +68,7 @@ def make_venvs(python: str, workdir: str) -> dict:
     subprocess.run([venvs["floor"], "-m", "compileall", "-q", floor], check=True)
     subprocess.run([venvs["install"], AGENT, "install"], check=True, stdout=subprocess.DEVNULL)
     wheels = sorted(glob.glob(os.path.join(ROOT, ".cache", "dist", "*.whl")))
-    if wheels:  # installed by this interpreter's pip into a venv without pip, like the others
+    if wheels and "wheel" in names:  # installed by this interpreter's pip into a venv without pip, like the others
         path = os.path.join(workdir, "wheel")
         subprocess.run([python, "-m", "venv", "--without-pip", path], check=True)
         pip = [sys.executable, "-m", "pip", "--python", os.path.join(path, "bin", "python"), "install", "-q",
@@ -92,11 +97,10 @@ def peak_rss_kib(python: str, env: dict) -> float:
 def pending_check_us(python: str, env: dict) -> float:
     """In-process cost of the start-up check for a failure waiting for this script's clean exit.
     With nothing pending no exit hook is registered, so this is all a clean exit costs."""
-    code = ("import corp_error_agent as a, os, time\n"
+    code = ("import corp_error_agent as a, os, sys, time\n"
             "n = 2000\nt = time.perf_counter()\n"
-            "for _ in range(n):\n"
-            "    a._process['pending'] = None\n"
-            "    os.path.exists(a._pending_path())\n"
+            "for _ in range(n):\n"  # what activate() does: pending/<script file name>/ exists?
+            "    os.access(os.path.join(a._cache_dir(), 'pending', os.path.basename(sys.argv[0]) or '-'), os.F_OK)\n"
             "print((time.perf_counter() - t) / n * 1e6)\n")
     return float(subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
 
@@ -133,12 +137,48 @@ def measure(python: str, rounds: int) -> None:
               % pending_check_us(venvs["install"], env))
 
 
+PROGRAMS = (("python -c pass", "pass"), ('python -c "import logging"', "import logging"))
+BAR = 1.0  # percent over the floor
+
+
+def instructions(python: str, code: str, env: dict) -> int:
+    """CPU instructions of one `python -c CODE`, start-up and exit included."""
+    proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python, "-c", code],
+                          env=env, capture_output=True, text=True)
+    counts = [line.split()[-1] for line in proc.stderr.splitlines() if "Collected :" in line]
+    if proc.returncode != 0 or not counts:
+        raise RuntimeError("valgrind failed (%s):\n%s" % (proc.returncode, proc.stderr[-2000:]))
+    return int(counts[-1])
+
+
+def measure_instructions(python: str) -> bool:
+    with tempfile.TemporaryDirectory(prefix="cea-startup-") as workdir:
+        venvs = make_venvs(python, workdir, ("floor", "install"))
+        env = dict(os.environ, ERROR_AGENT_CACHE_DIR=os.path.join(workdir, "cache"),
+                   ERROR_AGENT_URL="http://127.0.0.1:9", PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0")
+        version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
+                                 capture_output=True, text=True).stdout.strip()
+        print("CPython %s, CPU instructions (valgrind --tool=callgrind, PYTHONHASHSEED=0):" % version)
+        met = True
+        for label, code in PROGRAMS:
+            floor, agent = (instructions(venvs[name], code, env) for name in ("floor", "install"))
+            over = (agent / floor - 1) * 100
+            met = met and over <= BAR
+            print("  %-28s floor %11s   agent %11s   %+.2f%%" % (label, format(floor, ","), format(agent, ","), over))
+        return met
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="few rounds, for a smoke run")
     parser.add_argument("--all", action="store_true", help="every CPython 3.8-3.13 under pyenv")
     parser.add_argument("--rounds", type=int, default=0)
+    parser.add_argument("--instructions", action="store_true", help="CPU instructions (valgrind) instead of time")
     args = parser.parse_args()
+    if args.instructions:
+        met = [measure_instructions(python) for python in interpreters(args.all)]
+        print("bar (agent <= %.1f%% over the floor on each): %s" % (BAR, "met" if all(met) else "NOT met"))
+        return 0
     rounds = args.rounds or (30 if args.quick else 300)
     for python in interpreters(args.all):
         measure(python, rounds)

@@ -281,6 +281,7 @@ class _App:
         self._schema_version = storage.schema_version()
         self._alerts = alerts.Alerts(webhooks, self._alert_events) if webhooks else None
         self._suggested: Dict[int, Tuple[tuple, dict]] = {}   # group id -> (its counts then, the engine's answer)
+        self._compared: Dict[int, Tuple[tuple, List[dict]]] = {}
         self._suggested_lock = threading.Lock()
         self._routes: Dict[str, Dict[str, Callable]] = {
             "/beacon": {"POST": self._beacon}, "/env": {"POST": self._env}, "/suggest": {"POST": self._suggest},
@@ -524,6 +525,20 @@ class _App:
         self._suggestions([group])
         return group["suggestion"]
 
+    def _comparison(self, group: dict) -> List[dict]:
+        """The engine's per-feature comparison of the group, kept like its suggestion."""
+        key = (group["count"], group["failing_runs"], group["succeeding_runs"])
+        with self._suggested_lock:
+            kept = self._compared.get(group["id"])
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        comparison = engine.comparison(self.storage.groups_data([group["id"]])[group["id"]])
+        with self._suggested_lock:
+            if len(self._compared) >= _SUGGESTIONS_KEPT:
+                self._compared.clear()
+            self._compared[group["id"]] = (key, comparison)
+        return comparison
+
     def _groups(self, query: GroupQuery, now: float) -> Tuple[int, List[dict]]:
         total, groups = self.storage.find_groups(query)
         first_day = int(now // 86400) - _SPARK_DAYS + 1
@@ -572,7 +587,6 @@ class _App:
         if group is None:
             raise HTTPError(404, "no error group %s" % group_id)
         now = time.time()
-        data = self.storage.groups_data([group["id"]])[group["id"]]
         fixes = []
         for fix in self.storage.observed_fixes(group["id"], _FIXES_SHOWN):
             before, after = self.storage.env_features(fix["failing_env"]), self.storage.env_features(fix["fixed_env"])
@@ -582,7 +596,7 @@ class _App:
         days = [(pages.day_label(first_day + i), f, o) for i, (f, o) in enumerate(series)]
         scripts, envs = self.storage.group_sources(group["id"], _SOURCES_SHOWN)
         snapshots = self.storage.env_snapshots(e["env_hash"] for e in envs)
-        return 200, Page(pages.group_page(group, self._suggestion(group), engine.comparison(data), fixes, days,
+        return 200, Page(pages.group_page(group, self._suggestion(group), self._comparison(group), fixes, days,
                                           self.storage.recent_errors(group["id"], 10), scripts, envs, snapshots,
                                           environ["cea.csrf"], now)), []
 

@@ -18,6 +18,7 @@ succeeding. The posterior is finally mapped through a calibration fitted on benc
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import shlex
@@ -25,7 +26,7 @@ from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 ABSENT = "<absent>"            # a package the environment does not have
 UNSET = "<unset>"              # an environment variable the agent collected and found unset
-MIN_CONFIDENCE = 0.7           # below this (calibrated) confidence the engine abstains (docs/engine.md)
+MIN_CONFIDENCE = 0.9           # below this (calibrated) confidence the engine abstains (docs/engine.md)
 _MAX_VALUES = 8                # features with more distinct values than this are per-machine noise
 _ALPHA = 1.0                   # Dirichlet concentration per value
 _NO_CAUSE_PRIOR = 0.35         # prior share of bugs that fail whatever the environment
@@ -38,8 +39,8 @@ _MISS = 0.02                   # share of succeeding runs on failing values (a c
 _FIX_NOISE = 0.12              # chance that an observed "fix" did not touch the cause (a flaky pass)
 _MAX_TOGETHER = 3              # more features than this splitting the runs alike is chance, not a cause
 _PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
-# Platt calibration (slope, offset on the logit) of the posterior: bench/engine_quality.py --fit, seeds 1-10
-_CALIBRATION = (1.85, 1.40)
+# Platt calibration (slope, offset on the logit) of the posterior: bench/engine_quality.py --fit, seeds 1-5
+_CALIBRATION = (1.84, 1.14)
 
 Features = Dict[str, str]
 Counts = Dict[str, Dict[str, Tuple[float, float]]]   # feature -> value -> (failing runs, succeeding runs)
@@ -293,6 +294,7 @@ def with_absent(values: Mapping[str, Tuple[float, float]], fails: float, oks: fl
     return full
 
 
+@functools.lru_cache(maxsize=8192)
 def version_key(value: str) -> Optional[Tuple[int, ...]]:
     """A release's numbers for ordering ("1.26.4" -> (1, 26, 4)); None for what is no version."""
     if value in (ABSENT, UNSET) or not re.match(r"^v?\d", value):
@@ -370,10 +372,17 @@ class Candidate(NamedTuple):
 
 
 def _pair_diff(pair: FixPair) -> Dict[str, Tuple[str, str]]:
-    keys = {k for k in set(pair.failing) | set(pair.fixed) if k != "python_full"}
-    return {k: (pair.failing.get(k, ABSENT), pair.fixed.get(k, ABSENT)) for k in keys
-            if not k.startswith("env:") or (k in pair.failing and k in pair.fixed)
-            if pair.failing.get(k, ABSENT) != pair.fixed.get(k, ABSENT)}
+    """What a fix changed; an env var only when both runs collected it, the interpreter once."""
+    failing, fixed = pair.failing, pair.fixed
+    diff = {}
+    for key, before in failing.items():
+        after = fixed.get(key, ABSENT)
+        if after != before and key != "python_full" and (after is not ABSENT or not key.startswith("env:")):
+            diff[key] = (before, after)
+    for key, after in fixed.items():
+        if key not in failing and key != "python_full" and not key.startswith("env:"):
+            diff[key] = (ABSENT, after)
+    return diff
 
 
 def _pair_evidence(pairs: Sequence[FixPair], universe: int) -> Tuple[Dict[str, float], Dict[str, Dict[str, int]]]:
@@ -382,20 +391,20 @@ def _pair_evidence(pairs: Sequence[FixPair], universe: int) -> Tuple[Dict[str, f
     Under "feature f is the cause" a fix changes f (unless it was a flaky pass); under "no cause"
     a fix changes f as often as a random feature of an environment that changed |diff| of them.
     """
-    diffs = [_pair_diff(pair) for pair in pairs]
     log_lr: Dict[str, float] = {}
     moved_to: Dict[str, Dict[str, int]] = {}
-    changed: Set[str] = set().union(*diffs) if diffs else set()
-    for diff in diffs:
+    missed = 0.0   # what every feature pays for the fixes that left it alone, taken back where it changed
+    for pair in pairs:
+        diff = _pair_diff(pair)
         chance = min(0.5, max(len(diff), 1) / max(universe, 2))
-        for feature in changed:
-            if feature in diff:
-                log_lr[feature] = log_lr.get(feature, 0.0) + math.log((1 - _FIX_NOISE) / chance)
-                target = moved_to.setdefault(feature, {})
-                target[diff[feature][1]] = target.get(diff[feature][1], 0) + 1
-            else:
-                log_lr[feature] = log_lr.get(feature, 0.0) + math.log(_FIX_NOISE / (1 - chance))
-    return log_lr, moved_to
+        miss = math.log(_FIX_NOISE / (1 - chance))
+        missed += miss
+        hit = math.log((1 - _FIX_NOISE) / chance) - miss
+        for feature, (_, after) in diff.items():
+            log_lr[feature] = log_lr.get(feature, 0.0) + hit
+            target = moved_to.setdefault(feature, {})
+            target[after] = target.get(after, 0) + 1
+    return {feature: value + missed for feature, value in log_lr.items()}, moved_to
 
 
 class _Hypothesis(NamedTuple):

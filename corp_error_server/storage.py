@@ -26,6 +26,7 @@ from .storage_schema import MIGRATIONS
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
 _PAIRS_READ = 50          # most recent observed fixes the engine looks at per group
+_FAIL_ENVS_READ = 400     # latest failing runs whose distinct environments estimate the repeat rate
 _GOOD_ENVS_READ = 50      # succeeding environments read when packages that move together need a combination
 _MENTIONS_KEPT = 40       # package names remembered per group from its traces
 _FEATURE_CACHE = 8192     # environments whose features stay in memory (they never change)
@@ -188,12 +189,13 @@ class Dialect:
 
 
 class Cursor:
-    """A driver's cursor speaking ``?`` placeholders, plus the features this transaction read."""
+    """A driver's cursor speaking ``?`` placeholders, plus the environments and groups this transaction read."""
 
     def __init__(self, raw, dialect: Dialect) -> None:
         self._raw = raw
         self._dialect = dialect
         self.seen: Dict[str, Dict[str, str]] = {}
+        self.group_ids: Dict[str, int] = {}
         self.for_update = dialect.for_update
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
@@ -251,6 +253,7 @@ class Storage:
 
     def __init__(self) -> None:
         self._features: Dict[str, Dict[str, str]] = {}
+        self._group_ids: Dict[str, int] = {}
 
     # -- backend hooks ----------------------------------------------------------------------
 
@@ -276,7 +279,10 @@ class Storage:
                     result = work(cur)
             except _Retry:
                 continue
-            self._remember(cur.seen)   # only once committed: a rolled-back env was never stored
+            self._remember(cur.seen)   # only once committed: a rolled-back env or group was never stored
+            if len(self._group_ids) + len(cur.group_ids) > _FEATURE_CACHE:
+                self._group_ids.clear()
+            self._group_ids.update(cur.group_ids)
             return result
         raise StorageConflict("the database kept aborting the write for concurrent conflicts; try again")
 
@@ -353,11 +359,16 @@ class Storage:
 
     # -- beacons ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _group_id(cur: Cursor, key: str, signature: str, now: float) -> int:
+    def _group_id(self, cur: Cursor, key: str, signature: str, now: float) -> int:
+        known = self._group_ids.get(key)
+        if known is None:
+            known = cur.group_ids.get(key)
+        if known is not None:   # a group's row, once committed, is never deleted nor renumbered
+            return known
         cur.execute("INSERT INTO groups(key, signature, first_seen, last_seen) VALUES(?, ?, ?, ?) "
                     "ON CONFLICT DO NOTHING", (key, signature, now, now))
-        return cur.execute("SELECT id FROM groups WHERE key = ?", (key,)).fetchone()[0]
+        cur.group_ids[key] = group_id = cur.execute("SELECT id FROM groups WHERE key = ?", (key,)).fetchone()[0]
+        return group_id
 
     def _note_error(self, cur: Cursor, group_id: int, beacon: Beacon, now: float) -> Tuple[bool, bool]:
         """Count the error in its group; (the group is new, a resolved group regressed)."""
@@ -458,7 +469,7 @@ class Storage:
             now = time.time()
             results = []
             for beacon, env in items:
-                seen = dict(cur.seen)
+                seen, group_ids = dict(cur.seen), dict(cur.group_ids)
                 cur.execute("SAVEPOINT item")
                 try:
                     results.append(self._store_item(cur, beacon, env, now))
@@ -469,7 +480,7 @@ class Storage:
                         cur.execute("ROLLBACK TO SAVEPOINT item")
                     except Exception:   # the database gave the whole transaction up (connection lost, disk full)
                         raise error from None
-                    cur.seen = seen
+                    cur.seen, cur.group_ids = seen, group_ids
                     results.append(BeaconResult(False, False, self.dialect.translate(error)))
                 cur.execute("RELEASE SAVEPOINT item")
             return results
@@ -538,8 +549,11 @@ class Storage:
             fixed_features = self._features_of(cur, fixed)
             if failing_features is not None and fixed_features is not None and failing != fixed:
                 pairs.append(FixPair(failing_features, fixed_features, sid == script_id))
-        fail_envs = cur.execute("SELECT COUNT(DISTINCT env_hash) FROM beacons WHERE group_id = ? AND kind = 'error' "
-                                "AND test = 0 AND counted = 1", (group_id,)).fetchone()[0]
+        # distinct environments among the latest failing runs, scaled to all of them (bounded work)
+        recent = cur.execute("SELECT COUNT(*), COUNT(DISTINCT env_hash) FROM (SELECT env_hash FROM beacons "
+                             "WHERE group_id = ? AND kind = 'error' AND test = 0 AND counted = 1 "
+                             "ORDER BY id DESC LIMIT ?) AS latest", (group_id, _FAIL_ENVS_READ)).fetchone()
+        fail_envs = round(fails * recent[1] / recent[0]) if recent[0] else 0
         return GroupData(fails, oks, counts, set(json.loads(mentions)), pairs, key.split(" @ ")[0], fail_envs,
                          lambda: self._succeeding_envs(group_id))
 

@@ -14,7 +14,7 @@ import support
 WEB = ("flask", "django", "fastapi", "uvicorn", "pytest")
 WEB_PYTHONS = ("3.9", "3.12")
 JUPYTER = ("ipykernel", "nbclient", "nbformat", "nbconvert", "ipython")
-JUPYTER_PYTHONS = ("3.12",)
+JUPYTER_PYTHONS = ("3.10", "3.12")  # IPython 8 and 9
 
 
 def _package_venv(version: str, packages) -> support.Venv:

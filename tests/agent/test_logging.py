@@ -148,3 +148,17 @@ def test_the_real_server_stores_a_handled_report(agent_venv, sandbox, tmp_path):
         assert group["handled"] == 1 and group["count"] == 1
     finally:
         server.stop()
+
+
+def test_importing_logging_patches_it_without_loading_the_agent(agent_venv, sandbox):
+    code = ("import sys, logging; agent = sys.modules['corp_error_agent'];"
+            "print(agent._process['loaded'], logging.Logger.callHandlers.__globals__['__name__']);"
+            "print(' '.join(sorted(sys.modules)))")
+    env = sandbox.env("http://127.0.0.1:9")
+    env.pop("COVERAGE_PROCESS_START", None)  # coverage.py imports more itself
+    first, modules = run(agent_venv.python, ["-c", code], env).stdout.decode().splitlines()
+    off = dict(env, ERROR_AGENT_ENABLED="0")  # the .pth imports the module, which installs nothing
+    first_off, modules_off = run(agent_venv.python, ["-c", code], off).stdout.decode().splitlines()
+    assert first == "False corp_error_agent"  # patched by the agent's start-up part, the agent proper not loaded
+    assert first_off == "False logging"
+    assert modules == modules_off             # and nothing more imported

@@ -4,10 +4,12 @@ Two venvs that differ only in a made-up library (tinylib 2.0 removed the functio
 the agent copied into both, the reference server as a subprocess. The browser walks list -> group
 -> environment diff -> resolve, a new failure makes the group regressed; a script with a hostile
 name raising a hostile message is shown as text and runs nothing; no request leaves the server's
-origin. Screenshots are kept under .cache/artifacts/dashboard/.
+origin; the fleet page names this machine, as the agent sent its host name. Screenshots are kept
+under .cache/artifacts/dashboard/.
 """
 from __future__ import annotations
 
+import socket
 import zipfile
 from pathlib import Path
 
@@ -134,8 +136,10 @@ def test_list_group_diff_resolve_regression_and_hostile_traces(py, tmp_path, san
             assert page.locator("main img, main script, main svg[onload], a[href^='javascript']").count() == 0
             page.screenshot(path=str(ARTIFACTS / "hostile.png"), full_page=True)
 
+            # the fleet: the agent sent this machine's host name with every beacon
             page.goto(server.url + "/fleet")
-            assert "machine(s) reported" in page.inner_text("main")
+            fleet = page.inner_text("main")
+            assert "1 machine(s) reported" in fleet and socket.gethostname() in fleet
             page.screenshot(path=str(ARTIFACTS / "fleet.png"), full_page=True)
             context.close()
         assert dialogs == []

@@ -41,6 +41,8 @@ def names_reached_by_string() -> dict:
                 names.append(_string(node.args[1]))
             elif callee in REACHING and node.args:
                 names.append(_string(node.args[0]))
+            elif len(node.args) >= 2 and isinstance(node.args[0], ast.Name) and node.args[0].id in REACHING:
+                names.append(_string(node.args[1]))  # handed on with its name: atexit.register(_reach_agent, "...")
             keywords = {k.arg: k.value for k in node.keywords}
             target, args = keywords.get("target"), keywords.get("args")
             if isinstance(target, ast.Name) and target.id in REACHING and isinstance(args, ast.Tuple) and args.elts:
@@ -63,7 +65,7 @@ def test_every_function_reached_by_name_is_defined_in_the_agent_proper():
     reached = names_reached_by_string()
     # the search finds what is known to be there: the hooks, the patches, the workers
     assert {"_on_exception", "_on_thread_exception", "_patch_asyncio", "_patch_multiprocessing",
-            "_patch_traceback", "_patched_spec", "_report_clean_exit", "_drain", "_ask_for_hint",
+            "_patch_traceback", "_at_exit", "_drain", "_ask_for_hint",
             "_on_error"} <= set(reached)
     # the logging patch is the one entry of _PATCHES the start-up part applies itself (it is cheap
     # and every program imports logging), so it lives in the detached namespace instead
@@ -77,10 +79,8 @@ def test_patches_name_functions_of_the_agent_proper_at_run_time():
 
 
 def _detached_functions() -> set:
-    """Names of the functions handed to _detached() in the start-up part."""
-    return {node.args[0].id for node in ast.walk(ast.parse(START_UP))
-            if isinstance(node, ast.Call) and _callee(node) == "_detached" and node.args
-            and isinstance(node.args[0], ast.Name)}
+    """Names of the start-up functions that run with _OUTSIDE as their globals."""
+    return {name for name, value in vars(agent).items() if getattr(value, "__globals__", None) is agent._OUTSIDE}
 
 
 def _function_tables(table):
@@ -92,10 +92,12 @@ def _function_tables(table):
 
 def test_detached_functions_find_every_global_they_use_in_their_namespace():
     detached = _detached_functions()
-    assert {"_find_spec", "_at_exit", "_reach_agent", "hook"} <= detached
-    tables = [t for t in _function_tables(symtable.symtable(START_UP, str(AGENT_FILE), "exec"))
-              if t.get_name() in detached]
-    assert {t.get_name() for t in tables} == detached
+    assert {"_chain", "_find_spec", "_reach_agent", "_patch_logging"} <= detached
+    tops = [t for t in symtable.symtable(START_UP, str(AGENT_FILE), "exec").get_children()
+            if t.get_name() in detached]
+    assert {t.get_name() for t in tops} == detached
+    tables = tops + [nested for t in tops for nested in _function_tables(t)]  # they run in _OUTSIDE too
+    assert {t.get_name() for t in tables} >= {"hook", "exec_and_patch", "callHandlers"}
     available = set(agent._OUTSIDE) | set(vars(builtins))
     missing = {t.get_name(): sorted(set(t.get_globals()) - available) for t in tables}
     assert {name: names for name, names in missing.items() if names} == {}, \
