@@ -463,7 +463,10 @@ def _pending_path():
             return None
         key = "".join(c if c.isalnum() or c in "._-" else "_" for c in " ".join(source))
         key = key if len(key) <= 120 else key[:60] + key[-60:]
-        _process["pending"] = os.path.join(_process["pending_dir"], key + ".json")
+        # a notebook's kernel and its launcher (nbconvert) share where the notebook's failure waits
+        directory = _process["pending_dir"] if source[0] != "notebook" else \
+            os.path.join(os.path.dirname(_process["pending_dir"]), "notebook")
+        _process["pending"] = os.path.join(directory, key + ".json")
     return _process["pending"]
 
 
