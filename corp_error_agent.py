@@ -468,7 +468,8 @@ def _launched(tool: str, args: list):
 
 
 def _pending_path():
-    """Where a failure of this script waits for its first clean run, named without hashing."""
+    """Where a failure of this script waits for its first clean run, named without hashing; "" where
+    none is tracked."""
     if _process["pending"] is None and _process["pending_dir"] is not None:  # (set by activate)
         source = _script_source()
         if source is None:
@@ -671,8 +672,10 @@ def _on_cell_start(shell, info) -> None:
     raw_cell = getattr(info, "raw_cell", None)
     _process["cell"] = _hash12(raw_cell) if isinstance(raw_cell, str) else None
     if _process["script"] is None and type(shell).__module__.startswith("ipykernel"):
-        _process["script"] = _notebook_source(shell)
-        _process["pending"] = None  # the launcher's, computed at start-up
+        source = _process["script"] = _notebook_source(shell)
+        # not the launcher's, computed at start-up; none for a kernel not told its notebook, or the
+        # clean run of any such notebook would count as the fix of another's failure
+        _process["pending"] = "" if os.path.basename(source[1]) == "<kernel>" else None
 
 
 def _on_cell_success(result) -> None:
@@ -1435,7 +1438,9 @@ def _finish_background_deliveries() -> None:
 
 def _write_pending(failure: dict) -> None:
     import time
-    path = _pending_path() or ""
+    path = _pending_path()
+    if not path:
+        return
     for _ in range(2):  # a clean exit elsewhere may remove the emptied directory in between
         os.makedirs(os.path.dirname(os.path.dirname(path)), mode=0o700, exist_ok=True)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
@@ -1468,7 +1473,8 @@ def _pending_failure():
 
 
 def _at_exit() -> None:
-    if not _process["error_seen"]:  # (then the agent is loaded already)
+    # sys.last_type: an uncaught exception shown by a hook that is not ours (a replaced sys.excepthook)
+    if not _process["error_seen"] and getattr(sys, "last_type", None) is None:  # (then the agent is loaded)
         _report_clean_exit()
 
 
@@ -1488,7 +1494,14 @@ def _report_clean_exit() -> None:
     if failure is None and len(_spool_entries(state_dir)) < _SPOOL_DRAIN_BATCH:
         return  # routine successes travel in batches
     if not _breaker_open(state_dir, settings):
-        _drain(settings, state_dir, spooled, timeout=min(_CONNECT_TIMEOUT, _suggest_timeout() or _CONNECT_TIMEOUT))
+        # The socket timeout bounds each read, not a backend trickling its answer: the host's exit
+        # waits for the whole delivery at most this long, and a wait without an answer trips the breaker.
+        import threading
+        bound = min(_CONNECT_TIMEOUT, _suggest_timeout() or _CONNECT_TIMEOUT)
+        delivery = threading.Thread(target=_call_agent, daemon=True, name=_APP + "-delivery",
+                                    args=("_drain", settings, state_dir, spooled, _SPOOL_DRAIN_BATCH, bound))
+        delivery.start()
+        _wait(delivery, bound, "the success report to be delivered")
 
 ###############################################################################
 # Hints #######################################################################

@@ -334,13 +334,16 @@ def separation(feature: str, values: Mapping[str, Tuple[float, float]]) -> Separ
 
 def _failing_range(values: Mapping[str, Tuple[float, float]], good: Sequence[str], bad: Sequence[str]) -> str:
     """The start of a version range that fails: every version seen from it on failed, all below worked."""
-    keyed_good = [version_key(v) for v in good]
-    keyed_bad = [(version_key(v), v) for v in bad if values[v][1] == 0]
-    if not keyed_bad or len(keyed_bad) != len(bad) or any(k is None for k in keyed_good) or \
-            any(k is None for k, _ in keyed_bad):
+    if any(values[v][1] for v in bad):
         return ""
-    lowest_bad = min(keyed_bad)
-    return lowest_bad[1] if not keyed_good or max(keyed_good) < lowest_bad[0] else ""  # type: ignore[operator, type-var]
+    keyed_good = [version_key(v) for v in good]
+    keyed_bad = [(version_key(v), v) for v in bad]
+    known_good = [k for k in keyed_good if k is not None]
+    known_bad = [(k, v) for k, v in keyed_bad if k is not None]
+    if not known_bad or len(known_good) != len(keyed_good) or len(known_bad) != len(keyed_bad):
+        return ""
+    lowest_key, lowest = min(known_bad)
+    return lowest if not known_good or max(known_good) < lowest_key else ""
 
 ###############################################################################
 # Hypotheses ##################################################################
