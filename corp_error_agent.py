@@ -34,7 +34,9 @@ _APP = "corp_error_agent"
 # Each hook calls the hook that was installed before it first, so the user sees the traceback at
 # once and unchanged, and only then loads the agent.
 
-_process = {"error_seen": False, "loaded": False, "pending": None}  # type: dict
+# Per-process state: the keys the start-up part uses. The agent proper declares the others when it
+# is loaded (first thing in it): each key here would cost every Python start (bench/startup.py).
+_process = {"error_seen": False, "loaded": False, "pending": None, "started": None, "pending_dir": None}  # type: dict
 
 # Errors that never reach a hook: asyncio task exceptions nobody retrieved, multiprocessing
 # children, whose bootstrap prints the traceback itself, cells of IPython and Jupyter, which print
@@ -261,6 +263,12 @@ r'''
 # Constants and configuration #################################################
 ###############################################################################
 
+# The rest of the per-process state (see _process at start-up). Made on first use, by setdefault:
+# the lock of _load, the deliveries still running, the backend each worker is contacting, and the
+# threads that are reporting.
+_process.update({"state_dir": None, "pid_space": None, "script": None, "cell": None, "ipython": False,
+                 "bootstrap_code": None, "child_failure": None, "multiprocessing_child": False})
+
 _USER_AGENT = "corp-error-agent/" + __version__
 _DEFAULT_URL = "http://127.0.0.1:8000"
 _DEFAULTS = {"url": _DEFAULT_URL, "token": "", "enabled": True, "hints": True, "min_confidence": 0.6}
@@ -270,6 +278,11 @@ _ENV_NAMES = {"url": "ERROR_AGENT_URL", "token": "ERROR_AGENT_TOKEN", "enabled":
               "hints": "ERROR_AGENT_HINT", "min_confidence": "ERROR_AGENT_MIN_CONFIDENCE"}
 _FILE_KEYS = {"url": "backend_url", "token": "token", "enabled": "enabled", "hints": "hints",
               "min_confidence": "min_confidence"}
+
+# The effective settings by name (settings.url), and where each came from (settings.sources["url"]).
+import collections  # noqa: E402  (imported by re and functools already)
+
+_Settings = collections.namedtuple("_Settings", list(_DEFAULTS) + ["sources"])
 ENV_ALLOW = ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "LC_ALL", "LANG", "TZ",
              "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
@@ -329,10 +342,10 @@ def _coerce(name: str, value):
     return str(value).rstrip("/") if name == "url" else str(value)
 
 
-def _settings() -> dict:
-    """Each setting as ``(value, source)``: env vars win, then the user file, the system file, defaults."""
+def _settings() -> _Settings:
+    """The effective settings: env vars win, then the user file, the system file, defaults."""
     files = {scope: _read_json(path) for scope, path in _config_files().items()}
-    settings = {}
+    values, sources = {}, {}
     for name, default in _DEFAULTS.items():
         value, source = default, "default"
         env_value = os.environ.get(_ENV_NAMES[name], "")
@@ -346,8 +359,8 @@ def _settings() -> dict:
                     break
         if name == "min_confidence" and _float(value, None) is None:
             source = "default: %r from %s is not a number" % (value, source)
-        settings[name] = (_coerce(name, value), source)
-    return settings
+        values[name], sources[name] = _coerce(name, value), source
+    return _Settings(sources=sources, **values)
 
 
 def _suggest_timeout() -> float:
@@ -403,7 +416,7 @@ def _script_source():
     """What is running: ("-m", module), ("-c", code), ("file", path), ("stdin", ""), what a launcher
     runs (see _launched), or None while it cannot be known yet (``-m`` at start-up before Python
     3.10, which has no sys.orig_argv)."""
-    if "script" in _process:  # a notebook's kernel, once it knows (_on_cell_start)
+    if _process["script"] is not None:  # a notebook's kernel, once it knows (_on_cell_start)
         return _process["script"]
     argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "-"
     orig_argv = getattr(sys, "orig_argv", [])
@@ -455,14 +468,18 @@ def _launched(tool: str, args: list):
 
 
 def _pending_path():
-    """Where a failure of this script waits for its first clean run, named without hashing."""
-    if _process["pending"] is None and "pending_dir" in _process:  # (set by activate)
+    """Where a failure of this script waits for its first clean run, named without hashing; "" where
+    none is tracked."""
+    if _process["pending"] is None and _process["pending_dir"] is not None:  # (set by activate)
         source = _script_source()
         if source is None:
             return None
         key = "".join(c if c.isalnum() or c in "._-" else "_" for c in " ".join(source))
         key = key if len(key) <= 120 else key[:60] + key[-60:]
-        _process["pending"] = os.path.join(_process["pending_dir"], key + ".json")
+        # a notebook's kernel and its launcher (nbconvert) share where the notebook's failure waits
+        directory = _process["pending_dir"] if source[0] != "notebook" else \
+            os.path.join(os.path.dirname(_process["pending_dir"]), "notebook")
+        _process["pending"] = os.path.join(directory, key + ".json")
     return _process["pending"]
 
 
@@ -515,7 +532,7 @@ def _patch_multiprocessing(process) -> None:
         # success tracking of the script that started it (nor of spawn's generated -c command).
         _process["multiprocessing_child"] = True
         exitcode = bootstrap(self, *args, **kwargs)
-        failure = _process.pop("child_failure", None)
+        failure, _process["child_failure"] = _process["child_failure"], None
         if failure:  # the traceback is printed by now: the hint comes under it, as in the parent
             _call_agent("_on_error", failure[0], failure[1], failure[2], True)
         return exitcode
@@ -535,7 +552,7 @@ def _patch_traceback(traceback) -> None:
 
 def _interactive() -> bool:
     # IPython sets sys.ps1 in kernels and for `ipython script.py` too: there only its prompt counts
-    at_prompt = _at_ipython_prompt() if _process.get("ipython") else hasattr(sys, "ps1") or sys.flags.interactive
+    at_prompt = _at_ipython_prompt() if _process["ipython"] else hasattr(sys, "ps1") or sys.flags.interactive
     return bool(at_prompt) and os.environ.get("ERROR_AGENT_INTERACTIVE", "") in ("", "0")
 
 
@@ -544,7 +561,7 @@ def _on_error(exc_type, exc, tb, wait_for_hint: bool, handled: bool = False) -> 
         return
     _process["error_seen"] = True
     settings = _settings()
-    if not settings["enabled"][0]:
+    if not settings.enabled:
         return
     with _Reporting():
         if _exception_type_name(exc_type) in _CELL_ERRORS:
@@ -586,7 +603,7 @@ def capture(error: BaseException | None = None) -> str | None:
     if exc is None or _reported_as(exc) is not None:
         return None
     settings = _settings()
-    if settings["enabled"][0]:
+    if settings.enabled:
         _process["error_seen"] = True
         with _Reporting():
             _call_agent("_report_error", type(exc), exc, exc.__traceback__, settings, False, True)
@@ -654,14 +671,16 @@ def _watch_cells(shell) -> None:
 def _on_cell_start(shell, info) -> None:
     raw_cell = getattr(info, "raw_cell", None)
     _process["cell"] = _hash12(raw_cell) if isinstance(raw_cell, str) else None
-    if "script" not in _process and type(shell).__module__.startswith("ipykernel"):
-        _process["script"] = _notebook_source(shell)
-        _process["pending"] = None  # the launcher's, computed at start-up
+    if _process["script"] is None and type(shell).__module__.startswith("ipykernel"):
+        source = _process["script"] = _notebook_source(shell)
+        # not the launcher's, computed at start-up; none for a kernel not told its notebook, or the
+        # clean run of any such notebook would count as the fix of another's failure
+        _process["pending"] = "" if os.path.basename(source[1]) == "<kernel>" else None
 
 
 def _on_cell_success(result) -> None:
     path = _pending_path()
-    failure = _read_json(path) if path and _process.get("cell") and os.path.exists(path) else None
+    failure = _read_json(path) if path and _process["cell"] and os.path.exists(path) else None
     if isinstance(failure, dict) and failure.get("cell") == _process["cell"]:
         _report_clean_exit()
 
@@ -716,11 +735,11 @@ def _notebook_source(shell):
 _CELL_ERRORS = ("nbclient.exceptions.CellExecutionError", "nbconvert.preprocessors.execute.CellExecutionError")
 
 
-def _on_cell_execution_error(exc, settings: dict) -> None:
+def _on_cell_execution_error(exc, settings: _Settings) -> None:
     import time
     path = _pending_path()
     failure = _read_json(path) if path else None
-    started = _process.get("started", time.time())
+    started = _process["started"] or time.time()
     if isinstance(failure, dict) and _float(failure.get("ts"), 0.0) >= started and failure.get("cell"):
         _ask_hint_only(settings, failure["env_hash"], failure["error_sig"])
         return
@@ -1015,9 +1034,6 @@ def snapshot(cache: str | None = None) -> dict:
 # duplicates by event_id. Retry policy: connection failures, 5xx and 429 keep the entry (and open
 # the circuit breaker); any other 4xx means the backend will never take it: dropped and counted.
 
-_state = {}  # per-process: the writable state directory once found
-
-
 def _write_atomic(path: str, data) -> None:
     import json
     tmp = "%s.%d.%s.tmp" % (path, os.getpid(), os.urandom(4).hex())
@@ -1036,7 +1052,7 @@ def _write_atomic(path: str, data) -> None:
 
 def _state_dir() -> str:
     """The cache dir (0700), or a per-user temp dir when it cannot be written."""
-    if "dir" not in _state:
+    if _process["state_dir"] is None:
         for candidate in (_cache_dir(), None):
             if candidate is None:  # tempfile costs 3 ms to import: only when it is needed
                 import tempfile
@@ -1046,51 +1062,51 @@ def _state_dir() -> str:
                 os.makedirs(candidate, mode=0o700, exist_ok=True)
                 os.makedirs(os.path.join(candidate, "spool"), mode=0o700, exist_ok=True)
                 if os.access(candidate, os.W_OK):
-                    _state["dir"] = candidate
+                    _process["state_dir"] = candidate
                     break
             except OSError:
                 continue
         else:
             raise OSError("no writable state directory")
-    return _state["dir"]
+    return _process["state_dir"]
 
 
-def _count_dropped(state: str, reason: str, beacon: dict) -> None:
+def _count_dropped(state_dir: str, reason: str, beacon: dict) -> None:
     import time
     line = "%.3f %s %s\n" % (time.time(), reason, beacon.get("event_id", "-"))
-    fd = os.open(os.path.join(state, "dropped.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = os.open(os.path.join(state_dir, "dropped.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "a") as f:
         f.write(line)
 
 
-def _spool_entries(state: str) -> list:
-    spool = os.path.join(state, "spool")
+def _spool_entries(state_dir: str) -> list:
+    spool = os.path.join(state_dir, "spool")
     try:
         return [os.path.join(spool, n) for n in sorted(os.listdir(spool)) if n.endswith(".json")]
     except OSError:
         return []
 
 
-def _spool_put(state: str, entry: dict) -> str:
+def _spool_put(state_dir: str, entry: dict) -> str:
     import time
     beacon = entry["beacon"]
     name = "%020d-%s.json" % (int(beacon["ts"] * 1e6), beacon["event_id"])
-    path = os.path.join(state, "spool", name)
+    path = os.path.join(state_dir, "spool", name)
     _write_atomic(path, entry)
-    for oldest in _spool_entries(state)[:-_SPOOL_MAX_FILES]:
-        _spool_drop(state, oldest, "spool-full")
+    for oldest in _spool_entries(state_dir)[:-_SPOOL_MAX_FILES]:
+        _spool_drop(state_dir, oldest, "spool-full")
     cutoff = "%020d" % int((time.time() - _SPOOL_MAX_AGE) * 1e6)
-    for expired in (p for p in _spool_entries(state) if os.path.basename(p) < cutoff):
-        _spool_drop(state, expired, "expired")
+    for expired in (p for p in _spool_entries(state_dir) if os.path.basename(p) < cutoff):
+        _spool_drop(state_dir, expired, "expired")
     return path
 
 
-def _spool_drop(state: str, path: str, reason: str) -> None:
+def _spool_drop(state_dir: str, path: str, reason: str) -> None:
     claimed = _spool_claim(path)
     if claimed:
         entry = _read_json(claimed) or {}
         _spool_release(claimed, keep=False)
-        _count_dropped(state, reason, entry.get("beacon", {}))
+        _count_dropped(state_dir, reason, entry.get("beacon", {}))
 
 
 def _spool_claim(path: str):
@@ -1110,7 +1126,7 @@ def _spool_claim(path: str):
 def _pid_space() -> str:
     """Which processes a pid in a claim refers to: the cache dir may be shared by containers and
     machines (a bind-mounted or NFS home), whose pids this process cannot see."""
-    if "pid_space" not in _process:
+    if _process["pid_space"] is None:
         uname = getattr(os, "uname", None)
         try:
             namespace = os.readlink("/proc/self/ns/pid")
@@ -1152,10 +1168,10 @@ def _claimant_gone(name: str) -> bool:
     return False
 
 
-def _recover_stale_claims(state: str) -> None:
+def _recover_stale_claims(state_dir: str) -> None:
     """Entries claimed by a process that ended mid-delivery go back into the spool."""
     import time
-    spool = os.path.join(state, "spool")
+    spool = os.path.join(state_dir, "spool")
     for name in os.listdir(spool):
         path = os.path.join(spool, name)
         try:
@@ -1177,18 +1193,18 @@ class _Unreachable(Exception):
         self.cause = cause    # the exception that ended the request
 
 
-def _post(settings: dict, path: str, payload: dict, timeout: float):
+def _post(settings: _Settings, path: str, payload: dict, timeout: float):
     """POST JSON; returns (status, body bytes). Raises _Unreachable for what is worth retrying."""
     import json
     import urllib.error
     import urllib.request
     headers = {"Content-Type": "application/json", "User-Agent": _USER_AGENT}
-    if settings["token"][0]:
-        headers["Authorization"] = "Bearer " + settings["token"][0]
+    if settings.token:
+        headers["Authorization"] = "Bearer " + settings.token
     body = json.dumps(payload)
     if "\\ud" in body:  # a surrogate escape: maybe a lone one, which strict servers refuse
         body = json.dumps(_wire_safe(payload))
-    request = urllib.request.Request(settings["url"][0] + path, data=body.encode("utf-8"), headers=headers,
+    request = urllib.request.Request(settings.url + path, data=body.encode("utf-8"), headers=headers,
                                      method="POST")
     import _thread
     contacting = _process.setdefault("contacting", {})  # see _wait
@@ -1227,32 +1243,32 @@ def _wire_safe(value):
     return value
 
 
-def _breaker_path(state: str, settings: dict) -> str:
+def _breaker_path(state_dir: str, settings: _Settings) -> str:
     """One breaker per backend: another URL is tried at once."""
-    return os.path.join(state, "breaker-" + _hash12(settings["url"][0]) + ".json")
+    return os.path.join(state_dir, "breaker-" + _hash12(settings.url) + ".json")
 
 
-def _breaker_open(state: str, settings: dict) -> bool:
+def _breaker_open(state_dir: str, settings: _Settings) -> bool:
     import time
-    data = _read_json(_breaker_path(state, settings))
+    data = _read_json(_breaker_path(state_dir, settings))
     return isinstance(data, dict) and _float(data.get("until"), 0.0) > time.time()
 
 
-def _trip_breaker(state: str, settings: dict, error: _Unreachable) -> None:
+def _trip_breaker(state_dir: str, settings: _Settings, error: _Unreachable) -> None:
     import time
-    _write_atomic(_breaker_path(state, settings),
-                  {"until": time.time() + error.retry_after, "reason": str(error), "url": settings["url"][0]})
+    _write_atomic(_breaker_path(state_dir, settings),
+                  {"until": time.time() + error.retry_after, "reason": str(error), "url": settings.url})
 
 
-def _close_breaker(state: str, settings: dict) -> None:
+def _close_breaker(state_dir: str, settings: _Settings) -> None:
     """The backend answered: the next error is sent and asks for its hint again."""
     try:
-        os.unlink(_breaker_path(state, settings))
+        os.unlink(_breaker_path(state_dir, settings))
     except FileNotFoundError:
         pass
 
 
-def _deliver(settings: dict, state: str, claimed: str, timeout: float) -> str:
+def _deliver(settings: _Settings, state_dir: str, claimed: str, timeout: float) -> str:
     """Send one claimed spool entry: ``delivered``, ``rejected`` (4xx, dropped) or ``kept``."""
     import time
     entry = _read_json(claimed)
@@ -1265,37 +1281,37 @@ def _deliver(settings: dict, state: str, claimed: str, timeout: float) -> str:
             _post(settings, "/env", entry["env"], timeout)
     except _Unreachable as error:
         _spool_release(claimed, keep=True)
-        _trip_breaker(state, settings, error)
+        _trip_breaker(state_dir, settings, error)
         raise
     if status >= 400:
         _spool_release(claimed, keep=False)
-        _count_dropped(state, "rejected-%d" % status, entry["beacon"])
+        _count_dropped(state_dir, "rejected-%d" % status, entry["beacon"])
         return "rejected"
     _spool_release(claimed, keep=False)
-    _write_atomic(os.path.join(state, "last_delivery.json"),
-                  {"ts": time.time(), "url": settings["url"][0], "status": status})
-    _close_breaker(state, settings)
+    _write_atomic(os.path.join(state_dir, "last_delivery.json"),
+                  {"ts": time.time(), "url": settings.url, "status": status})
+    _close_breaker(state_dir, settings)
     return "delivered"
 
 
-def _drain(settings: dict, state: str, first=None, limit: int = _SPOOL_DRAIN_BATCH,
+def _drain(settings: _Settings, state_dir: str, first=None, limit: int = _SPOOL_DRAIN_BATCH,
            timeout: float = _CONNECT_TIMEOUT) -> dict:
     """Deliver ``first`` (this event's entry), then the oldest spooled entries, up to ``limit``."""
     counts = {"delivered": 0, "rejected": 0, "kept": 0}
-    _recover_stale_claims(state)
-    queue = ([first] if first else []) + [p for p in _spool_entries(state) if p != first]
+    _recover_stale_claims(state_dir)
+    queue = ([first] if first else []) + [p for p in _spool_entries(state_dir) if p != first]
     try:
         for path in queue[:limit]:
             claimed = _spool_claim(path)
             if claimed:
-                counts[_deliver(settings, state, claimed, timeout)] += 1
+                counts[_deliver(settings, state_dir, claimed, timeout)] += 1
     except _Unreachable:
         pass
-    counts["kept"] = len(_spool_entries(state))
+    counts["kept"] = len(_spool_entries(state_dir))
     return counts
 
 
-def _suggest(settings: dict, request: dict, timeout: float):
+def _suggest(settings: _Settings, request: dict, timeout: float):
     import json
     try:
         status, body = _post(settings, "/suggest", request, timeout)
@@ -1305,9 +1321,9 @@ def _suggest(settings: dict, request: dict, timeout: float):
     return answer if isinstance(answer, dict) else None
 
 
-def _send_env_once(settings: dict, state: str, env: dict, timeout: float) -> None:
+def _send_env_once(settings: _Settings, state_dir: str, env: dict, timeout: float) -> None:
     """Make sure the backend knows this environment before it is asked about it."""
-    marker = os.path.join(state, "known-" + _hash12(settings["url"][0] + env["env_hash"]))
+    marker = os.path.join(state_dir, "known-" + _hash12(settings.url + env["env_hash"]))
     if os.path.exists(marker):
         return
     try:
@@ -1336,7 +1352,7 @@ def _wait(thread, timeout: float, what: str) -> None:
                                                                % _suggest_timeout()))
 
 
-def _report_error(exc_type, exc, tb, settings: dict, wait_for_hint: bool, handled: bool = False,
+def _report_error(exc_type, exc, tb, settings: _Settings, wait_for_hint: bool, handled: bool = False,
                   trace: str | None = None, error_sig: str | None = None) -> None:
     """Spool and send an error report; then, unless it was handled, wait a bounded time for a hint."""
     import threading
@@ -1345,28 +1361,28 @@ def _report_error(exc_type, exc, tb, settings: dict, wait_for_hint: bool, handle
     reported = _reported_as(exc)
     if reported is not None and (handled or not reported[1]):
         return  # one exception, one report; logged, then raised uncaught, it still gets its hint
-    state = _state_dir()
-    env = snapshot(state)
+    state_dir = _state_dir()
+    env = snapshot(state_dir)
     error_sig = error_sig or error_signature(exc_type, exc, tb)
     spooled = None
     if reported is None:
         beacon = _beacon("error", env["env_hash"], trace=trace or format_trace(exc_type, exc, tb),
                          error_sig=error_sig, **({"handled": True} if handled else {}))
         _mark_reported(exc, beacon["event_id"], handled)
-        spooled = _spool_put(state, {"beacon": beacon, "env": env})
+        spooled = _spool_put(state_dir, {"beacon": beacon, "env": env})
     try:  # success tracking needs the cache dir itself, not the temp-dir fallback
-        if not (handled or _process.get("multiprocessing_child")):
+        if not (handled or _process["multiprocessing_child"]):
             _write_pending({"ts": time.time(), "env_hash": env["env_hash"], "error_sig": error_sig,
-                            "cell": _process.get("cell")})
+                            "cell": _process["cell"]})
     except OSError:
         pass
-    if _breaker_open(state, settings):
+    if _breaker_open(state_dir, settings):
         return
     timeout = _suggest_timeout()
     # _call_agent as the target: nothing a worker meets (a full disk, say) reaches the host's stderr
     delivery = None
     if spooled is not None:
-        delivery = threading.Thread(target=_call_agent, args=("_drain", settings, state, spooled), daemon=True,
+        delivery = threading.Thread(target=_call_agent, args=("_drain", settings, state_dir, spooled), daemon=True,
                                     name=_APP + "-delivery")
         delivery.start()
     if not wait_for_hint or handled:
@@ -1376,36 +1392,36 @@ def _report_error(exc_type, exc, tb, settings: dict, wait_for_hint: bool, handle
                 atexit.register(_finish_background_deliveries)
             _process["deliveries"] = [d for d in _process.get("deliveries", []) if d.is_alive()] + [delivery]
         return
-    if settings["hints"][0] and timeout > 0:
-        _ask_hint(settings, state, env, {"error_sig": error_sig, "env_hash": env["env_hash"],
+    if settings.hints and timeout > 0:
+        _ask_hint(settings, state_dir, env, {"error_sig": error_sig, "env_hash": env["env_hash"],
                                          "script_id": _script_identity()[0]}, timeout)
     if delivery is not None:
         _wait(delivery, max(0.0, timeout - (time.monotonic() - started)), "the error report to be delivered")
 
 
-def _ask_hint(settings: dict, state: str, env, request: dict, timeout: float) -> None:
+def _ask_hint(settings: _Settings, state_dir: str, env, request: dict, timeout: float) -> None:
     """Ask for a hint in a worker, wait for it (bounded), print it under the traceback."""
     import threading
     answer = {}
     suggestion = threading.Thread(target=_call_agent, daemon=True, name=_APP + "-suggest",
-                                  args=("_ask_for_hint", settings, state, env, request, timeout, answer))
+                                  args=("_ask_for_hint", settings, state_dir, env, request, timeout, answer))
     suggestion.start()
-    _wait(suggestion, timeout, "a fix suggestion from " + settings["url"][0])
+    _wait(suggestion, timeout, "a fix suggestion from " + settings.url)
     if answer.get("hint"):
         _print_hint(answer["hint"], settings)
 
 
-def _ask_hint_only(settings: dict, env_hash: str, error_sig: str) -> None:
+def _ask_hint_only(settings: _Settings, env_hash: str, error_sig: str) -> None:
     """The hint for an error another process (a notebook's kernel) reported."""
     timeout = _suggest_timeout()
-    if settings["hints"][0] and timeout > 0 and not _breaker_open(_state_dir(), settings):
+    if settings.hints and timeout > 0 and not _breaker_open(_state_dir(), settings):
         _ask_hint(settings, _state_dir(), None, {"error_sig": error_sig, "env_hash": env_hash,
                                                  "script_id": _script_identity()[0]}, timeout)
 
 
-def _ask_for_hint(settings: dict, state: str, env, request: dict, timeout: float, answer: dict) -> None:
+def _ask_for_hint(settings: _Settings, state_dir: str, env, request: dict, timeout: float, answer: dict) -> None:
     if env is not None:
-        _send_env_once(settings, state, env, timeout)
+        _send_env_once(settings, state_dir, env, timeout)
     answer["hint"] = _suggest(settings, request, timeout)
 
 
@@ -1422,7 +1438,9 @@ def _finish_background_deliveries() -> None:
 
 def _write_pending(failure: dict) -> None:
     import time
-    path = _pending_path() or ""
+    path = _pending_path()
+    if not path:
+        return
     for _ in range(2):  # a clean exit elsewhere may remove the emptied directory in between
         os.makedirs(os.path.dirname(os.path.dirname(path)), mode=0o700, exist_ok=True)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
@@ -1455,7 +1473,8 @@ def _pending_failure():
 
 
 def _at_exit() -> None:
-    if not _process["error_seen"]:  # (then the agent is loaded already)
+    # sys.last_type: an uncaught exception shown by a hook that is not ours (a replaced sys.excepthook)
+    if not _process["error_seen"] and getattr(sys, "last_type", None) is None:  # (then the agent is loaded)
         _report_clean_exit()
 
 
@@ -1463,19 +1482,26 @@ def _report_clean_exit() -> None:
     """Report the first clean run after a failure (or every run, with ERROR_AGENT_SUCCESS=always)."""
     always = _success_always()
     settings = _settings()
-    if not settings["enabled"][0] or _process.get("multiprocessing_child"):
+    if not settings.enabled or _process["multiprocessing_child"]:
         return
-    state = _state_dir()
+    state_dir = _state_dir()
     failure = _pending_failure()
     if failure is None and not always:
         return
-    env = snapshot(state)
+    env = snapshot(state_dir)
     previous = {"prev_env_hash": failure["env_hash"], "prev_error_sig": failure["error_sig"]} if failure else {}
-    spooled = _spool_put(state, {"beacon": _beacon("success", env["env_hash"], **previous), "env": env})
-    if failure is None and len(_spool_entries(state)) < _SPOOL_DRAIN_BATCH:
+    spooled = _spool_put(state_dir, {"beacon": _beacon("success", env["env_hash"], **previous), "env": env})
+    if failure is None and len(_spool_entries(state_dir)) < _SPOOL_DRAIN_BATCH:
         return  # routine successes travel in batches
-    if not _breaker_open(state, settings):
-        _drain(settings, state, spooled, timeout=min(_CONNECT_TIMEOUT, _suggest_timeout() or _CONNECT_TIMEOUT))
+    if not _breaker_open(state_dir, settings):
+        # The socket timeout bounds each read, not a backend trickling its answer: the host's exit
+        # waits for the whole delivery at most this long, and a wait without an answer trips the breaker.
+        import threading
+        bound = min(_CONNECT_TIMEOUT, _suggest_timeout() or _CONNECT_TIMEOUT)
+        delivery = threading.Thread(target=_call_agent, daemon=True, name=_APP + "-delivery",
+                                    args=("_drain", settings, state_dir, spooled, _SPOOL_DRAIN_BATCH, bound))
+        delivery.start()
+        _wait(delivery, bound, "the success report to be delivered")
 
 ###############################################################################
 # Hints #######################################################################
@@ -1521,11 +1547,11 @@ def _format_hint(answer: dict, min_confidence: float, colour: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _print_hint(answer: dict, settings: dict) -> None:
+def _print_hint(answer: dict, settings: _Settings) -> None:
     if sys.stderr is None:
         return
     colour = _stderr_is_tty() and "NO_COLOR" not in os.environ
-    block = _format_hint(answer, settings["min_confidence"][0], colour)
+    block = _format_hint(answer, settings.min_confidence, colour)
     if block:
         encoding = getattr(sys.stderr, "encoding", None) or "ascii"
         sys.stderr.write(block.encode(encoding, "replace").decode(encoding, "replace"))
@@ -1661,18 +1687,18 @@ def _site_dirs() -> list:
     return dirs
 
 
-def _spool_summary(state: str) -> dict:
-    entries = _spool_entries(state)
+def _spool_summary(state_dir: str) -> dict:
+    entries = _spool_entries(state_dir)
     oldest = os.path.basename(entries[0]).split("-")[0] if entries else None
     dropped = {}
     try:
-        with open(os.path.join(state, "dropped.log"), encoding="utf-8") as f:
+        with open(os.path.join(state_dir, "dropped.log"), encoding="utf-8") as f:
             for line in f:
                 reason = line.split()[1] if len(line.split()) > 1 else "?"
                 dropped[reason] = dropped.get(reason, 0) + 1
     except OSError:
         pass
-    return {"dir": state, "count": len(entries), "oldest_ts": int(oldest) / 1e6 if oldest else None,
+    return {"dir": state_dir, "count": len(entries), "oldest_ts": int(oldest) / 1e6 if oldest else None,
             "dropped": dropped}
 
 
@@ -1680,7 +1706,7 @@ _PROBE = {"error_sig": "CorpErrorAgentStatus: probe from corp-error-agent status
           "script_id": "000000000000"}
 
 
-def _backend_health(settings: dict, timeout: float = 2.0) -> dict:
+def _backend_health(settings: _Settings, timeout: float = 2.0) -> dict:
     """What answers at the URL, with the problem in words (None when there is none).
 
     ``GET /healthz`` says whether it is our server (it needs no token); then a valid suggestion
@@ -1689,7 +1715,7 @@ def _backend_health(settings: dict, timeout: float = 2.0) -> dict:
     import time
     import urllib.error
     import urllib.request
-    url = settings["url"][0]
+    url = settings.url
     health = {"reachable": False, "token_refused": False, "server": None, "problem": None}
     started = time.monotonic()
     try:
@@ -1715,7 +1741,7 @@ def _backend_health(settings: dict, timeout: float = 2.0) -> dict:
     answer = _json_object(body) if status == 200 else None
     if status in (401, 403):
         health["token_refused"] = True
-        health["problem"] = _status_words(status, "POST /suggest", bool(settings["token"][0]))
+        health["problem"] = _status_words(status, "POST /suggest", bool(settings.token))
     elif answer is None or "match" not in answer:
         health["problem"] = "not a corp-error-agent backend: GET /healthz answered HTTP %s and POST /suggest %s " \
             "(check the URL)" % (health["status"], "HTTP %d" % status if answer is None else "no suggestion")
@@ -1786,18 +1812,18 @@ def _local_time(ts) -> str:
 
 def _cmd_status(args) -> int:
     settings = _settings()
-    state = _state_dir()
+    state_dir = _state_dir()
     hook_files = [os.path.join(d, n) for d in _site_dirs() for n in _INSTALLED_FILES[1:]
                   if os.path.exists(os.path.join(d, n))]
     data = {
         "version": __version__,
-        "settings": {name: {"value": "***" if name == "token" and value else value, "source": source}
-                     for name, (value, source) in settings.items()},
+        "settings": {name: {"value": "***" if name == "token" and value else value, "source": settings.sources[name]}
+                     for name, value in zip(_DEFAULTS, settings)},
         "config_files": _config_files(),
         "hook": {"installed": hook_files, "active": _hooks_active()},
-        "spool": _spool_summary(state),
-        "last_delivery": _read_json(os.path.join(state, "last_delivery.json")),
-        "breaker_open": _breaker_open(state, settings),
+        "spool": _spool_summary(state_dir),
+        "last_delivery": _read_json(os.path.join(state_dir, "last_delivery.json")),
+        "breaker_open": _breaker_open(state_dir, settings),
         "backend": _backend_health(settings),
     }
     lines = ["corp-error-agent %s" % __version__]
@@ -1813,9 +1839,9 @@ def _cmd_status(args) -> int:
                                                                   last.get("status")) if last else "never"))
     backend = data["backend"]
     if data["breaker_open"]:
-        breaker = _read_json(_breaker_path(state, settings)) or {}
+        breaker = _read_json(_breaker_path(state_dir, settings)) or {}
         if backend["problem"] is None:  # the backend answered the probe: it is back
-            _close_breaker(state, settings)
+            _close_breaker(state_dir, settings)
             data["breaker_open"] = False
             lines.append("  breaker:        closed: the backend answers again (it opened after %s)"
                          % breaker.get("reason"))
@@ -1837,7 +1863,7 @@ def _cmd_test(args) -> int:
     error_sig = "CorpErrorAgentTest: synthetic error from corp-error-agent test"
     beacon = _beacon("error", env["env_hash"], trace="Traceback (most recent call last):\n" + error_sig + "\n",
                      error_sig=error_sig, test=True)
-    results = {"url": settings["url"][0]}
+    results = {"url": settings.url}
     for step, path, payload in (("beacon", "/beacon", beacon), ("suggest", "/suggest", {
             "error_sig": error_sig, "env_hash": env["env_hash"], "script_id": beacon["script_id"]})):
         started = time.monotonic()
@@ -1852,26 +1878,26 @@ def _cmd_test(args) -> int:
                 answer = _sanitize(body.decode("utf-8", "replace"), 200)
             results[step] = {"ok": 200 <= status < 300, "status": status, "answer": answer}
             if not results[step]["ok"]:
-                results[step]["error"] = _status_words(status, "POST " + path, bool(settings["token"][0]))
+                results[step]["error"] = _status_words(status, "POST " + path, bool(settings.token))
         except _Unreachable as error:
             results[step] = {"ok": False, "status": error.status,
-                             "error": _unreachable_words(error, settings["url"][0], timeout, "POST " + path)}
+                             "error": _unreachable_words(error, settings.url, timeout, "POST " + path)}
         results[step]["ms"] = round((time.monotonic() - started) * 1000, 1)
     ok = results["beacon"]["ok"] and results["suggest"]["ok"]
     text = "".join("%-8s %s %s ms  %s\n" % (step, "ok  " if r["ok"] else "FAIL", r["ms"], _sanitize(
         r["error"] + (" %s" % json.dumps(r["answer"]) if r.get("answer") else "") if "error" in r else
         "HTTP %s %s" % (r["status"], json.dumps(r["answer"]) if r["answer"] else ""), 300))
         for step, r in ((s, results[s]) for s in ("beacon", "suggest")))
-    _emit(args, dict(results, ok=ok), "backend %s\n%s" % (settings["url"][0], text))
+    _emit(args, dict(results, ok=ok), "backend %s\n%s" % (settings.url, text))
     return 0 if ok else 1
 
 
 def _cmd_flush(args) -> int:
     settings = _settings()
-    state = _state_dir()
+    state_dir = _state_dir()
     total = {"delivered": 0, "rejected": 0}
     while True:
-        counts = _drain(settings, state)
+        counts = _drain(settings, state_dir)
         total["delivered"] += counts["delivered"]
         total["rejected"] += counts["rejected"]
         if not counts["delivered"] + counts["rejected"] or not counts["kept"]:

@@ -41,8 +41,10 @@ def _beacon(kind: str, env: str, script: str, sig: str = "", prev_env: str = "",
     key = corp_error_agent.group_key(sig) if sig else None
     prev = corp_error_agent.group_key(prev_sig) if prev_sig else None
     trace = "Traceback (most recent call last):\n  File \"/srv/app/etl.py\", line 12, in load\n" + sig.split(" @ ")[0]
-    return Beacon(kind, env, script, key, sig or None, trace if sig else None, time.time(), None, script + ".py",
-                  "corp-error-agent/0.5.0", False, prev_env or None, prev, frozenset(), False, host or None)
+    return Beacon(kind=kind, env_hash=env, script_id=script, group_key=key, signature=sig or None,
+                  trace=trace if sig else None, ts=time.time(), event_id=None, script_name=script + ".py",
+                  agent="corp-error-agent/0.5.0", test=False, prev_env_hash=prev_env or None, prev_group_key=prev,
+                  mentions=frozenset(), handled=False, host=host or None)
 
 
 def populate(path: str, groups: int, big: int) -> int:

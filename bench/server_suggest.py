@@ -61,12 +61,13 @@ def populate(path: str, beacons: int, envs: int, seed: int = 0) -> dict:
             previous = rng.choice(failing[group])
         else:
             env_index, previous = rng.randrange(envs), rng.randrange(envs)
-        storage.add_beacon(Beacon(
-            "success" if success else "error", "%012x" % env_index, "s%04d" % rng.randrange(2000),
-            None if success else keys[group], None if success else _signature(group),
-            None if success else _trace(group), time.time(), None, None, None,
-            False, "%012x" % previous if success else None, keys[group] if success else None,
-            frozenset({"pandas"})))
+        storage.add_beacon(Beacon(kind="success" if success else "error", env_hash="%012x" % env_index,
+                                  script_id="s%04d" % rng.randrange(2000), group_key=None if success else keys[group],
+                                  signature=None if success else _signature(group),
+                                  trace=None if success else _trace(group), ts=time.time(), event_id=None,
+                                  script_name=None, agent=None, test=False,
+                                  prev_env_hash="%012x" % previous if success else None,
+                                  prev_group_key=keys[group] if success else None, mentions=frozenset({"pandas"})))
     storage.close()
     return failing
 

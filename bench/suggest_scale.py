@@ -69,11 +69,12 @@ def populate(path: str, beacons: int, envs: int, seed: int = 0):
                 previous = rng.choice(failing[group])
             else:
                 env_index, previous = rng.randrange(envs), rng.randrange(envs)
-            batch.append((Beacon(
-                "success" if success else "error", "%012x" % env_index, "s%05d" % rng.randrange(20000),
-                None if success else keys[group], None if success else _signature(group),
-                None if success else traces[group], now, "b%d" % i, None, None, False,
-                "%012x" % previous if success else None, keys[group] if success else None, mentions), None))
+            batch.append((Beacon(kind="success" if success else "error", env_hash="%012x" % env_index,
+                                 script_id="s%05d" % rng.randrange(20000), group_key=None if success else keys[group],
+                                 signature=None if success else _signature(group),
+                                 trace=None if success else traces[group], ts=now, event_id="b%d" % i, script_name=None,
+                                 agent=None, test=False, prev_env_hash="%012x" % previous if success else None,
+                                 prev_group_key=keys[group] if success else None, mentions=mentions), None))
         for result in storage.add_beacons(batch):
             if result.error is not None:
                 raise result.error

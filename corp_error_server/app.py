@@ -255,11 +255,13 @@ def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon,
     inline = body.get("env")
     if inline is not None and not isinstance(inline, dict):
         raise HTTPError(400, "env must be an object like the /env body")
-    beacon = Beacon(kind, env_hash, script_id, group, error_sig, trace, ts, event_id,
-                    _optional_text(body, "script_name", keep=_BEACON_KEPT["script_name"]),
-                    _optional_text(body, "agent", keep=_BEACON_KEPT["agent"]), test,
-                    prev_env_hash if kind == "success" else None, prev_group, frozenset(mentions or ()),
-                    handled and kind == "error", _optional_text(body, "host", keep=_BEACON_KEPT["host"]) or None)
+    beacon = Beacon(kind=kind, env_hash=env_hash, script_id=script_id, group_key=group, signature=error_sig,
+                    trace=trace, ts=ts, event_id=event_id,
+                    script_name=_optional_text(body, "script_name", keep=_BEACON_KEPT["script_name"]),
+                    agent=_optional_text(body, "agent", keep=_BEACON_KEPT["agent"]), test=test,
+                    prev_env_hash=prev_env_hash if kind == "success" else None, prev_group_key=prev_group,
+                    mentions=frozenset(mentions or ()), handled=handled and kind == "error",
+                    host=_optional_text(body, "host", keep=_BEACON_KEPT["host"]) or None)
     return beacon, (parse_env(inline, env_hash) if inline else None)
 
 ###############################################################################

@@ -7,8 +7,8 @@ hypothesis ("this feature causes the failure") against the others and against "n
 cause" (the bug fails anywhere), and answers for the requesting environment.
 
 The weighing is Bayesian so that it survives noise: a feature's population evidence is the Bayes
-factor of "failing and succeeding runs draw its values from different distributions" over "from
-one" (Dirichlet-multinomial marginal likelihoods), its prior is one share among all features (so
+factor of "these values fail, the others work" over "values are independent of the outcome"
+(Dirichlet-multinomial marginal likelihoods), its prior is one share among all features (so
 two hundred features against six runs do not produce a chance winner), raised when the traceback
 names the package or a standard-library module that a Python version added or removed, lowered
 for packaging tools. Observed fixes multiply in a likelihood ratio each. Features whose values
@@ -70,7 +70,7 @@ def env_features(packages: Mapping[str, str], python_ver: str, python_impl: str,
         features["impl"] = python_impl
     if os_info:
         # "Linux-6.1.0-...-x86_64-with-glibc2.36" -> "linux": kernel builds differ on every machine
-        features["os"] = re.split(r"[-\s]", os_info.strip(), 1)[0].lower()
+        features["os"] = re.split(r"[-\s]", os_info.strip(), maxsplit=1)[0].lower()
     if machine_arch:
         features["arch"] = machine_arch.lower()
     for name, value in env_vars.items():
@@ -259,14 +259,6 @@ def _log_dm(counts: Sequence[float], alpha: float = _ALPHA) -> float:
             + sum(math.lgamma(alpha + c) - math.lgamma(alpha) for c in counts))
 
 
-def log_bayes_factor(values: Mapping[str, Tuple[float, float]]) -> float:
-    """Failing and succeeding runs draw the feature's values from different distributions, over one."""
-    fails = [a for a, _ in values.values()]
-    oks = [b for _, b in values.values()]
-    pooled = [a + b for a, b in values.values()]
-    return _log_dm(fails) + _log_dm(oks) - _log_dm(pooled)
-
-
 def _log_partition_bf(values: Mapping[str, Tuple[float, float]], bad: Sequence[str], choices: int) -> float:
     """"These values fail, the others work" (a few flaky failures, fewer successes on failing
     values), over "values are independent of the outcome"; less the choice of the partition."""
@@ -311,7 +303,7 @@ class Separation(NamedTuple):
     range_from: str           # the oldest version seen failing when every newer one fails too ("" if not)
 
 
-def _table(feature: str, group: "GroupData", scale: float) -> Dict[str, Tuple[float, float]]:
+def _table(feature: str, group: GroupData, scale: float) -> Dict[str, Tuple[float, float]]:
     raw = {v: (a * scale, float(b)) for v, (a, b) in group.counts.get(feature, {}).items()}
     return with_absent(raw, group.fails * scale, float(group.oks)) if feature.startswith("pkg:") else raw
 
@@ -342,13 +334,16 @@ def separation(feature: str, values: Mapping[str, Tuple[float, float]]) -> Separ
 
 def _failing_range(values: Mapping[str, Tuple[float, float]], good: Sequence[str], bad: Sequence[str]) -> str:
     """The start of a version range that fails: every version seen from it on failed, all below worked."""
-    keyed_good = [version_key(v) for v in good]
-    keyed_bad = [(version_key(v), v) for v in bad if values[v][1] == 0]
-    if not keyed_bad or len(keyed_bad) != len(bad) or any(k is None for k in keyed_good) or \
-            any(k is None for k, _ in keyed_bad):
+    if any(values[v][1] for v in bad):
         return ""
-    lowest_bad = min(keyed_bad)
-    return lowest_bad[1] if not keyed_good or max(keyed_good) < lowest_bad[0] else ""  # type: ignore[type-var]
+    keyed_good = [version_key(v) for v in good]
+    keyed_bad = [(version_key(v), v) for v in bad]
+    known_good = [k for k in keyed_good if k is not None]
+    known_bad = [(k, v) for k, v in keyed_bad if k is not None]
+    if not known_bad or len(known_good) != len(keyed_good) or len(known_bad) != len(keyed_bad):
+        return ""
+    lowest_key, lowest = min(known_bad)
+    return lowest if not known_good or max(known_good) < lowest_key else ""
 
 ###############################################################################
 # Hypotheses ##################################################################
@@ -359,16 +354,6 @@ class FixPair(NamedTuple):
     failing: Features
     fixed: Features
     same_script: bool
-
-
-class Candidate(NamedTuple):
-    feature: str
-    current: str
-    target: str
-    confidence: float
-    population: float          # log Bayes factor from the population
-    pairs: int                 # observed fixes that moved this feature to a success value
-    mentioned: bool
 
 
 def _pair_diff(pair: FixPair) -> Dict[str, Tuple[str, str]]:
@@ -480,7 +465,7 @@ def _choose_target(sep: Separation, current: str, moved_to: Mapping[str, int]) -
     return target, relevance
 
 
-def _hypotheses(group: "GroupData", requester: Features) -> Tuple[List[_Hypothesis], float]:
+def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis], float]:
     scale = group.fail_envs / group.fails if group.fail_envs and group.fails else 1.0
     python_need = python_requirement(group.message)
     pythons = group.counts.get("python", {})

@@ -26,8 +26,8 @@ from .engine import Counts, FixPair, GroupData
 from .storage_schema import MIGRATIONS
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
-_PAIRS_READ = 50          # most recent observed fixes the engine looks at per group
-_FAIL_ENVS_READ = 400     # latest failing runs whose distinct environments estimate the repeat rate
+_PAIRS_READ = 20          # most recent observed fixes the engine looks at per group
+_FAIL_ENVS_READ = 100     # latest failing runs whose distinct environments estimate the repeat rate
 _GOOD_ENVS_READ = 50      # succeeding environments read when packages that move together need a combination
 _MENTIONS_KEPT = 40       # package names remembered per group from its traces
 _FEATURE_CACHE = 8192     # environments whose features stay in memory (they never change)

@@ -87,6 +87,32 @@ def test_success_after_failure_reported_once(agent_venv, backend, sandbox):
     assert len(success_beacons(backend)) == 1 and len(error_beacons(backend)) == 1
 
 
+def test_an_error_shown_by_a_replaced_excepthook_is_no_clean_run(agent_venv, backend, sandbox):
+    """After a failure, a run whose error goes to the user's own sys.excepthook (not the agent's)
+    exits 1: no success is reported; the next clean run is the fix."""
+    mode = sandbox.work / "MODE"
+    script = sandbox.script("flaky.py", (
+        "import os, sys\n"
+        "mode = open('MODE').read() if os.path.exists('MODE') else ''\n"
+        "if mode == 'own-hook':\n"
+        "    sys.excepthook = lambda *exc: sys.stderr.write('own hook\\n')\n"
+        "if mode:\n"
+        "    raise RuntimeError('boom-own-hook')\n"))
+    env = sandbox.env(backend.url)
+    mode.write_text("fail")
+    assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 1
+    [error] = wait_error(backend, "boom-own-hook")
+    mode.write_text("own-hook")
+    own = run(agent_venv.python, [script], env, cwd=sandbox.work)
+    assert own.returncode == 1 and own.stderr == b"own hook\n"
+    backend.settle()
+    assert success_beacons(backend) == []
+    mode.unlink()
+    assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 0
+    [success] = [r.json for r in backend.wait_for("/beacon", where=lambda b: b.get("kind") == "success")]
+    assert success["prev_error_sig"] == error["error_sig"]
+
+
 def test_clean_run_sends_nothing(agent_venv, backend, sandbox):
     script = sandbox.script("fine.py", "print('fine')\n")
     proc = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
@@ -162,6 +188,56 @@ def test_a_backend_that_never_answers_is_waited_for_once(agent_venv, silent_back
     assert silent_backend.connections() == before  # not even tried
     # both reports kept for later (the first is still claimed by the process that ended mid-delivery)
     assert len(list((sandbox.cache / "spool").glob("*.json*"))) == 2
+
+
+class TricklingBackend(SilentBackend):
+    """Reads each request, then answers one byte of a never-ending header every 0.5 s: no single
+    read ever waits long enough for the client's socket timeout."""
+
+    def _accept(self):
+        while not self.stopping.is_set():
+            try:
+                conn, peer = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.cond:
+                self.held.append(conn)
+                self.peers.append(peer)
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn):
+        try:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100000:
+                if self.stopping.wait(0.5):
+                    return
+                conn.sendall(bytes([byte]))
+        except OSError:
+            return
+
+
+def test_a_clean_exit_does_not_wait_for_a_trickling_backend(agent_venv, sandbox):
+    """The first clean run after a failure delivers its success report within a bounded wait, however
+    slowly the backend answers: the run ends, the report stays spooled, the breaker opens."""
+    flag = sandbox.work / "FAIL"
+    script = sandbox.script("flaky.py", "import os\nif os.path.exists('FAIL'):\n"
+                                        "    raise RuntimeError('boom-trickle')\n")
+    flag.write_text("")
+    assert run(agent_venv.python, [script], sandbox.env(closed_port_url()), cwd=sandbox.work).returncode == 1
+    flag.unlink()
+    server = TricklingBackend()
+    try:
+        env = sandbox.env(server.url, {"ERROR_AGENT_SUGGEST_TIMEOUT": "1"})
+        clean = run(agent_venv.python, [script], env, cwd=sandbox.work, timeout=30)
+        assert clean.returncode == 0 and clean.stderr == b""
+        assert server.connections() >= 1
+    finally:
+        server.stop()
+    kinds = [json.loads(p.read_text())["beacon"]["kind"] for p in (sandbox.cache / "spool").glob("*.json*")]
+    assert sorted(kinds) == ["error", "success"]
+    assert [b for b in sandbox.breakers() if "no answer within" in b.read_text()]
 
 
 def test_a_delivery_that_succeeds_closes_the_breaker(agent_venv, backend, sandbox):

@@ -113,6 +113,24 @@ def test_pip_install_and_restart_is_the_fix(jupyter, backend, sandbox):
     assert len(success_beacons(backend)) == 1 and len(error_beacons(backend)) == 1
 
 
+def test_notebooks_the_kernel_cannot_name_are_not_each_others_fix(jupyter, backend, sandbox):
+    """nbclient over notebooks read from files that do not say .ipynb: the kernel is told no path,
+    so it cannot tell two notebooks in one directory apart; the same cell succeeding in another
+    such notebook is no success after the failure (the failure is still reported)."""
+    failing = write_notebook(sandbox.work / "first.json", FAILING_CELL)
+    outputs = execute(jupyter, sandbox, failing, sandbox.env(backend.url))
+    assert outputs[0][0]["ename"] in ("ModuleNotFoundError", "ImportError")
+    wait_error(backend, "demo_pkg")
+
+    elsewhere = sandbox.tmp / "installed-elsewhere"
+    zipfile.ZipFile(demo_wheel(sandbox.tmp / "wheels", "2.0")).extractall(elsewhere)
+    other = write_notebook(sandbox.work / "second.json", FAILING_CELL, "x = 1")
+    outputs = execute(jupyter, sandbox, other, sandbox.env(backend.url, {"PYTHONPATH": str(elsewhere)}))
+    assert outputs[0][0]["text"] == "2.0\n"
+    backend.settle()
+    assert success_beacons(backend) == [] and len(error_beacons(backend)) == 1
+
+
 def test_nbconvert_execute_is_one_report_of_the_cells_own_error(jupyter, backend, sandbox):
     backend.set_reply("/suggest", HINT)
     notebook = write_notebook(sandbox.work / "daily.ipynb", "import os",

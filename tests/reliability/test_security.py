@@ -108,7 +108,7 @@ def test_file_permissions(venv311, sandbox):
 
 def test_token_only_in_the_authorization_header(venv311, sandbox, tmp_path):
     token = "tok-NEVER-LOGGED-%s" % os.urandom(8).hex()
-    from test_server_hostile import Server
+    from reliability.test_server_hostile import Server
     server = Server(tmp_path / "db.sqlite", env={"CORP_ERROR_SERVER_TOKEN": token})
     try:
         url = "http://%s:%d" % (server.host, server.port)

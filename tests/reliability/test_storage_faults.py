@@ -214,8 +214,9 @@ def _post(url: str, path: str, body: dict) -> int:
 def test_concurrent_purges_delete_each_beacon_once(db_target):
     storages = [open_storage(db_target) for _ in range(3)]
     storages[0].add_env(Env("e1", {"packages": {}}, {"python": "3.11", "pkg:a": "1"}))
-    beacon = Beacon("error", "e1", "s1", "valueerror: x", "ValueError: x", None, 1.7e9, None, None, None, False,
-                    None, None, frozenset())
+    beacon = Beacon(kind="error", env_hash="e1", script_id="s1", group_key="valueerror: x", signature="ValueError: x",
+                    trace=None, ts=1.7e9, event_id=None, script_name=None, agent=None, test=False, prev_env_hash=None,
+                    prev_group_key=None, mentions=frozenset())
     storages[0].add_beacons([(beacon._replace(event_id="p%d" % i), None) for i in range(1500)])   # 2 batches
     deleted: List[int] = []
     barrier = threading.Barrier(len(storages))

@@ -217,6 +217,7 @@ def test_python_requirement_table():
 def test_stdlib_table_agrees_with_the_interpreters_here():
     import json
     import subprocess
+
     import support
     names = {}
     import glob
@@ -303,7 +304,8 @@ def test_import_errors_are_about_the_module_not_the_place():
 
 
 def test_where_raised_takes_any_text():
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 
     @settings(max_examples=300, deadline=None)
     @given(st.text(max_size=3000), st.text(max_size=3000))

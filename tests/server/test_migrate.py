@@ -68,8 +68,9 @@ def test_an_interrupted_migration_leaves_nothing_and_a_rerun_completes(tmp_path,
     src, dst = str(tmp_path / "big.db"), pg_cluster.database()
     storage = open_storage(src)
     storage.add_env(Env("e1", {"packages": {}}, {"python": "3.11", "pkg:a": "1"}))
-    beacon = Beacon("error", "e1", "s1", corp_error_agent.group_key(SIG), SIG, None, 1.7e9, None, None, None, False,
-                    None, None, frozenset())
+    beacon = Beacon(kind="error", env_hash="e1", script_id="s1", group_key=corp_error_agent.group_key(SIG),
+                    signature=SIG, trace=None, ts=1.7e9, event_id=None, script_name=None, agent=None, test=False,
+                    prev_env_hash=None, prev_group_key=None, mentions=frozenset())
     for start in range(0, 20000, 2000):
         storage.add_beacons([(beacon._replace(event_id="b%d" % i), None) for i in range(start, start + 2000)])
     storage.close()
