@@ -1498,9 +1498,13 @@ def _report_clean_exit() -> None:
         # waits for the whole delivery at most this long, and a wait without an answer trips the breaker.
         import threading
         bound = min(_CONNECT_TIMEOUT, _suggest_timeout() or _CONNECT_TIMEOUT)
-        delivery = threading.Thread(target=_call_agent, daemon=True, name=_APP + "-delivery",
-                                    args=("_drain", settings, state_dir, spooled, _SPOOL_DRAIN_BATCH, bound))
-        delivery.start()
+        drain = ("_drain", settings, state_dir, spooled, _SPOOL_DRAIN_BATCH, bound)
+        delivery = threading.Thread(target=_call_agent, daemon=True, name=_APP + "-delivery", args=drain)
+        try:
+            delivery.start()
+        except RuntimeError:  # 3.12 refuses new threads at shutdown: deliver here, each read bounded
+            _call_agent(*drain)
+            return
         _wait(delivery, bound, "the success report to be delivered")
 
 ###############################################################################
