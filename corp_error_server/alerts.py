@@ -34,7 +34,10 @@ def parse_webhook(spec: str) -> Webhook:
     if not sep or style not in STYLES:
         style, url = "json", spec.strip()
     if not url.startswith(("http://", "https://")):
-        raise ValueError("webhook %r: expected http(s)://..., optionally prefixed by slack= or json=" % spec[:100])
+        # the URL is a secret (a Slack webhook's path is its token): the message shows its scheme at most
+        scheme, has_scheme, _ = url.partition("://")
+        given = "scheme %r" % scheme[:20] if has_scheme else "no scheme"
+        raise ValueError("webhook with %s: expected http(s)://..., optionally prefixed by slack= or json=" % given)
     return Webhook(url, style)
 
 

@@ -26,8 +26,11 @@ def receivers():
 def test_parse_webhook():
     assert parse_webhook("slack=https://hooks.example/T1") == ("https://hooks.example/T1", "slack")
     assert parse_webhook("http://127.0.0.1:9/x?a=b") == ("http://127.0.0.1:9/x?a=b", "json")
-    with pytest.raises(ValueError, match="expected http"):
+    with pytest.raises(ValueError, match="scheme 'teams=ftp': expected http"):
         parse_webhook("teams=ftp://x")
+    with pytest.raises(ValueError, match="no scheme") as refused:   # a URL without its scheme: a secret
+        parse_webhook("hooks.slack.com/services/T0/B0/SECRETTOKEN")
+    assert "SECRET" not in str(refused.value)
 
 
 def _event(key: str):
