@@ -100,9 +100,8 @@ def sandbox(tmp_path) -> support.Sandbox:
     return support.Sandbox(tmp_path)
 
 
-@pytest.fixture(scope="session")
-def pg_cluster():
-    """A throw-away PostgreSQL server for the session; skipped with the reason where none can run."""
+def _throwaway_cluster():
+    """A PostgreSQL server under a temp dir, destroyed at the end; skipped with the reason where none can run."""
     import pgsupport
     reason = pgsupport.unavailable()
     if reason:
@@ -111,6 +110,18 @@ def pg_cluster():
     cluster = pgsupport.Cluster()
     yield cluster
     cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """The session's PostgreSQL, shared by the tests that only need a database of their own on it."""
+    yield from _throwaway_cluster()
+
+
+@pytest.fixture
+def own_cluster():
+    """A PostgreSQL of this test's own (for tests that stop it)."""
+    yield from _throwaway_cluster()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

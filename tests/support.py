@@ -5,6 +5,7 @@ script runs in a real subprocess (always with a timeout).
 """
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -479,6 +480,29 @@ class RecordingBackend:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def serving(cmd: List[str], env: Dict[str, str], cwd: Path, started: str):
+    """Run a web server (uvicorn, flask run, ...) that picks its own port; yield the URL it prints on
+    stderr once the regular expression ``started`` (one group: the URL) matches; stop it at the end."""
+    import queue
+    server = subprocess.Popen(cmd, env=env, cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in server.stderr] + [lines.put("")],
+                     daemon=True).start()
+    try:
+        url = None
+        while url is None:
+            line = lines.get(timeout=PROC_TIMEOUT)
+            assert line, "%s did not start" % Path(cmd[0]).name
+            found = re.search(started, line)
+            url = found.group(1) if found else None
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=PROC_TIMEOUT)
 
 
 def closed_port_url() -> str:

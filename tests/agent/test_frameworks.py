@@ -5,10 +5,6 @@ conftest.py), with the agent copied in; the recording backend.
 """
 from __future__ import annotations
 
-import queue
-import re
-import subprocess
-import threading
 import urllib.error
 import urllib.request
 
@@ -98,23 +94,9 @@ def report_view():
 
 def test_fastapi_under_uvicorn(web, backend, sandbox):
     sandbox.script("api.py", FASTAPI)
-    server = subprocess.Popen([str(web.python), "-m", "uvicorn", "api:app", "--host", "127.0.0.1", "--port", "0"],
-                              env=sandbox.env(backend.url), cwd=str(sandbox.work), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in server.stderr] + [lines.put("")],
-                     daemon=True).start()
-    try:
-        url = None
-        while url is None:
-            line = lines.get(timeout=support.PROC_TIMEOUT)
-            assert line, "uvicorn did not start"
-            found = re.search(r"Uvicorn running on (http://\S+)", line)
-            url = found.group(1) if found else None
+    command = [str(web.python), "-m", "uvicorn", "api:app", "--host", "127.0.0.1", "--port", "0"]
+    with support.serving(command, sandbox.env(backend.url), sandbox.work, r"Uvicorn running on (http://\S+)") as url:
         with pytest.raises(urllib.error.HTTPError) as answer:
             urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url + "/report", timeout=30)
         assert answer.value.code == 500
         one_handled_report(backend, "boom-fastapi", "report_view")
-    finally:
-        server.terminate()
-        server.wait(timeout=support.PROC_TIMEOUT)

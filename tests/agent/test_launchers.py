@@ -5,10 +5,7 @@ web venv of test_frameworks), real ``python -m`` runs on every CPython present.
 """
 from __future__ import annotations
 
-import queue
-import re
 import subprocess
-import threading
 import urllib.error
 import urllib.request
 
@@ -48,28 +45,15 @@ def test_pytest_runs_are_the_test_files(web, backend, sandbox):
 def test_flask_run_is_the_app(web, backend, sandbox):
     sandbox.script("hello.py", "from flask import Flask\napp = Flask(__name__)\n\n\n@app.route('/')\n"
                                "def index_view():\n    raise TimeoutError('boom-flask-run')\n")
-    server = subprocess.Popen([str(web.bin / "flask"), "--app", "hello", "run", "--port", "0"],
-                              env=sandbox.env(backend.url), cwd=str(sandbox.work), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in server.stderr] + [lines.put("")],
-                     daemon=True).start()
-    try:
-        url = None
-        while url is None:
-            line = lines.get(timeout=support.PROC_TIMEOUT)
-            assert line, "flask run did not start"
-            found = re.search(r"Running on (http://127\.0\.0\.1:\d+)", line)
-            url = found.group(1) if found else None
+    command = [str(web.bin / "flask"), "--app", "hello", "run", "--port", "0"]
+    started = r"Running on (http://127\.0\.0\.1:\d+)"
+    with support.serving(command, sandbox.env(backend.url), sandbox.work, started) as url:
         with pytest.raises(urllib.error.HTTPError) as answer:
             urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url + "/", timeout=30)
         assert answer.value.code == 500
         [beacon] = wait_error(backend, "boom-flask-run")
         assert beacon["handled"] is True and ", in index_view\n" in beacon["trace"]
         assert beacon["script_name"] == "flask . hello"
-    finally:
-        server.terminate()
-        server.wait(timeout=support.PROC_TIMEOUT)
 
 
 TOOL = "import sys\nif open(sys.argv[1]).read() == 'bad':\n    raise ValueError('boom-tool')\n"

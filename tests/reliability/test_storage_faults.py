@@ -15,7 +15,6 @@ from typing import Dict, List, Optional, Set
 
 import pytest
 
-import pgsupport
 import support
 from corp_error_server.storage import Beacon, Env, open_storage
 from e2e.server_proc import ServerProcess
@@ -101,18 +100,6 @@ def _consistent(target: str) -> None:
         target, "SELECT g.errors, g.handled, (SELECT COUNT(*) FROM beacons b WHERE b.group_id = g.id), "
                 "(SELECT COUNT(*) FROM beacons b WHERE b.group_id = g.id AND b.handled = 1) FROM groups g")
     assert (errors, handled) == (stored, stored_handled)
-
-
-@pytest.fixture
-def own_cluster():
-    """A PostgreSQL of this test's own (it gets stopped)."""
-    reason = pgsupport.unavailable()
-    if reason:
-        print("skipping: " + reason)
-        pytest.skip(reason)
-    cluster = pgsupport.Cluster()
-    yield cluster
-    cluster.destroy()
 
 
 def test_postgresql_stopped_and_started_under_load(own_cluster):
