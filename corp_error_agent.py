@@ -1193,6 +1193,58 @@ class _Unreachable(Exception):
         self.cause = cause    # the exception that ended the request
 
 
+def _bounded_opener(seconds: float):
+    """A urllib opener whose request ends within ``seconds`` in all. A socket timeout bounds each read
+    only: a backend trickling its answer a byte at a time would hold the process as long as it likes,
+    and at exit on 3.12 (no threads at shutdown) the delivery runs in the host's main thread."""
+    import http.client
+    import socket
+    import ssl
+    import time
+    import urllib.request
+    deadline = time.monotonic() + seconds
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("no answer within %gs" % seconds)
+        return left
+
+    class Plain(socket.socket):
+        def recv_into(self, *args):
+            self.settimeout(remaining())
+            return super().recv_into(*args)
+
+    class Secure(ssl.SSLSocket):
+        def recv_into(self, *args):
+            self.settimeout(remaining())
+            return super().recv_into(*args)
+
+    def connect(address, timeout, *args):
+        made = socket.create_connection(address, min(timeout, remaining()), *args)
+        plain = Plain(made.family, made.type, made.proto, made.detach())
+        plain.settimeout(timeout)  # (sending: each write bounded; the answer is what may trickle)
+        return plain
+
+    def bounded(connection_class):
+        def make(host, **kwargs):
+            connection = connection_class(host, **kwargs)
+            connection._create_connection = connect  # (how http.client opens its socket, 3.8-3.13)
+            return connection
+        return make
+
+    class Http(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(bounded(http.client.HTTPConnection), req)
+
+    class Https(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            context = ssl.create_default_context()  # what urllib would make, with bounded reads
+            context.sslsocket_class = Secure
+            return self.do_open(bounded(http.client.HTTPSConnection), req, context=context)
+    return urllib.request.build_opener(Http, Https)
+
+
 def _post(settings: _Settings, path: str, payload: dict, timeout: float):
     """POST JSON; returns (status, body bytes). Raises _Unreachable for what is worth retrying."""
     import json
@@ -1210,7 +1262,7 @@ def _post(settings: _Settings, path: str, payload: dict, timeout: float):
     contacting = _process.setdefault("contacting", {})  # see _wait
     contacting[_thread.get_ident()] = settings
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _bounded_opener(timeout).open(request, timeout=timeout) as response:
             return response.status, response.read(_RESPONSE_LIMIT + 1)
     except urllib.error.HTTPError as error:
         if error.code == 429 or error.code >= 500 or error.code < 400:
@@ -1502,8 +1554,8 @@ def _report_clean_exit() -> None:
         delivery = threading.Thread(target=_call_agent, daemon=True, name=_APP + "-delivery", args=drain)
         try:
             delivery.start()
-        except RuntimeError:  # 3.12 refuses new threads at shutdown: deliver here, each read bounded
-            _call_agent(*drain)
+        except RuntimeError:  # 3.12 refuses new threads at shutdown: this report only, here, in the bound
+            _call_agent("_drain", settings, state_dir, spooled, 1, bound / 2)  # (and /env after a 204)
             return
         _wait(delivery, bound, "the success report to be delivered")
 

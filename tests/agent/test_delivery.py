@@ -221,9 +221,6 @@ class TricklingBackend(SilentBackend):
 def test_a_clean_exit_does_not_wait_for_a_trickling_backend(py, agent_venv, sandbox):
     """The first clean run after a failure delivers its success report within a bounded wait, however
     slowly the backend answers: the run ends, the report stays spooled, the breaker opens."""
-    if py.minor == 12:
-        pytest.skip("CPython 3.12 refuses new threads at shutdown: the exit delivery runs in the main "
-                    "thread there, each read bounded but not the whole answer")
     flag = sandbox.work / "FAIL"
     script = sandbox.script("flaky.py", "import os\nif os.path.exists('FAIL'):\n"
                                         "    raise RuntimeError('boom-trickle')\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -78,11 +79,30 @@ def make_cert(directory: Path) -> Optional[tuple]:
     if not cert.exists():
         directory.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                               "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                               "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                               "-keyout", str(key), "-out", str(cert)],
                               capture_output=True, timeout=60)
         if proc.returncode != 0:
             return None
     return cert, key
+
+
+def _read_request(conn) -> None:
+    """Read one HTTP request whole (headers, then Content-Length bytes): answering and closing while
+    the client still sends would make it see a reset instead of the answer."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    while length and len(body) < int(length.group(1)):
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        body += chunk
 
 
 class TLSListener:
@@ -116,7 +136,7 @@ class TLSListener:
         conn.settimeout(10)
         try:
             with self.context.wrap_socket(conn, server_side=True) as tls:
-                tls.recv(65536)
+                _read_request(tls)
                 tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
         except (OSError, ssl.SSLError):
             pass

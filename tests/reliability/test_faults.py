@@ -54,6 +54,26 @@ def test_fault_smoke_every_interpreter(fault, script, agent_venv, tmp_path):
     assert faults.cell_ok(cell), faults.describe(cell, base)
 
 
+def test_a_trusted_tls_backend_takes_the_beacon(agent_venv, sandbox, tmp_path):
+    """HTTPS through the agent's bounded opener: the certificate is checked against the trust store
+    (here only ours, by SSL_CERT_FILE), and the answer is read; a delivered beacon leaves the spool."""
+    _tls_available(tmp_path)
+    cert, key = faults.make_cert(tmp_path / "tls")
+    listener = faults.TLSListener(cert, key)
+    try:
+        env = sandbox.env("https://127.0.0.1:%d" % listener.port, {"SSL_CERT_FILE": str(cert)})
+        script = sandbox.script("app.py", failing_source("boom-tls"))
+        proc = run(agent_venv.python, [script], env, cwd=sandbox.work)
+        assert proc.returncode == 1 and b"boom-tls" in proc.stderr
+        # whatever the run left (it does not wait for its own delivery), flush delivers over TLS too
+        flush = run(agent_venv.python, ["-m", "corp_error_agent", "flush", "--json"], env, cwd=sandbox.work)
+        assert flush.returncode == 0 and json.loads(flush.stdout)["remaining"] == 0, flush.stderr
+        assert listener.connections >= 1
+        assert sandbox.spool() == [] and sandbox.breakers() == []
+    finally:
+        listener.stop()
+
+
 def _status(venv, sandbox, url):
     proc = run(venv.python, ["-m", "corp_error_agent", "status", "--json"], sandbox.env(url), cwd=sandbox.work)
     assert proc.returncode == 0, proc.stderr
