@@ -424,7 +424,7 @@ class _App:
         if len(raw) < length:
             raise HTTPError(400, "body shorter than Content-Length")
         try:
-            body = json.loads(raw.decode("utf-8-sig"), parse_constant=_reject_constant)
+            body = _JSON.decode(raw.decode("utf-8-sig"))
         except UnicodeDecodeError:
             raise HTTPError(400, "body is not UTF-8") from None
         except RecursionError:
@@ -809,6 +809,9 @@ def _here(environ: dict) -> str:
 
 def _reject_constant(name: str):
     raise ValueError("%s is not valid JSON" % name)
+
+
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)   # made once: json.loads with an option makes one a call
 
 
 def _query(environ: dict) -> Dict[str, str]:
