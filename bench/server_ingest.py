@@ -13,6 +13,11 @@ event_id, for a fixed time per run, over 1/4/16/64 connections, to:
 Then every acknowledged (2xx) beacon is looked for in the database: acknowledged vs stored.
 gunicorn (and psycopg) come from PyPI into a venv under .cache/ that this script makes.
 
+A 2xx waits for a flush to disk, and a keep-alive connection has one request in flight, so N
+connections get at most N beacons per flush: the run measures the disk's fsync time where the
+databases are and prints that ceiling next to the figures (a disk shared with busy neighbours can
+take milliseconds per flush where an idle one takes a fraction of one).
+
     python bench/server_ingest.py [--quick] [--seconds N]
 Bar: the embedded server at 16 connections >= 50% of the bare http.server; its throughput not
 falling from 1 to 64 connections (each step >= 90% of the one before); 0 acknowledged lost.
@@ -21,6 +26,7 @@ wrk: `apt-get install -y wrk` (Debian/Ubuntu), `brew install wrk` (macOS).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import re
@@ -104,6 +110,7 @@ class Target:
         self.stored: Optional[int] = None
         self.tags: List[str] = []
         self.skipped = ""
+        self.batches: Dict[int, float] = {}     # connections -> writes per commit (one process's)
 
 
 def _wrk(url: str, connections: int, seconds: float, script: str) -> Tuple[int, int, float]:
@@ -115,6 +122,27 @@ def _wrk(url: str, connections: int, seconds: float, script: str) -> Tuple[int, 
     duration = float(elapsed.group(1)) / (1000 if elapsed.group(2) == "ms" else 1)
     failed = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return answered, int(failed.group(1)) if failed else 0, duration
+
+
+def _fsync_ms(directory: str, samples: int = 100) -> float:
+    """Median milliseconds of a flush after a 16 KiB write in ``directory``, as a commit flushes its WAL:
+    over the file's earlier frames, its size unchanged, with fdatasync (SQLite's choice on Linux)."""
+    path = os.path.join(directory, "fsync.probe")
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    sync = getattr(os, "fdatasync", os.fsync)
+    try:
+        os.write(fd, b"x" * 16384 * samples)
+        os.fsync(fd)
+        for index in range(samples):
+            os.pwrite(fd, b"y" * 16384, 16384 * index)
+            started = time.perf_counter()
+            sync(fd)
+            times.append(time.perf_counter() - started)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return 1000 * sorted(times)[len(times) // 2]
 
 
 def _bench_venv() -> str:
@@ -176,6 +204,7 @@ def _drive(target: Target, host: str, port: int, connections, seconds: float, tm
             if status not in (200, 201):
                 raise SystemExit("%s: /env answered %d: %r" % (target.name, status, payload[:200]))
     for n in connections:
+        before = _ingest(host, port) if target.kind != "bare" else {}
         tag = "%s%d%x" % (re.sub(r"\W", "", target.name)[:12], n, int(time.time() * 1000) % 0xFFFFFF)
         script = os.path.join(tmp, "%s.lua" % tag)
         with open(script, "w") as handle:
@@ -184,6 +213,19 @@ def _drive(target: Target, host: str, port: int, connections, seconds: float, tm
         target.rates[n] = (answered - failed) / duration
         target.acked += answered - failed
         target.tags.append(tag)
+        if before:
+            after = _ingest(host, port)
+            target.batches[n] = (after["writes"] - before["writes"]) / max(1, after["transactions"]
+                                                                           - before["transactions"])
+
+
+def _ingest(host: str, port: int) -> Dict[str, int]:
+    """/healthz's ingest figures (of the one process that answers, under gunicorn)."""
+    connection = socket.create_connection((host, port), timeout=30)
+    connection.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+    answer = b"".join(iter(lambda: connection.recv(65536), b""))
+    connection.close()
+    return json.loads(answer.split(b"\r\n\r\n", 1)[1])["ingest"]
 
 
 def main(argv=None) -> int:
@@ -201,6 +243,7 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     targets: List[Target] = []
     with tempfile.TemporaryDirectory() as tmp:
+        fsync = [_fsync_ms(tmp)]
         with open(os.path.join(tmp, "bare_wsgi.py"), "w") as handle:
             handle.write(_BARE_WSGI)
         runs = [("bare http.server", "bare"), ("bare WSGI, gunicorn -w 4", "bare"), ("embedded, SQLite", "ours"),
@@ -236,7 +279,8 @@ def main(argv=None) -> int:
                 if kind == "ours":
                     target.stored = (_stored_pg(python, pg_url, target.tags) if target.db == pg_url
                                      else _stored_sqlite(target.db, target.tags))
-    return _report(targets, connections, seconds, load)
+        fsync.append(_fsync_ms(tmp))
+    return _report(targets, connections, seconds, load, fsync)
 
 
 def _pg_storage_missing(python: str, url: str, env: Dict[str, str]) -> str:
@@ -249,9 +293,14 @@ def _pg_storage_missing(python: str, url: str, env: Dict[str, str]) -> str:
         url, (check.stderr.strip().splitlines() or ["?"])[-1][:200])
 
 
-def _report(targets: List[Target], connections, seconds: float, load) -> int:
+def _report(targets: List[Target], connections, seconds: float, load, fsync: List[float]) -> int:
     print("wrk, %g s per run, keep-alive, error beacons with unique event ids over %d environments; "
-          "load average before: %.1f %.1f %.1f on %d CPUs" % (seconds, _ENVS, *load, os.cpu_count() or 0))
+          "load average before: %.1f %.1f %.1f, after: %.1f %.1f %.1f on %d CPUs"
+          % (seconds, _ENVS, *load, *os.getloadavg(), os.cpu_count() or 0))
+    flush = max(fsync)
+    print("disk: fsync %s ms (median, before and after the runs): a 2xx waits for one, so N connections get at "
+          "most N / %.2f ms beacons/s" % (" / ".join("%.2f" % f for f in fsync), flush))
+    print("%-28s" % "durable ceiling" + "".join("%10.0f" % (1000 * n / flush) for n in connections))
     print("%-28s" % "beacons/s (req/s for bare)" + "".join("%10s" % ("%d conn" % n) for n in connections))
     for target in targets:
         if target.skipped:
@@ -266,8 +315,10 @@ def _report(targets: List[Target], connections, seconds: float, load) -> int:
         if target.stored is not None:
             lost = max(0, target.acked - target.stored)
             lost_any = lost_any or lost > 0
-            print("%-28s acknowledged %d, stored %d, acknowledged but lost %d" % (
-                target.name, target.acked, target.stored, lost))
+            print("%-28s acknowledged %d, stored %d, acknowledged but lost %d; writes per commit %s%s" % (
+                target.name, target.acked, target.stored, lost,
+                " / ".join("%.1f" % target.batches[n] for n in connections),
+                "" if target.name.startswith("embedded") else " (of the worker that answered /healthz)"))
     share = ours.rates[16] / bare.rates[16] if 16 in ours.rates else 0.0
     steps = [ours.rates[b] >= 0.9 * ours.rates[a] for a, b in zip(connections, connections[1:])]
     print("bar: embedded at 16 connections %.0f%% of bare (>= 50%%): %s; not falling 1->64: %s; 0 lost: %s" % (

@@ -125,11 +125,11 @@ class Committer:
                     self._leading = False
                 else:
                     successor.lead = True
+        if successor is not None:   # first: the next commit starts while this batch's requests wake
+            successor.done.release()
         for write in batch:
             if write is not own:
                 write.done.release()
-        if successor is not None:
-            successor.done.release()
 
     def _commit(self, batch: List[_Write]) -> None:
         try:

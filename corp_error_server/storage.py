@@ -525,20 +525,21 @@ class Storage:
         environment only (``duplicate``: it was stored already)."""
         def work(cur: Cursor) -> List[BeaconResult]:
             now = time.time()
-            # locks taken in one order by every batch, so batches of several processes queue, not deadlock:
-            # all the environments' first, sorted, then the items by environment (a stable sort: within
-            # one environment the sent order stays, a beacon before or after its environment's snapshot)
-            for env_hash in sorted({_env_of(item) for item in items}):
-                cur.lock(LOCK_ENV, env_hash)
             results: List[Optional[BeaconResult]] = [None] * len(items)
+            # an error of an environment already stored races with no one: it takes no environment lock
             burst = [(i, beacon) for i, (beacon, env) in enumerate(items) if beacon is not None and env is None
                      and _plain_error(beacon) and self._features_of(cur, beacon.env_hash) is not None]
             if burst:
                 stored = self._store_errors(cur, [beacon for _, beacon in burst], now)
                 for (index, _), result in zip(burst, stored):
                     results[index] = result
-            for index in sorted((i for i in range(len(items)) if results[i] is None),
-                                key=lambda i: _env_of(items[i])):
+            rest = [i for i in range(len(items)) if results[i] is None]
+            # locks taken in one order by every batch, so batches of several processes queue, not deadlock:
+            # all the environments' first, sorted, then the items by environment (a stable sort: within
+            # one environment the sent order stays, a beacon before or after its environment's snapshot)
+            for env_hash in sorted({_env_of(items[i]) for i in rest}):
+                cur.lock(LOCK_ENV, env_hash)
+            for index in sorted(rest, key=lambda i: _env_of(items[i])):
                 results[index] = self._store_isolated(cur, items[index], now)
             return [result for result in results if result is not None]
         return self._write(work)
@@ -582,6 +583,38 @@ class Storage:
         return results
 
     def _store_burst(self, cur: Cursor, beacons: List[Beacon], now: float) -> List[Optional[BeaconResult]]:
+        results: List[Optional[BeaconResult]] = [BeaconResult(True, True)] * len(beacons)
+        fresh = self._not_stored(cur, beacons)
+        if not fresh:
+            return results
+        groups = {key: self._group_id(cur, key, signature, now)
+                  for key, signature in sorted({(beacons[i].group_key or "",
+                                                 beacons[i].signature or beacons[i].group_key or "") for i in fresh})}
+        rows = [(beacon_id, b.event_id, b.kind, b.env_hash, b.script_id, groups[b.group_key or ""], b.signature,
+                 b.trace, b.ts, now, b.script_name, b.agent, 0, b.prev_env_hash, None, 1, int(b.handled), b.host)
+                for beacon_id, b in zip(cur.new_ids("beacons", len(fresh)), (beacons[i] for i in fresh))]
+        cur.insert_rows(_BEACON_COLUMNS, 18, rows)
+        cur.insert_rows("INSERT INTO contributions(beacon_id, group_id)", 2, [(row[0], row[5]) for row in rows])
+        # the rows every writer updates come last, locked in id order: held from here to the commit only
+        ids = sorted(set(groups.values()))
+        tallies = {row[0]: _Tally(json.loads(row[1]), row[2], row[3]) for row in cur.execute(
+            "SELECT id, mentions, errors, status FROM groups WHERE id IN (%s) ORDER BY id%s"
+            % (", ".join("?" * len(ids)), cur.for_update), ids).fetchall()}
+        for index in fresh:
+            results[index] = tallies[groups[beacons[index].group_key or ""]].note(beacons[index])
+        for group_id in ids:
+            tally = tallies[group_id]
+            cur.execute("UPDATE groups SET errors = errors + ?, fails = fails + ?, handled = handled + ?, "
+                        "mentions = ?, latest_env = ?, last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END"
+                        " WHERE id = ?", (tally.runs, tally.runs, tally.handled, json.dumps(tally.mentions),
+                                          tally.latest_env, now, now, group_id))
+            if tally.regressed:
+                cur.execute("UPDATE groups SET status = 'regressed', status_at = ? WHERE id = ?", (now, group_id))
+        self._roll_up_burst(cur, rows, int(now // 86400), now)
+        return results
+
+    def _not_stored(self, cur: Cursor, beacons: List[Beacon]) -> List[int]:
+        """Indexes of the beacons to store: not one whose event id is stored, or repeated in ``beacons``."""
         event_ids = sorted({b.event_id for b in beacons if b.event_id is not None})
         stored: Set[Optional[str]] = set()
         for start in range(0, len(event_ids), 500):
@@ -589,61 +622,36 @@ class Storage:
             stored.update(e for (e,) in cur.execute("SELECT event_id FROM beacons WHERE event_id IN (%s)"
                                                     % ", ".join("?" * len(chunk)), chunk).fetchall())
         fresh: List[int] = []
-        for index, beacon in enumerate(beacons):   # a repeated event id, stored or earlier in the batch, is stored once
+        for index, beacon in enumerate(beacons):
             if beacon.event_id is None or beacon.event_id not in stored:
                 fresh.append(index)
                 stored.add(beacon.event_id)
-        results: List[Optional[BeaconResult]] = [BeaconResult(True, True)] * len(beacons)
-        groups = {key: self._group_id(cur, key, signature, now)
-                  for key, signature in sorted({(beacons[i].group_key or "",
-                                                 beacons[i].signature or beacons[i].group_key or "") for i in fresh})}
-        ids = sorted(set(groups.values()))
-        tallies = {row[0]: _Tally(json.loads(row[1]), row[2], row[3]) for row in cur.execute(
-            "SELECT id, mentions, errors, status FROM groups WHERE id IN (%s) ORDER BY id%s"
-            % (", ".join("?" * len(ids)), cur.for_update), ids).fetchall()} if ids else {}
-        beacon_ids = cur.new_ids("beacons", len(fresh)) if fresh else []
-        day = int(now // 86400)
+        return fresh
+
+    def _roll_up_burst(self, cur: Cursor, rows: List[tuple], day: int, now: float) -> None:
+        """Counts and rollups of the burst's beacon ``rows``: one row per key, each summed over the burst."""
         counts: Dict[Tuple[int, str, str], int] = {}
         sources: Dict[Tuple[int, str, str, str], List] = {}
+        days: Dict[int, int] = {}
         scripts: Set[Tuple[str, int]] = set()
-        rows = []
-        for index, beacon_id in zip(fresh, beacon_ids):
-            beacon = beacons[index]
-            group_id = groups[beacon.group_key or ""]
-            tally = tallies[group_id]
-            results[index] = tally.note(beacon)
-            features = self._features_of(cur, beacon.env_hash) or {}
-            for feature, value in features.items():
+        for row in rows:
+            env_hash, script_id, group_id, script_name, host = row[3], row[4], row[5], row[10], row[17]
+            for feature, value in (self._features_of(cur, env_hash) or {}).items():
                 key = (group_id, feature, value)
                 counts[key] = counts.get(key, 0) + 1
-            source = sources.setdefault((group_id, beacon.script_id, beacon.env_hash, beacon.host or ""), [0, None])
+            source = sources.setdefault((group_id, script_id, env_hash, host or ""), [0, None])
             source[0] += 1
-            source[1] = beacon.script_name or source[1]
-            scripts.add((beacon.script_id, group_id))
-            rows.append((beacon_id, beacon.event_id, beacon.kind, beacon.env_hash, beacon.script_id, group_id,
-                         beacon.signature, beacon.trace, beacon.ts, now, beacon.script_name, beacon.agent, 0,
-                         beacon.prev_env_hash, None, 1, int(beacon.handled), beacon.host))
-        cur.insert_rows(_BEACON_COLUMNS, 18, rows)
-        for group_id in ids:   # in id order, the order every writer locks group rows in
-            tally = tallies[group_id]
-            if not tally.runs:
-                continue
-            cur.execute("UPDATE groups SET errors = errors + ?, fails = fails + ?, handled = handled + ?, "
-                        "mentions = ?, latest_env = ?, last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END"
-                        " WHERE id = ?", (tally.runs, tally.runs, tally.handled, json.dumps(tally.mentions),
-                                          tally.latest_env, now, now, group_id))
-            if tally.regressed:
-                cur.execute("UPDATE groups SET status = 'regressed', status_at = ? WHERE id = ?", (now, group_id))
+            source[1] = script_name or source[1]
+            days[group_id] = days.get(group_id, 0) + 1
+            scripts.add((script_id, group_id))
         cur.insert_rows("INSERT INTO group_scripts(script_id, group_id)", 2, sorted(scripts), " ON CONFLICT DO NOTHING")
         cur.insert_rows("INSERT INTO group_days(group_id, day, fails, oks)", 4,
-                        [(g, day, tallies[g].runs, 0) for g in ids if tallies[g].runs], _DAYS_CONFLICT)
+                        [(g, day, runs, 0) for g, runs in sorted(days.items())], _DAYS_CONFLICT)
         cur.insert_rows("INSERT INTO group_sources(group_id, script_id, env_hash, host, script_name, fails, oks, "
                         "last_seen)", 8, [key + (name, runs, 0, now) for key, (runs, name) in sorted(sources.items())],
                         _SOURCES_CONFLICT)
         cur.insert_rows("INSERT INTO counts(group_id, feature, value, fails, oks)", 5,
                         [key + (runs, 0) for key, runs in sorted(counts.items())], _COUNTS_CONFLICT)
-        cur.insert_rows("INSERT INTO contributions(beacon_id, group_id)", 2, [(row[0], row[5]) for row in rows])
-        return results
 
     def _store_item(self, cur: Cursor, beacon: Optional[Beacon], env: Optional[Env], now: float) -> BeaconResult:
         if beacon is not None:
