@@ -110,7 +110,7 @@ class Target:
         self.stored: Optional[int] = None
         self.tags: List[str] = []
         self.skipped = ""
-        self.batches: Dict[int, float] = {}     # connections -> writes per commit (one process's)
+        self.batches: Dict[int, float] = {}     # connections -> writes per commit (the embedded server)
 
 
 def _wrk(url: str, connections: int, seconds: float, script: str) -> Tuple[int, int, float]:
@@ -204,7 +204,7 @@ def _drive(target: Target, host: str, port: int, connections, seconds: float, tm
             if status not in (200, 201):
                 raise SystemExit("%s: /env answered %d: %r" % (target.name, status, payload[:200]))
     for n in connections:
-        before = _ingest(host, port) if target.kind != "bare" else {}
+        before = _ingest(host, port) if target.name.startswith("embedded") else {}
         tag = "%s%d%x" % (re.sub(r"\W", "", target.name)[:12], n, int(time.time() * 1000) % 0xFFFFFF)
         script = os.path.join(tmp, "%s.lua" % tag)
         with open(script, "w") as handle:
@@ -220,7 +220,7 @@ def _drive(target: Target, host: str, port: int, connections, seconds: float, tm
 
 
 def _ingest(host: str, port: int) -> Dict[str, int]:
-    """/healthz's ingest figures (of the one process that answers, under gunicorn)."""
+    """/healthz's ingest figures (per process: under gunicorn, of whichever worker answers)."""
     connection = socket.create_connection((host, port), timeout=30)
     connection.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
     answer = b"".join(iter(lambda: connection.recv(65536), b""))
@@ -315,10 +315,9 @@ def _report(targets: List[Target], connections, seconds: float, load, fsync: Lis
         if target.stored is not None:
             lost = max(0, target.acked - target.stored)
             lost_any = lost_any or lost > 0
-            print("%-28s acknowledged %d, stored %d, acknowledged but lost %d; writes per commit %s%s" % (
-                target.name, target.acked, target.stored, lost,
-                " / ".join("%.1f" % target.batches[n] for n in connections),
-                "" if target.name.startswith("embedded") else " (of the worker that answered /healthz)"))
+            print("%-28s acknowledged %d, stored %d, acknowledged but lost %d%s" % (
+                target.name, target.acked, target.stored, lost, "; writes per commit " + " / ".join(
+                    "%.1f" % target.batches[n] for n in connections) if target.batches else ""))
     share = ours.rates[16] / bare.rates[16] if 16 in ours.rates else 0.0
     steps = [ours.rates[b] >= 0.9 * ours.rates[a] for a, b in zip(connections, connections[1:])]
     print("bar: embedded at 16 connections %.0f%% of bare (>= 50%%): %s; not falling 1->64: %s; 0 lost: %s" % (
