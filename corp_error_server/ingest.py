@@ -12,6 +12,12 @@ batch holding its write, then passes the lead to a request of the next batch, wh
 anyway. A lone request thus commits on its own thread with no hand-off at all, and a busy server
 wakes each request once.
 
+Keep-alive clients send their next beacon as soon as the last one is answered, so the requests a
+commit releases come back a moment after the next commit has started, and would split into two
+cohorts taking turns at half the batch each. A leader therefore holds its batch back until as many
+writes wait as were in flight during the last commit, for at most half that commit's time (and
+never more than ``_GATHER_MAX``): a lone client never waits, and a burst fills each commit.
+
 What waits is bounded: past ``max_waiting`` a request is refused at once with ``Busy`` (the app
 answers 503 with Retry-After, the agent keeps the beacon in its spool) rather than queueing without
 bound. A forked child (a gunicorn worker) starts with an empty queue of its own.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from typing import List, Optional, Tuple
 
@@ -29,6 +36,7 @@ DEFAULT_MAX_WAITING = 1024      # writes accepted and not yet committed, per pro
 _MAX_BATCH = 256                # writes in one transaction: bounds how long one commit holds the lock
 _ANSWER_TIMEOUT = 60.0          # a request waits no longer for its commit (then 503: not acknowledged)
 RETRY_AFTER = 1                 # seconds a refused client waits; one batch commits in milliseconds
+_GATHER_MAX = 0.002             # seconds a leader waits, at most, for the last commit's writes to come back
 
 
 class Busy(Exception):
@@ -61,9 +69,13 @@ class Committer:
     def _reset(self) -> None:
         # also in a forked child: the parent's lock and queue are not this process's
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._queue: List[_Write] = []
         self._waiting = 0               # queued + in the transaction running now
         self._leading = False           # a request is committing a batch now
+        self._in_flight = 0             # the most writes waiting at once since the last batch was taken
+        self._gather_for = 0            # a leader holding its batch back waits for this many queued writes
+        self._last_commit = 0.0         # seconds the last commit took
         self.transactions = 0
         self.stored = 0
 
@@ -79,6 +91,9 @@ class Committer:
                 raise Busy("%d writes are waiting for the database" % self._waiting)
             self._queue.append(write)
             self._waiting += 1
+            self._in_flight = max(self._in_flight, self._waiting)
+            if self._gather_for and len(self._queue) >= self._gather_for:
+                self._arrived.notify()
             write.lead, self._leading = not self._leading, True
         if not write.lead:
             self._wait(write)
@@ -104,16 +119,36 @@ class Committer:
         carried = False
         while not carried:
             with self._lock:
+                self._gather()
                 batch = self._queue[:_MAX_BATCH]
                 del self._queue[:len(batch)]
+                self._in_flight = self._waiting
             carried = own in batch
+            started = time.monotonic()
             try:
                 self._commit(batch)
             except BaseException:
                 own.abandoned = True    # its request leaves with the exception: not to be given the lead
                 self._finish(batch, own, True)
                 raise
+            self._last_commit = time.monotonic() - started
             self._finish(batch, own, carried)
+
+    def _gather(self) -> None:
+        """With the lock held: wait (boundedly) until as many writes are queued as were in flight."""
+        wanted = min(self._in_flight, _MAX_BATCH)
+        if len(self._queue) >= wanted:
+            return
+        deadline = time.monotonic() + min(_GATHER_MAX, self._last_commit / 2)
+        self._gather_for = wanted
+        try:
+            while len(self._queue) < wanted:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._arrived.wait(remaining)
+        finally:
+            self._gather_for = 0
 
     def _finish(self, batch: List[_Write], own: _Write, pass_lead: bool) -> None:
         successor = None
