@@ -4,7 +4,8 @@ Beacons arrive in bursts over keep-alive connections, and each request's own wor
 a share of a group commit) is small, so what the gateway costs per request matters:
 ``http.server`` parses every header block with the ``email`` package and writes a response in
 several system calls. Here a request head is split by hand, the answer leaves in one ``sendall``,
-and the Date header is formatted once a second. A thread per connection keeps the WSGI app
+the Date header is formatted once a second, and the access log is written by a thread of its own
+in one call per 50 ms. A thread per connection keeps the WSGI app
 synchronous while its requests wait together on one commit (see ingest.py); the threads sleep in
 ``recv`` or on that commit, so adding connections adds waiting, not work.
 
