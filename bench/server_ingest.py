@@ -13,6 +13,11 @@ event_id, for a fixed time per run, over 1/4/16/64 connections, to:
 Then every acknowledged (2xx) beacon is looked for in the database: acknowledged vs stored.
 gunicorn (and psycopg) come from PyPI into a venv under .cache/ that this script makes.
 
+A 2xx waits for a flush to disk, and a keep-alive connection has one request in flight, so N
+connections get at most N beacons per flush: the run times a durable one-row commit where the
+databases are and prints that ceiling next to the figures (a disk shared with busy neighbours can
+take milliseconds per flush where an idle one takes a fraction of one).
+
     python bench/server_ingest.py [--quick] [--seconds N]
 Bar: the embedded server at 16 connections >= 50% of the bare http.server; its throughput not
 falling from 1 to 64 connections (each step >= 90% of the one before); 0 acknowledged lost.
@@ -21,6 +26,7 @@ wrk: `apt-get install -y wrk` (Debian/Ubuntu), `brew install wrk` (macOS).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import re
@@ -104,6 +110,7 @@ class Target:
         self.stored: Optional[int] = None
         self.tags: List[str] = []
         self.skipped = ""
+        self.batches: Dict[int, float] = {}     # connections -> writes per commit (the embedded server)
 
 
 def _wrk(url: str, connections: int, seconds: float, script: str) -> Tuple[int, int, float]:
@@ -115,6 +122,30 @@ def _wrk(url: str, connections: int, seconds: float, script: str) -> Tuple[int, 
     duration = float(elapsed.group(1)) / (1000 if elapsed.group(2) == "ms" else 1)
     failed = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return answered, int(failed.group(1)) if failed else 0, duration
+
+
+def _commit_ms(directory: str, warm: int = 150, samples: int = 100) -> float:
+    """Median milliseconds of a durable one-row commit (WAL, synchronous=FULL) in ``directory``, once the
+    WAL has grown to its steady size (a flush that grows a file flushes the file system's journal too;
+    checkpoints every 50 pages get the probe there within its warm-up)."""
+    path = os.path.join(directory, "commit-probe.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA wal_autocheckpoint=50")
+        conn.execute("CREATE TABLE t(x)")
+        times = []
+        for index in range(warm + samples):
+            started = time.perf_counter()
+            conn.execute("INSERT INTO t VALUES(?)", (index,))
+            times.append(time.perf_counter() - started)
+    finally:
+        conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.unlink(path + suffix)
+    return 1000 * sorted(times[warm:])[samples // 2]
 
 
 def _bench_venv() -> str:
@@ -175,15 +206,38 @@ def _drive(target: Target, host: str, port: int, connections, seconds: float, tm
             status, payload = client.post("/env", environment(rng, index))
             if status not in (200, 201):
                 raise SystemExit("%s: /env answered %d: %r" % (target.name, status, payload[:200]))
+    # a warm-up, not timed (its beacons are looked for all the same): a new database's WAL grows on its
+    # first commits, and a flush that grows a file also flushes the file system's journal, several
+    # times slower than the steady state's flush over the WAL's earlier frames
+    _run(target, host, port, max(connections), min(2.0, seconds), tmp)
     for n in connections:
-        tag = "%s%d%x" % (re.sub(r"\W", "", target.name)[:12], n, int(time.time() * 1000) % 0xFFFFFF)
-        script = os.path.join(tmp, "%s.lua" % tag)
-        with open(script, "w") as handle:
-            handle.write(_LUA.replace("TAG", tag).replace("ENVS", str(_ENVS)))
-        answered, failed, duration = _wrk("http://%s:%d/beacon" % (host, port), n, seconds, script)
-        target.rates[n] = (answered - failed) / duration
-        target.acked += answered - failed
-        target.tags.append(tag)
+        before = _ingest(host, port) if target.name.startswith("embedded") else {}
+        target.rates[n] = _run(target, host, port, n, seconds, tmp)
+        if before:
+            after = _ingest(host, port)
+            target.batches[n] = (after["writes"] - before["writes"]) / max(1, after["transactions"]
+                                                                           - before["transactions"])
+
+
+def _run(target: Target, host: str, port: int, connections: int, seconds: float, tmp: str) -> float:
+    """One wrk run of beacons tagged for it: the acknowledged per second."""
+    tag = "%s%d%x" % (re.sub(r"\W", "", target.name)[:12], connections, int(time.time() * 1000) % 0xFFFFFF)
+    script = os.path.join(tmp, "%s.lua" % tag)
+    with open(script, "w") as handle:
+        handle.write(_LUA.replace("TAG", tag).replace("ENVS", str(_ENVS)))
+    answered, failed, duration = _wrk("http://%s:%d/beacon" % (host, port), connections, seconds, script)
+    target.acked += answered - failed
+    target.tags.append(tag)
+    return (answered - failed) / duration
+
+
+def _ingest(host: str, port: int) -> Dict[str, int]:
+    """/healthz's ingest figures (per process: under gunicorn, of whichever worker answers)."""
+    connection = socket.create_connection((host, port), timeout=30)
+    connection.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+    answer = b"".join(iter(lambda: connection.recv(65536), b""))
+    connection.close()
+    return json.loads(answer.split(b"\r\n\r\n", 1)[1])["ingest"]
 
 
 def main(argv=None) -> int:
@@ -201,6 +255,7 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     targets: List[Target] = []
     with tempfile.TemporaryDirectory() as tmp:
+        flush = [_commit_ms(tmp)]
         with open(os.path.join(tmp, "bare_wsgi.py"), "w") as handle:
             handle.write(_BARE_WSGI)
         runs = [("bare http.server", "bare"), ("bare WSGI, gunicorn -w 4", "bare"), ("embedded, SQLite", "ours"),
@@ -236,7 +291,8 @@ def main(argv=None) -> int:
                 if kind == "ours":
                     target.stored = (_stored_pg(python, pg_url, target.tags) if target.db == pg_url
                                      else _stored_sqlite(target.db, target.tags))
-    return _report(targets, connections, seconds, load)
+        flush.append(_commit_ms(tmp))
+    return _report(targets, connections, seconds, load, flush)
 
 
 def _pg_storage_missing(python: str, url: str, env: Dict[str, str]) -> str:
@@ -249,9 +305,15 @@ def _pg_storage_missing(python: str, url: str, env: Dict[str, str]) -> str:
         url, (check.stderr.strip().splitlines() or ["?"])[-1][:200])
 
 
-def _report(targets: List[Target], connections, seconds: float, load) -> int:
+def _report(targets: List[Target], connections, seconds: float, load, commit_ms: List[float]) -> int:
     print("wrk, %g s per run, keep-alive, error beacons with unique event ids over %d environments; "
-          "load average before: %.1f %.1f %.1f on %d CPUs" % (seconds, _ENVS, *load, os.cpu_count() or 0))
+          "load average before: %.1f %.1f %.1f, after: %.1f %.1f %.1f on %d CPUs"
+          % (seconds, _ENVS, *load, *os.getloadavg(), os.cpu_count() or 0))
+    slowest = max(commit_ms)
+    print("disk: a durable one-row SQLite commit takes %s ms (median, before / after the runs); a 2xx waits for a "
+          "commit, so N connections get at most N / %.2f ms beacons/s:" % (
+              " / ".join("%.2f" % ms for ms in commit_ms), slowest))
+    print("%-28s" % "durable ceiling" + "".join("%10.0f" % (1000 * n / slowest) for n in connections))
     print("%-28s" % "beacons/s (req/s for bare)" + "".join("%10s" % ("%d conn" % n) for n in connections))
     for target in targets:
         if target.skipped:
@@ -266,8 +328,9 @@ def _report(targets: List[Target], connections, seconds: float, load) -> int:
         if target.stored is not None:
             lost = max(0, target.acked - target.stored)
             lost_any = lost_any or lost > 0
-            print("%-28s acknowledged %d, stored %d, acknowledged but lost %d" % (
-                target.name, target.acked, target.stored, lost))
+            print("%-28s acknowledged %d, stored %d, acknowledged but lost %d%s" % (
+                target.name, target.acked, target.stored, lost, "; writes per commit " + " / ".join(
+                    "%.1f" % target.batches[n] for n in connections) if target.batches else ""))
     share = ours.rates[16] / bare.rates[16] if 16 in ours.rates else 0.0
     steps = [ours.rates[b] >= 0.9 * ours.rates[a] for a, b in zip(connections, connections[1:])]
     print("bar: embedded at 16 connections %.0f%% of bare (>= 50%%): %s; not falling 1->64: %s; 0 lost: %s" % (

@@ -6,6 +6,7 @@ payload one server takes the other takes too.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import http.cookies
@@ -206,6 +207,14 @@ def _group_of(error_sig: Optional[str], trace: Optional[str]) -> str:
     raise HTTPError(400, "an error beacon needs an error_sig or a trace with an exception line")
 
 
+@functools.lru_cache(maxsize=256)
+def _error_identity(error_sig: Optional[str], trace: Optional[str]) -> Tuple[str, frozenset]:
+    """(group key, packages mentioned) of an error: the costliest part of reading a beacon (regular
+    expressions over the whole trace), and a function of these two strings only. A burst is the same
+    few errors from many machines, so most beacons find theirs here."""
+    return _group_of(error_sig, trace), frozenset(engine.mentioned_packages((trace or "") + "\n" + (error_sig or "")))
+
+
 def resolve_group(storage: Storage, signature: str, env_hash: str, script_id: Optional[str]) -> Optional[str]:
     """The group a signature without its trace belongs to (/suggest, a success's previous failure).
 
@@ -243,10 +252,7 @@ def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon,
         raise HTTPError(400, "handled must be a boolean")
     prev_env_hash = _optional_text(body, "prev_env_hash", _BEACON["prev_env_hash"], empty=False)
     prev_error_sig = _optional_text(body, "prev_error_sig", keep=_BEACON_KEPT["prev_error_sig"])
-    group = mentions = None
-    if kind == "error":
-        group = _group_of(error_sig, trace)
-        mentions = engine.mentioned_packages((trace or "") + "\n" + (error_sig or ""))
+    group, mentions = _error_identity(error_sig, trace) if kind == "error" else (None, frozenset())
     prev_group = None
     if prev_error_sig and kind == "success":
         resolved = resolve_group(storage, prev_error_sig, prev_env_hash or env_hash, script_id) if storage else None
@@ -260,7 +266,7 @@ def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon,
                     script_name=_optional_text(body, "script_name", keep=_BEACON_KEPT["script_name"]),
                     agent=_optional_text(body, "agent", keep=_BEACON_KEPT["agent"]), test=test,
                     prev_env_hash=prev_env_hash if kind == "success" else None, prev_group_key=prev_group,
-                    mentions=frozenset(mentions or ()), handled=handled and kind == "error",
+                    mentions=mentions, handled=handled and kind == "error",
                     host=_optional_text(body, "host", keep=_BEACON_KEPT["host"]) or None)
     return beacon, (parse_env(inline, env_hash) if inline else None)
 
@@ -418,7 +424,7 @@ class _App:
         if len(raw) < length:
             raise HTTPError(400, "body shorter than Content-Length")
         try:
-            body = json.loads(raw.decode("utf-8-sig"), parse_constant=_reject_constant)
+            body = _JSON.decode(raw.decode("utf-8-sig"))
         except UnicodeDecodeError:
             raise HTTPError(400, "body is not UTF-8") from None
         except RecursionError:
@@ -803,6 +809,9 @@ def _here(environ: dict) -> str:
 
 def _reject_constant(name: str):
     raise ValueError("%s is not valid JSON" % name)
+
+
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)   # made once: json.loads with an option makes one a call
 
 
 def _query(environ: dict) -> Dict[str, str]:

@@ -3,19 +3,30 @@
 A durable commit costs a flush to disk (SQLite's fsync, PostgreSQL's WAL flush) whatever it holds,
 so one transaction per request caps ingest at the disk's flush rate, and clients added in a burst
 only queue on the database lock. Here a request hands its beacon (or environment) to the committer
-and waits; the committer stores everything waiting in one ``Storage.add_beacons`` call and wakes
-each request only after that transaction committed, so a 2xx still means durable. While one
-transaction runs, the next batch gathers: the busier the server, the more each commit carries.
+and waits; everything waiting is stored in one ``Storage.add_beacons`` call and each request is
+woken only after that transaction committed, so a 2xx still means durable. While one transaction
+runs, the next batch gathers: the busier the server, the more each commit carries.
+
+No thread of its own does the committing: the request that finds nobody committing commits the
+batch holding its write, then passes the lead to a request of the next batch, which is woken
+anyway. A lone request thus commits on its own thread with no hand-off at all, and a busy server
+wakes each request once.
+
+Keep-alive clients send their next beacon as soon as the last one is answered, so the requests a
+commit releases come back a moment after the next commit has started, and would split into two
+cohorts taking turns at half the batch each. A leader therefore holds its batch back until as many
+writes wait as were in flight during the last commit, for at most half that commit's time (and
+never more than ``_GATHER_MAX``): a lone client never waits, and a burst fills each commit.
 
 What waits is bounded: past ``max_waiting`` a request is refused at once with ``Busy`` (the app
 answers 503 with Retry-After, the agent keeps the beacon in its spool) rather than queueing without
-bound. The committer's thread is started by the first write of each process, so a server that forks
-its workers (gunicorn) gets one committer per worker, none inherited half-way from the parent.
+bound. A forked child (a gunicorn worker) starts with an empty queue of its own.
 """
 from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from typing import List, Optional, Tuple
 
@@ -25,6 +36,7 @@ DEFAULT_MAX_WAITING = 1024      # writes accepted and not yet committed, per pro
 _MAX_BATCH = 256                # writes in one transaction: bounds how long one commit holds the lock
 _ANSWER_TIMEOUT = 60.0          # a request waits no longer for its commit (then 503: not acknowledged)
 RETRY_AFTER = 1                 # seconds a refused client waits; one batch commits in milliseconds
+_GATHER_MAX = 0.002             # seconds a leader waits, at most, for the last commit's writes to come back
 
 
 class Busy(Exception):
@@ -32,14 +44,16 @@ class Busy(Exception):
 
 
 class _Write:
-    __slots__ = ("item", "result", "error", "done")
+    __slots__ = ("item", "result", "error", "done", "lead", "abandoned")
 
     def __init__(self, item: Tuple[Optional[Beacon], Optional[Env]]) -> None:
         self.item = item
         self.result: Optional[BeaconResult] = None
         self.error: Optional[BaseException] = None
-        self.done = threading.Lock()    # held until committed: a bare lock wakes a waiter cheaper than an Event
+        self.done = threading.Lock()    # held until committed (or led): a bare lock wakes cheaper than an Event
         self.done.acquire()
+        self.lead = False               # woken to commit the next batch, not with its own result
+        self.abandoned = False          # its request gave up waiting: never to be woken to lead
 
 
 class Committer:
@@ -53,52 +67,104 @@ class Committer:
         os.register_at_fork(after_in_child=lambda: (this() or (lambda: None))())
 
     def _reset(self) -> None:
-        # also in a forked child: the parent's lock, queue and thread are not this process's
-        self._ready = threading.Condition(threading.Lock())
+        # also in a forked child: the parent's lock and queue are not this process's
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._queue: List[_Write] = []
         self._waiting = 0               # queued + in the transaction running now
-        self._thread: Optional[threading.Thread] = None
+        self._leading = False           # a request is committing a batch now
+        self._in_flight = 0             # the most writes waiting at once since the last batch was taken
+        self._gather_for = 0            # a leader holding its batch back waits for this many queued writes
+        self._last_commit = 0.0         # seconds the last commit took
         self.transactions = 0
         self.stored = 0
 
     def stats(self) -> dict:
-        with self._ready:
+        with self._lock:
             return {"waiting": self._waiting, "transactions": self.transactions, "writes": self.stored}
 
     def add(self, beacon: Optional[Beacon], env: Optional[Env] = None) -> BeaconResult:
         """Store one beacon (or, without one, an environment); return once it is committed."""
         write = _Write((beacon, env))
-        with self._ready:
+        with self._lock:
             if self._waiting >= self._max_waiting:
                 raise Busy("%d writes are waiting for the database" % self._waiting)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="corp-error-committer", daemon=True)
-                self._thread.start()
             self._queue.append(write)
             self._waiting += 1
-            self._ready.notify()
-        if not write.done.acquire(timeout=_ANSWER_TIMEOUT):
-            # it may still commit: unacknowledged, the agent sends it again and the event id dedupes it
-            raise Busy("the database did not commit within %.0f s" % _ANSWER_TIMEOUT)
+            self._in_flight = max(self._in_flight, self._waiting)
+            if self._gather_for and len(self._queue) >= self._gather_for:
+                self._arrived.notify()
+            write.lead, self._leading = not self._leading, True
+        if not write.lead:
+            self._wait(write)
+        if write.lead:
+            self._lead(write)
         if write.error is not None:
             raise write.error
         assert write.result is not None
         return write.result
 
-    def _run(self) -> None:
-        while True:
-            with self._ready:
-                while not self._queue:
-                    self._ready.wait()
+    def _wait(self, write: _Write) -> None:
+        if write.done.acquire(timeout=_ANSWER_TIMEOUT):
+            return
+        with self._lock:
+            write.abandoned = not write.lead
+        if write.abandoned:
+            # it may still commit: unacknowledged, the agent sends it again and the event id dedupes it
+            raise Busy("the database did not commit within %.0f s" % _ANSWER_TIMEOUT)
+        write.done.acquire()    # given the lead as the wait ran out: released at once
+
+    def _lead(self, own: _Write) -> None:
+        """Commit batches until one carried ``own``, then pass the lead on (or leave nobody leading)."""
+        carried = False
+        while not carried:
+            with self._lock:
+                self._gather()
                 batch = self._queue[:_MAX_BATCH]
                 del self._queue[:len(batch)]
+                self._in_flight = self._waiting
+            carried = own in batch
+            started = time.monotonic()
             try:
                 self._commit(batch)
-            finally:
-                with self._ready:
-                    self._waiting -= len(batch)
-                for write in batch:
-                    write.done.release()
+            except BaseException:
+                own.abandoned = True    # its request leaves with the exception: not to be given the lead
+                self._finish(batch, own, True)
+                raise
+            self._last_commit = time.monotonic() - started
+            self._finish(batch, own, carried)
+
+    def _gather(self) -> None:
+        """With the lock held: wait (boundedly) until as many writes are queued as were in flight."""
+        wanted = min(self._in_flight, _MAX_BATCH)
+        if len(self._queue) >= wanted:
+            return
+        deadline = time.monotonic() + min(_GATHER_MAX, self._last_commit / 2)
+        self._gather_for = wanted
+        try:
+            while len(self._queue) < wanted:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._arrived.wait(remaining)
+        finally:
+            self._gather_for = 0
+
+    def _finish(self, batch: List[_Write], own: _Write, pass_lead: bool) -> None:
+        successor = None
+        with self._lock:
+            self._waiting -= len(batch)
+            if pass_lead:
+                successor = next((write for write in self._queue if not write.abandoned), None)
+                if successor is None:
+                    self._leading = False
+                else:
+                    successor.lead = True
+        if successor is not None:   # first: the next commit starts while this batch's requests wake
+            successor.done.release()
+        for write in batch:
+            if write is not own:
+                write.done.release()
 
     def _commit(self, batch: List[_Write]) -> None:
         try:
@@ -112,6 +178,6 @@ class Committer:
                 write.error = result.error
             else:
                 write.result = result
-        with self._ready:
+        with self._lock:
             self.transactions += 1
             self.stored += len(batch)

@@ -4,7 +4,8 @@ Beacons arrive in bursts over keep-alive connections, and each request's own wor
 a share of a group commit) is small, so what the gateway costs per request matters:
 ``http.server`` parses every header block with the ``email`` package and writes a response in
 several system calls. Here a request head is split by hand, the answer leaves in one ``sendall``,
-and the Date header is formatted once a second. A thread per connection keeps the WSGI app
+the Date header is formatted once a second, and the access log is written by a thread of its own
+in one call per 50 ms. A thread per connection keeps the WSGI app
 synchronous while its requests wait together on one commit (see ingest.py); the threads sleep in
 ``recv`` or on that commit, so adding connections adds waiting, not work.
 
@@ -27,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 from urllib.parse import unquote
 
 _DRAIN_LIMIT = 64 * 1024        # unread request body we still skip to keep a connection alive
+_LOG_GATHER = 0.05              # seconds the access log gathers lines for one write (a write per line is a system call)
 _MAX_CONNECTIONS = 256          # beyond this, new connections are closed at once
 _MAX_HEAD = 64 * 1024           # request line and headers
 _MAX_HEADERS = 100
@@ -310,7 +312,10 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.app = app
         self.request_timeout = request_timeout
         self.log_stream = log_stream
-        self._log_lock = threading.Lock()
+        self._log_ready = threading.Condition(threading.Lock())
+        self._log_lines: List[str] = []
+        self._log_writer: Optional[threading.Thread] = None
+        self._log_write_lock = threading.Lock()
         self._active = 0
         self._active_lock = threading.Lock()
         super().__init__(address, _Connection)
@@ -333,9 +338,32 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 self._active -= 1
 
     def log(self, line: str) -> None:
-        with self._log_lock:
+        """Queue a line for the log stream: written within _LOG_GATHER with the lines queued meanwhile."""
+        with self._log_ready:
+            self._log_lines.append(line)
+            if self._log_writer is None:
+                self._log_writer = threading.Thread(target=self._write_log, name="access-log", daemon=True)
+                self._log_writer.start()
+            elif len(self._log_lines) == 1:
+                self._log_ready.notify()
+
+    def _write_log(self) -> None:
+        while True:
+            with self._log_ready:
+                while not self._log_lines:
+                    self._log_ready.wait()
+            time.sleep(_LOG_GATHER)   # the lines of a burst's other requests join this write
+            self.flush_log()
+
+    def flush_log(self) -> None:
+        """Write every queued line now (at shutdown, and by the log's thread)."""
+        with self._log_write_lock:
+            with self._log_ready:
+                lines, self._log_lines = self._log_lines, []
+            if not lines:
+                return
             try:
-                self.log_stream.write(line + "\n")
+                self.log_stream.write("\n".join(lines) + "\n")
                 self.log_stream.flush()
             except (OSError, ValueError):
                 pass
@@ -360,3 +388,4 @@ def serve(server: _Server) -> None:
         server.serve_forever(poll_interval=0.1)
     finally:
         server.server_close()
+        server.flush_log()

@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple, TypeVar
 
 from .engine import Counts, FixPair, GroupData
 from .storage_schema import MIGRATIONS
@@ -37,26 +37,32 @@ _ATTEMPTS = 5             # a transaction the database aborted for a conflict (d
 # Lock name spaces for backends whose writers run concurrently (PostgreSQL advisory locks).
 LOCK_ENV, LOCK_PURGE, LOCK_SCHEMA = 1, 2, 3
 
-_UPSERT_ROWS = 190       # count rows in one upsert: 5 parameters each, within SQLite's oldest limit of 999
+_MAX_PARAMS = 999        # parameters in one statement: SQLite's oldest limit
+_UPSERT_ROWS = 190       # count rows in one upsert: 5 parameters each, within _MAX_PARAMS
 
 
 def _upsert_counts(rows: int) -> str:
     # a run's 30-odd counts in one statement, not one each: every statement is a round through the
     # driver (sqlite3 gives the GIL up at each, PostgreSQL answers each) while the batch holds the lock
     return ("INSERT INTO counts(group_id, feature, value, fails, oks) VALUES" + ", ".join(["(?, ?, ?, ?, ?)"] * rows)
-            + " ON CONFLICT(group_id, feature, value) DO UPDATE"
-            " SET fails = counts.fails + excluded.fails, oks = counts.oks + excluded.oks")
+            + _COUNTS_CONFLICT)
 
 
-_UPSERT_DAY = (
-    "INSERT INTO group_days(group_id, day, fails, oks) VALUES(?, ?, ?, ?) "
-    "ON CONFLICT(group_id, day) DO UPDATE SET fails = group_days.fails + excluded.fails, "
-    "oks = group_days.oks + excluded.oks")
-_UPSERT_SOURCE = (
-    "INSERT INTO group_sources(group_id, script_id, env_hash, host, script_name, fails, oks, last_seen) "
-    "VALUES(?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(group_id, script_id, env_hash, host) DO UPDATE SET "
+_COUNTS_CONFLICT = (" ON CONFLICT(group_id, feature, value) DO UPDATE"
+                    " SET fails = counts.fails + excluded.fails, oks = counts.oks + excluded.oks")
+_DAYS_CONFLICT = (" ON CONFLICT(group_id, day) DO UPDATE SET fails = group_days.fails + excluded.fails, "
+                  "oks = group_days.oks + excluded.oks")
+_SOURCES_CONFLICT = (
+    " ON CONFLICT(group_id, script_id, env_hash, host) DO UPDATE SET "
     "fails = group_sources.fails + excluded.fails, oks = group_sources.oks + excluded.oks, "
     "last_seen = excluded.last_seen, script_name = COALESCE(excluded.script_name, group_sources.script_name)")
+_BEACON_COLUMNS = ("INSERT INTO beacons(id, event_id, kind, env_hash, script_id, group_id, error_sig, trace, ts, "
+                   "received, script_name, agent, test, prev_env_hash, prev_group_id, counted, handled, host)")
+
+
+_UPSERT_DAY = "INSERT INTO group_days(group_id, day, fails, oks) VALUES(?, ?, ?, ?)" + _DAYS_CONFLICT
+_UPSERT_SOURCE = ("INSERT INTO group_sources(group_id, script_id, env_hash, host, script_name, fails, oks, last_seen) "
+                  "VALUES(?, ?, ?, ?, ?, ?, ?, ?)" + _SOURCES_CONFLICT)
 GROUP_STATUSES = ("new", "regressed", "resolved", "ignored")
 GROUP_SORTS = {"last_seen": "g.last_seen DESC", "first_seen": "g.first_seen DESC", "count": "g.errors DESC"}
 
@@ -130,6 +136,32 @@ class BeaconResult(NamedTuple):
     regressed: bool = False         # ... or reopened a resolved one
 
 
+class _Tally:
+    """A group's row while a burst of its errors is folded into it: what each one finds, what is written."""
+
+    __slots__ = ("mentions", "errors", "status", "runs", "handled", "latest_env", "regressed")
+
+    def __init__(self, mentions: List[str], errors: int, status: str) -> None:
+        self.mentions, self.errors, self.status = mentions, errors, status
+        self.runs = self.handled = 0
+        self.latest_env = ""
+        self.regressed = False
+
+    def note(self, beacon: Beacon) -> BeaconResult:
+        """One more error, as storing it alone would have counted it."""
+        new_group, regressed = self.errors == 0, self.status == "resolved"
+        if regressed:
+            self.status, self.regressed = "regressed", True
+        added = sorted(set(beacon.mentions) - set(self.mentions))
+        if added:
+            self.mentions = (self.mentions + added)[:_MENTIONS_KEPT]
+        self.errors += 1
+        self.runs += 1
+        self.handled += int(beacon.handled)
+        self.latest_env = beacon.env_hash
+        return BeaconResult(True, False, None, new_group, regressed)
+
+
 class GroupQuery(NamedTuple):
     """A filtered, sorted page of error groups (the list page and /api/errors)."""
     search: str = ""
@@ -178,6 +210,13 @@ class Dialect:
     def insert_id(self, raw, sql: str, params: Sequence[Any]) -> Optional[int]:
         raw.execute(sql, params)
         return raw.lastrowid if raw.rowcount else None
+
+    def new_ids(self, raw, table: str, count: int) -> List[int]:
+        """``count`` ids for rows about to be inserted into ``table`` with explicit ids, in this transaction."""
+        # SQLite's write lock is held from BEGIN IMMEDIATE: nobody else takes ids until commit
+        raw.execute("SELECT COALESCE(MAX(id), 0) FROM %s" % table)
+        last = raw.fetchone()[0]
+        return list(range(last + 1, last + 1 + count))
 
     def lock(self, raw, space: int, key: str) -> None:
         """Serialise transactions on (space, key) until commit; SQLite writes one transaction at a time."""
@@ -231,6 +270,19 @@ class Cursor:
     def insert_id(self, sql: str, params: Sequence[Any]) -> Optional[int]:
         """INSERT .. ON CONFLICT DO NOTHING of a row with an {ID}: its id, or None when it existed."""
         return self._dialect.insert_id(self._raw, self._dialect.sql(sql), self._dialect.params(params))
+
+    def new_ids(self, table: str, count: int) -> List[int]:
+        return self._dialect.new_ids(self._raw, table, count)
+
+    def insert_rows(self, head: str, width: int, rows: Sequence[Sequence[Any]], tail: str = "") -> None:
+        """``head VALUES (..), (..) tail`` over ``rows`` of ``width`` values: one statement per chunk
+        rather than one per row (each statement is a round through the driver, and a GIL hand-off)."""
+        per_statement = _MAX_PARAMS // width
+        marks = "(" + ", ".join("?" * width) + ")"
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start:start + per_statement]
+            self.execute(head + " VALUES" + ", ".join([marks] * len(chunk)) + tail,
+                         [value for row in chunk for value in row])
 
     def lock(self, space: int, key: str = "") -> None:
         self._dialect.lock(self._raw, space, self._dialect.params([key])[0])
@@ -473,31 +525,133 @@ class Storage:
         environment only (``duplicate``: it was stored already)."""
         def work(cur: Cursor) -> List[BeaconResult]:
             now = time.time()
+            results: List[Optional[BeaconResult]] = [None] * len(items)
+            # an error of an environment already stored races with no one: it takes no environment lock
+            burst = [(i, beacon) for i, (beacon, env) in enumerate(items) if beacon is not None and env is None
+                     and _plain_error(beacon) and self._features_of(cur, beacon.env_hash) is not None]
+            if burst:
+                stored = self._store_errors(cur, [beacon for _, beacon in burst], now)
+                for (index, _), result in zip(burst, stored):
+                    results[index] = result
+            rest = [i for i in range(len(items)) if results[i] is None]
             # locks taken in one order by every batch, so batches of several processes queue, not deadlock:
             # all the environments' first, sorted, then the items by environment (a stable sort: within
             # one environment the sent order stays, a beacon before or after its environment's snapshot)
-            for env_hash in sorted({_env_of(item) for item in items}):
+            for env_hash in sorted({_env_of(items[i]) for i in rest}):
                 cur.lock(LOCK_ENV, env_hash)
-            order = sorted(range(len(items)), key=lambda i: _env_of(items[i]))
-            results: List[Optional[BeaconResult]] = [None] * len(items)
-            for index in order:
-                beacon, env = items[index]
-                seen, group_ids = dict(cur.seen), dict(cur.group_ids)
-                cur.execute("SAVEPOINT item")
-                try:
-                    results[index] = self._store_item(cur, beacon, env, now)
-                except Exception as error:
-                    if self.dialect.retryable(error):
-                        raise
-                    try:
-                        cur.execute("ROLLBACK TO SAVEPOINT item")
-                    except Exception:   # the database gave the whole transaction up (connection lost, disk full)
-                        raise error from None
-                    cur.seen, cur.group_ids = seen, group_ids
-                    results[index] = BeaconResult(False, False, self.dialect.translate(error))
-                cur.execute("RELEASE SAVEPOINT item")
+            for index in sorted(rest, key=lambda i: _env_of(items[i])):
+                results[index] = self._store_isolated(cur, items[index], now)
             return [result for result in results if result is not None]
         return self._write(work)
+
+    def _store_isolated(self, cur: Cursor, item: Tuple[Optional[Beacon], Optional[Env]], now: float) -> BeaconResult:
+        """One item under its own savepoint: a failure rolls back this item alone and is its result."""
+        seen, group_ids = dict(cur.seen), dict(cur.group_ids)
+        cur.execute("SAVEPOINT item")
+        try:
+            result = self._store_item(cur, item[0], item[1], now)
+        except Exception as error:
+            if self.dialect.retryable(error):
+                raise
+            try:
+                cur.execute("ROLLBACK TO SAVEPOINT item")
+            except Exception:   # the database gave the whole transaction up (connection lost, disk full)
+                raise error from None
+            cur.seen, cur.group_ids = seen, group_ids
+            result = BeaconResult(False, False, self.dialect.translate(error))
+        cur.execute("RELEASE SAVEPOINT item")
+        return result
+
+    def _store_errors(self, cur: Cursor, beacons: List[Beacon], now: float) -> List[Optional[BeaconResult]]:
+        """Error beacons of known environments -- what a burst is made of -- with a few statements per
+        table for all of them instead of a dozen per beacon. Should any statement fail, none of it stays
+        and each beacon's result is None: the caller stores those one by one, isolated."""
+        seen, group_ids = dict(cur.seen), dict(cur.group_ids)
+        cur.execute("SAVEPOINT burst")
+        try:
+            results = self._store_burst(cur, beacons, now)
+        except Exception as error:
+            if self.dialect.retryable(error):
+                raise
+            try:
+                cur.execute("ROLLBACK TO SAVEPOINT burst")
+            except Exception:
+                raise error from None
+            cur.seen, cur.group_ids = seen, group_ids
+            return [None] * len(beacons)
+        cur.execute("RELEASE SAVEPOINT burst")
+        return results
+
+    def _store_burst(self, cur: Cursor, beacons: List[Beacon], now: float) -> List[Optional[BeaconResult]]:
+        results: List[Optional[BeaconResult]] = [BeaconResult(True, True)] * len(beacons)
+        fresh = self._not_stored(cur, beacons)
+        if not fresh:
+            return results
+        groups = {key: self._group_id(cur, key, signature, now)
+                  for key, signature in sorted({(beacons[i].group_key or "",
+                                                 beacons[i].signature or beacons[i].group_key or "") for i in fresh})}
+        rows = [(beacon_id, b.event_id, b.kind, b.env_hash, b.script_id, groups[b.group_key or ""], b.signature,
+                 b.trace, b.ts, now, b.script_name, b.agent, 0, b.prev_env_hash, None, 1, int(b.handled), b.host)
+                for beacon_id, b in zip(cur.new_ids("beacons", len(fresh)), (beacons[i] for i in fresh))]
+        cur.insert_rows(_BEACON_COLUMNS, 18, rows)
+        cur.insert_rows("INSERT INTO contributions(beacon_id, group_id)", 2, [(row[0], row[5]) for row in rows])
+        # the rows every writer updates come last, locked in id order: held from here to the commit only
+        ids = sorted(set(groups.values()))
+        tallies = {row[0]: _Tally(json.loads(row[1]), row[2], row[3]) for row in cur.execute(
+            "SELECT id, mentions, errors, status FROM groups WHERE id IN (%s) ORDER BY id%s"
+            % (", ".join("?" * len(ids)), cur.for_update), ids).fetchall()}
+        for index in fresh:
+            results[index] = tallies[groups[beacons[index].group_key or ""]].note(beacons[index])
+        for group_id in ids:
+            tally = tallies[group_id]
+            cur.execute("UPDATE groups SET errors = errors + ?, fails = fails + ?, handled = handled + ?, "
+                        "mentions = ?, latest_env = ?, last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END"
+                        " WHERE id = ?", (tally.runs, tally.runs, tally.handled, json.dumps(tally.mentions),
+                                          tally.latest_env, now, now, group_id))
+            if tally.regressed:
+                cur.execute("UPDATE groups SET status = 'regressed', status_at = ? WHERE id = ?", (now, group_id))
+        self._roll_up_burst(cur, rows, int(now // 86400), now)
+        return results
+
+    def _not_stored(self, cur: Cursor, beacons: List[Beacon]) -> List[int]:
+        """Indexes of the beacons to store: not one whose event id is stored, or repeated in ``beacons``."""
+        event_ids = sorted({b.event_id for b in beacons if b.event_id is not None})
+        stored: Set[Optional[str]] = set()
+        for start in range(0, len(event_ids), 500):
+            chunk = event_ids[start:start + 500]
+            stored.update(e for (e,) in cur.execute("SELECT event_id FROM beacons WHERE event_id IN (%s)"
+                                                    % ", ".join("?" * len(chunk)), chunk).fetchall())
+        fresh: List[int] = []
+        for index, beacon in enumerate(beacons):
+            if beacon.event_id is None or beacon.event_id not in stored:
+                fresh.append(index)
+                stored.add(beacon.event_id)
+        return fresh
+
+    def _roll_up_burst(self, cur: Cursor, rows: List[tuple], day: int, now: float) -> None:
+        """Counts and rollups of the burst's beacon ``rows``: one row per key, each summed over the burst."""
+        counts: Dict[Tuple[int, str, str], int] = {}
+        sources: Dict[Tuple[int, str, str, str], List] = {}
+        days: Dict[int, int] = {}
+        scripts: Set[Tuple[str, int]] = set()
+        for row in rows:
+            env_hash, script_id, group_id, script_name, host = row[3], row[4], row[5], row[10], row[17]
+            for feature, value in (self._features_of(cur, env_hash) or {}).items():
+                key = (group_id, feature, value)
+                counts[key] = counts.get(key, 0) + 1
+            source = sources.setdefault((group_id, script_id, env_hash, host or ""), [0, None])
+            source[0] += 1
+            source[1] = script_name or source[1]
+            days[group_id] = days.get(group_id, 0) + 1
+            scripts.add((script_id, group_id))
+        cur.insert_rows("INSERT INTO group_scripts(script_id, group_id)", 2, sorted(scripts), " ON CONFLICT DO NOTHING")
+        cur.insert_rows("INSERT INTO group_days(group_id, day, fails, oks)", 4,
+                        [(g, day, runs, 0) for g, runs in sorted(days.items())], _DAYS_CONFLICT)
+        cur.insert_rows("INSERT INTO group_sources(group_id, script_id, env_hash, host, script_name, fails, oks, "
+                        "last_seen)", 8, [key + (name, runs, 0, now) for key, (runs, name) in sorted(sources.items())],
+                        _SOURCES_CONFLICT)
+        cur.insert_rows("INSERT INTO counts(group_id, feature, value, fails, oks)", 5,
+                        [key + (runs, 0) for key, runs in sorted(counts.items())], _COUNTS_CONFLICT)
 
     def _store_item(self, cur: Cursor, beacon: Optional[Beacon], env: Optional[Env], now: float) -> BeaconResult:
         if beacon is not None:
@@ -901,6 +1055,11 @@ def open_storage(target: str) -> Storage:
         return PostgresStorage(target)
     raise UnsupportedDatabase("unsupported database URL scheme %r: give a file path (SQLite) or a "
                               "postgresql:// URL" % scheme[:40])
+
+
+def _plain_error(beacon: Beacon) -> bool:
+    """An error that needs nothing but its own rows and its group's (``Storage._store_burst``)."""
+    return beacon.kind == "error" and bool(beacon.group_key) and beacon.prev_group_key is None and not beacon.test
 
 
 def _env_of(item: Tuple[Optional[Beacon], Optional[Env]]) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, List, Optional, Sequence
 
 from .storage import Dialect, Storage, StorageConflict, StorageUnavailable, UnsupportedDatabase, _Retry
 
@@ -75,6 +75,11 @@ class PostgresDialect(Dialect):
         raw.execute(sql + " RETURNING id", params)
         row = raw.fetchone()
         return None if row is None else row[0]
+
+    def new_ids(self, raw, table: str, count: int) -> List[int]:
+        # taken from the identity's sequence, so that rows inserted without an id never collide with these
+        raw.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", (table, count))
+        return [row[0] for row in raw.fetchall()]
 
     def lock(self, raw, space: int, key: str) -> None:
         raw.execute("SELECT pg_advisory_xact_lock(%s::int, hashtext(%s))", (space, key))

@@ -144,3 +144,57 @@ def test_add_beacons_stores_a_batch_in_one_go_each_item_isolated(db_target):
     assert (total, group["count"], group["handled"], data.fails) == (1, 3, 1, 3)
     assert data.counts["pkg:a"] == {"1": (3, 0)}
     storage.close()
+
+
+def _ingest_state(target: str) -> dict:
+    """What ingest wrote, by group key rather than row id (ids differ between two databases); a group
+    row without errors (one-by-one storing makes one for a repeated beacon's group) is no group."""
+    key = "(SELECT key FROM groups WHERE id = %s)"
+    return {name: sorted(db_rows(target, query), key=repr) for name, query in {
+        "groups": "SELECT key, signature, errors, fails, oks, handled, mentions, status, latest_env FROM groups "
+                  "WHERE errors > 0",
+        "beacons": "SELECT event_id, %s, env_hash, script_id, counted, handled, host, trace FROM beacons"
+                   % (key % "group_id"),
+        "counts": "SELECT %s, feature, value, fails, oks FROM counts" % (key % "group_id"),
+        "days": "SELECT %s, day, fails, oks FROM group_days" % (key % "group_id"),
+        "sources": "SELECT %s, script_id, env_hash, host, script_name, fails, oks FROM group_sources"
+                   % (key % "group_id"),
+        "scripts": "SELECT %s, script_id FROM group_scripts" % (key % "group_id"),
+        "contributions": "SELECT b.event_id, %s FROM contributions c JOIN beacons b ON b.id = c.beacon_id"
+                         % (key % "c.group_id"),
+    }.items()}
+
+
+def test_a_burst_of_errors_is_stored_as_one_by_one(db_target, tmp_path):
+    """add_beacons stores a batch of plain errors with a few statements per table: what it stores and
+    answers is what storing each beacon alone stores and answers."""
+    envs = [Env("e%d" % i, {"packages": {}}, {"python": "3.1%d" % (i % 2), "pkg:a": str(i), "pkg:b": "2"})
+            for i in range(3)]
+    before = [_beacon("old", "e0", "KeyError: 'x'"), _beacon("gone", "e1", "OSError: disk")]
+    burst = [_beacon("k%d" % i, "e%d" % (i % 3), ("KeyError: 'x'", "TypeError: t", "OSError: disk")[i % 3],
+                     script_id="s%d" % (i % 2), script_name=("a.py", None)[i % 2], host=("h1", None)[i % 3 > 1],
+                     handled=i % 4 == 0, trace="Traceback %d" % i, mentions=frozenset({"pkg%d" % (i % 5)}))
+             for i in range(12)]
+    burst += [_beacon("old", "e0"), _beacon("k3", "e0"), _beacon(None, "e2", "TypeError: t")]
+    alone_target = str(tmp_path / "alone.db")
+    answers = []
+    for target in (db_target, alone_target):
+        storage = open_storage(target)
+        for env in envs:
+            storage.add_env(env)
+        storage.add_beacons([(b, None) for b in before])
+        resolved = storage.group_id_of(before[1].group_key or "")
+        assert resolved is not None and storage.set_status(resolved, "resolved")
+        if target == db_target:
+            results = storage.add_beacons([(b, None) for b in burst])
+        else:
+            results = [storage.add_beacon(b) for b in burst]
+        answers.append([(r.env_known, r.duplicate, r.new_group, r.regressed, r.error) for r in results])
+        storage.close()
+    assert answers[0] == answers[1]
+    assert [a[:4] for a in answers[0][:3]] == [(True, False, False, False), (True, False, True, False),
+                                               (True, False, False, True)]
+    assert answers[0][-3:] == [(True, True, False, False, None)] * 2 + [(True, False, False, False, None)]
+    burst_state, alone_state = _ingest_state(db_target), _ingest_state(alone_target)
+    assert burst_state == alone_state
+    assert len(burst_state["beacons"]) == 2 + 12 + 1
