@@ -769,7 +769,8 @@ _SECRET_PATTERNS = (
     (r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}", "***jwt***"),
     (r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", "***private-key***"),
 )
-_PATH = r"(?<![\w.<>])(?:[A-Za-z]:[\\/]|~[\\/]|/)[^\s'\"]+"
+# (a path does not end in ")": ImportError's "from 'mod' (/path/mod.py)" keeps its parenthesis)
+_PATH = r"(?<![\w.<>])(?:[A-Za-z]:[\\/]|~[\\/]|/)[^\s'\"]*[^\s'\")]"
 _MESSAGE_PATTERNS = (
     (_PATH, "<path>"),
     (r"(?i)\b0x[0-9a-f]+\b", "<hex>"),
@@ -1583,6 +1584,17 @@ def _stderr_is_tty() -> bool:
         return False
 
 
+def _with_this_pip(command: str, python: str = sys.executable) -> str:
+    """The fix's pip commands addressed to the interpreter that failed: a bare ``pip`` is whichever
+    one the shell finds first, often another Python's when the venv is not activated."""
+    import shlex
+    if not python:
+        return command
+    this_pip = ('"%s"' % python if os.name == "nt" else shlex.quote(python)) + " -m pip "
+    return "; ".join(this_pip + part[4:] if part.startswith("pip ") else part
+                     for part in (part.strip() for part in command.split(";")))
+
+
 def _format_hint(answer: dict, min_confidence: float, colour: bool) -> str:
     """The block printed under the traceback, or "" when the answer is not worth showing."""
     confidence = _float(answer.get("confidence"), 0.0)
@@ -1596,7 +1608,7 @@ def _format_hint(answer: dict, min_confidence: float, colour: bool) -> str:
     tag = "\x1b[1;33m[corp-error-agent]\x1b[0m" if colour else "[corp-error-agent]"
     lines = ["", "%s %s" % (tag, hint or "a fix that worked elsewhere:")]
     if solution:
-        lines.append("  fix:        " + solution)
+        lines.append("  fix:        " + _with_this_pip(solution))
     if docs:
         lines.append("  docs:       " + docs)
     lines.append("  confidence: %d%%" % round(min(confidence, 1.0) * 100))
@@ -1653,10 +1665,12 @@ def _parser():
     configure = command("configure", "write the persistent configuration")
     configure.add_argument("--url", help="backend URL, http:// or https://")
     configure.add_argument("--token", help="bearer token sent to the backend")
-    configure.add_argument("--hints", dest="hints", action="store_true", default=None, help="print fix hints")
-    configure.add_argument("--no-hints", dest="hints", action="store_false", help="do not print fix hints")
-    configure.add_argument("--enable", dest="enabled", action="store_true", default=None, help="enable the agent")
-    configure.add_argument("--disable", dest="enabled", action="store_false", help="disable the agent")
+    hints = configure.add_mutually_exclusive_group()  # both given is a typo away from switching off
+    hints.add_argument("--hints", dest="hints", action="store_true", default=None, help="print fix hints")
+    hints.add_argument("--no-hints", dest="hints", action="store_false", help="do not print fix hints")
+    enabled = configure.add_mutually_exclusive_group()
+    enabled.add_argument("--enable", dest="enabled", action="store_true", default=None, help="enable the agent")
+    enabled.add_argument("--disable", dest="enabled", action="store_false", help="disable the agent")
     configure.add_argument("--min-confidence", type=float, help="smallest confidence a hint needs (0..1)")
     configure.add_argument("--scope", default="user", help="user (default) or system (this interpreter)")
     command("status", "effective settings, hook, spool and backend state", json=True)
@@ -1722,7 +1736,7 @@ def _cmd_configure(args) -> int:
     path = _config_files()[args.scope]
     existing = _read_json(path) if os.path.exists(path) else {}
     if not isinstance(existing, dict):
-        raise _Failure("%s is not a JSON object; fix or remove it first" % path)
+        raise _Failure(_unreadable_config(path) + "; fix or remove it first")
     config = dict(existing, **updates)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -1866,6 +1880,17 @@ def _local_time(ts) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(_float(ts, 0.0)))
 
 
+def _unreadable_config(path: str) -> str:
+    return "%s is not a JSON object" % path
+
+
+def _config_problems() -> list:
+    """Config files that exist but are ignored, which would otherwise go unnoticed: the agent reads
+    them at every event and falls back to the next source."""
+    return [_unreadable_config(path) + " (ignored)" for path in _config_files().values()
+            if os.path.exists(path) and not isinstance(_read_json(path), dict)]
+
+
 def _cmd_status(args) -> int:
     settings = _settings()
     state_dir = _state_dir()
@@ -1906,7 +1931,9 @@ def _cmd_status(args) -> int:
                 _local_time(breaker.get("until")), breaker.get("reason")))
     lines.append("  backend:        %s" % ("answers: %s, %s ms" % (backend["server"], backend["ms"])
                                           if backend["problem"] is None else "PROBLEM: " + backend["problem"]))
-    data["ok"] = backend["problem"] is None
+    data["config_problems"] = _config_problems()
+    lines += ["  config:         PROBLEM: " + problem for problem in data["config_problems"]]
+    data["ok"] = backend["problem"] is None and not data["config_problems"]
     _emit(args, data, "\n".join(lines) + "\n")
     return 0 if data["ok"] else 1
 

@@ -26,8 +26,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="require `Authorization: Bearer TOKEN` on every route but /healthz")
     parser.add_argument("--retention-days", type=float, default=DEFAULT_RETENTION_DAYS,
                         help="delete beacons older than this (default: %(default)s)")
-    parser.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, help="request body limit in bytes")
-    parser.add_argument("--timeout", type=float, default=10.0, help="per-connection socket timeout in seconds")
+    parser.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY,
+                        help="request body limit in bytes (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="per-connection socket timeout in seconds (default: %(default)s)")
     parser.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,
                         help="writes waiting for the database beyond which requests get 503 (default: %(default)s)")
     parser.add_argument("--webhook", action="append", metavar="[slack=|json=]URL",

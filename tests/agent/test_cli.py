@@ -200,6 +200,18 @@ def test_status_says_when_the_backend_refuses_the_token(agent_venv, backend, san
     assert "the backend refuses the token: every report would be dropped" in text
 
 
+def test_status_says_a_config_file_is_ignored(agent_venv, backend, sandbox):
+    """A truncated config file falls back to the defaults at every event: status must not look healthy."""
+    config = sandbox.config_home / "corp_error_agent" / "config.json"
+    config.parent.mkdir(parents=True)
+    config.write_text('{"backend_url": ')
+    proc = cli(agent_venv, ["status"], sandbox.env(backend.url))
+    assert proc.returncode == 1, proc.stdout
+    assert "config:         PROBLEM: %s is not a JSON object (ignored)" % config in proc.stdout.decode()
+    data = json.loads(cli(agent_venv, ["status", "--json"], sandbox.env(backend.url)).stdout)
+    assert data["ok"] is False and data["config_problems"] == ["%s is not a JSON object (ignored)" % config]
+
+
 def test_status_fails_in_words_when_nothing_listens(agent_venv, sandbox):
     url = closed_port_url()
     proc = cli(agent_venv, ["status"], sandbox.env(url))
@@ -283,6 +295,8 @@ BAD_USAGE = {
     "unknown-command": ["frobnicate"],
     "no-command": [],
     "unknown-option": ["status", "--bogus"],
+    "enable-and-disable": ["configure", "--enable", "--disable"],
+    "hints-and-no-hints": ["configure", "--hints", "--no-hints"],
 }
 
 

@@ -9,8 +9,8 @@ MATCH = {"match": True, "confidence": 0.9,
          "hint": "numpy 2 breaks this\x1b[2J\x07 (seen on 12 hosts)",
          "solution": "pip install \x1b]0;pwned\x07'numpy<2'", "evidence": {"hosts": 12}}
 BLOCK = (b"\n[corp-error-agent] numpy 2 breaks this (seen on 12 hosts)\n"
-         b"  fix:        pip install 'numpy<2'\n"
-         b"  confidence: 90%\n")
+         b"  fix:        %s -m pip install 'numpy<2'\n"   # the pip of the interpreter that failed
+         b"  confidence: 90%%\n")
 
 
 def _runs(agent_venv, plain_venv, backend, sandbox, extra=None):
@@ -25,7 +25,7 @@ def test_hint_shown_and_sanitised(agent_venv, plain_venv, backend, sandbox):
     with_agent, without = _runs(agent_venv, plain_venv, backend, sandbox)
     assert with_agent.returncode == without.returncode == 1
     assert with_agent.stderr.startswith(without.stderr)  # the traceback first, unchanged
-    assert with_agent.stderr[len(without.stderr):] == BLOCK
+    assert with_agent.stderr[len(without.stderr):] == BLOCK % str(agent_venv.python).encode()
     assert b"\x1b" not in with_agent.stderr and b"\x07" not in with_agent.stderr
     assert b"pwned" not in with_agent.stderr
     assert with_agent.stdout == without.stdout

@@ -10,7 +10,7 @@ from pathlib import Path
 import support
 from support import ROOT, tree
 
-FIX = 'fix:        pip install "tinylib==1.0"'
+FIX = '/bin/python -m pip install "tinylib==1.0"'   # (the pip of the demo's failing venv)
 TIMEOUT = support.PROC_TIMEOUT * 4
 
 

@@ -143,7 +143,7 @@ def follow(command: str, failing: support.Venv, workdir: Path, env: Dict[str, st
     venv = copy_venv(failing.path, workdir / "followed", failing.version, agent=False)
     for part in [p for p in re.split(r"\s*;\s*", command.strip()) if p]:
         words = shlex.split(part)
-        if words[:3] in (["python", "-m", "pip"], ["python3", "-m", "pip"]):
+        if words[1:3] == ["-m", "pip"] and words[0] == str(failing.python):  # the failing venv's pip
             words = ["pip"] + words[3:]
         if words[:2] == ["pip", "install"]:
             single.install(venv, *[w for w in words[2:] if not w.startswith("-")])

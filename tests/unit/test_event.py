@@ -109,6 +109,12 @@ def _outer(path):
     return inner()
 
 
+def test_a_path_in_parentheses_keeps_its_closing_one():
+    line = "ImportError: cannot import name 'X' from 'pkg.mod' (/srv/app/pkg/mod.py)"
+    assert agent.group_key(line) == "importerror: cannot import name 'x' from 'pkg.mod' (<path>)"
+    assert agent.group_key("OSError: (C:\\tmp\\x(1).txt) gone") == "oserror: (<path>) gone"
+
+
 def test_error_signature_format_and_frames():
     sig = agent.error_signature(*_capture(lambda: _outer("/home/alice/cfg.toml")))
     exc_line, frames = sig.split(" @ ")
