@@ -253,6 +253,8 @@ def python_requirement(message: str) -> Optional[Tuple[str, Tuple[int, int]]]:
 
 def _log_dm(counts: Sequence[float], alpha: float = _ALPHA) -> float:
     """Log marginal likelihood of category counts under a symmetric Dirichlet prior."""
+    if not counts:
+        return 0.0
     total = sum(counts)
     k = len(counts)
     return (math.lgamma(k * alpha) - math.lgamma(k * alpha + total)
@@ -261,13 +263,18 @@ def _log_dm(counts: Sequence[float], alpha: float = _ALPHA) -> float:
 
 def _log_partition_bf(values: Mapping[str, Tuple[float, float]], bad: Sequence[str], choices: int) -> float:
     """"These values fail, the others work" (a few flaky failures, fewer successes on failing
-    values), over "values are independent of the outcome"; less the choice of the partition."""
+    values), over "values are independent of the outcome"; less the choice of the partition.
+
+    With no value leaning to success the only such hypothesis is "every value fails": each success
+    is then one of the rare passes on a failing value, so a feature that did not vary between
+    failing and succeeding runs is refuted rather than left at even odds.
+    """
     fails_bad = [values[v][0] for v in values if v in bad]
     oks_bad = [values[v][1] for v in values if v in bad]
     fails_good = [values[v][0] for v in values if v not in bad]
     oks_good = [values[v][1] for v in values if v not in bad]
-    if not fails_bad or not oks_good:
-        return 0.0
+    if not fails_bad or not sum(oks_good) + sum(oks_bad):
+        return 0.0   # a feature seen in failing runs only says nothing yet
     log_ml1 = (_log_dm(fails_bad) + _log_dm(oks_good) + _log_dm(oks_bad) + _log_dm(fails_good)
                + sum(fails_good) * math.log(_FLAKE) + sum(oks_bad) * math.log(_MISS)
                + sum(fails_bad) * math.log(1 - _FLAKE) + sum(oks_good) * math.log(1 - _MISS))
@@ -328,7 +335,7 @@ def separation(feature: str, values: Mapping[str, Tuple[float, float]]) -> Separ
     # the hypotheses: any split of the values into failing and working ones, or -- for versions --
     # "every version from X on fails", one of only len(values) - 1 thresholds
     choices = 2 * (len(values) - 1) if range_from else 2 ** len(values) - 2
-    log_bf = _log_partition_bf(values, bad, choices) if good and bad else 0.0
+    log_bf = _log_partition_bf(values, bad, choices if good else 1)
     return Separation(feature, log_bf, tuple(sorted(bad)), tuple(good), dict(values), range_from)
 
 
@@ -370,11 +377,15 @@ def _pair_diff(pair: FixPair) -> Dict[str, Tuple[str, str]]:
     return diff
 
 
-def _pair_evidence(pairs: Sequence[FixPair], universe: int) -> Tuple[Dict[str, float], Dict[str, Dict[str, int]]]:
+def _pair_evidence(pairs: Sequence[FixPair], universe: int, env_vars: Set[str]
+                   ) -> Tuple[Dict[str, float], float, Dict[str, Dict[str, int]]]:
     """Per feature: log likelihood ratio of the observed fixes, and the values fixes moved it to.
 
     Under "feature f is the cause" a fix changes f (unless it was a flaky pass); under "no cause"
     a fix changes f as often as a random feature of an environment that changed |diff| of them.
+    A fix that left f alone counts against f; one whose runs did not both collect an env var says
+    nothing about it. Returns (log LR of the features some fix changed or could not see, log LR of
+    every other feature, moved_to).
     """
     log_lr: Dict[str, float] = {}
     moved_to: Dict[str, Dict[str, int]] = {}
@@ -389,7 +400,10 @@ def _pair_evidence(pairs: Sequence[FixPair], universe: int) -> Tuple[Dict[str, f
             log_lr[feature] = log_lr.get(feature, 0.0) + hit
             target = moved_to.setdefault(feature, {})
             target[after] = target.get(after, 0) + 1
-    return {feature: value + missed for feature, value in log_lr.items()}, moved_to
+        for feature in env_vars:
+            if feature not in pair.failing or feature not in pair.fixed:
+                log_lr[feature] = log_lr.get(feature, 0.0) - miss
+    return {feature: value + missed for feature, value in log_lr.items()}, missed, moved_to
 
 
 class _Hypothesis(NamedTuple):
@@ -459,7 +473,7 @@ def _choose_target(sep: Separation, current: str, moved_to: Mapping[str, int]) -
     elif current == "" and sep.feature.startswith("env:"):
         # the requester's agent did not collect the variable: as likely failing as the runs that did
         fails_bad = sum(values[v][0] for v in sep.bad)
-        relevance = 0.8 * fails_bad / (sum(a for a, _ in values.values()) or 1.0)
+        relevance = fails_bad / (sum(a for a, _ in values.values()) or 1.0)
     else:
         relevance = 0.3                          # a value never seen: it may fail, it may not
     return target, relevance
@@ -472,15 +486,16 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
     if python_need and any(a > 0 and _satisfies(python_need, v) for v, (a, _) in pythons.items()):
         python_need = None   # it also fails on Pythons that have the module: something else is missing
     universe = max(len(requester), 1)
-    log_lr, moved_to = _pair_evidence(group.pairs, universe)
-    features = set(group.counts) | set(log_lr)
+    env_vars = {feature for feature in group.counts if feature.startswith("env:")}
+    log_lr, log_lr_unchanged, moved_to = _pair_evidence(group.pairs, universe, env_vars)
+    features = set(group.counts) | set(moved_to)
     if python_need:
         features.add("python")
     features.discard("python_full")
     seps = {}
     for feature in features:
         sep = separation(feature, _table(feature, group, scale))
-        if len(sep.values) > _MAX_VALUES and not sep.range_from and feature not in log_lr:
+        if len(sep.values) > _MAX_VALUES and not sep.range_from and feature not in moved_to:
             continue
         seps[feature] = sep
     # every feature is a hypothesis: its prior share, whatever it shows
@@ -496,8 +511,8 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
         else:
             target, relevance = _choose_target(sep, current, moved_to.get(feature, {}))
             note = ""
-        log_weight = math.log((1 - _NO_CAUSE_PRIOR) * priors[feature] / total_prior) + max(sep.log_bf, 0.0) \
-            + log_lr.get(feature, 0.0)
+        log_weight = math.log((1 - _NO_CAUSE_PRIOR) * priors[feature] / total_prior) + sep.log_bf \
+            + log_lr.get(feature, log_lr_unchanged)
         if not target:
             relevance = 0.0
         hypotheses.append(_Hypothesis(feature, log_weight, sep, target, relevance,
