@@ -30,6 +30,7 @@ MIN_CONFIDENCE = 0.9           # below this (calibrated) confidence the engine a
 _MAX_VALUES = 8                # features with more distinct values than this are per-machine noise
 _ALPHA = 1.0                   # Dirichlet concentration per value
 _NO_CAUSE_PRIOR = 0.35         # prior share of bugs that fail whatever the environment
+_NO_CAUSE_STDLIB = 0.01        # the same when the asker's Python lacks the module the exception line names
 _MENTIONED = 25.0              # prior weight of a package the traceback names, against 1 for others
 _PYTHON_PRIOR = 3.0            # the interpreter version is a common cause: more than one package's share
 _PACKAGING_TOOL = 0.1          # pip, setuptools, wheel ride along with interpreters and venvs
@@ -39,8 +40,9 @@ _MISS = 0.02                   # share of succeeding runs on failing values (a c
 _FIX_NOISE = 0.12              # chance that an observed "fix" did not touch the cause (a flaky pass)
 _MAX_TOGETHER = 3              # more features than this splitting the runs alike is chance, not a cause
 _PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
-# Platt calibration (slope, offset on the logit) of the posterior: bench/engine_quality.py --fit, seeds 1-5
-_CALIBRATION = (1.84, 1.14)
+# Platt calibration (slope, offset on the logit) of the posterior: bench/engine_quality.py --fit, seeds 101-110
+# (never the seeds reported, 1-5)
+_CALIBRATION = (2.11, 0.52)
 
 Features = Dict[str, str]
 Counts = Dict[str, Dict[str, Tuple[float, float]]]   # feature -> value -> (failing runs, succeeding runs)
@@ -315,7 +317,7 @@ def _table(feature: str, group: GroupData, scale: float) -> Dict[str, Tuple[floa
     return with_absent(raw, group.fails * scale, float(group.oks)) if feature.startswith("pkg:") else raw
 
 
-def separation(feature: str, values: Mapping[str, Tuple[float, float]]) -> Separation:
+def separation(feature: str, values: Mapping[str, Tuple[float, float]], named: bool = False) -> Separation:
     """How the feature's values split failing from succeeding runs.
 
     A value leans to success when its share of the succeeding runs is above its share of the
@@ -333,8 +335,16 @@ def separation(feature: str, values: Mapping[str, Tuple[float, float]]) -> Separ
     good.sort(key=lambda v: (values[v][0] > 0, -values[v][1], tuple(-n for n in version_key(v) or ())))
     range_from = _failing_range(values, good, bad)
     # the hypotheses: any split of the values into failing and working ones, or -- for versions --
-    # "every version from X on fails", one of only len(values) - 1 thresholds
-    choices = 2 * (len(values) - 1) if range_from else 2 ** len(values) - 2
+    # "every version from X on fails", one of only len(values) - 1 thresholds, or -- for what the
+    # exception line names (`No module named 'x'`, `KeyError: 'DATA_DIR'`) -- "without it, it
+    # fails" / "with it, it fails", one of two
+    missing = [[ABSENT], [UNSET]]
+    if named and (list(bad) in missing or list(good) in missing):
+        choices = 2
+    elif range_from:
+        choices = 2 * (len(values) - 1)
+    else:
+        choices = 2 ** len(values) - 2
     log_bf = _log_partition_bf(values, bad, choices if good else 1)
     return Separation(feature, log_bf, tuple(sorted(bad)), tuple(good), dict(values), range_from)
 
@@ -492,15 +502,17 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
     if python_need:
         features.add("python")
     features.discard("python_full")
+    priors = {f: _prior(f, group.mentions, python_need, group.message) for f in features}
     seps = {}
     for feature in features:
-        sep = separation(feature, _table(feature, group, scale))
+        sep = separation(feature, _table(feature, group, scale), priors[feature] == _MENTIONED)
         if len(sep.values) > _MAX_VALUES and not sep.range_from and feature not in moved_to:
             continue
         seps[feature] = sep
     # every feature is a hypothesis: its prior share, whatever it shows
-    priors = {f: _prior(f, group.mentions, python_need, group.message) for f in seps}
-    total_prior = sum(priors.values()) or 1.0
+    total_prior = sum(priors[f] for f in seps) or 1.0
+    no_cause = _NO_CAUSE_STDLIB if python_need and _python_target(python_need, None, requester.get("python", ""))[0] \
+        else _NO_CAUSE_PRIOR
     hypotheses = []
     for feature, sep in seps.items():
         current = requester.get(feature, ABSENT if feature.startswith("pkg:") else "")
@@ -511,14 +523,14 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
         else:
             target, relevance = _choose_target(sep, current, moved_to.get(feature, {}))
             note = ""
-        log_weight = math.log((1 - _NO_CAUSE_PRIOR) * priors[feature] / total_prior) + sep.log_bf \
+        log_weight = math.log((1 - no_cause) * priors[feature] / total_prior) + sep.log_bf \
             + log_lr.get(feature, log_lr_unchanged)
         if not target:
             relevance = 0.0
         hypotheses.append(_Hypothesis(feature, log_weight, sep, target, relevance,
                                       moved_to.get(feature, {}).get(target, 0),
                                       feature[4:] in group.mentions, note))
-    return hypotheses, math.log(_NO_CAUSE_PRIOR)
+    return hypotheses, math.log(no_cause)
 
 
 def _posteriors(hypotheses: Sequence[_Hypothesis], log_none: float) -> List[float]:
@@ -679,7 +691,9 @@ def suggest(group: GroupData, requester: Optional[Features]) -> dict:
     confidence = calibrate(raw)
     if confidence < MIN_CONFIDENCE or not best.target:
         return {"match": False, "reason": "no feature separates failing from succeeding runs"}
-    if len(together) > (2 * _MAX_TOGETHER if best.mentioned else _MAX_TOGETHER):
+    # the trace naming the best says which is the cause, however many moved with it; the command
+    # still moves them all to a combination seen succeeding, as nothing says they are not needed
+    if len(together) > _MAX_TOGETHER and not best.mentioned:
         return {"match": False, "reason": "%d features split the runs alike: too few runs to tell a cause from chance"
                 % len(together)}
     moves = [(h.feature, h.target) for h in together]
