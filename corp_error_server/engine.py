@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 ABSENT = "<absent>"            # a package the environment does not have
 UNSET = "<unset>"              # an environment variable the agent collected and found unset
-MIN_CONFIDENCE = 0.9           # below this (calibrated) confidence the engine abstains (docs/engine.md)
+MIN_CONFIDENCE = 0.95          # below this (calibrated) confidence the engine abstains (docs/engine.md)
 _MAX_VALUES = 8                # features with more distinct values than this are per-machine noise
 _ALPHA = 1.0                   # Dirichlet concentration per value
 _NO_CAUSE_PRIOR = 0.35         # prior share of bugs that fail whatever the environment
@@ -42,7 +42,7 @@ _MAX_TOGETHER = 3              # more features than this splitting the runs alik
 _PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
 # Platt calibration (slope, offset on the logit) of the posterior: bench/engine_quality.py --fit, seeds 101-110
 # (never the seeds reported, 1-5)
-_CALIBRATION = (2.11, 0.52)
+_CALIBRATION = (2.26, 0.55)
 
 Features = Dict[str, str]
 Counts = Dict[str, Dict[str, Tuple[float, float]]]   # feature -> value -> (failing runs, succeeding runs)
