@@ -3,10 +3,11 @@
 Each scenario is one bug: failing and succeeding runs over environments in which many packages,
 Python versions and env vars vary at random; in cause scenarios one feature (a package version or
 range, a package's presence, the Python version, an env var's value -- collected by every agent
-or by some only --, an env var left unset, two packages that move together) decides failure; no-cause scenarios fail anywhere. Runs come from both client kinds (our agent:
-signature with frames, observed fixes; the 0.4.2 client: a lower-cased last line, no fixes), all
-scenarios of a seed share one server (so generic messages of unrelated scripts meet), and the WSGI
-application is driven in-process over its real routes.
+or by some only --, an env var left unset, two packages that move together) decides failure;
+no-cause scenarios fail anywhere. Runs come from both client kinds (our agent: signature with
+frames, observed fixes; the 0.4.2 client: a lower-cased last line, no fixes), all scenarios of a
+seed share one server (so generic messages of unrelated scripts meet), and the WSGI application
+is driven in-process over its real routes.
 
 An answer is judged by following it: the `solution` command is applied to the asking environment
 and the scenario's rule says whether that environment still fails. Metrics, per difficulty and
