@@ -2,11 +2,12 @@
 
 Each scenario is one bug: failing and succeeding runs over environments in which many packages,
 Python versions and env vars vary at random; in cause scenarios one feature (a package version or
-range, a package's presence, the Python version, an env var, two packages that move together)
-decides failure; no-cause scenarios fail anywhere. Runs come from both client kinds (our agent:
-signature with frames, observed fixes; the 0.4.2 client: a lower-cased last line, no fixes), all
-scenarios of a seed share one server (so generic messages of unrelated scripts meet), and the WSGI
-application is driven in-process over its real routes.
+range, a package's presence, the Python version, an env var's value -- collected by every agent
+or by some only --, an env var left unset, two packages that move together) decides failure;
+no-cause scenarios fail anywhere. Runs come from both client kinds (our agent: signature with
+frames, observed fixes; the 0.4.2 client: a lower-cased last line, no fixes), all scenarios of a
+seed share one server (so generic messages of unrelated scripts meet), and the WSGI application
+is driven in-process over its real routes.
 
 An answer is judged by following it: the `solution` command is applied to the asking environment
 and the scenario's rule says whether that environment still fails. Metrics, per difficulty and
@@ -43,8 +44,9 @@ _TOOLS = {"3.9": ("23.0.1", "58.1.0"), "3.10": ("23.0.1", "65.5.0"), "3.11": ("2
           "3.12": ("23.2.1", "69.0.2")}
 DIFFICULTIES = ["version", "present", "absent", "python", "envvar", "none",            # the classic six
                 "range", "together", "flaky", "flaky-none", "stdlib", "uncollected", "bystanders",
-                "wide", "scripts", "generic", "numbers"]
+                "wide", "scripts", "generic", "numbers", "unset"]
 _NO_CAUSE = ("none", "flaky-none")
+_DATA_DIRS = ["/srv/data", "/mnt/shared/data", "/data"]
 
 
 def _call(app, method: str, path: str, body=None):
@@ -137,9 +139,13 @@ class Scenario:
         env_vars = {"LANG": rng.choice(["C.UTF-8", "en_US.UTF-8", "MISSING"]), "TZ": rng.choice(["UTC", "MISSING"])}
         if base != "uncollected" or rng.random() < 0.5:
             env_vars[self.var] = mode
+        # "unset": the job needs DATA_DIR set, to any of its paths; some agents collect it, some not
+        data = None if base == "unset" and failing else rng.choice(_DATA_DIRS)
+        if base == "unset" and rng.random() < 0.7:
+            env_vars["DATA_DIR"] = data or "MISSING"
         return {"env_hash": "%012x" % rng.getrandbits(48), "packages": packages, "python_ver": python,
                 "os_info": "Linux-6.1.0-x86_64-with-glibc2.36", "machine_arch": "x86_64", "python_impl": "CPython",
-                "env_vars": env_vars, "_mode": mode}
+                "env_vars": env_vars, "_mode": mode, "_data": data}
 
     def fails(self, env: dict) -> bool:
         """The rule: does this environment fail (leaving flakiness aside)?"""
@@ -163,6 +169,8 @@ class Scenario:
             return tuple(int(n) for n in env["python_ver"].split(".")[:2]) < (3, 11)
         if base in ("envvar", "uncollected"):
             return env["_mode"] == "prod"
+        if base == "unset":
+            return env["_data"] is None
         return True
 
     def fixed_env(self, env: dict) -> dict:
@@ -188,6 +196,10 @@ class Scenario:
             fixed["_mode"] = good["_mode"]
             if self.var in fixed["env_vars"]:
                 fixed["env_vars"][self.var] = good["_mode"]
+        elif base == "unset":
+            fixed["_data"] = good["_data"]
+            if "DATA_DIR" in fixed["env_vars"]:
+                fixed["env_vars"]["DATA_DIR"] = good["_data"]
         riders = rng.randint(1, 5) if self.difficulty == "bystanders" else (1 if rng.random() < 0.3 else 0)
         for name in rng.sample(sorted(self.packages), min(riders, len(self.packages))):
             fixed["packages"][name] = rng.choice(self.packages[name])
@@ -205,6 +217,8 @@ class Scenario:
         elif self.difficulty == "scripts":     # one library bug hit from several scripts
             line = "KeyError: 'id'"
             where = ("/venv/lib/python3.11/site-packages/%s/core.py" % self.target, "lookup")
+        elif self.base == "unset":
+            line, where = "KeyError: 'DATA_DIR'", ("/srv/jobs/export_%s.py" % word, "main")
         elif self.base == "stdlib":
             line, where = "ModuleNotFoundError: No module named 'tomllib'", ("/srv/jobs/cfg_%s.py" % word, "<module>")
         elif self.base in ("envvar", "uncollected") and self.index % 2:
@@ -242,8 +256,12 @@ def _apply(command: str, env: dict) -> dict:
             env["env_vars"][name] = value.strip("'")
             if name == "APP_MODE":
                 env["_mode"] = value.strip("'")
+            if name == "DATA_DIR":
+                env["_data"] = value.strip("'")
         elif step.startswith("unset "):
             env["env_vars"].pop(words[1], None)
+            if words[1] == "DATA_DIR":
+                env["_data"] = None
         elif step.startswith("use Python "):
             version = words[2]
             env["python_ver"] = version if version.count(".") == 2 else version + ".0"

@@ -26,10 +26,11 @@ from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 ABSENT = "<absent>"            # a package the environment does not have
 UNSET = "<unset>"              # an environment variable the agent collected and found unset
-MIN_CONFIDENCE = 0.9           # below this (calibrated) confidence the engine abstains (docs/engine.md)
+MIN_CONFIDENCE = 0.95          # below this (calibrated) confidence the engine abstains (docs/engine.md)
 _MAX_VALUES = 8                # features with more distinct values than this are per-machine noise
 _ALPHA = 1.0                   # Dirichlet concentration per value
 _NO_CAUSE_PRIOR = 0.35         # prior share of bugs that fail whatever the environment
+_NO_CAUSE_STDLIB = 0.01        # the same when the asker's Python lacks the module the exception line names
 _MENTIONED = 25.0              # prior weight of a package the traceback names, against 1 for others
 _PYTHON_PRIOR = 3.0            # the interpreter version is a common cause: more than one package's share
 _PACKAGING_TOOL = 0.1          # pip, setuptools, wheel ride along with interpreters and venvs
@@ -39,8 +40,9 @@ _MISS = 0.02                   # share of succeeding runs on failing values (a c
 _FIX_NOISE = 0.12              # chance that an observed "fix" did not touch the cause (a flaky pass)
 _MAX_TOGETHER = 3              # more features than this splitting the runs alike is chance, not a cause
 _PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
-# Platt calibration (slope, offset on the logit) of the posterior: bench/engine_quality.py --fit, seeds 1-5
-_CALIBRATION = (1.84, 1.14)
+# Platt calibration (slope, offset on the logit) of the posterior: bench/engine_quality.py --fit, seeds 101-110
+# (never the seeds reported, 1-5)
+_CALIBRATION = (2.26, 0.55)
 
 Features = Dict[str, str]
 Counts = Dict[str, Dict[str, Tuple[float, float]]]   # feature -> value -> (failing runs, succeeding runs)
@@ -253,6 +255,8 @@ def python_requirement(message: str) -> Optional[Tuple[str, Tuple[int, int]]]:
 
 def _log_dm(counts: Sequence[float], alpha: float = _ALPHA) -> float:
     """Log marginal likelihood of category counts under a symmetric Dirichlet prior."""
+    if not counts:
+        return 0.0
     total = sum(counts)
     k = len(counts)
     return (math.lgamma(k * alpha) - math.lgamma(k * alpha + total)
@@ -261,13 +265,18 @@ def _log_dm(counts: Sequence[float], alpha: float = _ALPHA) -> float:
 
 def _log_partition_bf(values: Mapping[str, Tuple[float, float]], bad: Sequence[str], choices: int) -> float:
     """"These values fail, the others work" (a few flaky failures, fewer successes on failing
-    values), over "values are independent of the outcome"; less the choice of the partition."""
+    values), over "values are independent of the outcome"; less the choice of the partition.
+
+    With no value leaning to success the only such hypothesis is "every value fails": each success
+    is then one of the rare passes on a failing value, so a feature that did not vary between
+    failing and succeeding runs is refuted rather than left at even odds.
+    """
     fails_bad = [values[v][0] for v in values if v in bad]
     oks_bad = [values[v][1] for v in values if v in bad]
     fails_good = [values[v][0] for v in values if v not in bad]
     oks_good = [values[v][1] for v in values if v not in bad]
-    if not fails_bad or not oks_good:
-        return 0.0
+    if not fails_bad or not sum(oks_good) + sum(oks_bad):
+        return 0.0   # a feature seen in failing runs only says nothing yet
     log_ml1 = (_log_dm(fails_bad) + _log_dm(oks_good) + _log_dm(oks_bad) + _log_dm(fails_good)
                + sum(fails_good) * math.log(_FLAKE) + sum(oks_bad) * math.log(_MISS)
                + sum(fails_bad) * math.log(1 - _FLAKE) + sum(oks_good) * math.log(1 - _MISS))
@@ -308,7 +317,7 @@ def _table(feature: str, group: GroupData, scale: float) -> Dict[str, Tuple[floa
     return with_absent(raw, group.fails * scale, float(group.oks)) if feature.startswith("pkg:") else raw
 
 
-def separation(feature: str, values: Mapping[str, Tuple[float, float]]) -> Separation:
+def separation(feature: str, values: Mapping[str, Tuple[float, float]], named: bool = False) -> Separation:
     """How the feature's values split failing from succeeding runs.
 
     A value leans to success when its share of the succeeding runs is above its share of the
@@ -326,9 +335,17 @@ def separation(feature: str, values: Mapping[str, Tuple[float, float]]) -> Separ
     good.sort(key=lambda v: (values[v][0] > 0, -values[v][1], tuple(-n for n in version_key(v) or ())))
     range_from = _failing_range(values, good, bad)
     # the hypotheses: any split of the values into failing and working ones, or -- for versions --
-    # "every version from X on fails", one of only len(values) - 1 thresholds
-    choices = 2 * (len(values) - 1) if range_from else 2 ** len(values) - 2
-    log_bf = _log_partition_bf(values, bad, choices) if good and bad else 0.0
+    # "every version from X on fails", one of only len(values) - 1 thresholds, or -- for what the
+    # exception line names (`No module named 'x'`, `KeyError: 'DATA_DIR'`) -- "without it, it
+    # fails" / "with it, it fails", one of two
+    missing = [[ABSENT], [UNSET]]
+    if named and (list(bad) in missing or list(good) in missing):
+        choices = 2
+    elif range_from:
+        choices = 2 * (len(values) - 1)
+    else:
+        choices = 2 ** len(values) - 2
+    log_bf = _log_partition_bf(values, bad, choices if good else 1)
     return Separation(feature, log_bf, tuple(sorted(bad)), tuple(good), dict(values), range_from)
 
 
@@ -370,11 +387,15 @@ def _pair_diff(pair: FixPair) -> Dict[str, Tuple[str, str]]:
     return diff
 
 
-def _pair_evidence(pairs: Sequence[FixPair], universe: int) -> Tuple[Dict[str, float], Dict[str, Dict[str, int]]]:
+def _pair_evidence(pairs: Sequence[FixPair], universe: int, env_vars: Set[str]
+                   ) -> Tuple[Dict[str, float], float, Dict[str, Dict[str, int]]]:
     """Per feature: log likelihood ratio of the observed fixes, and the values fixes moved it to.
 
     Under "feature f is the cause" a fix changes f (unless it was a flaky pass); under "no cause"
     a fix changes f as often as a random feature of an environment that changed |diff| of them.
+    A fix that left f alone counts against f; one whose runs did not both collect an env var says
+    nothing about it. Returns (log LR of the features some fix changed or could not see, log LR of
+    every other feature, moved_to).
     """
     log_lr: Dict[str, float] = {}
     moved_to: Dict[str, Dict[str, int]] = {}
@@ -389,7 +410,10 @@ def _pair_evidence(pairs: Sequence[FixPair], universe: int) -> Tuple[Dict[str, f
             log_lr[feature] = log_lr.get(feature, 0.0) + hit
             target = moved_to.setdefault(feature, {})
             target[after] = target.get(after, 0) + 1
-    return {feature: value + missed for feature, value in log_lr.items()}, moved_to
+        for feature in env_vars:
+            if feature not in pair.failing or feature not in pair.fixed:
+                log_lr[feature] = log_lr.get(feature, 0.0) - miss
+    return {feature: value + missed for feature, value in log_lr.items()}, missed, moved_to
 
 
 class _Hypothesis(NamedTuple):
@@ -459,7 +483,7 @@ def _choose_target(sep: Separation, current: str, moved_to: Mapping[str, int]) -
     elif current == "" and sep.feature.startswith("env:"):
         # the requester's agent did not collect the variable: as likely failing as the runs that did
         fails_bad = sum(values[v][0] for v in sep.bad)
-        relevance = 0.8 * fails_bad / (sum(a for a, _ in values.values()) or 1.0)
+        relevance = fails_bad / (sum(a for a, _ in values.values()) or 1.0)
     else:
         relevance = 0.3                          # a value never seen: it may fail, it may not
     return target, relevance
@@ -472,20 +496,23 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
     if python_need and any(a > 0 and _satisfies(python_need, v) for v, (a, _) in pythons.items()):
         python_need = None   # it also fails on Pythons that have the module: something else is missing
     universe = max(len(requester), 1)
-    log_lr, moved_to = _pair_evidence(group.pairs, universe)
-    features = set(group.counts) | set(log_lr)
+    env_vars = {feature for feature in group.counts if feature.startswith("env:")}
+    log_lr, log_lr_unchanged, moved_to = _pair_evidence(group.pairs, universe, env_vars)
+    features = set(group.counts) | set(moved_to)
     if python_need:
         features.add("python")
     features.discard("python_full")
+    priors = {f: _prior(f, group.mentions, python_need, group.message) for f in features}
     seps = {}
     for feature in features:
-        sep = separation(feature, _table(feature, group, scale))
-        if len(sep.values) > _MAX_VALUES and not sep.range_from and feature not in log_lr:
+        sep = separation(feature, _table(feature, group, scale), priors[feature] == _MENTIONED)
+        if len(sep.values) > _MAX_VALUES and not sep.range_from and feature not in moved_to:
             continue
         seps[feature] = sep
     # every feature is a hypothesis: its prior share, whatever it shows
-    priors = {f: _prior(f, group.mentions, python_need, group.message) for f in seps}
-    total_prior = sum(priors.values()) or 1.0
+    total_prior = sum(priors[f] for f in seps) or 1.0
+    no_cause = _NO_CAUSE_STDLIB if python_need and _python_target(python_need, None, requester.get("python", ""))[0] \
+        else _NO_CAUSE_PRIOR
     hypotheses = []
     for feature, sep in seps.items():
         current = requester.get(feature, ABSENT if feature.startswith("pkg:") else "")
@@ -496,14 +523,14 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
         else:
             target, relevance = _choose_target(sep, current, moved_to.get(feature, {}))
             note = ""
-        log_weight = math.log((1 - _NO_CAUSE_PRIOR) * priors[feature] / total_prior) + max(sep.log_bf, 0.0) \
-            + log_lr.get(feature, 0.0)
+        log_weight = math.log((1 - no_cause) * priors[feature] / total_prior) + sep.log_bf \
+            + log_lr.get(feature, log_lr_unchanged)
         if not target:
             relevance = 0.0
         hypotheses.append(_Hypothesis(feature, log_weight, sep, target, relevance,
                                       moved_to.get(feature, {}).get(target, 0),
                                       feature[4:] in group.mentions, note))
-    return hypotheses, math.log(_NO_CAUSE_PRIOR)
+    return hypotheses, math.log(no_cause)
 
 
 def _posteriors(hypotheses: Sequence[_Hypothesis], log_none: float) -> List[float]:
@@ -664,7 +691,9 @@ def suggest(group: GroupData, requester: Optional[Features]) -> dict:
     confidence = calibrate(raw)
     if confidence < MIN_CONFIDENCE or not best.target:
         return {"match": False, "reason": "no feature separates failing from succeeding runs"}
-    if len(together) > (2 * _MAX_TOGETHER if best.mentioned else _MAX_TOGETHER):
+    # the trace naming the best says which is the cause, however many moved with it; the command
+    # still moves them all to a combination seen succeeding, as nothing says they are not needed
+    if len(together) > _MAX_TOGETHER and not best.mentioned:
         return {"match": False, "reason": "%d features split the runs alike: too few runs to tell a cause from chance"
                 % len(together)}
     moves = [(h.feature, h.target) for h in together]

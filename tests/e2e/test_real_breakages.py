@@ -190,13 +190,7 @@ def _group_needle(error: str) -> str:
     return error.split(": ", 1)[1].lower()[:30]
 
 
-# The engine abstains on one failing and one succeeding run that differ only in an env var (its
-# threshold of 0.9 wants more evidence): issue 14 stays open on it, and this case says so.
-_ABSTAINS = {"env-app-mode": "the engine abstains on one failing and one succeeding run of an env var (issue 14)"}
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(reason=_ABSTAINS[c.name], strict=False))
-                                  if c.name in _ABSTAINS else c for c in CASES], ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_real_breakage_and_its_fix(case: Breakage, tmp_path, sandbox):
     broken = copy_venv(cached_venv(case.broken[0], case.broken[1]), tmp_path / "broken", case.broken[0])
     fixed = copy_venv(cached_venv(case.fixed[0], case.fixed[1]), tmp_path / "fixed", case.fixed[0])

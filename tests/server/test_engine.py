@@ -69,8 +69,11 @@ def test_one_observed_fix_changing_one_package_is_enough():
     several = [FixPair(before, after, False)] * 3
     more = engine.suggest(_group([before] * 3, [after] * 3, {"packaging"}, several), before)
     assert more["evidence"]["posterior"] > answer["evidence"]["posterior"]
-    # a package the trace does not name needs more than one fix (0.86 < the engine's 0.9)
-    assert not engine.suggest(_group([before], [after], pairs=[FixPair(before, after, True)]), before)["match"]
+    # a package the trace does not name: the same one fix is enough when nothing else differed
+    # between the two runs (a feature that did not vary is refuted by the success), but less sure
+    unnamed = engine.suggest(_group([before], [after], pairs=[FixPair(before, after, True)]), before)
+    assert unnamed["match"] and unnamed["solution"] == 'pip install "packaging==21.3"'
+    assert unnamed["evidence"]["posterior"] < answer["evidence"]["posterior"]
 
 
 def test_bystanders_riding_along_in_fixes_are_left_out():
@@ -188,6 +191,18 @@ def test_packages_moving_together_go_to_a_combination_seen_succeeding():
     assert "numpy" in answer["hint"]
 
 
+def test_a_cause_the_trace_names_is_answered_however_many_packages_moved_with_it():
+    others = ["rich", "tqdm", "click", "idna", "six"]
+    bad = [_features(dict({"pandas": "2.2.3"}, **{name: "2.0" for name in others}))] * 4
+    good = [_features(dict({"pandas": "1.5.3"}, **{name: "1.0" for name in others}))] * 3
+    answer = engine.suggest(_group(bad, good, {"pandas"}), bad[0])
+    assert answer["match"] and answer["evidence"]["candidates"][0]["feature"] == "pkg:pandas"
+    assert answer["solution"].startswith('pip install "pandas==1.5.3"') and all(
+        '"%s==1.0"' % name in answer["solution"] for name in others)
+    # nothing in the trace: six features alike are chance
+    assert not engine.suggest(_group(bad, good), bad[0])["match"]
+
+
 def test_packaging_tools_are_bystanders_of_an_interpreter_change():
     before = _features({"pip": "23.0.1", "setuptools": "65.5.0"}, "3.10.13")
     after = _features({"pip": "23.2.1", "setuptools": "68.0.0"}, "3.11.7")
@@ -263,6 +278,61 @@ def test_an_env_var_counts_only_in_runs_that_collected_it():
     runs = answer["evidence"]["candidates"][0]["runs"]
     assert engine.UNSET not in runs and engine.ABSENT not in runs
     assert engine.env_features({}, "", "", "", "", {"X": "MISSING"}) == {"env:X": engine.UNSET}
+
+
+def _env(**variables) -> dict:
+    return engine.env_features({"pip": "23.2.1"}, "3.11.7", "CPython", "Linux", "x86_64", variables)
+
+
+def test_one_fix_that_changed_only_an_env_var_names_it():
+    # the real breakage env-app-mode: one failing run, one success of the same script with only
+    # APP_MODE changed; everything else did not vary, so the success refutes it
+    before = _env(APP_MODE="prod", LANG="C.UTF-8", TZ="MISSING", PYTHONPATH="MISSING", NO_PROXY="MISSING")
+    after = dict(before, **{"env:APP_MODE": "dev"})
+    group = _group([before], [after], pairs=[FixPair(before, after, True)])._replace(
+        message="permissionerror: the report bucket is read-only for this host")
+    answer = engine.suggest(group, before)
+    assert answer["match"] and answer["solution"] == "export APP_MODE=dev", answer
+    # the same runs without the fix: two runs that differ in one variable are not enough
+    assert not engine.suggest(group._replace(pairs=[]), before)["match"]
+
+
+def test_a_fix_whose_runs_did_not_both_collect_a_variable_says_nothing_about_it():
+    bad = [_env(APP_MODE="prod", LANG=lang) for lang in ("C", "C.UTF-8") * 3]
+    good = [_env(APP_MODE="dev", LANG=lang) for lang in ("C", "C.UTF-8") * 2]
+    group = _group(bad, good)._replace(message="valueerror: unsupported mode")
+    blind_after = engine.env_features({"pip": "23.2.1"}, "3.11.7", "CPython", "Linux", "x86_64", {"LANG": "C"})
+    blind_before = dict(blind_after)
+    blind_before.pop("env:LANG")
+    unseen = [FixPair(dict(blind_before, **{"pkg:rich": "13.0"}), dict(blind_after, **{"pkg:rich": "12.0"}), False)] * 3
+    with_unseen = engine.suggest(group._replace(pairs=unseen), bad[0])
+    assert with_unseen["match"] and with_unseen["solution"] == "export APP_MODE=dev"
+    without = engine.suggest(group, bad[0])
+    candidate = with_unseen["evidence"]["candidates"][0]
+    assert candidate["feature"] == "env:APP_MODE" and with_unseen["confidence"] >= without["confidence"] - 0.05
+
+
+def test_an_uncollected_asker_is_answered_as_the_collecting_failing_runs_were():
+    bad = [_env(APP_MODE="prod")] * 4
+    good = [_env(APP_MODE="dev")] * 4
+    asker = engine.env_features({"pip": "23.2.1"}, "3.11.7", "CPython", "Linux", "x86_64", {})
+    group = _group(bad + [asker] * 2, good)._replace(message="valueerror: app_mode 'prod' is not supported")
+    answer = engine.suggest(group, asker)
+    assert answer["match"] and answer["solution"] == "export APP_MODE=dev"
+    assert answer["evidence"]["candidates"][0]["current"] == ""
+
+
+def test_an_unset_variable_is_one_of_two_hypotheses_whatever_the_values_that_work():
+    bad = [_env(DATA_DIR="MISSING")] * 3
+    good = [_env(DATA_DIR=path) for path in ("/srv/data", "/mnt/shared/data", "/data")]
+    answer = engine.suggest(_group(bad, good)._replace(message="keyerror: 'data_dir'"), bad[0])
+    assert answer["match"] and answer["solution"].startswith("export DATA_DIR=/"), answer
+    runs = {engine.UNSET: (3, 0), "/srv/data": (0, 1), "/mnt/shared/data": (0, 1), "/data": (0, 1)}
+    # named by the exception line, "unset fails" is one of two hypotheses; "/x fails" one of fourteen
+    as_unset = engine.separation("env:DATA_DIR", runs, named=True)
+    assert as_unset.log_bf > engine.separation("env:DATA_DIR", runs).log_bf
+    assert as_unset.log_bf > engine.separation("env:DATA_DIR", dict(runs, **{"/x": runs.pop(engine.UNSET)}),
+                                               named=True).log_bf
 
 
 # -- where a bug is raised -----------------------------------------------------------------------
