@@ -57,13 +57,19 @@ def canonical_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name.strip()).lower()
 
 
+# The agent is in the environments only as the pip-installed copy (a copied file has no distribution):
+# how it was installed says nothing about a bug, and "pip uninstall" of the agent fixes nothing.
+_AGENT = "corp-error-agent"
+
+
 def env_features(packages: Mapping[str, str], python_ver: str, python_impl: str, os_info: str,
                  machine_arch: str, env_vars: Mapping[str, str]) -> Features:
     """The engine's view of one environment. Absent packages have no entry; a collected variable
     that is unset is ``UNSET``, one that was not collected has no entry (unknown, not unset)."""
     features: Features = {}
     for name, version in packages.items():
-        features["pkg:" + canonical_name(name)] = version
+        if canonical_name(name) != _AGENT:
+            features["pkg:" + canonical_name(name)] = version
     parts = python_ver.split(".")
     if python_ver:
         features["python"] = ".".join(parts[:2])
@@ -609,11 +615,11 @@ def _evidence_phrase(h: _Hypothesis, current: str) -> str:
     values = h.sep.values
     a, b = values.get(current, (0, 0))
     if a + b:
-        parts.append("fails in %s/%s runs %s" % (_n(a), _n(a + b), _with(h.feature, current)))
+        parts.append("fails in %s/%s environments %s" % (_n(a), _n(a + b), _with(h.feature, current)))
     a, b = values.get(h.target, (0, 0))
     if a + b:
-        target = {ABSENT: "without", UNSET: "unset"}.get(h.target, h.target)
-        parts.append("succeeds in %s/%s with %s" % (_n(b), _n(a + b), target))
+        target = {ABSENT: "without it", UNSET: "with it unset"}.get(h.target, "with " + h.target)
+        parts.append("succeeds in %s/%s %s" % (_n(b), _n(a + b), target))
     if h.fixes:
         parts.append("%d observed fix%s" % (h.fixes, "" if h.fixes == 1 else "es"))
     if h.sep.range_from and (len(h.sep.bad) > 1 or current not in values):

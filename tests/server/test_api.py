@@ -71,7 +71,7 @@ def test_population_suggestion_for_both_signature_styles(server):
         assert status == 200 and answer["match"] is True
         assert answer["solution"] == 'pip install "packaging==21.3"'
         assert answer["recommendation"] == answer["hint"]
-        assert "fails in 7/7 runs with packaging 23.2; succeeds in 5/5 with 21.3" in answer["hint"]
+        assert "fails in 7/7 environments with packaging 23.2; succeeds in 5/5 with 21.3" in answer["hint"]
         assert 0.5 <= answer["confidence"] <= 1
     # the requester that already has the success value gets no suggestion
     assert server.request("POST", "/suggest", {"error_sig": SIG, "env_hash": "ok0"})[1]["match"] is False

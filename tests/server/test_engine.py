@@ -27,9 +27,27 @@ def test_version_cause_names_the_working_version_with_evidence():
     good = [_features({"packaging": "21.3", "requests": "2.%d" % (i % 3)}) for i in range(5)]
     answer = engine.suggest(_group(bad, good), bad[0])
     assert answer["match"] and answer["solution"] == 'pip install "packaging==21.3"'
-    assert "fails in 7/7 runs with packaging 23.2; succeeds in 5/5 with 21.3" in answer["hint"]
+    assert "fails in 7/7 environments with packaging 23.2; succeeds in 5/5 with 21.3" in answer["hint"]
     assert answer["recommendation"] == answer["hint"]
     assert engine.MIN_CONFIDENCE <= answer["confidence"] <= 1
+
+
+def test_the_agent_itself_is_never_a_cause():
+    """Failing machines got the agent by pip, the working one by copying the file (no distribution):
+    the answer is the package, never "pip uninstall corp-error-agent"."""
+    bad = [_features({"packaging": "24.2", "corp-error-agent": "0.5.0"}) for _ in range(3)]
+    good = [_features({"packaging": "21.3", "pyparsing": "3.1.0"}) for _ in range(3)]
+    answer = engine.suggest(_group(bad, good), bad[0])
+    assert "corp-error-agent" not in answer.get("solution", "") + answer.get("hint", "") + answer.get("reason", "")
+    assert all(feature != "pkg:corp-error-agent" for feature in bad[0])
+
+
+def test_a_package_whose_removal_fixes_reads_without_it():
+    bad = [_features({"numpy": "1.26.4", "evil-plugin": "1.0"}) for _ in range(6)]
+    good = [_features({"numpy": "1.26.4"}) for _ in range(6)]
+    answer = engine.suggest(_group(bad, good, mentions={"evil-plugin"}), bad[0])
+    assert answer["match"] and answer["solution"] == "pip uninstall evil-plugin"
+    assert "succeeds in 6/6 without it" in answer["hint"]
 
 
 def test_more_runs_raise_confidence():
@@ -274,7 +292,7 @@ def test_an_env_var_counts_only_in_runs_that_collected_it():
     group = _group(collected + blind, good)._replace(message="valueerror: app_mode 'prod' is not supported")
     answer = engine.suggest(group, collected[0])
     assert answer["match"] and answer["solution"] == "export APP_MODE=dev"
-    assert "fails in 4/4 runs with APP_MODE prod" in answer["hint"]      # not "8 runs with unset APP_MODE"
+    assert "fails in 4/4 environments with APP_MODE prod" in answer["hint"]      # not "8 runs with unset APP_MODE"
     runs = answer["evidence"]["candidates"][0]["runs"]
     assert engine.UNSET not in runs and engine.ABSENT not in runs
     assert engine.env_features({}, "", "", "", "", {"X": "MISSING"}) == {"env:X": engine.UNSET}
