@@ -81,6 +81,7 @@ def activate():
                 os.environ.get("ERROR_AGENT_SUCCESS", "").strip().lower() == "always":
             import atexit
             atexit.register(_reach_agent, "_at_exit")
+            sys.modules[__name__]._watch_exit()  # (the loader's: the rest waits for the exit)
     except Exception:
         pass
 
@@ -220,6 +221,18 @@ def _user_dir(kind, platform=sys.platform, environ=None):
         return os.path.join(home, "Library", "Application Support", _APP)
     xdg = environ.get("XDG_CONFIG_HOME", "").strip()
     return os.path.join(xdg if os.path.isabs(xdg) else os.path.join(home, ".config"), _APP)
+
+
+def _watch_exit():
+    """Note the status sys.exit() is given, while a clean run would be reported at exit (activate):
+    sys.exit(4) ends no clean run (_at_exit). Made before the agent proper is loaded, so the key
+    is not one of its _process keys."""
+    exit = sys.exit
+
+    def watched_exit(status=None):
+        _process["exit_status"] = status
+        exit(status)
+    sys.exit = watched_exit
 
 
 def _call_agent(name, *args):
@@ -1509,7 +1522,8 @@ def _pending_failure():
 
 def _at_exit() -> None:
     # sys.last_type: an uncaught exception shown by a hook that is not ours (a replaced sys.excepthook)
-    if not _process["error_seen"] and getattr(sys, "last_type", None) is None:  # (then the agent is loaded)
+    if not _process["error_seen"] and getattr(sys, "last_type", None) is None and \
+            _process.get("exit_status") in (None, 0):  # (set by _watch_exit)
         _report_clean_exit()
 
 
