@@ -10,11 +10,10 @@ Standard library only, Python 3.8+, one file: ``python corp_error_agent.py insta
 else. This file has two parts. The start-up part, right below, is all that every Python process
 runs: it installs the hooks and imports nothing beyond builtin modules. The agent proper is the
 source text after it, in a string that is not assigned, so the compiler leaves it out of the byte
-code: as byte code it would cost every Python start ~10% (bench/startup.py). ``_load()`` reads and
-compiles it into this module the first time something happens: an error, a clean exit after a
-failure, a command, or any use of its names.
+code: as byte code it would cost every Python start ~10% (bench/startup.py). Its first section,
+the loader, is compiled into this module the first time something happens (an error, a clean exit
+after a failure, a command, or any use of its names), and loads the rest.
 """
-import os
 import sys
 
 __version__ = "0.5.0"
@@ -26,16 +25,21 @@ _APP = "corp_error_agent"
 ###############################################################################
 # Start-up: hooks #############################################################
 ###############################################################################
-# Every Python process runs this part, so it is kept small: each function of it is loaded at every
-# start, and what it allocates (type hints too) can tip the garbage collector into one more
-# collection (bench/startup.py counts the instructions). Installing costs a few attribute
-# assignments and one stat(): has a
-# script of this name a failure waiting for its first clean run? Only then is an exit hook needed.
-# Each hook calls the hook that was installed before it first, so the user sees the traceback at
-# once and unchanged, and only then loads the agent.
+# Every Python process runs this part, so it holds only what every start needs: the hooks, the
+# finder that patches modules at their first import, the patch of logging (most programs import
+# it, and compiling it then would cost more than loading it always), the agent's directory for the
+# pending check, and the way into the rest of the file (__getattr__). Each function, name and
+# string here is loaded at every start and freed at every exit, and each object it keeps can tip
+# the garbage collector into one more collection (bench/startup.py counts the instructions).
+# Installing costs a few attribute assignments and one access(): has a script of this name a
+# failure waiting for its first clean run? Only then is an exit hook needed. Each hook calls the
+# hook that was installed before it first, so the user sees the traceback at once and unchanged,
+# and only then loads the agent. No function here has `os` as a global: the hooks live as long as
+# the interpreter, and a global of theirs would keep it alive into finalization, which then clears
+# it the slow way (~1% of a `python -c pass`).
 
 # Per-process state: the keys the start-up part uses. The agent proper declares the others when it
-# is loaded (first thing in it): each key here would cost every Python start (bench/startup.py).
+# is loaded: each key here would cost every Python start (bench/startup.py).
 _process = {"error_seen": False, "loaded": False, "pending": None, "started": None, "pending_dir": None}  # type: dict
 
 # Errors that never reach a hook: asyncio task exceptions nobody retrieved, multiprocessing
@@ -47,17 +51,10 @@ _PATCHES = {"asyncio.base_events": "_patch_asyncio", "multiprocessing.process": 
             "IPython.core.interactiveshell": "_patch_ipython", "logging": "_patch_logging"}
 
 
-# The hooks, the finder and what they call live as long as the interpreter. With this module's
-# globals they would keep `os` alive into finalization, which then clears it the slow way (~1% of a
-# `python -c pass`, bench/startup.py). So they get a small namespace of their own (and so do the
-# functions they define), and reach the agent through sys.modules.
-_OUTSIDE = {"__builtins__": __builtins__, "__name__": __name__, "sys": sys, "_PATCHES": _PATCHES,
-            "_process": _process}
-
-
 def activate():
-    """Install the hooks (idempotent): the entry point of corp_error_agent.pth and .start."""
+    # Install the hooks (idempotent): the entry point of corp_error_agent.pth and .start.
     try:
+        import os
         if getattr(sys.excepthook, "__qualname__", "") == "_chain.<locals>.hook" or \
                 os.environ.get("ERROR_AGENT_ENABLED", "1").strip().lower() in ("0", "false", "no", "off"):
             return
@@ -71,10 +68,11 @@ def activate():
             sys.modules["threading"].excepthook = _thread._excepthook
         for name in tuple(_PATCHES):
             if name in sys.modules:
-                _apply_patch(_PATCHES.pop(name), sys.modules[name])
-        finder = type(sys)(_APP + ".finder")
-        finder.find_spec = _find_spec
-        sys.meta_path.insert(2, finder)  # after the builtin and frozen importers, before the path
+                _reach_agent(_PATCHES.pop(name), sys.modules[name])
+        # The finder is the function itself: a module object to hold it would be more objects at
+        # every start. After the builtin and frozen importers, before the path.
+        _find_spec.find_spec = _find_spec
+        sys.meta_path.insert(2, _find_spec)
         _process["started"] = time.time()
         # where failures of scripts of this file name wait for their first clean run (_pending_path)
         name = os.path.basename(sys.argv[0] if sys.argv else "") or "-"  # "-c", "-m", a script
@@ -83,12 +81,14 @@ def activate():
                 os.environ.get("ERROR_AGENT_SUCCESS", "").strip().lower() == "always":
             import atexit
             atexit.register(_reach_agent, "_at_exit")
+            sys.modules[__name__]._watch_exit()  # (the loader's: the rest waits for the exit)
     except Exception:
         pass
 
 
 def _chain(previous, handler):
-    def hook(*args):
+    # (keyword defaults, not a closure: its cells would be more objects at every start)
+    def hook(*args, previous=previous, handler=handler):
         try:
             previous(*args)
         finally:
@@ -98,26 +98,20 @@ def _chain(previous, handler):
 
 
 def _reach_agent(name, *args):
-    """Run an agent function from a hook, found under the name the module was imported as."""
-    agent = sys.modules.get(__name__)  # None once the interpreter is shutting down
-    return None if agent is None else agent._call_agent(name, *args)
-
-
-def _call_agent(name, *args):
-    """Run an agent function; whatever goes wrong inside the agent stays inside it."""
+    # Run an agent function from a hook, found under the name the module was imported as (gone once
+    # the interpreter is shutting down); an agent that cannot be loaded stays out of the way.
     try:
-        _load(cache_code=True)
-        return globals()[name](*args)
-    except BaseException as error:  # Ctrl-C while the agent waits ends the wait, nothing else
-        if _process["loaded"]:
-            _debug(error)  # (defined by the agent proper)
+        if name == "_patch_logging":  # most programs import logging: its patch loads nothing
+            return _patch_logging(*args)
+        return sys.modules[__name__]._call_agent(name, *args)
+    except Exception:
         return None
 
 
 def _find_spec(name, path=None, target=None):
-    """Import-system finder (on sys.meta_path, see activate), asked about every import: None,
-    meaning "not mine", unless the module is in _PATCHES; then the module's spec, found by the
-    finders after this one, with a loader that patches the module once it ran."""
+    # Import-system finder (on sys.meta_path, see activate), asked about every import: None,
+    # meaning "not mine", unless the module is in _PATCHES; then the module's spec, found by the
+    # finders after this one, with a loader that patches the module once it ran.
     if name not in _PATCHES:
         return None
     patch = _PATCHES.pop(name)
@@ -135,7 +129,7 @@ def _find_spec(name, path=None, target=None):
                 del loader.exec_module  # nothing of the agent stays referenced by the loader
             except Exception:
                 pass
-            _apply_patch(patch, module)
+            _reach_agent(patch, module)
         try:
             loader.exec_module = exec_and_patch
         except Exception:  # a loader that takes no attributes: the module stays unpatched
@@ -143,21 +137,11 @@ def _find_spec(name, path=None, target=None):
     return spec
 
 
-def _apply_patch(patch, module):
-    if patch == "_patch_logging":  # most programs import logging: its patch loads nothing
-        try:
-            _patch_logging(module)
-        except Exception:
-            pass
-    else:
-        _reach_agent(patch, module)
-
-
 def _patch_logging(logging):
-    """Report records at ERROR or above that carry an exception (``logger.exception``), as handled.
-    The wrapper only looks at a record's level and exception, and reaches the agent for an error
-    that carries one."""
-    import os  # (not a global: see _OUTSIDE)
+    # Report records at ERROR or above that carry an exception (``logger.exception``), as handled.
+    # The wrapper only looks at a record's level and exception, and reaches the agent for an error
+    # that carries one.
+    import os
     if os.environ.get("ERROR_AGENT_LOGGING", "1").strip().lower() in ("0", "false", "no", "off"):
         return
     call_handlers = logging.Logger.callHandlers
@@ -169,28 +153,98 @@ def _patch_logging(logging):
     logging.Logger.callHandlers = callHandlers
 
 
-# (the functions they define run there too)
-for _name in ("_chain", "_reach_agent", "_find_spec", "_apply_patch", "_patch_logging"):
-    _OUTSIDE[_name] = globals()[_name] = type(activate)(  # type: ignore[misc]
-        globals()[_name].__code__, _OUTSIDE, _name, globals()[_name].__defaults__)
-del _name
-
-
-def _user_dir(kind, platform=sys.platform, environ=os.environ):
-    """The per-user ``config`` or ``cache`` directory, where platformdirs would put it."""
+def _cache_dir(platform=sys.platform, environ=None):
+    # Where the agent keeps its files: ERROR_AGENT_CACHE_DIR, else the per-user cache directory,
+    # where platformdirs would put it (_user_dir has the config directory too).
+    import os
+    environ = os.environ if environ is None else environ
+    chosen = environ.get("ERROR_AGENT_CACHE_DIR", "").strip()
+    if chosen:
+        return chosen
     home = os.path.expanduser("~")
     if platform == "win32":
-        base = environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
-        return os.path.join(base, _APP, _APP, *(("Cache",) if kind == "cache" else ()))
+        local = environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
+        return os.path.join(local, _APP, _APP, "Cache")
     if platform == "darwin":
-        return os.path.join(home, "Library", "Caches" if kind == "cache" else "Application Support", _APP)
-    xdg = environ.get("XDG_CACHE_HOME" if kind == "cache" else "XDG_CONFIG_HOME", "").strip()
-    base = xdg if os.path.isabs(xdg) else os.path.join(home, ".cache" if kind == "cache" else ".config")
-    return os.path.join(base, _APP)
+        return os.path.join(home, "Library", "Caches", _APP)
+    xdg = environ.get("XDG_CACHE_HOME", "").strip()
+    return os.path.join(xdg if os.path.isabs(xdg) else os.path.join(home, ".cache"), _APP)
 
 
-def _cache_dir():
-    return os.environ.get("ERROR_AGENT_CACHE_DIR", "").strip() or _user_dir("cache")
+def __getattr__(name):
+    # PEP 562: the first use of a name that the start-up part lacks compiles the loader, the first
+    # section of the agent proper (read from this file, at its line numbers), into this module;
+    # the loader's _attribute() answers from then on.
+    if "_attribute" not in globals() and not name.startswith("__"):
+        try:
+            with open(__file__, "rb") as f:
+                text = f.read().decode("utf-8").replace("\r\n", "\n")  # a copy checked out with CRLF
+            start = text.index("\nr'''\n") + 5
+            if '\n__version__ = "%s"\n' % __version__ not in text[:start]:
+                raise ImportError("%s is another version than this process started with" % __file__)
+            exec(compile("\n" * text.count("\n", 0, start) + text[start:text.index("\n# (the loader ends", start)],
+                         __file__, "exec"), globals())
+        except Exception as error:
+            raise AttributeError("module %r has no attribute %r (%s)" % (__name__, name, error)) from None
+    if "_attribute" in globals():
+        return globals()["_attribute"](name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+###############################################################################
+# The agent proper: compiled by _load() on first use, never at start-up #######
+###############################################################################
+# A string statement that is not assigned: the compiler drops it, so the byte code that every
+# Python start loads holds none of it. _agent_source() reads it from this file; its first section,
+# the loader, is compiled on its own when the agent is first needed.
+
+r'''
+###############################################################################
+# The loader: compiled when the agent is first needed #########################
+###############################################################################
+# The first use of a name that the start-up part lacks (a hook reaching _call_agent, a command,
+# an import of group_key) compiles this section alone (see __getattr__); it then loads the rest
+# from the code cache, or by compiling it. Compiling this section costs the first error of a
+# process ~19 M instructions (12.7 M of them compile() making the ast module's types); as byte
+# code it would cost every Python start ~0.4% (bench/startup.py --instructions).
+import os  # noqa: E402  (imported by Python's own start-up already)
+
+
+def _user_dir(kind, platform=sys.platform, environ=None):
+    """The per-user ``config`` or ``cache`` directory, where platformdirs would put it."""
+    environ = os.environ if environ is None else environ
+    if kind == "cache":  # (the start-up part's, which ERROR_AGENT_CACHE_DIR overrides)
+        return _cache_dir(platform, {k: v for k, v in environ.items() if k != "ERROR_AGENT_CACHE_DIR"})
+    home = os.path.expanduser("~")
+    if platform == "win32":
+        return os.path.join(environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local"), _APP, _APP)
+    if platform == "darwin":
+        return os.path.join(home, "Library", "Application Support", _APP)
+    xdg = environ.get("XDG_CONFIG_HOME", "").strip()
+    return os.path.join(xdg if os.path.isabs(xdg) else os.path.join(home, ".config"), _APP)
+
+
+def _watch_exit():
+    """Note the status sys.exit() is given, while a clean run would be reported at exit (activate):
+    sys.exit(4) ends no clean run (_at_exit). Made before the agent proper is loaded, so the key
+    is not one of its _process keys."""
+    exit = sys.exit
+
+    def watched_exit(status=None):
+        _process["exit_status"] = status
+        exit(status)
+    sys.exit = watched_exit
+
+
+def _call_agent(name, *args):
+    """Run an agent function; whatever goes wrong inside the agent stays inside it."""
+    try:
+        _load(cache_code=True)
+        return globals()[name](*args)
+    except BaseException as error:  # Ctrl-C while the agent waits ends the wait, nothing else
+        if _process["loaded"]:
+            _debug(error)  # (defined by the agent proper)
+        return None
 
 
 def _load(cache_code=False):
@@ -230,7 +284,8 @@ def _agent_source():
     debuggers show this file's line numbers."""
     with open(__file__, "rb") as f:
         text = f.read().decode("utf-8").replace("\r\n", "\n")  # a copy checked out with CRLF
-    opening, closing = "\nr'''\n", "\n'''\n"
+    quotes = "'" * 3  # (written out, they would end this text)
+    opening, closing = "\nr" + quotes + "\n", "\n" + quotes + "\n"
     start = text.index(opening) + len(opening)
     end = text.index(closing, start) + 1
     if '\n__version__ = "%s"\n' % __version__ not in text[:start]:
@@ -239,26 +294,20 @@ def _agent_source():
     return "\n" * text.count("\n", 0, start) + text[start:end]
 
 
-def __getattr__(name):
-    """PEP 562: the first use of anything in the agent proper loads it."""
-    error = None
-    if not (name.startswith("__") or _process["loaded"]):
+def _attribute(name):
+    """A name of the loader, or of the agent proper, which it loads first (see __getattr__)."""
+    error = ""
+    if name not in globals() and not _process["loaded"]:
         try:
             _load()
         except Exception as failure:  # the agent proper could not be loaded
-            error = failure
-        if name in globals():
-            return globals()[name]
-    raise AttributeError("module %r has no attribute %r%s" % (__name__, name, error and " (%s)" % error or ""))
+            error = " (%s)" % failure
+    if name in globals():
+        return globals()[name]
+    raise AttributeError("module %r has no attribute %r%s" % (__name__, name, error))
 
 
-###############################################################################
-# The agent proper: compiled by _load() on first use, never at start-up #######
-###############################################################################
-# A string statement that is not assigned: the compiler drops it, so the byte code that every
-# Python start loads holds none of it. _agent_source() reads it from this file.
-
-r'''
+# (the loader ends here)
 ###############################################################################
 # Constants and configuration #################################################
 ###############################################################################
@@ -1527,7 +1576,8 @@ def _pending_failure():
 
 def _at_exit() -> None:
     # sys.last_type: an uncaught exception shown by a hook that is not ours (a replaced sys.excepthook)
-    if not _process["error_seen"] and getattr(sys, "last_type", None) is None:  # (then the agent is loaded)
+    if not _process["error_seen"] and getattr(sys, "last_type", None) is None and \
+            _process.get("exit_status") in (None, 0):  # (set by _watch_exit)
         _report_clean_exit()
 
 
@@ -2071,5 +2121,4 @@ _COMMANDS = {"configure": _cmd_configure, "status": _cmd_status, "test": _cmd_te
 
 
 if __name__ == "__main__":
-    _load()
-    sys.exit(main())  # type: ignore[name-defined]  # main is in the agent proper, run by _load()
+    sys.exit(__getattr__("main")())  # the command line: main is in the agent proper

@@ -113,6 +113,31 @@ def test_an_error_shown_by_a_replaced_excepthook_is_no_clean_run(agent_venv, bac
     assert success["prev_error_sig"] == error["error_sig"]
 
 
+def test_a_run_that_exits_with_a_failing_status_is_no_clean_run(agent_venv, backend, sandbox):
+    """After a failure, a run that ends with sys.exit(4) is not the fix: no success is reported;
+    the next run that exits 0 is."""
+    mode = sandbox.work / "MODE"
+    script = sandbox.script("job.py", (
+        "import os, sys\n"
+        "mode = open('MODE').read() if os.path.exists('MODE') else ''\n"
+        "if mode == 'fail':\n"
+        "    raise RuntimeError('boom-then-exit-4')\n"
+        "if mode == 'exit':\n"
+        "    sys.exit(4)\n"))
+    env = sandbox.env(backend.url)
+    mode.write_text("fail")
+    assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 1
+    [error] = wait_error(backend, "boom-then-exit-4")
+    mode.write_text("exit")
+    assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 4
+    backend.settle()
+    assert success_beacons(backend) == []
+    mode.unlink()
+    assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 0
+    [success] = [r.json for r in backend.wait_for("/beacon", where=lambda b: b.get("kind") == "success")]
+    assert success["prev_error_sig"] == error["error_sig"]
+
+
 def test_clean_run_sends_nothing(agent_venv, backend, sandbox):
     script = sandbox.script("fine.py", "print('fine')\n")
     proc = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)

@@ -1,9 +1,10 @@
 """The agent's boundaries that no compiler checks: functions reached by their name as a string, and
-the small namespace the detached start-up functions run in.
+the globals of the start-up part's functions.
 
 Both fail silently when wrong: _call_agent swallows the KeyError of a renamed handler (the agent
-just stops reporting), and a detached function missing a global raises a NameError inside a hook,
-where it is swallowed too. Names are found in the source, so entries added later are checked too.
+just stops reporting), and a start-up function using a global that only the loader or the agent
+proper defines raises a NameError inside a hook, where it is swallowed too. Names are found in the
+source, so entries added later are checked too.
 """
 from __future__ import annotations
 
@@ -29,9 +30,14 @@ def _callee(node: ast.Call) -> str:
     return node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
 
 
+def _is_globals_call(node) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "globals"
+
+
 def names_reached_by_string() -> dict:
     """{function name: where it is named} for every name handed to _chain, _call_agent,
-    _reach_agent (directly, or as a thread's target with args) and stored in _PATCHES."""
+    _reach_agent (directly, or as a thread's target with args), stored in _PATCHES, or looked up
+    in globals() by a constant (the start-up part reaching the loader)."""
     found = {}
     for node in ast.walk(WHOLE):
         names = []
@@ -47,6 +53,10 @@ def names_reached_by_string() -> dict:
             target, args = keywords.get("target"), keywords.get("args")
             if isinstance(target, ast.Name) and target.id in REACHING and isinstance(args, ast.Tuple) and args.elts:
                 names.append(_string(args.elts[0]))
+        elif isinstance(node, ast.Subscript) and _is_globals_call(node.value):
+            names.append(_string(getattr(node.slice, "value", node.slice)))  # (3.8 wraps it in ast.Index)
+        elif isinstance(node, ast.Compare) and any(_is_globals_call(c) for c in node.comparators):
+            names.append(_string(node.left))
         elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_PATCHES" for t in node.targets):
             names += [_string(value) for value in node.value.values] if isinstance(node.value, ast.Dict) else []
         elif isinstance(node, ast.Assign):
@@ -54,33 +64,36 @@ def names_reached_by_string() -> dict:
                 if isinstance(target, ast.Subscript) and getattr(target.value, "id", None) == "_PATCHES":
                     names.append(_string(node.value))
         for name in names:
-            if name is not None:
+            if name is not None and not name.startswith("__"):
                 found.setdefault(name, "line %d" % node.lineno)
     return found
 
 
+def _start_up_functions() -> set:
+    """Names of the functions in the start-up part's byte code (the file as Python compiles it)."""
+    code = compile(START_UP, str(AGENT_FILE), "exec")
+    return {c.co_name for c in code.co_consts if hasattr(c, "co_name")}
+
+
 def test_every_function_reached_by_name_is_defined_in_the_agent_proper():
-    proper = ast.parse(agent._agent_source())
+    proper = ast.parse(agent._agent_source())   # the loader and the rest of the agent proper
     defined = {node.name for node in proper.body if isinstance(node, ast.FunctionDef)}
     reached = names_reached_by_string()
-    # the search finds what is known to be there: the hooks, the patches, the workers
+    # the search finds what is known to be there: the hooks, the patches, the workers, the loader
     assert {"_on_exception", "_on_thread_exception", "_patch_asyncio", "_patch_multiprocessing",
             "_patch_traceback", "_at_exit", "_drain", "_ask_for_hint",
-            "_on_error"} <= set(reached)
+            "_on_error", "_attribute"} <= set(reached)
     # the logging patch is the one entry of _PATCHES the start-up part applies itself (it is cheap
-    # and every program imports logging), so it lives in the detached namespace instead
-    missing = {name: where for name, where in reached.items() if name not in defined and name not in agent._OUTSIDE}
+    # and every program imports logging), so it is a start-up function instead
+    start_up = _start_up_functions()
+    missing = {name: where for name, where in reached.items() if name not in defined and name not in start_up}
     assert missing == {}, "reached by name but not defined in the agent proper: %r" % missing
+    assert {name for name in reached if name in start_up} == {"_patch_logging"}
 
 
 def test_patches_name_functions_of_the_agent_proper_at_run_time():
     agent._load()
     assert all(callable(getattr(agent, name, None)) for name in agent._PATCHES.values())
-
-
-def _detached_functions() -> set:
-    """Names of the start-up functions that run with _OUTSIDE as their globals."""
-    return {name for name, value in vars(agent).items() if getattr(value, "__globals__", None) is agent._OUTSIDE}
 
 
 def _function_tables(table):
@@ -90,16 +103,20 @@ def _function_tables(table):
         yield from _function_tables(child)
 
 
-def test_detached_functions_find_every_global_they_use_in_their_namespace():
-    detached = _detached_functions()
-    assert {"_chain", "_find_spec", "_reach_agent", "_patch_logging"} <= detached
-    tops = [t for t in symtable.symtable(START_UP, str(AGENT_FILE), "exec").get_children()
-            if t.get_name() in detached]
-    assert {t.get_name() for t in tops} == detached
-    tables = tops + [nested for t in tops for nested in _function_tables(t)]  # they run in _OUTSIDE too
+def test_start_up_functions_find_every_global_they_use_in_the_start_up_part():
+    # The hooks run before anything is loaded, so a start-up function may use only what the
+    # start-up part itself binds; and `os` is not among it (see the start-up part's why).
+    module = symtable.symtable(START_UP, str(AGENT_FILE), "exec")
+    start_up = _start_up_functions()
+    assert {"activate", "_chain", "_find_spec", "_reach_agent", "_patch_logging", "_cache_dir",
+            "__getattr__"} <= start_up
+    bound = {s.get_name() for s in module.get_symbols() if s.is_assigned() or s.is_imported()}
+    assert start_up <= bound and "os" not in bound
+    tops = [t for t in module.get_children() if t.get_name() in start_up]
+    assert {t.get_name() for t in tops} == start_up
+    tables = tops + [nested for t in tops for nested in _function_tables(t)]
     assert {t.get_name() for t in tables} >= {"hook", "exec_and_patch", "callHandlers"}
-    available = set(agent._OUTSIDE) | set(vars(builtins))
+    available = bound | set(vars(builtins)) | {"__file__", "__name__"}
     missing = {t.get_name(): sorted(set(t.get_globals()) - available) for t in tables}
     assert {name: names for name, names in missing.items() if names} == {}, \
-        "globals the detached functions use that _OUTSIDE lacks"
-    assert agent._OUTSIDE["__builtins__"] is vars(agent)["__builtins__"]
+        "globals the start-up functions use that the start-up part does not bind"
