@@ -1260,21 +1260,30 @@ def _bounded_opener(seconds: float):
             raise socket.timeout("no answer within %gs" % seconds)
         return left
 
-    class Plain(socket.socket):
-        def recv_into(self, *args):
-            self.settimeout(remaining())
-            return super().recv_into(*args)
+    def within(sock, operation, *args):
+        sock.settimeout(remaining())
+        try:
+            return operation(*args)
+        except socket.timeout:
+            raise socket.timeout("no answer within %gs" % seconds) from None
 
-    class Secure(ssl.SSLSocket):
+    class Bounded:  # each operation of the socket gets what is left of the time
         def recv_into(self, *args):
-            self.settimeout(remaining())
-            return super().recv_into(*args)
+            return within(self, super().recv_into, *args)
+
+        def sendall(self, *args):
+            return within(self, super().sendall, *args)
+
+    class Plain(Bounded, socket.socket):
+        pass
+
+    class Secure(Bounded, ssl.SSLSocket):
+        def do_handshake(self, *args):
+            return within(self, super().do_handshake, *args)
 
     def connect(address, timeout, *args):
         made = socket.create_connection(address, min(timeout, remaining()), *args)
-        plain = Plain(made.family, made.type, made.proto, made.detach())
-        plain.settimeout(timeout)  # (sending: each write bounded; the answer is what may trickle)
-        return plain
+        return Plain(made.family, made.type, made.proto, made.detach())
 
     def bounded(connection_class):
         def make(host, **kwargs):
@@ -1289,7 +1298,8 @@ def _bounded_opener(seconds: float):
 
     class Https(urllib.request.HTTPSHandler):
         def https_open(self, req):
-            context = ssl.create_default_context()  # what urllib would make, with bounded reads
+            # urllib's own context (a host's PEP 476 opt-out included), with bounded sockets
+            context = ssl._create_default_https_context()
             context.sslsocket_class = Secure
             return self.do_open(bounded(http.client.HTTPSConnection), req, context=context)
     return urllib.request.build_opener(Http, Https)
@@ -1840,7 +1850,7 @@ def _backend_health(settings: _Settings, timeout: float = 2.0) -> dict:
     started = time.monotonic()
     try:
         request = urllib.request.Request(url + "/healthz", headers={"User-Agent": _USER_AGENT})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _bounded_opener(timeout).open(request, timeout=timeout) as response:
             status, body = response.status, response.read(_RESPONSE_LIMIT + 1)
     except urllib.error.HTTPError as error:
         status, body = error.code, _error_body(error)  # an HTTP answer: something listens there

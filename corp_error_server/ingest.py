@@ -129,6 +129,9 @@ class Committer:
                 self._commit(batch)
             except BaseException:
                 own.abandoned = True    # its request leaves with the exception: not to be given the lead
+                for write in batch:     # (a gevent timeout, SystemExit): the others are not stored either
+                    if write.result is None and write.error is None:
+                        write.error = Busy("the commit was interrupted")
                 self._finish(batch, own, True)
                 raise
             self._last_commit = time.monotonic() - started

@@ -29,6 +29,7 @@ from urllib.parse import unquote
 
 _DRAIN_LIMIT = 64 * 1024        # unread request body we still skip to keep a connection alive
 _LOG_GATHER = 0.05              # seconds the access log gathers lines for one write (a write per line is a system call)
+_LOG_QUEUED = 10_000            # access-log lines kept waiting for a slow log stream; more are counted, not kept
 _MAX_CONNECTIONS = 256          # beyond this, new connections are closed at once
 _MAX_HEAD = 64 * 1024           # request line and headers
 _MAX_HEADERS = 100
@@ -314,6 +315,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.log_stream = log_stream
         self._log_ready = threading.Condition(threading.Lock())
         self._log_lines: List[str] = []
+        self._log_dropped = 0
         self._log_writer: Optional[threading.Thread] = None
         self._log_write_lock = threading.Lock()
         self._active = 0
@@ -340,6 +342,9 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def log(self, line: str) -> None:
         """Queue a line for the log stream: written within _LOG_GATHER with the lines queued meanwhile."""
         with self._log_ready:
+            if len(self._log_lines) >= _LOG_QUEUED:   # a log stream nobody reads must not eat the memory
+                self._log_dropped += 1
+                return
             self._log_lines.append(line)
             if self._log_writer is None:
                 self._log_writer = threading.Thread(target=self._write_log, name="access-log", daemon=True)
@@ -356,10 +361,13 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
             self.flush_log()
 
     def flush_log(self) -> None:
-        """Write every queued line now (at shutdown, and by the log's thread)."""
+        """Write every queued line now (the log's thread, and close_log)."""
         with self._log_write_lock:
             with self._log_ready:
                 lines, self._log_lines = self._log_lines, []
+                if self._log_dropped:
+                    lines.append("%d access-log lines dropped: the log stream did not keep up" % self._log_dropped)
+                    self._log_dropped = 0
             if not lines:
                 return
             try:
@@ -368,6 +376,14 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
             except (OSError, ValueError):
                 pass
 
+    def close_log(self, wait: float) -> bool:
+        """At shutdown: write what is queued, waiting ``wait`` seconds at most. False when the log stream
+        did not take it (a pipe nobody reads): the process must then not wait for it either."""
+        writer = threading.Thread(target=self.flush_log, name="access-log-last", daemon=True)
+        writer.start()
+        writer.join(wait)
+        return not writer.is_alive()
+
 
 def make_server(app: Callable, host: str = "127.0.0.1", port: int = 8000, *, request_timeout: float = 10.0,
                 log_stream: Optional[TextIO] = None) -> _Server:
@@ -375,8 +391,8 @@ def make_server(app: Callable, host: str = "127.0.0.1", port: int = 8000, *, req
     return _Server((host, port), app, request_timeout, log_stream or sys.stderr)
 
 
-def serve(server: _Server) -> None:
-    """Serve until SIGINT or SIGTERM, then stop accepting and return."""
+def serve(server: _Server) -> bool:
+    """Serve until SIGINT or SIGTERM, then stop accepting and return whether the log was written."""
     def stop(signum, frame) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
 
@@ -388,4 +404,4 @@ def serve(server: _Server) -> None:
         server.serve_forever(poll_interval=0.1)
     finally:
         server.server_close()
-        server.flush_log()
+    return server.close_log(wait=1.0)

@@ -529,16 +529,22 @@ class Storage:
             # an error of an environment already stored races with no one: it takes no environment lock
             burst = [(i, beacon) for i, (beacon, env) in enumerate(items) if beacon is not None and env is None
                      and _plain_error(beacon) and self._features_of(cur, beacon.env_hash) is not None]
+            in_burst = {i for i, _ in burst}
+            # locks taken in one order by every batch, so batches of several processes queue, not deadlock:
+            # the environments' of the items stored one by one first, sorted, then the group rows (the
+            # burst's, then each item's), as the one-by-one path takes them
+            locked = sorted({_env_of(items[i]) for i in range(len(items)) if i not in in_burst})
+            for env_hash in locked:
+                cur.lock(LOCK_ENV, env_hash)
             if burst:
                 stored = self._store_errors(cur, [beacon for _, beacon in burst], now)
                 for (index, _), result in zip(burst, stored):
                     results[index] = result
             rest = [i for i in range(len(items)) if results[i] is None]
-            # locks taken in one order by every batch, so batches of several processes queue, not deadlock:
-            # all the environments' first, sorted, then the items by environment (a stable sort: within
-            # one environment the sent order stays, a beacon before or after its environment's snapshot)
-            for env_hash in sorted({_env_of(items[i]) for i in rest}):
+            for env_hash in sorted({_env_of(items[i]) for i in rest} - set(locked)):   # a burst that fell back
                 cur.lock(LOCK_ENV, env_hash)
+            # by environment, a stable sort: within one environment the sent order stays (a beacon
+            # before or after its environment's snapshot)
             for index in sorted(rest, key=lambda i: _env_of(items[i])):
                 results[index] = self._store_isolated(cur, items[index], now)
             return [result for result in results if result is not None]
@@ -587,9 +593,10 @@ class Storage:
         fresh = self._not_stored(cur, beacons)
         if not fresh:
             return results
-        groups = {key: self._group_id(cur, key, signature, now)
-                  for key, signature in sorted({(beacons[i].group_key or "",
-                                                 beacons[i].signature or beacons[i].group_key or "") for i in fresh})}
+        signatures: Dict[str, str] = {}   # a new group's signature: its first beacon's, as one by one
+        for i in fresh:
+            signatures.setdefault(beacons[i].group_key or "", beacons[i].signature or beacons[i].group_key or "")
+        groups = {key: self._group_id(cur, key, signatures[key], now) for key in sorted(signatures)}
         rows = [(beacon_id, b.event_id, b.kind, b.env_hash, b.script_id, groups[b.group_key or ""], b.signature,
                  b.trace, b.ts, now, b.script_name, b.agent, 0, b.prev_env_hash, None, 1, int(b.handled), b.host)
                 for beacon_id, b in zip(cur.new_ids("beacons", len(fresh)), (beacons[i] for i in fresh))]

@@ -2,6 +2,7 @@
 oversized bodies, idle and trickling connections, the token on every route, loopback-only binding."""
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import queue
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from reliability import server_fuzz
-from support import ROOT, WAIT_TIMEOUT, clean_env
+from support import PROC_TIMEOUT, ROOT, WAIT_TIMEOUT, clean_env
 
 
 class Server:
@@ -254,3 +255,30 @@ def test_listens_on_loopback_only_by_default(start):
     loopback = {"0100007F", "00000000000000000000000001000000"}   # 127.0.0.1, ::1
     assert set(addresses) <= loopback, addresses
     assert server.host == "127.0.0.1"
+
+
+def test_a_log_stream_nobody_reads_neither_grows_nor_holds_the_shutdown(tmp_path):
+    """stderr a pipe whose reader reads the first line and stops: the log's writer blocks in write,
+    requests are still answered, and SIGTERM still ends the process."""
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "corp_error_server", "--port", "0", "--db", str(tmp_path / "e.db")],
+                            cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=write_end,
+                            env=clean_env({"PYTHONPATH": str(ROOT), "ERROR_AGENT_ENABLED": "0"}))
+    os.close(write_end)
+    try:
+        first = b""
+        while not first.endswith(b"\n"):
+            first += os.read(read_end, 1)
+        host, port = first.decode().split()[-1][len("http://"):].rsplit(":", 1)
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        for _ in range(3000):   # ~200 KB of access-log lines: more than a pipe holds
+            connection.request("GET", "/healthz?" + "x" * 40)
+            assert connection.getresponse().read()
+        connection.close()
+        proc.terminate()
+        assert proc.wait(timeout=PROC_TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(read_end)
