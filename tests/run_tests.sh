@@ -94,12 +94,18 @@ echo "== mypy"
 "$PY" -m mypy || lint_failed+=("mypy")
 
 # Coverage of the agent (agent proper included) and the server, in this process and in every
-# subprocess of an interpreter of the tooling version (tests/coverage_agent.py). CEA_COVERAGE=0: none.
+# subprocess of the interpreters the tests drive, each with its own coverage.py
+# (tests/coverage_agent.py). CEA_COVERAGE=0: none.
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 if [ "${CEA_COVERAGE:-1}" != "0" ]; then
     rm -rf "$CACHE/coverage"
     mkdir -p "$CACHE/coverage"
-    "$PY" -m tests.coverage_agent hook "$SITE" || exit 2
+    pythons=()
+    for minor in 8 9 10 11 12 13; do
+        p="$(find_python "$minor")"
+        [ -z "$p" ] || pythons+=("$p")
+    done
+    "$PY" -m tests.coverage_agent hook "$SITE" "${pythons[@]}" || exit 2
     export COVERAGE_PROCESS_START="$ROOT/pyproject.toml"
     export COVERAGE_FILE="$CACHE/coverage/data"
 else
@@ -112,7 +118,7 @@ rc=$?
 
 if [ -n "${COVERAGE_PROCESS_START:-}" ]; then
     unset COVERAGE_PROCESS_START
-    echo "== coverage of lines, agent proper and subprocesses of the tooling Python's version included"
+    echo "== coverage of lines, agent proper and subprocesses of every interpreter included"
     "$PY" -m coverage combine --quiet >/dev/null 2>&1
     # The figures are printed against the issue's bar (90% of lines each); the agent part is short of
     # it today (README, Development), so falling short is reported, not a failed run.
