@@ -1804,9 +1804,8 @@ def _unreachable_words(error: _Unreachable, url: str, timeout: float, request: s
         return "%s reset the connection" % where
     if isinstance(cause, OSError) and cause.strerror:
         return "cannot reach %s: %s" % (where, cause.strerror)
-    if cause is not None:  # a malformed or missing HTTP answer
-        return "%s did not answer in HTTP (%s)" % (where, _sanitize(type(cause).__name__, 100))
-    return _sanitize(error, 300)
+    # (every _Unreachable without a status has its cause) a malformed or missing HTTP answer
+    return "%s did not answer in HTTP (%s)" % (where, _sanitize(type(cause).__name__, 100))
 
 
 def _local_time(ts) -> str:
