@@ -892,7 +892,9 @@ def _script_identity():
         words = what.split(" ")
         name = os.path.basename(what) if kind == "notebook" else " ".join(_relative(word) for word in words)
         return _hash12(kind + " " + scrub(what)), _strip_escapes(scrub(name))[:200]
-    name = {"-m": "-m " + " ".join(_relative(word) for word in what.split(" ")), "-c": "-c"}.get(kind, "<stdin>")
+    # (a file gone or unreadable by now is still named by its file name)
+    name = {"-m": "-m " + " ".join(_relative(word) for word in what.split(" ")), "-c": "-c",
+            "file": os.path.basename(what)}.get(kind, "<stdin>")
     return _hash12(kind + " " + what), _strip_escapes(scrub(name))[:200]
 
 

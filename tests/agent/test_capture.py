@@ -179,6 +179,21 @@ def test_dash_c(agent_venv, backend, sandbox):
     assert beacon["error_sig"].startswith("ValueError: boom-c")
 
 
+def test_a_script_from_stdin_is_named_stdin(agent_venv, backend, sandbox):
+    source = failing_source("boom-stdin").encode()
+    proc = run(agent_venv.python, ["-"], sandbox.env(backend.url), cwd=sandbox.work, input=source)
+    assert proc.returncode == 1
+    [beacon] = wait_error(backend, "boom-stdin")
+    assert beacon["script_name"] == "<stdin>"
+
+
+def test_a_script_that_removed_itself_keeps_its_name(agent_venv, backend, sandbox):
+    script = sandbox.script("cleanup.py", "import os\nos.remove(__file__)\nraise ValueError('boom-gone')\n")
+    assert run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work).returncode == 1
+    [beacon] = wait_error(backend, "boom-gone")
+    assert beacon["script_name"] == "cleanup.py"
+
+
 def test_subprocess_child(agent_venv, backend, sandbox):
     sandbox.script("child.py", failing_source("boom-subprocess-child"))
     parent = sandbox.script("parent.py", (
