@@ -879,7 +879,7 @@ def _hash12(data: str) -> str:
 
 def _script_identity():
     """(script_id, display name): the same script content gives the same id on any machine."""
-    kind, what = _script_source()
+    kind, what = _script_source() or ("-m", "")  # (``-m`` before 3.10, importing its module's package)
     if kind == "file":
         try:
             with open(what, "rb") as f:
@@ -893,7 +893,7 @@ def _script_identity():
         name = os.path.basename(what) if kind == "notebook" else " ".join(_relative(word) for word in words)
         return _hash12(kind + " " + scrub(what)), _strip_escapes(scrub(name))[:200]
     # (a file gone or unreadable by now is still named by its file name)
-    name = {"-m": "-m " + " ".join(_relative(word) for word in what.split(" ")), "-c": "-c",
+    name = {"-m": " ".join(["-m"] + [_relative(word) for word in what.split(" ") if word]), "-c": "-c",
             "file": os.path.basename(what)}.get(kind, "<stdin>")
     return _hash12(kind + " " + what), _strip_escapes(scrub(name))[:200]
 

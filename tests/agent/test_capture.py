@@ -171,6 +171,16 @@ def test_dash_m(agent_venv, backend, sandbox):
     assert first["event_id"] != second["event_id"]
 
 
+def test_dash_m_error_importing_the_package(py, agent_venv, backend, sandbox):
+    """Before 3.10 nothing tells which module ``-m`` runs while it imports the module's package."""
+    sandbox.script("pkgy/__init__.py", "raise ValueError('boom-package-init')\n")
+    sandbox.script("pkgy/mod.py", "")
+    proc = run(agent_venv.python, ["-m", "pkgy.mod"], sandbox.env(backend.url), cwd=sandbox.work)
+    assert proc.returncode == 1 and b"boom-package-init" in proc.stderr
+    [beacon] = wait_error(backend, "boom-package-init")
+    assert beacon["script_name"] == ("-m" if py.minor < 10 else "-m pkgy.mod")
+
+
 def test_dash_c(agent_venv, backend, sandbox):
     proc = run(agent_venv.python, ["-c", "raise ValueError('boom-c')"], sandbox.env(backend.url), cwd=sandbox.work)
     assert proc.returncode == 1
