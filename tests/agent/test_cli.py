@@ -6,9 +6,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import urllib.request
 
 import pytest
@@ -434,6 +436,32 @@ def test_status_takes_a_backend_without_healthz_for_the_published_server(agent_v
     data = _status(agent_venv, sandbox.env(backend.url))
     assert data["ok"] is True
     assert data["backend"]["server"] == "a backend without /healthz (the published 0.4.2 Django server?)"
+
+
+@pytest.fixture
+def not_http_server():
+    """A server of another protocol (SSH, say): it greets every connection with a banner and hangs up."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def greet():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+    thread = threading.Thread(target=greet, daemon=True)
+    thread.start()
+    yield "127.0.0.1:%d" % server.getsockname()[1]
+    server.close()
+    thread.join(timeout=10)
+
+
+def test_status_says_a_server_of_another_protocol_does_not_answer_in_http(agent_venv, sandbox, not_http_server):
+    proc = cli(agent_venv, ["status"], sandbox.env("http://" + not_http_server))
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr
+    assert "PROBLEM: unreachable: %s did not answer in HTTP (BadStatusLine)" % not_http_server in proc.stdout.decode()
 
 
 @pytest.mark.parametrize("failure", ["tls", "silent"])
