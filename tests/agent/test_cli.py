@@ -148,7 +148,7 @@ def test_configure_system_scope_in_venv(fresh_venv, sandbox, tmp_path):
     venv = fresh_venv("copy")
     env = sandbox.env()
     proc = cli(venv, ["configure", "--scope", "system", "--url", "http://errors.corp.example:8000",
-                      "--no-hints"], env)
+                      "--no-hints", "--min-confidence", "0.75"], env)
     assert proc.returncode == 0, proc.stderr
     system_file = venv.path / "etc" / "corp_error_agent" / "config.json"
     data = json.loads(system_file.read_text())
@@ -160,6 +160,7 @@ def test_configure_system_scope_in_venv(fresh_venv, sandbox, tmp_path):
     settings = _status(venv, other, returncode=1)["settings"]  # 1: errors.corp.example does not resolve
     assert settings["url"]["value"] == "http://errors.corp.example:8000"
     assert settings["hints"]["value"] is False
+    assert settings["min_confidence"] == {"value": 0.75, "source": "system file"}
 
 
 def test_flush_after_backend_comes_back(agent_venv, backend, sandbox):

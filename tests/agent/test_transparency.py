@@ -171,7 +171,10 @@ def test_an_agent_upgraded_under_a_running_process_stays_out_of_it(fresh_venv, p
     on as without the agent, and says why only when asked for the agent's names."""
     venv = fresh_venv("copy")
     script = sandbox.script("app.py", UPGRADE_UNDER_IT)
-    upgraded = run(venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
+    env = sandbox.env(backend.url)
+    # coverage.py imports multiprocessing, whose patch loads the agent proper at start-up: unmeasured
+    env.pop("COVERAGE_PROCESS_START", None)
+    upgraded = run(venv.python, [script], env, cwd=sandbox.work)
     assert upgraded.returncode == 1, upgraded.stderr
     assert "is another version than this process started with" in upgraded.stdout.decode()
     assert upgraded.stderr.endswith(b"ValueError: boom-upgraded\n")
