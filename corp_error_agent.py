@@ -929,7 +929,7 @@ def _hash12(data: str) -> str:
 
 def _script_identity():
     """(script_id, display name): the same script content gives the same id on any machine."""
-    kind, what = _script_source()
+    kind, what = _script_source() or ("-m", "")  # (``-m`` before 3.10, importing its module's package)
     if kind == "file":
         try:
             with open(what, "rb") as f:
@@ -942,7 +942,9 @@ def _script_identity():
         words = what.split(" ")
         name = os.path.basename(what) if kind == "notebook" else " ".join(_relative(word) for word in words)
         return _hash12(kind + " " + scrub(what)), _strip_escapes(scrub(name))[:200]
-    name = {"-m": "-m " + " ".join(_relative(word) for word in what.split(" ")), "-c": "-c"}.get(kind, "<stdin>")
+    # (a file gone or unreadable by now is still named by its file name)
+    name = {"-m": " ".join(["-m"] + [_relative(word) for word in what.split(" ") if word]), "-c": "-c",
+            "file": os.path.basename(what)}.get(kind, "<stdin>")
     return _hash12(kind + " " + what), _strip_escapes(scrub(name))[:200]
 
 
@@ -1930,9 +1932,8 @@ def _unreachable_words(error: _Unreachable, url: str, timeout: float, request: s
         return "%s reset the connection" % where
     if isinstance(cause, OSError) and cause.strerror:
         return "cannot reach %s: %s" % (where, cause.strerror)
-    if cause is not None:  # a malformed or missing HTTP answer
-        return "%s did not answer in HTTP (%s)" % (where, _sanitize(type(cause).__name__, 100))
-    return _sanitize(error, 300)
+    # (every _Unreachable without a status has its cause) a malformed or missing HTTP answer
+    return "%s did not answer in HTTP (%s)" % (where, _sanitize(type(cause).__name__, 100))
 
 
 def _local_time(ts) -> str:

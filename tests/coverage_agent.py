@@ -6,20 +6,25 @@ the agent proper is one string. So the report marks the agent file as this plugi
 reporter reads it as tests/agent_whole.py sees it: start-up part and agent proper as one module.
 (Measuring needs no plugin: the C tracer records the lines at full speed.)
 
-Most agent tests run the agent in real interpreters, in venvs the tests create. ``install_hook``
-puts a .pth file there (ahead of the agent's own, so that activate() is measured too) that starts
-coverage.py from the tooling venv when COVERAGE_PROCESS_START is set, as run_tests.sh sets it; the
-hook leaves sys.path as it found it. Only an interpreter of the tooling venv's version can load
-that coverage.py.
+Most agent tests run the agent in real interpreters of every version 3.8-3.13, in venvs the tests
+create. ``install_hook`` puts a .pth file there (ahead of the agent's own, so that activate() is
+measured too) that starts coverage.py when COVERAGE_PROCESS_START is set, as run_tests.sh sets it,
+and leaves sys.path as it found it. The tooling venv's coverage.py loads only in an interpreter of
+its version, so every other version gets its own, installed from the registry by that interpreter's
+pip into .cache/coverage-py/3.X (``provide``); the data files of all versions are combined at the
+end, which reads them whatever coverage.py version wrote them (one SQLite schema).
 
-    python -m tests.coverage_agent hook SITE_PACKAGES     installs the hook (run_tests.sh: tooling venv)
+    python -m tests.coverage_agent hook SITE_PACKAGES PYTHON...  installs the hook (run_tests.sh: the
+                                                   tooling venv's) and coverage.py for each PYTHON
     python -m tests.coverage_agent report [--fail-under=N] the combined data, agent and server each
 """
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import coverage
 
@@ -59,9 +64,39 @@ def coverage_init(reg, options) -> None:
     reg.add_file_tracer(_AgentPlugin())
 
 
-def hook_line() -> str:
-    """The .pth line: start coverage.py from this (the tooling) venv, put sys.path back."""
-    paths = [str(Path(coverage.__file__).resolve().parent.parent)]
+TOOLING_VERSION = "%d.%d" % sys.version_info[:2]
+CACHE = Path(os.environ.get("CEA_CACHE") or Path(__file__).resolve().parent.parent / ".cache")
+# The newest coverage.py each interpreter's pip finds for its version (3.8's stops at 7.6); before
+# 3.11, reading pyproject.toml (COVERAGE_PROCESS_START) takes tomli: the "toml" extra.
+REQUIREMENT = "coverage[toml]>=7.6,<8"
+
+
+def coverage_dir(version: str) -> Path:
+    """Where an interpreter of `version` finds coverage.py: the tooling venv's, or its own."""
+    if version == TOOLING_VERSION:
+        return Path(coverage.__file__).resolve().parent.parent
+    return CACHE / "coverage-py" / version
+
+
+def provide(python: str) -> Optional[str]:
+    """Install coverage.py for `python`'s version once (a stamp holds the requirement); None, or why not."""
+    version = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=60).stdout.strip()
+    target = coverage_dir(version)
+    stamp = target / ".installed"
+    if version == TOOLING_VERSION or (stamp.exists() and stamp.read_text() == REQUIREMENT):
+        return None
+    proc = subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                           "--no-warn-script-location", "--upgrade", "--target", str(target), REQUIREMENT],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        return "CPython %s not measured: pip install %s failed:\n%s" % (version, REQUIREMENT, proc.stderr)
+    stamp.write_text(REQUIREMENT)
+    return None
+
+
+def hook_line(version: str) -> str:
+    """The .pth line: start coverage.py from `version`'s directory, put sys.path back."""
     code = ("import os\n"
             "if os.environ.get('COVERAGE_PROCESS_START'):\n"
             "    added = %r\n"
@@ -72,12 +107,27 @@ def hook_line() -> str:
             "    except Exception:\n"
             "        pass\n"
             "    finally:\n"
-            "        del sys.path[:len(added)]\n" % paths)
+            "        del sys.path[:len(added)]\n" % [str(coverage_dir(version))])
     return "import sys; exec(%r)\n" % code
 
 
-def install_hook(site_packages) -> None:
-    (Path(site_packages) / HOOK_NAME).write_text(hook_line(), encoding="utf-8")
+def install_hook(site_packages, version: str) -> None:
+    """Measure the interpreter of this site-packages, if coverage.py was provided for its version."""
+    if version == TOOLING_VERSION or (coverage_dir(version) / ".installed").exists():
+        (Path(site_packages) / HOOK_NAME).write_text(hook_line(version), encoding="utf-8")
+
+
+def remove_hook(site_packages) -> None:
+    (Path(site_packages) / HOOK_NAME).unlink(missing_ok=True)
+
+
+def setup(site_packages, pythons) -> None:
+    """The tooling venv's hook, and coverage.py for every interpreter the tests drive."""
+    install_hook(site_packages, TOOLING_VERSION)
+    for python in pythons:
+        failure = provide(python)
+        if failure:
+            print("coverage: " + failure, file=sys.stderr)
 
 
 PARTS = {"agent": ["corp_error_agent.py"], "server": ["corp_error_server/*"]}
@@ -108,10 +158,10 @@ def report(fail_under: float = 0.0) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["hook"] and len(sys.argv) == 3:
-        install_hook(sys.argv[2])
+    if sys.argv[1:2] == ["hook"] and len(sys.argv) >= 3:
+        setup(sys.argv[2], sys.argv[3:])
     elif sys.argv[1:2] == ["report"] and len(sys.argv) <= 3:
         bar = sys.argv[2].split("=", 1)[1] if len(sys.argv) == 3 and sys.argv[2].startswith("--fail-under=") else "0"
         sys.exit(report(float(bar)))
     else:
-        sys.exit("usage: python -m tests.coverage_agent hook SITE_PACKAGES | report [--fail-under=PERCENT]")
+        sys.exit("usage: python -m tests.coverage_agent hook SITE_PACKAGES PYTHON... | report [--fail-under=PERCENT]")

@@ -4,7 +4,8 @@
 # From nothing but pyenv's CPythons and PyPI: builds a tooling venv under .cache/ with the 3.11
 # interpreter, installs pytest (+ hypothesis, build, hatchling, ruff, mypy, coverage, schemathesis), builds
 # this repo's wheel once into .cache/dist, reports which CPython 3.8-3.13 the agent tests will drive,
-# runs ruff and mypy, then pytest under coverage, and prints the coverage of the agent and the server.
+# runs ruff and mypy, then pytest under coverage, and prints the coverage of the agent and the server
+# (a full run fails under 90% of lines of either).
 # Extra arguments go to pytest:  bash tests/run_tests.sh -k hint -x
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -94,12 +95,18 @@ echo "== mypy"
 "$PY" -m mypy || lint_failed+=("mypy")
 
 # Coverage of the agent (agent proper included) and the server, in this process and in every
-# subprocess of an interpreter of the tooling version (tests/coverage_agent.py). CEA_COVERAGE=0: none.
+# subprocess of the interpreters the tests drive, each with its own coverage.py
+# (tests/coverage_agent.py). CEA_COVERAGE=0: none.
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 if [ "${CEA_COVERAGE:-1}" != "0" ]; then
     rm -rf "$CACHE/coverage"
     mkdir -p "$CACHE/coverage"
-    "$PY" -m tests.coverage_agent hook "$SITE" || exit 2
+    pythons=()
+    for minor in 8 9 10 11 12 13; do
+        p="$(find_python "$minor")"
+        [ -z "$p" ] || pythons+=("$p")
+    done
+    "$PY" -m tests.coverage_agent hook "$SITE" "${pythons[@]}" || exit 2
     export COVERAGE_PROCESS_START="$ROOT/pyproject.toml"
     export COVERAGE_FILE="$CACHE/coverage/data"
 else
@@ -112,11 +119,16 @@ rc=$?
 
 if [ -n "${COVERAGE_PROCESS_START:-}" ]; then
     unset COVERAGE_PROCESS_START
-    echo "== coverage of lines, agent proper and subprocesses of the tooling Python's version included"
+    echo "== coverage of lines, agent proper and subprocesses of every interpreter included"
     "$PY" -m coverage combine --quiet >/dev/null 2>&1
-    # The figures are printed against the issue's bar (90% of lines each); the agent part is short of
-    # it today (README, Development), so falling short is reported, not a failed run.
-    "$PY" -m tests.coverage_agent report --fail-under=90 || echo "run_tests.sh: coverage under the 90% bar (reported; not a failed run)" >&2
+    # The bar (issue 13): 90% of the lines of the agent and of the server each. A full run under it
+    # fails; a run of some tests only cannot reach it, so there the figures are only printed.
+    if [ $# -gt 0 ]; then
+        "$PY" -m tests.coverage_agent report
+    elif ! "$PY" -m tests.coverage_agent report --fail-under=90; then
+        echo "run_tests.sh: FAILED: coverage under the 90% bar" >&2
+        [ $rc -ne 0 ] || rc=1
+    fi
 fi
 if [ ${#lint_failed[@]} -gt 0 ]; then
     printf 'run_tests.sh: FAILED: %s\n' "${lint_failed[@]}" >&2

@@ -15,7 +15,6 @@ import socket
 import socketserver
 import struct
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -109,9 +108,8 @@ def make_venv(interpreter: Path, path: Path, version: str, kind: str = "none",
     cmd = [interpreter, "-m", "venv"] + ([] if with_pip or kind == "wheel" else ["--without-pip"])
     _check(cmd + [path], env=clean_env())
     venv = Venv(path, version, kind)
-    if kind != "none" and os.environ.get("COVERAGE_PROCESS_START") and version == "%d.%d" % sys.version_info[:2]:
-        from coverage_agent import install_hook  # run_tests.sh measures the agent: coverage.py is there
-        install_hook(venv.site_packages)
+    if kind != "none":
+        measure_agent(venv)
     if kind == "wheel":
         _check([venv.python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
                 "--no-index", "--no-deps", wheel_path()], env=clean_env())
@@ -142,7 +140,18 @@ def package_venv(interpreter: Path, version: str, packages: Iterable[str]) -> Ve
             (path / ".complete").write_text("\n".join(packages) + "\n")
         venv = Venv(path, version, "copy")
         copy_agent(venv.site_packages)
+        measure_agent(venv)
     return venv
+
+
+def measure_agent(venv: Venv) -> None:
+    """Under run_tests.sh's coverage the venv's interpreter measures the agent (tests/coverage_agent.py);
+    otherwise a venv kept from such a run stops."""
+    from coverage_agent import install_hook, remove_hook  # (coverage.py is in the tooling venv)
+    if os.environ.get("COVERAGE_PROCESS_START"):
+        install_hook(venv.site_packages, venv.version)
+    else:
+        remove_hook(venv.site_packages)
 
 
 def copy_agent(directory: Path) -> None:

@@ -171,12 +171,37 @@ def test_dash_m(agent_venv, backend, sandbox):
     assert first["event_id"] != second["event_id"]
 
 
+def test_dash_m_error_importing_the_package(py, agent_venv, backend, sandbox):
+    """Before 3.10 nothing tells which module ``-m`` runs while it imports the module's package."""
+    sandbox.script("pkgy/__init__.py", "raise ValueError('boom-package-init')\n")
+    sandbox.script("pkgy/mod.py", "")
+    proc = run(agent_venv.python, ["-m", "pkgy.mod"], sandbox.env(backend.url), cwd=sandbox.work)
+    assert proc.returncode == 1 and b"boom-package-init" in proc.stderr
+    [beacon] = wait_error(backend, "boom-package-init")
+    assert beacon["script_name"] == ("-m" if py.minor < 10 else "-m pkgy.mod")
+
+
 def test_dash_c(agent_venv, backend, sandbox):
     proc = run(agent_venv.python, ["-c", "raise ValueError('boom-c')"], sandbox.env(backend.url), cwd=sandbox.work)
     assert proc.returncode == 1
     [beacon] = wait_error(backend, "boom-c")
     assert re.fullmatch(r"[0-9a-f]{12}", beacon["script_id"])
     assert beacon["error_sig"].startswith("ValueError: boom-c")
+
+
+def test_a_script_from_stdin_is_named_stdin(agent_venv, backend, sandbox):
+    source = failing_source("boom-stdin").encode()
+    proc = run(agent_venv.python, ["-"], sandbox.env(backend.url), cwd=sandbox.work, input=source)
+    assert proc.returncode == 1
+    [beacon] = wait_error(backend, "boom-stdin")
+    assert beacon["script_name"] == "<stdin>"
+
+
+def test_a_script_that_removed_itself_keeps_its_name(agent_venv, backend, sandbox):
+    script = sandbox.script("cleanup.py", "import os\nos.remove(__file__)\nraise ValueError('boom-gone')\n")
+    assert run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work).returncode == 1
+    [beacon] = wait_error(backend, "boom-gone")
+    assert beacon["script_name"] == "cleanup.py"
 
 
 def test_subprocess_child(agent_venv, backend, sandbox):

@@ -5,9 +5,12 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import urllib.request
 
 import pytest
@@ -145,7 +148,7 @@ def test_configure_system_scope_in_venv(fresh_venv, sandbox, tmp_path):
     venv = fresh_venv("copy")
     env = sandbox.env()
     proc = cli(venv, ["configure", "--scope", "system", "--url", "http://errors.corp.example:8000",
-                      "--no-hints"], env)
+                      "--no-hints", "--min-confidence", "0.75"], env)
     assert proc.returncode == 0, proc.stderr
     system_file = venv.path / "etc" / "corp_error_agent" / "config.json"
     data = json.loads(system_file.read_text())
@@ -157,6 +160,7 @@ def test_configure_system_scope_in_venv(fresh_venv, sandbox, tmp_path):
     settings = _status(venv, other, returncode=1)["settings"]  # 1: errors.corp.example does not resolve
     assert settings["url"]["value"] == "http://errors.corp.example:8000"
     assert settings["hints"]["value"] is False
+    assert settings["min_confidence"] == {"value": 0.75, "source": "system file"}
 
 
 def test_flush_after_backend_comes_back(agent_venv, backend, sandbox):
@@ -297,6 +301,8 @@ BAD_USAGE = {
     "unknown-option": ["status", "--bogus"],
     "enable-and-disable": ["configure", "--enable", "--disable"],
     "hints-and-no-hints": ["configure", "--hints", "--no-hints"],
+    "min-confidence-range": ["configure", "--min-confidence", "1.5"],
+    "nothing-to-configure": ["configure", "--scope", "system"],
 }
 
 
@@ -340,3 +346,178 @@ def test_entry_points_agree(agent_venv, sandbox, tmp_path):
     for command in ("configure", "status", "test", "flush", "snapshot", "install", "uninstall"):
         proc = cli(agent_venv, [command, "--help"], env)
         assert proc.returncode == 0 and b"usage" in proc.stdout.lower(), command
+
+
+def _one_line_failure(proc, words: str) -> None:
+    """Exit status 1 and the reason on one line of stderr, no traceback."""
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and words in lines[0], (proc.stdout, proc.stderr)
+
+
+def test_configure_leaves_a_config_file_that_is_not_an_object_alone(agent_venv, sandbox):
+    user_file = sandbox.config_home / "corp_error_agent" / "config.json"
+    user_file.parent.mkdir(parents=True)
+    user_file.write_text('["http://127.0.0.1:1"]')
+    proc = cli(agent_venv, ["configure", "--url", "http://errors.example"], sandbox.env())
+    _one_line_failure(proc, "%s is not a JSON object; fix or remove it first" % user_file)
+    assert user_file.read_text() == '["http://127.0.0.1:1"]'
+
+
+def test_configure_says_why_it_cannot_write(agent_venv, sandbox):
+    (sandbox.config_home / "corp_error_agent").write_text("a file where the directory goes")
+    proc = cli(agent_venv, ["configure", "--no-hints"], sandbox.env())
+    _one_line_failure(proc, "cannot write %s" % (sandbox.config_home / "corp_error_agent" / "config.json"))
+
+
+def test_uninstall_leaves_an_agent_pip_installed_to_pip(agent_venv, sandbox):
+    before = tree(agent_venv.site_packages)
+    proc = cli(agent_venv, ["uninstall"], sandbox.env())
+    _one_line_failure(proc, "was installed by pip: run pip uninstall corp-error-agent")
+    assert tree(agent_venv.site_packages) == before
+
+
+def test_install_for_the_user_is_refused_in_a_venv(agent_venv, sandbox):
+    proc = cli(agent_venv, ["install", "--user"], sandbox.env())
+    _one_line_failure(proc, "the user site-packages is disabled for this interpreter (a venv?); use --target")
+    assert not (sandbox.home / ".local").exists()
+
+
+def test_an_installed_agent_installs_itself_elsewhere_and_over_itself(py, copy_venv, backend, sandbox, tmp_path):
+    target = tmp_path / "image-site"
+    target.mkdir()
+    env = sandbox.env(backend.url)
+    proc = cli(copy_venv, ["install", "--target", target], env)
+    assert proc.returncode == 0, proc.stderr
+    assert (target / "corp_error_agent.py").read_bytes() == (ROOT / "corp_error_agent.py").read_bytes()
+    assert (target / "__pycache__" / ("corp_error_agent.cpython-3%d.pyc" % py.minor)).is_file()
+    # into its own site-packages: the module is the file running, left as it is; the hook files rewritten
+    (copy_venv.site_packages / "corp_error_agent.pth").write_text("# damaged\n")
+    proc = cli(copy_venv, ["install"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert (copy_venv.site_packages / "corp_error_agent.pth").read_text() == (ROOT / "corp_error_agent.pth").read_text()
+    script = sandbox.script("app.py", failing_source("boom-reinstalled"))
+    assert run(copy_venv.python, [script], env, cwd=sandbox.work).returncode == 1
+    wait_error(backend, "boom-reinstalled")
+    proc = cli(copy_venv, ["uninstall", "--target", target], env)
+    assert proc.returncode == 0, proc.stderr
+    assert tree(target) == []
+    proc = cli(copy_venv, ["uninstall", "--target", target], env)
+    assert proc.returncode == 0 and b"nothing: not installed in" in proc.stdout
+
+
+def test_install_and_uninstall_say_what_is_in_the_way(agent_venv, sandbox, tmp_path):
+    target = tmp_path / "site"
+    (target / "corp_error_agent.py").mkdir(parents=True)  # a directory where the module goes
+    proc = cli(agent_venv, ["install", "--target", target], sandbox.env())
+    _one_line_failure(proc, "cannot install into %s: Is a directory" % target)
+    proc = cli(agent_venv, ["uninstall", "--target", target], sandbox.env())
+    _one_line_failure(proc, "cannot uninstall from %s: Is a directory" % target)
+    assert (target / "corp_error_agent.py").is_dir()
+
+
+def test_test_command_says_why_the_backend_refused(agent_venv, backend, sandbox):
+    backend.set_reply("/beacon", Reply(413, {"error": "body over 1000000 bytes"}))
+    backend.set_reply("/suggest", Reply(200, body=b"<html>\x1b[2J not json</html>"))
+    env = sandbox.env(backend.url)
+    proc = cli(agent_venv, ["test", "--json"], env)
+    assert proc.returncode == 1, proc.stderr
+    results = json.loads(proc.stdout)
+    assert results["beacon"]["error"] == "HTTP 413: POST /beacon is over the backend's size limit"
+    assert results["beacon"]["answer"] == {"error": "body over 1000000 bytes"}
+    assert results["suggest"]["ok"] is True and results["suggest"]["answer"] == "<html> not json</html>"
+    text = cli(agent_venv, ["test"], env).stdout.decode()
+    assert 'HTTP 413: POST /beacon is over the backend\'s size limit {"error": "body over 1000000 bytes"}' in text
+    backend.set_reply("/beacon", Reply(418, {}))
+    proc = cli(agent_venv, ["test", "--json"], env)
+    assert json.loads(proc.stdout)["beacon"]["error"] == "HTTP 418"
+    backend.set_fault("500")
+    proc = cli(agent_venv, ["test", "--json"], env)
+    results = json.loads(proc.stdout)
+    assert results["beacon"] == dict(results["beacon"], ok=False, status=500, error=(
+        "HTTP 500: the backend failed to answer POST /beacon: reports wait in the spool"))
+
+
+def test_status_names_a_server_that_fails_the_probe(agent_venv, backend, sandbox):
+    backend.set_reply("/healthz", Reply(200, {"ok": True, "schema_version": 7}))
+    backend.set_fault("500", paths=["/suggest"])
+    data = _status(agent_venv, sandbox.env(backend.url), returncode=1)
+    assert data["backend"]["server"] == "corp-error-server (schema 7)"
+    assert data["backend"]["problem"] == \
+        "HTTP 500: the backend failed to answer POST /suggest: reports wait in the spool"
+
+
+def test_status_takes_a_backend_without_healthz_for_the_published_server(agent_venv, backend, sandbox):
+    backend.set_fault("garbage", paths=["/healthz"])  # some page, not our server's JSON; /suggest answers
+    data = _status(agent_venv, sandbox.env(backend.url))
+    assert data["ok"] is True
+    assert data["backend"]["server"] == "a backend without /healthz (the published 0.4.2 Django server?)"
+
+
+@pytest.fixture
+def not_http_server():
+    """A server of another protocol (SSH, say): it greets every connection with a banner and hangs up."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def greet():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+    thread = threading.Thread(target=greet, daemon=True)
+    thread.start()
+    yield "127.0.0.1:%d" % server.getsockname()[1]
+    server.close()
+    thread.join(timeout=10)
+
+
+def test_status_says_a_server_of_another_protocol_does_not_answer_in_http(agent_venv, sandbox, not_http_server):
+    proc = cli(agent_venv, ["status"], sandbox.env("http://" + not_http_server))
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr
+    assert "PROBLEM: unreachable: %s did not answer in HTTP (BadStatusLine)" % not_http_server in proc.stdout.decode()
+
+
+@pytest.mark.parametrize("failure", ["tls", "silent"])
+def test_status_says_in_words_why_a_backend_gives_no_answer(agent_venv, backend, sandbox, failure):
+    where = "127.0.0.1:%d" % backend.port
+    url = ("https://" if failure == "tls" else "http://") + where
+    if failure != "tls":
+        backend.set_fault(failure)
+    proc = cli(agent_venv, ["status"], sandbox.env(url))
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr
+    problem = proc.stdout.decode().split("PROBLEM: ")[1]
+    assert problem.startswith({"tls": "unreachable: TLS with %s failed: " % where,
+                               "silent": "unreachable: no answer from %s within 2s" % where}[failure]), problem
+
+
+def test_status_shows_the_breaker_and_closes_it_once_the_backend_answers(agent_venv, backend, sandbox):
+    env = sandbox.env(backend.url)
+    script = sandbox.script("app.py", failing_source("boom-status-breaker"))
+    backend.set_fault("500")
+    assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 1
+    [breaker] = sandbox.breakers()
+    proc = cli(agent_venv, ["status"], env)
+    assert proc.returncode == 1
+    assert re.search(r"breaker: +open until \S+ \S+ after HTTP 500: errors are spooled, not sent", proc.stdout.decode())
+    assert breaker.exists()
+    backend.set_fault(None)
+    proc = cli(agent_venv, ["status"], env)
+    assert proc.returncode == 0, proc.stdout
+    assert "breaker:        closed: the backend answers again (it opened after HTTP 500)" in proc.stdout.decode()
+    assert sandbox.breakers() == []
+
+
+def test_ctrl_c_ends_a_command_waiting_on_the_backend(agent_venv, backend, sandbox):
+    backend.set_fault("silent")
+    proc = subprocess.Popen([str(agent_venv.python), "-m", "corp_error_agent", "status"], env=sandbox.env(backend.url),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        backend.wait_for("/healthz")  # the command waits for the answer now
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=WAIT_TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (proc.returncode, out, err) == (130, b"", b"")

@@ -332,3 +332,118 @@ def test_beacons_name_the_host_unless_told_not_to(agent_venv, backend, sandbox, 
         server.wait_group("boom-no-host", lambda group: group["count"] == 1)
     finally:
         server.stop()
+
+
+def _cli(venv, args, env):
+    return run(venv.python, ["-m", "corp_error_agent"] + args, env)
+
+
+def test_a_beacon_the_backend_refuses_is_dropped_and_counted(agent_venv, backend, sandbox):
+    backend.set_reply("/beacon", Reply(400, {"error": "missing field"}))
+    env = sandbox.env(backend.url)
+    script = sandbox.script("app.py", failing_source("boom-refused"))
+    assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 1
+    [refused] = backend.wait_for("/beacon")
+    assert sandbox.spool() == []  # never retried: the backend will not take it
+    [line] = (sandbox.cache / "dropped.log").read_text().splitlines()
+    assert line.split()[1:] == ["rejected-400", refused.json["event_id"]]
+    status = json.loads(_cli(agent_venv, ["status", "--json"], env).stdout)
+    assert status["spool"]["dropped"] == {"rejected-400": 1}
+    assert "; dropped: rejected-400 1" in _cli(agent_venv, ["status"], env).stdout.decode()
+
+
+def test_flush_drops_a_torn_spool_entry(agent_venv, backend, sandbox):
+    (sandbox.cache / "spool").mkdir(parents=True)
+    torn = sandbox.cache / "spool" / ("00000000000000000001-%s.json" % ("c" * 32))
+    torn.write_text('{"beacon": {"kind": "err')
+    flush = _cli(agent_venv, ["flush", "--json"], sandbox.env(backend.url))
+    assert flush.returncode == 0, flush.stderr
+    assert json.loads(flush.stdout) == {"delivered": 0, "rejected": 1, "remaining": 0}
+    assert sandbox.spool() == [] and backend.settle() == []
+
+
+def test_an_unusable_cache_dir_falls_back_to_a_per_user_temp_dir(agent_venv, backend, sandbox):
+    in_the_way = sandbox.tmp / "not-a-dir"
+    in_the_way.write_text("")
+    temp = sandbox.tmp / "tmp"
+    temp.mkdir()
+    env = sandbox.env(closed_port_url(), {"ERROR_AGENT_CACHE_DIR": str(in_the_way), "TMPDIR": str(temp)})
+    script = sandbox.script("app.py", failing_source("boom-temp-dir"))
+    assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 1
+    state_dir = temp / ("corp_error_agent-%d" % os.getuid())
+    assert len(list((state_dir / "spool").glob("*.json"))) == 1
+    flush = _cli(agent_venv, ["flush", "--json"], dict(env, ERROR_AGENT_URL=backend.url))
+    assert json.loads(flush.stdout)["delivered"] == 1, flush.stderr
+    wait_error(backend, "boom-temp-dir")
+
+
+def test_with_success_always_clean_runs_wait_in_the_spool_for_the_next_contact(agent_venv, backend, sandbox):
+    env = sandbox.env(backend.url, {"ERROR_AGENT_SUCCESS": "always"})
+    clean = sandbox.script("fine.py", "print('fine')\n")
+    assert run(agent_venv.python, [clean], env, cwd=sandbox.work).stdout == b"fine\n"
+    assert backend.settle() == []  # routine successes travel in batches
+    [entry] = sandbox.spool()
+    success = json.loads(entry.read_text())["beacon"]
+    assert success["kind"] == "success" and "prev_error_sig" not in success
+    failing = sandbox.script("app.py", failing_source("boom-takes-the-batch"))
+    assert run(agent_venv.python, [failing], env, cwd=sandbox.work).returncode == 1
+    wait_error(backend, "boom-takes-the-batch")
+    [delivered] = backend.wait_for("/beacon", where=lambda b: b.get("kind") == "success")
+    assert delivered.json["event_id"] == success["event_id"]
+    assert sandbox.spool() == []
+
+
+def test_an_agent_disabled_in_the_config_file_reports_nothing_until_enabled(agent_venv, backend, sandbox):
+    flag = sandbox.work / "FAIL"
+    script = sandbox.script("flaky.py", "import os\nif os.path.exists('FAIL'):\n    raise RuntimeError('boom-off')\n")
+    env = sandbox.env(backend.url)
+    flag.write_text("")
+    assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 1
+    [error] = wait_error(backend, "boom-off")
+    assert _cli(agent_venv, ["configure", "--disable"], env).returncode == 0
+    assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 1
+    flag.unlink()
+    assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 0
+    assert len(backend.settle()) == len(backend.of("/beacon")) + len(backend.of("/env")) + len(backend.of("/suggest"))
+    assert [b["kind"] for b in backend.bodies("/beacon")] == ["error"]
+    assert _cli(agent_venv, ["configure", "--enable"], env).returncode == 0
+    assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 0
+    [success] = [r.json for r in backend.wait_for("/beacon", where=lambda b: b.get("kind") == "success")]
+    assert success["prev_error_sig"] == error["error_sig"]  # the failure waited while the agent was off
+
+
+def test_scripts_of_one_file_name_wait_for_their_own_clean_runs(agent_venv, backend, sandbox):
+    env = sandbox.env(backend.url)
+    source = "import os\nif os.path.exists(os.path.join(os.path.dirname(__file__), 'FAIL')):\n" \
+             "    raise RuntimeError('boom-in-' + os.path.basename(os.path.dirname(__file__)))\n"
+    scripts = {where: sandbox.script("app.py", source, directory=sandbox.work / where) for where in ("one", "two")}
+    forgotten = sandbox.cache / "pending" / "app.py" / "file_somewhere_app.py.json"
+    forgotten.parent.mkdir(parents=True)
+    forgotten.write_text('{"ts": 0, "env_hash": "0", "error_sig": "old"}')
+    eight_days_ago = time.time() - 8 * 86400
+    os.utime(forgotten, (eight_days_ago, eight_days_ago))
+    for where, script in scripts.items():
+        (script.parent / "FAIL").write_text("")
+        assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 1
+        wait_error(backend, "boom-in-" + where)
+    assert not forgotten.exists()  # a failure never followed by a clean run is forgotten after a week
+    for where, script in scripts.items():
+        (script.parent / "FAIL").unlink()
+        assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 0
+        backend.wait_for("/beacon", where=lambda b, sig="boom-in-" + where: b.get("kind") == "success"
+                         and sig in b.get("prev_error_sig", ""))
+    assert len(success_beacons(backend)) == 2
+    assert not (sandbox.cache / "pending" / "app.py").exists()
+
+
+def test_a_url_without_scheme_keeps_the_report_and_debug_says_why(agent_venv, plain_venv, sandbox):
+    script = sandbox.script("app.py", failing_source("boom-no-scheme"))
+    env = sandbox.env("errors.example")
+    quiet = run(agent_venv.python, [script], env, cwd=sandbox.work)
+    without = run(plain_venv.python, [script], env, cwd=sandbox.work)
+    assert (quiet.returncode, quiet.stderr) == (without.returncode, without.stderr)  # swallowed
+    debug = run(agent_venv.python, [script], dict(env, ERROR_AGENT_DEBUG="1"), cwd=sandbox.work)
+    assert debug.stderr.startswith(without.stderr)
+    shown = debug.stderr[len(without.stderr):].decode()
+    assert shown.startswith("corp-error-agent debug: Traceback") and "unknown url type" in shown
+    assert len(list((sandbox.cache / "spool").glob("*.json*"))) == 2  # both kept for a correct URL

@@ -47,7 +47,8 @@ def test_hint_from_django_style_answer(agent_venv, plain_venv, backend, sandbox)
     (MATCH, {"ERROR_AGENT_MIN_CONFIDENCE": "0.95"}),
     (MATCH, {"ERROR_AGENT_HINT": "0"}),
     ({"match": False, "confidence": 0.99, "hint": "no match", "solution": "x"}, None),
-], ids=["below-default-min", "below-env-min", "hints-off", "no-match"])
+    ({"match": True, "confidence": 0.99, "hint": "\x1b[2J\u200b", "solution": None, "docs": "https://d.example"}, None),
+], ids=["below-default-min", "below-env-min", "hints-off", "no-match", "nothing-printable"])
 def test_hint_not_shown(agent_venv, plain_venv, backend, sandbox, answer, extra):
     backend.set_reply("/suggest", Reply(200, answer))
     with_agent, without = _runs(agent_venv, plain_venv, backend, sandbox, extra)
@@ -55,3 +56,10 @@ def test_hint_not_shown(agent_venv, plain_venv, backend, sandbox, answer, extra)
     wait_error(backend, "boom-hint")  # reporting goes on without hints
     if not extra or "ERROR_AGENT_HINT" not in extra:
         backend.wait_for("/suggest")  # it asked, and chose not to show the answer
+
+
+def test_hint_names_the_docs(agent_venv, plain_venv, backend, sandbox):
+    backend.set_reply("/suggest", Reply(200, dict(MATCH, docs="https://numpy.org/devdocs/numpy_2_0_migration_guide")))
+    with_agent, without = _runs(agent_venv, plain_venv, backend, sandbox)
+    assert with_agent.stderr[len(without.stderr):] == BLOCK.replace(
+        b"  confidence", b"  docs:       https://numpy.org/devdocs/numpy_2_0_migration_guide\n  confidence")

@@ -79,6 +79,14 @@ def test_cell_error_reported_with_the_hint_under_the_traceback(jupyter, backend,
     assert beacon["trace"].rstrip().endswith("KeyError: 'nb-cell'")
 
 
+def test_a_kernel_told_its_notebook_by_the_server_reports_under_that_name(jupyter, backend, sandbox):
+    notebook = write_notebook(sandbox.work / "copy-run-by-nbclient.ipynb", "raise KeyError('nb-named')")
+    env = sandbox.env(backend.url, {"JPY_SESSION_NAME": "reports/named-by-the-server.ipynb"})
+    execute(jupyter, sandbox, notebook, env)
+    [beacon] = wait_error(backend, "nb-named")
+    assert beacon["script_name"] == "named-by-the-server.ipynb"
+
+
 def test_pip_install_and_restart_is_the_fix(jupyter, backend, sandbox):
     """A cell fails; the user adds `%pip install` and restarts the kernel; the cell succeeds: the
     success names the failing environment, and the snapshot has what %pip installed into the

@@ -152,3 +152,31 @@ def test_no_heavy_imports_at_start(agent_venv, plain_venv, sandbox):
     added = with_agent - without
     assert not (added & HEAVY), sorted(added)
     assert not {m for m in added if m.split(".")[0] in HEAVY}, sorted(added)
+
+
+UPGRADE_UNDER_IT = """import pathlib, re
+import corp_error_agent as agent
+path = pathlib.Path(agent.__file__)
+path.write_text(re.sub(r'__version__ = ".*"', '__version__ = "9.9.9"', path.read_text(), count=1))
+try:
+    agent.scrub
+except AttributeError as error:
+    print(error)
+raise ValueError("boom-upgraded")
+"""
+
+
+def test_an_agent_upgraded_under_a_running_process_stays_out_of_it(fresh_venv, plain_venv, backend, sandbox):
+    """The start-up part of one version never runs the agent proper of another: the process goes
+    on as without the agent, and says why only when asked for the agent's names."""
+    venv = fresh_venv("copy")
+    script = sandbox.script("app.py", UPGRADE_UNDER_IT)
+    env = sandbox.env(backend.url)
+    # coverage.py imports multiprocessing, whose patch loads the agent proper at start-up: unmeasured
+    env.pop("COVERAGE_PROCESS_START", None)
+    upgraded = run(venv.python, [script], env, cwd=sandbox.work)
+    assert upgraded.returncode == 1, upgraded.stderr
+    assert "is another version than this process started with" in upgraded.stdout.decode()
+    assert upgraded.stderr.endswith(b"ValueError: boom-upgraded\n")
+    assert b"corp-error-agent" not in upgraded.stderr
+    assert backend.settle() == [] and sandbox.spool() == []

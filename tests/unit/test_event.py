@@ -184,3 +184,17 @@ if given is not None:
     def test_scrub_is_idempotent(text):
         once = agent.scrub(text)
         assert agent.scrub(once) == once
+
+
+def test_format_trace_of_a_traceback_the_formatter_cannot_read_keeps_the_exception_line():
+    error = ValueError("boom-unformattable")
+    assert agent.format_trace(ValueError, error, "not a traceback") == "ValueError: boom-unformattable\n"
+
+
+def test_distributions_named_without_a_version_are_read_from_their_metadata(tmp_path):
+    (tmp_path / "Plain_Name-1.0.dist-info").mkdir()
+    (tmp_path / "weird.dist-info").mkdir()
+    (tmp_path / "weird.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: Weird.Pkg\nVersion: 2.3\n")
+    (tmp_path / "broken.dist-info").mkdir()  # no METADATA: nothing to tell
+    (tmp_path / "not-a-dist").mkdir()
+    assert agent._scan_distributions([str(tmp_path)]) == {"plain-name": "1.0", "weird-pkg": "2.3"}
