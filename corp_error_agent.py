@@ -1318,12 +1318,12 @@ def _post(settings: _Settings, path: str, payload: dict, timeout: float):
     body = json.dumps(payload)
     if "\\ud" in body:  # a surrogate escape: maybe a lone one, which strict servers refuse
         body = json.dumps(_wire_safe(payload))
-    request = urllib.request.Request(settings.url + path, data=body.encode("utf-8"), headers=headers,
-                                     method="POST")
     import _thread
     contacting = _process.setdefault("contacting", {})  # see _wait
     contacting[_thread.get_ident()] = settings
-    try:
+    try:  # (a URL urllib cannot use, "errors.example" without its scheme, fails as the backend does)
+        request = urllib.request.Request(settings.url + path, data=body.encode("utf-8"), headers=headers,
+                                         method="POST")
         with _bounded_opener(timeout).open(request, timeout=timeout) as response:
             return response.status, response.read(_RESPONSE_LIMIT + 1)
     except urllib.error.HTTPError as error:
