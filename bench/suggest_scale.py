@@ -1,12 +1,12 @@
 """/suggest latency at fleet scale: 1M beacons over 20k environments, SQLite and PostgreSQL.
 
-The population goes through the storage API directly (``add_beacons`` in big transactions, no
-HTTP, no fsync), into SQLite; PostgreSQL gets a copy of it by `corp-error-server migrate`, so both
-backends hold the same rows. 200 error groups of Zipf-like sizes (the busiest holds ~20% of the
-beacons, as a bad release would), half of them with a cause (one version of one package fails);
-one run in eight is a success after a failure. Then a server process per backend answers /suggest
-over a keep-alive connection for (group, environment) pairs drawn with the same weights, and the
-client measures each round trip.
+The population is written in bulk into SQLite (bench/_bulk.py: the rows storage derives for these
+beacons, a table at a time; storing a million beacons one by one takes far longer than reading
+them), and PostgreSQL gets a copy of it by COPY, so both backends hold the same rows. 200 error
+groups of Zipf-like sizes (the busiest holds ~20% of the beacons, as a bad release would), half of
+them with a cause (one version of one package fails); one run in eight is a success after a
+failure. Then a server process per backend answers /suggest over a keep-alive connection for
+(group, environment) pairs drawn with the same weights, and the client measures each round trip.
 
     python bench/suggest_scale.py [--quick] [--beacons N] [--envs N]
 Bar: p99 <= 20 ms on both backends. psycopg comes from PyPI into the venv server_ingest.py makes.
@@ -24,12 +24,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import corp_error_agent  # noqa: E402
+from _bulk import Population  # noqa: E402
 from _common import PACKAGES, REPO, Client, environment, percentile, postgres, start, stop  # noqa: E402
 from corp_error_server.app import parse_env  # noqa: E402
-from corp_error_server.storage import Beacon, SQLiteStorage  # noqa: E402
+from corp_error_server.storage import Beacon  # noqa: E402
 
 _GROUPS = 200
-_BATCH = 1000          # items per add_beacons call (one transaction)
 
 
 def _signature(group: int) -> str:
@@ -39,14 +39,12 @@ def _signature(group: int) -> str:
 def populate(path: str, beacons: int, envs: int, seed: int = 0):
     """Store the population; return the group weights and, per group with a cause, its failing envs."""
     rng = random.Random(seed)
-    storage = SQLiteStorage(path, synchronous="OFF")
+    population = Population(path, time.time())
     packages = []
-    batch = []
     for index in range(envs):
         env = environment(rng, index, minors=2)
         packages.append(env["packages"])
-        batch.append((None, parse_env(env)))
-    storage.add_beacons(batch)
+        population.add_env(parse_env(env))
     weights = [1.0 / (g + 1) for g in range(_GROUPS)]        # Zipf: the first group ~17% of all beacons
     failing, working = {}, {}
     for group in range(0, _GROUPS, 2):
@@ -59,26 +57,21 @@ def populate(path: str, beacons: int, envs: int, seed: int = 0):
     mentions = frozenset({"pandas"})
     groups = rng.choices(range(_GROUPS), weights, k=beacons)
     now = time.time()
-    for start_at in range(0, beacons, _BATCH):
-        batch = []
-        for i in range(start_at, min(start_at + _BATCH, beacons)):
-            group = groups[i]
-            success = i % 8 == 0
-            if group in failing:
-                env_index = rng.choice(working[group] if success else failing[group])
-                previous = rng.choice(failing[group])
-            else:
-                env_index, previous = rng.randrange(envs), rng.randrange(envs)
-            batch.append((Beacon(kind="success" if success else "error", env_hash="%012x" % env_index,
-                                 script_id="s%05d" % rng.randrange(20000), group_key=None if success else keys[group],
-                                 signature=None if success else _signature(group),
-                                 trace=None if success else traces[group], ts=now, event_id="b%d" % i, script_name=None,
-                                 agent=None, test=False, prev_env_hash="%012x" % previous if success else None,
-                                 prev_group_key=keys[group] if success else None, mentions=mentions), None))
-        for result in storage.add_beacons(batch):
-            if result.error is not None:
-                raise result.error
-    storage.close()
+    for i in range(beacons):
+        group = groups[i]
+        success = i % 8 == 0
+        if group in failing:
+            env_index = rng.choice(working[group] if success else failing[group])
+            previous = rng.choice(failing[group])
+        else:
+            env_index, previous = rng.randrange(envs), rng.randrange(envs)
+        population.add(Beacon(kind="success" if success else "error", env_hash="%012x" % env_index,
+                              script_id="s%05d" % rng.randrange(20000), group_key=None if success else keys[group],
+                              signature=None if success else _signature(group),
+                              trace=None if success else traces[group], ts=now, event_id="b%d" % i, script_name=None,
+                              agent=None, test=False, prev_env_hash="%012x" % previous if success else None,
+                              prev_group_key=keys[group] if success else None, mentions=mentions))
+    population.close()
     return weights, failing
 
 
@@ -140,10 +133,9 @@ def main(argv=None) -> int:
                 figures.append(("PostgreSQL", reason))
             else:
                 started = time.perf_counter()
-                subprocess.run([python, "-m", "corp_error_server", "migrate", db, url], cwd=REPO, check=True,
-                               env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL)
-                print("copied into PostgreSQL by `corp-error-server migrate` in %.0f s"
-                      % (time.perf_counter() - started), flush=True)
+                subprocess.run([python, os.path.join(REPO, "bench", "_bulk.py"), db, url], cwd=REPO, check=True,
+                               env=dict(os.environ, PYTHONPATH=REPO))
+                print("copied into PostgreSQL by COPY in %.0f s" % (time.perf_counter() - started), flush=True)
                 figures.append(("PostgreSQL", _measure(url, queries, envs, weights, failing, python)))
     met = True
     for backend, latencies in figures:

@@ -30,6 +30,7 @@ from .storage import (
     Beacon,
     Env,
     GroupQuery,
+    GroupState,
     Storage,
     StorageConflict,
     StorageError,
@@ -284,8 +285,10 @@ class _App:
         self._purger: Optional[threading.Thread] = None
         self._schema_version = storage.schema_version()
         self._alerts = alerts.Alerts(webhooks, self._alert_events) if webhooks else None
-        self._suggested: Dict[int, Tuple[tuple, dict]] = {}   # group id -> (its counts then, the engine's answer)
-        self._compared: Dict[int, Tuple[tuple, List[dict]]] = {}
+        # group id -> what was computed from it, under the group's revision then (and the requester)
+        self._states: Dict[int, GroupState] = {}
+        self._suggested: Dict[int, Tuple[tuple, dict]] = {}
+        self._compared: Dict[int, Tuple[int, List[dict]]] = {}
         self._suggested_lock = threading.Lock()
         self._routes: Dict[str, Dict[str, Callable]] = {
             "/beacon": {"POST": self._beacon}, "/env": {"POST": self._env}, "/suggest": {"POST": self._suggest},
@@ -503,10 +506,11 @@ class _App:
         env_hash = _text(_required(body, "env_hash"), "env_hash", _SUGGEST["env_hash"])
         script_id = _optional_text(body, "script_id", _SUGGEST["script_id"])
         key = resolve_group(self.storage, error_sig, env_hash, script_id)
-        group = self.storage.group_data(key, script_id) if key else None
-        if group is None:
+        found = self.storage.group_revision(key) if key else None
+        if found is None:
             return 200, {"match": False, "reason": "no runs of this error yet"}, []
-        return 200, engine.suggest(group, self.storage.env_features(env_hash)), []
+        state = self._group_states(dict([found]))[found[0]]
+        return 200, engine.suggest(state.for_script(script_id), self.storage.env_features(env_hash)), []
 
     def _healthz(self, environ: dict):
         self.storage.ping()   # the database down: StorageUnavailable, a 503 (bounded by the storage's timeouts)
@@ -517,19 +521,35 @@ class _App:
 
     # -- what pages and the API share -------------------------------------------------------
 
+    def _group_states(self, revisions: Dict[int, int]) -> Dict[int, GroupState]:
+        """The engine's input of each group (id -> revision): the one kept when the group has not moved
+        since, else read (at its revision by then) and kept."""
+        with self._suggested_lock:
+            states = {g: self._states[g] for g, revision in revisions.items()
+                      if g in self._states and self._states[g].revision == revision}
+        missing = [g for g in revisions if g not in states]
+        if missing:
+            read = self.storage.group_states(missing)
+            states.update(read)
+            with self._suggested_lock:
+                if len(self._states) + len(read) > _SUGGESTIONS_KEPT:
+                    self._states.clear()
+                self._states.update(read)
+        return states
+
     def _suggestions(self, groups: Sequence[dict]) -> None:
         """Each group's suggestion for its latest failing run, into ``group["suggestion"]``.
 
-        A group's engine input changes only with its run counts, so an answer is kept under the counts
-        it was computed from (and the requesting environment) and computed again once they moved."""
-        keys = {g["id"]: (g["count"], g["failing_runs"], g["succeeding_runs"], g["latest_env"]) for g in groups}
+        The engine's answer depends on the group's data, which moves with its revision, and on the
+        requesting environment: it is kept under both and computed again once either moved."""
+        keys = {g["id"]: (g["revision"], g["latest_env"]) for g in groups}
         with self._suggested_lock:
             kept = {g["id"]: self._suggested[g["id"]] for g in groups if g["id"] in self._suggested}
         missing = [g for g in groups if g["id"] not in kept or kept[g["id"]][0] != keys[g["id"]]]
-        data = self.storage.groups_data([g["id"] for g in missing]) if missing else {}
+        states = self._group_states({g["id"]: g["revision"] for g in missing}) if missing else {}
         for group in missing:
             requester = self.storage.env_features(group["latest_env"]) if group["latest_env"] else None
-            kept[group["id"]] = (keys[group["id"]], engine.suggest(data[group["id"]], requester))
+            kept[group["id"]] = (keys[group["id"]], engine.suggest(states[group["id"]].data, requester))
         with self._suggested_lock:
             if len(self._suggested) + len(missing) > _SUGGESTIONS_KEPT:
                 self._suggested.clear()
@@ -543,16 +563,15 @@ class _App:
 
     def _comparison(self, group: dict) -> List[dict]:
         """The engine's per-feature comparison of the group, kept like its suggestion."""
-        key = (group["count"], group["failing_runs"], group["succeeding_runs"])
         with self._suggested_lock:
             kept = self._compared.get(group["id"])
-        if kept is not None and kept[0] == key:
+        if kept is not None and kept[0] == group["revision"]:
             return kept[1]
-        comparison = engine.comparison(self.storage.groups_data([group["id"]])[group["id"]])
+        comparison = engine.comparison(self._group_states({group["id"]: group["revision"]})[group["id"]].data)
         with self._suggested_lock:
             if len(self._compared) >= _SUGGESTIONS_KEPT:
                 self._compared.clear()
-            self._compared[group["id"]] = (key, comparison)
+            self._compared[group["id"]] = (group["revision"], comparison)
         return comparison
 
     def _groups(self, query: GroupQuery, now: float) -> Tuple[int, List[dict]]:
@@ -576,13 +595,13 @@ class _App:
         group = self.storage.group_by_id(int(group_id))
         if group is None:
             raise HTTPError(404, "no error group %s" % group_id)
-        data = self.storage.groups_data([group["id"]])[group["id"]]
+        data = self._group_states({group["id"]: group["revision"]})[group["id"]].data
         self._suggestions([group])
         answer = _api_group(group)
         answer["recent"] = [dict(r, ts_iso=pages.iso(r["ts"]), received_iso=pages.iso(r["received"]))
                             for r in self.storage.recent_errors(group["id"], 5)]
         answer["mentions"] = sorted(data.mentions)
-        answer["comparison"] = engine.comparison(data)
+        answer["comparison"] = self._comparison(group)
         answer["observed_fixes"] = [dict(f, received_iso=pages.iso(f["received"]))
                                     for f in self.storage.observed_fixes(group["id"], 20)]
         return 200, answer, []

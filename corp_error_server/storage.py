@@ -130,6 +130,34 @@ class BeaconResult(NamedTuple):
     regressed: bool = False         # ... or reopened a resolved one
 
 
+class GroupState(NamedTuple):
+    """What the engine reads of a group at one revision, whichever script asks. The revision moves
+    with every change of it (a run counted or purged, an error noted), so what is computed from
+    ``data`` may be kept under (group_id, revision)."""
+    group_id: int
+    revision: int
+    data: GroupData                 # the observed fixes with same_script False
+    fix_scripts: Tuple[str, ...]    # the script of each observed fix, in data.pairs' order
+
+    def for_script(self, script_id: Optional[str]) -> GroupData:
+        """The engine's input for a run of ``script_id``: its own observed fixes marked as such."""
+        if script_id is None or script_id not in self.fix_scripts:
+            return self.data
+        return self.data._replace(pairs=[pair._replace(same_script=sid == script_id)
+                                         for pair, sid in zip(self.data.pairs, self.fix_scripts)])
+
+
+def _once(read: Callable[[], T]) -> Callable[[], T]:
+    """``read`` run on the first call only: a kept GroupState reads its succeeding sample once."""
+    kept: List[T] = []
+
+    def first() -> T:
+        if not kept:
+            kept.append(read())
+        return kept[0]
+    return first
+
+
 class GroupQuery(NamedTuple):
     """A filtered, sorted page of error groups (the list page and /api/errors)."""
     search: str = ""
@@ -385,7 +413,8 @@ class Storage:
         if new:
             mentions = (mentions + new)[:_MENTIONS_KEPT]
         cur.execute("UPDATE groups SET errors = errors + 1, handled = handled + ?, mentions = ?, latest_env = ?, "
-                    "last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END WHERE id = ?",
+                    "last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END, revision = revision + 1 "
+                    "WHERE id = ?",
                     (int(beacon.handled), json.dumps(mentions), beacon.env_hash, now, now, group_id))
         cur.execute("INSERT INTO group_scripts(script_id, group_id) VALUES(?, ?) ON CONFLICT DO NOTHING",
                     (beacon.script_id, group_id))
@@ -432,7 +461,8 @@ class Storage:
         # rows locked in one order everywhere (a group's row, then its counts by feature), so concurrent
         # writers queue instead of deadlocking
         for group in sorted(groups):
-            cur.execute("UPDATE groups SET %s = %s + ? WHERE id = ?" % (column, column), (sign, group))
+            cur.execute("UPDATE groups SET %s = %s + ?, revision = revision + 1 WHERE id = ?" % (column, column),
+                        (sign, group))
             rows = [(group, f, v, fail, ok) for f, v in sorted(features.items())]
             for start in range(0, len(rows), _UPSERT_ROWS):
                 chunk = rows[start:start + _UPSERT_ROWS]
@@ -511,12 +541,20 @@ class Storage:
     def group_data(self, group_key: str, script_id: Optional[str] = None) -> Optional[GroupData]:
         """The group of that key; given only an exception line, the busiest group of that line."""
         def work(cur: Cursor) -> Optional[GroupData]:
-            row = cur.execute("SELECT id FROM groups WHERE key = ?", (group_key,)).fetchone()
-            if row is None:
-                keys = self._keys_of_message(cur, group_key)
-                row = cur.execute("SELECT id FROM groups WHERE key = ?", (keys[0],)).fetchone() if keys else None
-            return None if row is None else self._group_data(cur, row[0], script_id)
+            found = self._revision_of(cur, group_key)
+            return None if found is None else self._group_state(cur, found[0]).for_script(script_id)
         return self._read(work)
+
+    def group_revision(self, group_key: str) -> Optional[Tuple[int, int]]:
+        """(id, revision) of the group ``group_data`` reads for that key."""
+        return self._read(lambda cur: self._revision_of(cur, group_key))
+
+    def _revision_of(self, cur: Cursor, group_key: str) -> Optional[Tuple[int, int]]:
+        row = cur.execute("SELECT id, revision FROM groups WHERE key = ?", (group_key,)).fetchone()
+        if row is None:
+            keys = self._keys_of_message(cur, group_key)
+            row = cur.execute("SELECT id, revision FROM groups WHERE key = ?", (keys[0],)).fetchone() if keys else None
+        return None if row is None else (row[0], row[1])
 
     @staticmethod
     def _keys_of_message(cur: Cursor, message: str) -> List[str]:
@@ -546,14 +584,14 @@ class Storage:
             return latest[1]
         return self._read(work)
 
-    def _group_data(self, cur: Cursor, group_id: int, script_id: Optional[str]) -> GroupData:
-        key, fails, oks, mentions = cur.execute("SELECT key, fails, oks, mentions FROM groups WHERE id = ?",
-                                                (group_id,)).fetchone()
+    def _group_state(self, cur: Cursor, group_id: int) -> GroupState:
+        key, fails, oks, mentions, revision = cur.execute(
+            "SELECT key, fails, oks, mentions, revision FROM groups WHERE id = ?", (group_id,)).fetchone()
         counts: Counts = {}
         for feature, value, a, b in cur.execute("SELECT feature, value, fails, oks FROM counts WHERE group_id = ?",
                                                 (group_id,)):
             counts.setdefault(feature, {})[value] = (a, b)
-        pairs = []
+        pairs, fix_scripts = [], []
         for failing, fixed, sid in cur.execute(
                 "SELECT prev_env_hash, env_hash, script_id FROM beacons WHERE prev_group_id = ? "
                 "AND kind = 'success' AND prev_env_hash IS NOT NULL AND test = 0 ORDER BY id DESC LIMIT ?",
@@ -561,14 +599,16 @@ class Storage:
             failing_features = self._features_of(cur, failing)
             fixed_features = self._features_of(cur, fixed)
             if failing_features is not None and fixed_features is not None and failing != fixed:
-                pairs.append(FixPair(failing_features, fixed_features, sid == script_id))
+                pairs.append(FixPair(failing_features, fixed_features, False))
+                fix_scripts.append(sid)
         # distinct environments among the latest failing runs, scaled to all of them (bounded work)
         recent = cur.execute("SELECT COUNT(*), COUNT(DISTINCT env_hash) FROM (SELECT env_hash FROM beacons "
                              "WHERE group_id = ? AND kind = 'error' AND test = 0 AND counted = 1 "
                              "ORDER BY id DESC LIMIT ?) AS latest", (group_id, _FAIL_ENVS_READ)).fetchone()
         fail_envs = round(fails * recent[1] / recent[0]) if recent[0] else 0
-        return GroupData(fails, oks, counts, set(json.loads(mentions)), pairs, key.split(" @ ")[0], fail_envs,
-                         lambda: self._succeeding_envs(group_id))
+        data = GroupData(fails, oks, counts, set(json.loads(mentions)), pairs, key.split(" @ ")[0], fail_envs,
+                         _once(lambda: self._succeeding_envs(group_id)))
+        return GroupState(group_id, revision, data, tuple(fix_scripts))
 
     def _succeeding_envs(self, group_id: int) -> List[Dict[str, str]]:
         def work(cur: Cursor) -> List[Dict[str, str]]:
@@ -622,9 +662,9 @@ class Storage:
         return self._read(work)
 
     _SUMMARY_SELECT = ("SELECT g.id, g.key, g.signature, g.first_seen, g.last_seen, g.errors, g.fails, g.oks, "
-                       "g.status, g.status_at, g.handled, g.latest_env FROM groups g")
+                       "g.status, g.status_at, g.handled, g.latest_env, g.revision FROM groups g")
     _SUMMARY_COLUMNS = ("id", "group_key", "signature", "first_seen", "last_seen", "count", "failing_runs",
-                        "succeeding_runs", "status", "status_at", "handled", "latest_env")
+                        "succeeding_runs", "status", "status_at", "handled", "latest_env", "revision")
 
     def _summaries(self, cur: Cursor, rows: Sequence[tuple]) -> List[dict]:
         """Groups with who ran into them (scripts, environments) from the rollup."""
@@ -657,9 +697,9 @@ class Storage:
         found = self._read(work)
         return found[0] if found else None
 
-    def groups_data(self, group_ids: Sequence[int]) -> Dict[int, GroupData]:
-        """The engine's input for each group, in one read."""
-        return self._read(lambda cur: {g: self._group_data(cur, g, None) for g in group_ids})
+    def group_states(self, group_ids: Sequence[int]) -> Dict[int, GroupState]:
+        """The engine's input for each group at its current revision, in one read."""
+        return self._read(lambda cur: {g: self._group_state(cur, g) for g in group_ids})
 
     def daily_runs(self, group_ids: Sequence[int], first_day: int, days: int) -> Dict[int, List[Tuple[int, int]]]:
         """group id -> [(failing, succeeding) runs] for each day from ``first_day`` (days since the epoch)."""

@@ -1,0 +1,75 @@
+"""What the server keeps of a group between requests (its engine input under the group's revision,
+the pages' suggestions and comparisons) never changes an answer: a real server's /suggest and
+/api/errors equal the engine run directly on what storage reads now, before and after new runs."""
+from __future__ import annotations
+
+import json
+
+import corp_error_agent
+from conftest import env_body, error_beacon
+from corp_error_server import engine
+from corp_error_server.storage import open_storage
+
+SIG = "AttributeError: module 'tinylib' has no attribute 'frobnicate' @ __main__.main"
+_ENVS = {"bad%d" % i: {"tinylib": "1.0", "other": "1.%d" % (i % 3)} for i in range(6)}
+_ENVS.update({"good%d" % i: {"tinylib": "2.0", "other": "1.%d" % (i % 3)} for i in range(6)})
+
+
+def _success(env_hash: str, script_id: str, prev_env: str) -> dict:
+    return {"kind": "success", "env_hash": env_hash, "script_id": script_id, "ts": 1700000001.0,
+            "prev_env_hash": prev_env, "prev_error_sig": SIG}
+
+
+def _direct(db: str, env_hash: str, script_id=None) -> dict:
+    storage = open_storage(db)
+    try:
+        data = storage.group_data(corp_error_agent.group_key(SIG), script_id)
+        return engine.suggest(data, storage.env_features(env_hash))
+    finally:
+        storage.close()
+
+
+def _asked(server, env_hash: str, script_id=None) -> dict:
+    body = {"error_sig": SIG, "env_hash": env_hash}
+    if script_id:
+        body["script_id"] = script_id
+    status, answer = server.request("POST", "/suggest", body)
+    assert status == 200
+    return answer
+
+
+def _runs(server, bad: range, good: range) -> None:
+    for i in bad:
+        assert server.request("POST", "/beacon", error_beacon("bad%d" % (i % 6), "s%d" % (i % 2), SIG))[0] == 200
+    for i in good:
+        assert server.request("POST", "/beacon", _success("good%d" % (i % 6), "s%d" % (i % 2),
+                                                          "bad%d" % (i % 6)))[0] == 200
+
+
+def test_kept_answers_equal_the_direct_computation_as_runs_arrive(server):
+    for env_hash, packages in _ENVS.items():
+        server.request("POST", "/env", env_body(env_hash, packages))
+    _runs(server, range(2), range(1))
+    asked = [(env, script) for env in ("bad0", "good1") for script in (None, "s0", "s1")]
+    before = {q: _asked(server, *q) for q in asked}
+    assert {q: _asked(server, *q) for q in asked} == before   # asked again: kept, the same
+    assert before == {q: _direct(server.db, *q) for q in asked}
+    listed = server.request("GET", "/api/errors")[1]["groups"][0]
+    assert listed["suggestion"] == _direct(server.db, "bad1")   # the latest failing run's environment
+
+    _runs(server, range(2, 14), range(1, 10))   # the group moves: every kept answer must go
+    after = {q: _asked(server, *q) for q in asked}
+    assert after == {q: _direct(server.db, *q) for q in asked}
+    assert after[("bad0", None)]["match"] and after[("bad0", None)] != before[("bad0", None)]
+    _runs(server, range(0), range(10, 14))    # successes only: the revision moves with them too
+    latest = _asked(server, "bad0")
+    assert latest == _direct(server.db, "bad0")
+    assert latest["evidence"]["succeeding_runs"] > after[("bad0", None)]["evidence"]["succeeding_runs"]
+    group = server.request("GET", "/api/errors")[1]["groups"][0]
+    assert group["suggestion"] == _direct(server.db, "bad1") != listed["suggestion"]
+    detail = server.request("GET", "/api/errors/%d" % group["id"])[1]
+    storage = open_storage(server.db)
+    data = storage.group_data(corp_error_agent.group_key(SIG))
+    storage.close()
+    assert json.dumps(detail["comparison"]) == json.dumps(engine.comparison(data))
+    assert detail["suggestion"] == group["suggestion"]
