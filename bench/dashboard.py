@@ -1,6 +1,6 @@
 """Dashboard render time: the error list with 10k groups, and one group with 100k beacons.
 
-The store is populated through the storage API (batched, no fsync) with 10k error groups over 200
+The store is populated in bulk (bench/_bulk.py: the rows storage derives) with 10k error groups over 200
 environments of 30 packages (a tenth of them with an observed fix), plus one group with 100k error
 beacons and 2k successes over the same environments. Then the WSGI application answers page requests
 in this process -- queries, engine and HTML, without the socket -- and each answer is timed.
@@ -26,6 +26,7 @@ from typing import Tuple
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import corp_error_agent  # noqa: E402
+from _bulk import Population  # noqa: E402
 from _common import environment, percentile  # noqa: E402
 from corp_error_server import create_app  # noqa: E402
 from corp_error_server.app import parse_env  # noqa: E402
@@ -33,7 +34,6 @@ from corp_error_server.storage import Beacon, SQLiteStorage  # noqa: E402
 
 BAR_MS = 100.0
 _ENVS = 200
-_BATCH = 2000
 
 
 def _beacon(kind: str, env: str, script: str, sig: str = "", prev_env: str = "", prev_sig: str = "",
@@ -50,33 +50,26 @@ def _beacon(kind: str, env: str, script: str, sig: str = "", prev_env: str = "",
 def populate(path: str, groups: int, big: int) -> int:
     """Store the population; return the id of the big group."""
     rng = random.Random(0)
-    storage = SQLiteStorage(path, synchronous="OFF")
+    population = Population(path, time.time())
     envs = [parse_env(environment(rng, i)) for i in range(_ENVS)]
     for env in envs:
-        storage.add_env(env)
-    items = []
-
-    def flush(force: bool = False) -> None:
-        if items and (force or len(items) >= _BATCH):
-            storage.add_beacons([(beacon, None) for beacon in items])
-            items.clear()
+        population.add_env(env)
     for g in range(groups):
         sig = "KeyError: 'column_%05d' @ etl.load < etl.main" % g
         env = envs[g % _ENVS].env_hash
-        items.append(_beacon("error", env, "s%05d" % g, sig, host="host-%03d" % (g % 300)))
+        population.add(_beacon("error", env, "s%05d" % g, sig, host="host-%03d" % (g % 300)))
         if g % 10 == 0:
-            items.append(_beacon("success", envs[(g + 1) % _ENVS].env_hash, "s%05d" % g, prev_env=env,
-                                 prev_sig=sig, host="host-%03d" % ((g + 1) % 300)))
-        flush()
+            population.add(_beacon("success", envs[(g + 1) % _ENVS].env_hash, "s%05d" % g, prev_env=env,
+                                   prev_sig=sig, host="host-%03d" % ((g + 1) % 300)))
     big_sig = "AttributeError: module 'tinylib' has no attribute 'frobnicate' @ report.main"
     for i in range(big):
-        items.append(_beacon("error", envs[i % (_ENVS // 2)].env_hash, "big%02d" % (i % 40), big_sig,
-                             host="host-%03d" % (i % 300)))
+        population.add(_beacon("error", envs[i % (_ENVS // 2)].env_hash, "big%02d" % (i % 40), big_sig,
+                               host="host-%03d" % (i % 300)))
         if i % 50 == 0:
-            items.append(_beacon("success", envs[_ENVS // 2 + i % (_ENVS // 2)].env_hash, "big%02d" % (i % 40),
-                                 prev_env=envs[i % (_ENVS // 2)].env_hash, prev_sig=big_sig))
-        flush()
-    flush(force=True)
+            population.add(_beacon("success", envs[_ENVS // 2 + i % (_ENVS // 2)].env_hash, "big%02d" % (i % 40),
+                                   prev_env=envs[i % (_ENVS // 2)].env_hash, prev_sig=big_sig))
+    population.close()
+    storage = SQLiteStorage(path)
     big_id = storage.group_id_of(corp_error_agent.group_key(big_sig))
     storage.close()
     assert big_id is not None
@@ -104,6 +97,7 @@ def measure(app, paths, rounds: int, cold: bool = False):
     times = []
     for i in range(rounds):
         if cold:
+            app._states.clear()
             app._suggested.clear()
             app._compared.clear()
         times.append(_get(app, paths[i % len(paths)]))

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl
 
 import corp_error_agent
 
-from . import alerts, engine, ingest, limits, openapi, pages
+from . import ahead, alerts, engine, ingest, limits, openapi, pages
 from .storage import (
     GROUP_SORTS,
     GROUP_STATUSES,
@@ -290,6 +290,7 @@ class _App:
         self._suggested: Dict[int, Tuple[tuple, dict]] = {}
         self._compared: Dict[int, Tuple[int, List[dict]]] = {}
         self._suggested_lock = threading.Lock()
+        self._ahead = ahead.Ahead(self._suggest_ahead)
         self._routes: Dict[str, Dict[str, Callable]] = {
             "/beacon": {"POST": self._beacon}, "/env": {"POST": self._env}, "/suggest": {"POST": self._suggest},
             "/healthz": {"GET": self._healthz}, "/api/errors": {"GET": self._errors},
@@ -306,6 +307,7 @@ class _App:
         self._maybe_purge()
 
     def close(self) -> None:
+        self._ahead.close()
         if self._alerts is not None:
             self._alerts.close()
         if self._purger is not None:
@@ -488,6 +490,9 @@ class _App:
         beacon, env = parse_beacon(body, self.storage)
         self._maybe_purge()
         result = self._committer.add(beacon, env)
+        moved = beacon.group_key or beacon.prev_group_key
+        if moved and not beacon.test and not result.duplicate:
+            self._ahead.note(moved)
         if self._alerts is not None and not beacon.test and not result.duplicate:
             if beacon.group_key:
                 self._alerts.note(beacon.group_key, result.new_group, result.regressed)
@@ -506,10 +511,10 @@ class _App:
         env_hash = _text(_required(body, "env_hash"), "env_hash", _SUGGEST["env_hash"])
         script_id = _optional_text(body, "script_id", _SUGGEST["script_id"])
         key = resolve_group(self.storage, error_sig, env_hash, script_id)
-        found = self.storage.group_revision(key) if key else None
-        if found is None:
+        head = self.storage.group_head(key) if key else None
+        if head is None:
             return 200, {"match": False, "reason": "no runs of this error yet"}, []
-        state = self._group_states(dict([found]))[found[0]]
+        state = self._group_states({head.id: head.revision})[head.id]
         return 200, engine.suggest(state.for_script(script_id), self.storage.env_features(env_hash)), []
 
     def _healthz(self, environ: dict):
@@ -556,6 +561,12 @@ class _App:
             self._suggested.update((g["id"], kept[g["id"]]) for g in missing)
         for group in groups:
             group["suggestion"] = kept[group["id"]][1]
+
+    def _suggest_ahead(self, group_key: str) -> None:
+        """Runs on the ahead thread: the suggestion the list page will show for the group, kept."""
+        head = self.storage.group_head(group_key)
+        if head is not None:
+            self._suggestions([dict(head._asdict())])
 
     def _suggestion(self, group: dict) -> dict:
         self._suggestions([group])

@@ -130,6 +130,16 @@ class BeaconResult(NamedTuple):
     regressed: bool = False         # ... or reopened a resolved one
 
 
+class GroupHead(NamedTuple):
+    """What tells whether something computed from a group still holds (a suggestion: for which run)."""
+    id: int
+    revision: int
+    latest_env: Optional[str]      # the environment of the group's latest error
+
+
+_HEAD_SELECT = "SELECT id, revision, latest_env FROM groups WHERE key = ?"
+
+
 class GroupState(NamedTuple):
     """What the engine reads of a group at one revision, whichever script asks. The revision moves
     with every change of it (a run counted or purged, an error noted), so what is computed from
@@ -541,20 +551,20 @@ class Storage:
     def group_data(self, group_key: str, script_id: Optional[str] = None) -> Optional[GroupData]:
         """The group of that key; given only an exception line, the busiest group of that line."""
         def work(cur: Cursor) -> Optional[GroupData]:
-            found = self._revision_of(cur, group_key)
-            return None if found is None else self._group_state(cur, found[0]).for_script(script_id)
+            head = self._head_of(cur, group_key)
+            return None if head is None else self._group_state(cur, head.id).for_script(script_id)
         return self._read(work)
 
-    def group_revision(self, group_key: str) -> Optional[Tuple[int, int]]:
-        """(id, revision) of the group ``group_data`` reads for that key."""
-        return self._read(lambda cur: self._revision_of(cur, group_key))
+    def group_head(self, group_key: str) -> Optional[GroupHead]:
+        """The revision and latest failing environment of the group ``group_data`` reads for that key."""
+        return self._read(lambda cur: self._head_of(cur, group_key))
 
-    def _revision_of(self, cur: Cursor, group_key: str) -> Optional[Tuple[int, int]]:
-        row = cur.execute("SELECT id, revision FROM groups WHERE key = ?", (group_key,)).fetchone()
+    def _head_of(self, cur: Cursor, group_key: str) -> Optional[GroupHead]:
+        row = cur.execute(_HEAD_SELECT, (group_key,)).fetchone()
         if row is None:
             keys = self._keys_of_message(cur, group_key)
-            row = cur.execute("SELECT id, revision FROM groups WHERE key = ?", (keys[0],)).fetchone() if keys else None
-        return None if row is None else (row[0], row[1])
+            row = cur.execute(_HEAD_SELECT, (keys[0],)).fetchone() if keys else None
+        return None if row is None else GroupHead(*row)
 
     @staticmethod
     def _keys_of_message(cur: Cursor, message: str) -> List[str]:

@@ -3,6 +3,7 @@ the pages' suggestions and comparisons) never changes an answer: a real server's
 /api/errors equal the engine run directly on what storage reads now, before and after new runs."""
 from __future__ import annotations
 
+import io
 import json
 
 import corp_error_agent
@@ -73,3 +74,31 @@ def test_kept_answers_equal_the_direct_computation_as_runs_arrive(server):
     storage.close()
     assert json.dumps(detail["comparison"]) == json.dumps(engine.comparison(data))
     assert detail["suggestion"] == group["suggestion"]
+
+
+def test_the_lists_suggestions_are_computed_after_ingest_before_any_page_asks(db_target):
+    from corp_error_server import create_app
+
+    storage = open_storage(db_target)
+    app = create_app("", storage=storage)
+
+    def post(path: str, body: dict) -> str:
+        raw = json.dumps(body).encode()
+        status = []
+        app({"REQUEST_METHOD": "POST", "PATH_INFO": path, "CONTENT_LENGTH": str(len(raw)),
+             "CONTENT_TYPE": "application/json", "wsgi.input": io.BytesIO(raw)}, lambda s, h: status.append(s))
+        return status[0]
+    try:
+        for env_hash, packages in _ENVS.items():
+            post("/env", env_body(env_hash, packages))
+        for i in range(12):
+            assert post("/beacon", error_beacon("bad%d" % (i % 6), "s1", SIG)).startswith("200")
+            assert post("/beacon", _success("good%d" % (i % 6), "s1", "bad%d" % (i % 6))).startswith("200")
+        assert app._ahead.wait_idle(60)
+        key = corp_error_agent.group_key(SIG)
+        head = storage.group_head(key)
+        kept_under, kept = app._suggested[head.id]
+        assert kept_under == (head.revision, head.latest_env) and kept["match"]
+        assert kept == engine.suggest(storage.group_data(key), storage.env_features(head.latest_env))
+    finally:
+        app.close()
