@@ -33,6 +33,7 @@ class Population:
     def __init__(self, path: str, now: float) -> None:
         SQLiteStorage(path, synchronous="OFF").close()   # the schema, every migration
         self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=OFF")   # one transaction into a new file: nothing to roll back to
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute("BEGIN")
         self._now = now

@@ -29,6 +29,7 @@ from .storage import (
     GROUP_STATUSES,
     Beacon,
     Env,
+    GroupHead,
     GroupQuery,
     GroupState,
     Storage,
@@ -207,7 +208,7 @@ def _group_of(error_sig: Optional[str], trace: Optional[str]) -> str:
     raise HTTPError(400, "an error beacon needs an error_sig or a trace with an exception line")
 
 
-def resolve_group(storage: Storage, signature: str, env_hash: str, script_id: Optional[str]) -> Optional[str]:
+def resolve_group(storage: Storage, signature: str, env_hash: str, script_id: Optional[str]) -> Optional[GroupHead]:
     """The group a signature without its trace belongs to (/suggest, a success's previous failure).
 
     A 0.4.2 signature has no frames and ours names modules, not files: the group the same
@@ -215,15 +216,16 @@ def resolve_group(storage: Storage, signature: str, env_hash: str, script_id: Op
     group whose place the signature's frames fit; then the busiest group of that line.
     """
     message = corp_error_agent.group_key(signature)
-    keys = storage.group_keys(message) if message else []
-    if len(keys) <= 1:
-        return keys[0] if keys else None
+    heads = storage.group_heads(message) if message else []
+    if len(heads) <= 1:
+        return heads[0] if heads else None
+    keys = [head.key for head in heads]
     for script in ((script_id, None) if script_id else (None,)):
         key = storage.last_error_group(keys, env_hash, script)
         if key:
-            return key
-    fitting = [key for key in keys if engine.places_match(key.partition(" @ ")[2], signature)]
-    return (fitting or keys)[0]
+            return heads[keys.index(key)]
+    fitting = [head for head in heads if engine.places_match(head.key.partition(" @ ")[2], signature)]
+    return (fitting or heads)[0]
 
 
 def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon, Optional[Env]]:
@@ -251,8 +253,8 @@ def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon,
     prev_group = None
     if prev_error_sig and kind == "success":
         resolved = resolve_group(storage, prev_error_sig, prev_env_hash or env_hash, script_id) if storage else None
-        prev_group = resolved or (_group_of(prev_error_sig, None) if corp_error_agent.group_key(prev_error_sig)
-                                  else None)
+        prev_group = resolved.key if resolved else (
+            _group_of(prev_error_sig, None) if corp_error_agent.group_key(prev_error_sig) else None)
     inline = body.get("env")
     if inline is not None and not isinstance(inline, dict):
         raise HTTPError(400, "env must be an object like the /env body")
@@ -510,8 +512,7 @@ class _App:
         error_sig = _text(_required(body, "error_sig"), "error_sig", keep=_SUGGEST_KEPT["error_sig"], empty=False)
         env_hash = _text(_required(body, "env_hash"), "env_hash", _SUGGEST["env_hash"])
         script_id = _optional_text(body, "script_id", _SUGGEST["script_id"])
-        key = resolve_group(self.storage, error_sig, env_hash, script_id)
-        head = self.storage.group_head(key) if key else None
+        head = resolve_group(self.storage, error_sig, env_hash, script_id)
         if head is None:
             return 200, {"match": False, "reason": "no runs of this error yet"}, []
         state = self._group_states({head.id: head.revision})[head.id]

@@ -132,12 +132,13 @@ class BeaconResult(NamedTuple):
 
 class GroupHead(NamedTuple):
     """What tells whether something computed from a group still holds (a suggestion: for which run)."""
+    key: str
     id: int
     revision: int
     latest_env: Optional[str]      # the environment of the group's latest error
 
 
-_HEAD_SELECT = "SELECT id, revision, latest_env FROM groups WHERE key = ?"
+_HEAD_SELECT = "SELECT key, id, revision, latest_env FROM groups"
 
 
 class GroupState(NamedTuple):
@@ -560,23 +561,23 @@ class Storage:
         return self._read(lambda cur: self._head_of(cur, group_key))
 
     def _head_of(self, cur: Cursor, group_key: str) -> Optional[GroupHead]:
-        row = cur.execute(_HEAD_SELECT, (group_key,)).fetchone()
-        if row is None:
-            keys = self._keys_of_message(cur, group_key)
-            row = cur.execute(_HEAD_SELECT, (keys[0],)).fetchone() if keys else None
-        return None if row is None else GroupHead(*row)
+        row = cur.execute(_HEAD_SELECT + " WHERE key = ?", (group_key,)).fetchone()
+        if row is not None:
+            return GroupHead(*row)
+        heads = self._heads_of_message(cur, group_key)
+        return heads[0] if heads else None
 
     @staticmethod
-    def _keys_of_message(cur: Cursor, message: str) -> List[str]:
+    def _heads_of_message(cur: Cursor, message: str) -> List[GroupHead]:
         # a group's key is "<exception line>" or "<exception line> @ <place>" (substr: no collation involved)
         prefix = message + " @ "
-        return [key for key, _ in cur.execute(
-            "SELECT key, errors FROM groups WHERE key = ? OR substr(key, 1, ?) = ? ORDER BY errors DESC, id",
+        return [GroupHead(*row) for row in cur.execute(
+            _HEAD_SELECT + " WHERE key = ? OR substr(key, 1, ?) = ? ORDER BY errors DESC, id",
             (message, len(prefix), prefix)).fetchall()]
 
-    def group_keys(self, message: str) -> List[str]:
-        """Keys of the groups of one exception line, busiest first."""
-        return self._read(lambda cur: self._keys_of_message(cur, message))
+    def group_heads(self, message: str) -> List[GroupHead]:
+        """The groups of one exception line, busiest first."""
+        return self._read(lambda cur: self._heads_of_message(cur, message))
 
     def last_error_group(self, keys: List[str], env_hash: str, script_id: Optional[str] = None) -> Optional[str]:
         """Of these groups, the one an error from this environment (and script) went to last."""
