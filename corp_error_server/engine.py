@@ -22,7 +22,7 @@ import functools
 import math
 import re
 import shlex
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, TypeVar
 
 ABSENT = "<absent>"            # a package the environment does not have
 UNSET = "<unset>"              # an environment variable the agent collected and found unset
@@ -44,6 +44,7 @@ _CALIBRATION = (1.84, 1.14)
 
 Features = Dict[str, str]
 Counts = Dict[str, Dict[str, Tuple[float, float]]]   # feature -> value -> (failing runs, succeeding runs)
+T = TypeVar("T")
 
 ###############################################################################
 # Features of one environment #################################################
@@ -465,6 +466,24 @@ def _choose_target(sep: Separation, current: str, moved_to: Mapping[str, int]) -
     return target, relevance
 
 
+# What _hypotheses derives from a group alone, kept per group object: the server keeps one GroupData
+# per revision of a group and asks about it for many environments. Keyed by identity (a GroupData is
+# never changed once built), the object held so that its id is not reused while kept.
+_KEPT: Dict[int, Tuple[GroupData, Dict[object, Any]]] = {}
+_KEPT_GROUPS = 1024
+
+
+def _kept(group: GroupData, part: object, compute: Callable[[], T]) -> T:
+    entry = _KEPT.get(id(group))
+    if entry is None or entry[0] is not group:
+        if len(_KEPT) >= _KEPT_GROUPS:
+            _KEPT.clear()
+        entry = _KEPT[id(group)] = (group, {})
+    if part not in entry[1]:
+        entry[1][part] = compute()
+    return entry[1][part]
+
+
 def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis], float]:
     scale = group.fail_envs / group.fails if group.fail_envs and group.fails else 1.0
     python_need = python_requirement(group.message)
@@ -472,19 +491,22 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
     if python_need and any(a > 0 and _satisfies(python_need, v) for v, (a, _) in pythons.items()):
         python_need = None   # it also fails on Pythons that have the module: something else is missing
     universe = max(len(requester), 1)
-    log_lr, moved_to = _pair_evidence(group.pairs, universe)
-    features = set(group.counts) | set(log_lr)
-    if python_need:
-        features.add("python")
-    features.discard("python_full")
-    seps = {}
-    for feature in features:
-        sep = separation(feature, _table(feature, group, scale))
-        if len(sep.values) > _MAX_VALUES and not sep.range_from and feature not in log_lr:
-            continue
-        seps[feature] = sep
-    # every feature is a hypothesis: its prior share, whatever it shows
-    priors = {f: _prior(f, group.mentions, python_need, group.message) for f in seps}
+    log_lr, moved_to = _kept(group, universe, lambda: _pair_evidence(group.pairs, universe))
+
+    def separations() -> Tuple[Dict[str, Separation], Dict[str, float]]:
+        features = set(group.counts) | set(log_lr)   # the features fixes changed: the same whatever the universe
+        if python_need:
+            features.add("python")
+        features.discard("python_full")
+        seps = {}
+        for feature in features:
+            sep = separation(feature, _table(feature, group, scale))
+            if len(sep.values) > _MAX_VALUES and not sep.range_from and feature not in log_lr:
+                continue
+            seps[feature] = sep
+        # every feature is a hypothesis: its prior share, whatever it shows
+        return seps, {f: _prior(f, group.mentions, python_need, group.message) for f in seps}
+    seps, priors = _kept(group, "separations", separations)
     total_prior = sum(priors.values()) or 1.0
     hypotheses = []
     for feature, sep in seps.items():
