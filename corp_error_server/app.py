@@ -88,6 +88,7 @@ _MAX_FORM = 8192
 _TRIAGE = {"resolve": "resolved", "ignore": "ignored", "reopen": "new"}
 _SPARK_DAYS, _CHART_DAYS, _FLEET_DAYS = 14, 30, 14
 _SUGGESTIONS_KEPT = 20_000    # groups whose last answer the pages keep
+_STATES_KEPT = 2000           # groups whose engine input stays in memory (a few hundred count rows each)
 _SOURCES_SHOWN = 50           # scripts and environments a group page lists
 _FIXES_SHOWN = 5              # observed fixes a group page diffs
 
@@ -538,7 +539,7 @@ class _App:
             read = self.storage.group_states(missing)
             states.update(read)
             with self._suggested_lock:
-                if len(self._states) + len(read) > _SUGGESTIONS_KEPT:
+                if len(self._states) + len(read) > _STATES_KEPT:
                     self._states.clear()
                 self._states.update(read)
         return states
@@ -567,7 +568,7 @@ class _App:
         """Runs on the ahead thread: the suggestion the list page will show for the group, kept."""
         head = self.storage.group_head(group_key)
         if head is not None:
-            self._suggestions([dict(head._asdict())])
+            self._suggestions([head._asdict()])
 
     def _suggestion(self, group: dict) -> dict:
         self._suggestions([group])

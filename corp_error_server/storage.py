@@ -380,6 +380,15 @@ class Storage:
         cur.seen[env_hash] = features = json.loads(row[0])
         return features
 
+    def _read_features(self, cur: Cursor, env_hashes: Iterable[str]) -> None:
+        """Those of these environments' features not in memory yet into ``cur.seen``, in one query:
+        a group's observed fixes name up to 40 environments, each a round trip on PostgreSQL."""
+        missing = sorted({e for e in env_hashes if e not in self._features and e not in cur.seen})
+        if missing:
+            for env_hash, features in cur.execute("SELECT env_hash, features FROM envs WHERE env_hash IN (%s)"
+                                                  % ", ".join("?" * len(missing)), missing).fetchall():
+                cur.seen[env_hash] = json.loads(features)
+
     def env_features(self, env_hash: str) -> Optional[Dict[str, str]]:
         known = self._features.get(env_hash)
         return known if known is not None else self._read(lambda cur: self._features_of(cur, env_hash))
@@ -603,10 +612,11 @@ class Storage:
                                                 (group_id,)):
             counts.setdefault(feature, {})[value] = (a, b)
         pairs, fix_scripts = [], []
-        for failing, fixed, sid in cur.execute(
-                "SELECT prev_env_hash, env_hash, script_id FROM beacons WHERE prev_group_id = ? "
-                "AND kind = 'success' AND prev_env_hash IS NOT NULL AND test = 0 ORDER BY id DESC LIMIT ?",
-                (group_id, _PAIRS_READ)).fetchall():
+        fixes = cur.execute("SELECT prev_env_hash, env_hash, script_id FROM beacons WHERE prev_group_id = ? "
+                            "AND kind = 'success' AND prev_env_hash IS NOT NULL AND test = 0 ORDER BY id DESC LIMIT ?",
+                            (group_id, _PAIRS_READ)).fetchall()
+        self._read_features(cur, [env for failing, fixed, _ in fixes for env in (failing, fixed)])
+        for failing, fixed, sid in fixes:
             failing_features = self._features_of(cur, failing)
             fixed_features = self._features_of(cur, fixed)
             if failing_features is not None and fixed_features is not None and failing != fixed:
@@ -626,6 +636,7 @@ class Storage:
             rows = cur.execute("SELECT DISTINCT b.env_hash FROM contributions c JOIN beacons b ON b.id = c.beacon_id "
                                "WHERE c.group_id = ? AND b.kind = 'success' LIMIT ?",
                                (group_id, _GOOD_ENVS_READ)).fetchall()
+            self._read_features(cur, [env_hash for (env_hash,) in rows])
             return [f for f in (self._features_of(cur, env_hash) for (env_hash,) in rows) if f is not None]
         return self._read(work)
 
