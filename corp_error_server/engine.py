@@ -22,6 +22,7 @@ import functools
 import math
 import re
 import shlex
+from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, TypeVar
 
 ABSENT = "<absent>"            # a package the environment does not have
@@ -469,16 +470,24 @@ def _choose_target(sep: Separation, current: str, moved_to: Mapping[str, int]) -
 # What _hypotheses derives from a group alone, kept per group object: the server keeps one GroupData
 # per revision of a group and asks about it for many environments. Keyed by identity (a GroupData is
 # never changed once built), the object held so that its id is not reused while kept.
-_KEPT: Dict[int, Tuple[GroupData, Dict[object, Any]]] = {}
-_KEPT_GROUPS = 1024
+# The least recently asked go first, one at a time (letting go of many at once is a pause). A group
+# of a few runs is analysed about as fast as it is found here, and keeping thousands of them (a list
+# page's worth at a time) costs the garbage collector more than it saves.
+_KEPT: OrderedDict[int, Tuple[GroupData, Dict[object, Any]]] = OrderedDict()
+_KEPT_GROUPS = 256
+_KEPT_MIN_RUNS = 100
 
 
 def _kept(group: GroupData, part: object, compute: Callable[[], T]) -> T:
+    if group.fails + group.oks < _KEPT_MIN_RUNS:
+        return compute()
     entry = _KEPT.get(id(group))
     if entry is None or entry[0] is not group:
-        if len(_KEPT) >= _KEPT_GROUPS:
-            _KEPT.clear()
         entry = _KEPT[id(group)] = (group, {})
+        while len(_KEPT) > _KEPT_GROUPS:
+            _KEPT.popitem(last=False)
+    else:
+        _KEPT.move_to_end(id(group))
     if part not in entry[1]:
         entry[1][part] = compute()
     return entry[1][part]

@@ -102,3 +102,32 @@ def test_the_lists_suggestions_are_computed_after_ingest_before_any_page_asks(db
         assert kept == engine.suggest(storage.group_data(key), storage.env_features(head.latest_env))
     finally:
         app.close()
+
+
+def test_the_engine_answers_alike_for_a_group_it_has_analysed_before():
+    import copy
+    import random
+
+    from corp_error_server.engine import FixPair, GroupData
+
+    rng = random.Random(7)
+    envs = [{"pkg:tinylib": rng.choice(["1.0", "2.0"]), "pkg:other": "1.%d" % rng.randrange(3),
+             "python": rng.choice(["3.11", "3.12"])} for _ in range(40)]
+    for env in envs[::3]:   # requesters of another size: the fix evidence depends on it
+        env.update({"env:V%d" % i: "1" for i in range(30)})
+    counts: dict = {}
+    fails = oks = 0
+    for _ in range(300):
+        env = rng.choice(envs)
+        failed = (env["pkg:tinylib"] == "1.0") != (rng.random() < 0.3)
+        fails, oks = fails + failed, oks + (not failed)
+        for feature, value in env.items():
+            a, b = counts.setdefault(feature, {}).get(value, (0, 0))
+            counts[feature][value] = (a + failed, b + (not failed))
+    pairs = [FixPair(dict(env, **{"pkg:tinylib": "1.0"}), dict(env, **{"pkg:tinylib": "2.0"}), False)
+             for env in envs[:2]]
+    group = GroupData(fails, oks, counts, {"tinylib"}, pairs, "attributeerror: module 'tinylib'", 30)
+    for requester in envs + envs:   # the second round from what the first kept
+        assert engine.suggest(group, requester) == engine.suggest(copy.deepcopy(group), requester)
+    answers = [engine.suggest(group, requester) for requester in envs]
+    assert any(a["match"] for a in answers) and len({json.dumps(a, sort_keys=True) for a in answers}) > 1
