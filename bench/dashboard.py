@@ -162,8 +162,9 @@ def main() -> int:
         stable = [p.replace("/?offset=", "/?sort=first_seen&offset=") for p in lists]
         results = {
             "list page (%d groups)" % groups: measure(app, lists, rounds),
-            "list page, all changed": measure_ahead(app, stable, rounds // 3, "%012x" % 0),
             "list, changed, not yet ahead": measure(app, lists, rounds, cold=True),
+            # last of the list pages: it posts runs, the others time the population as it was stored
+            "list page, all changed": measure_ahead(app, stable, rounds // 3, "%012x" % 0),
             "JSON list, same queries": measure(app, ["/api/errors"], rounds),
             "group page (%d beacons)" % big: measure(app, ["/group/%d" % big_id], rounds),
             "group page, changed": measure(app, ["/group/%d" % big_id], rounds, cold=True),
