@@ -22,6 +22,7 @@ import functools
 import math
 import re
 import shlex
+import threading
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, TypeVar
 
@@ -476,21 +477,24 @@ def _choose_target(sep: Separation, current: str, moved_to: Mapping[str, int]) -
 _KEPT: OrderedDict[int, Tuple[GroupData, Dict[object, Any]]] = OrderedDict()
 _KEPT_GROUPS = 256
 _KEPT_MIN_RUNS = 100
+_KEPT_LOCK = threading.Lock()
 
 
 def _kept(group: GroupData, part: object, compute: Callable[[], T]) -> T:
     if group.fails + group.oks < _KEPT_MIN_RUNS:
         return compute()
-    entry = _KEPT.get(id(group))
-    if entry is None or entry[0] is not group:
-        entry = _KEPT[id(group)] = (group, {})
-        while len(_KEPT) > _KEPT_GROUPS:
-            _KEPT.popitem(last=False)
-    else:
-        _KEPT.move_to_end(id(group))
-    if part not in entry[1]:
-        entry[1][part] = compute()
-    return entry[1][part]
+    with _KEPT_LOCK:   # requests run in threads: an entry must not go between finding and moving it
+        entry = _KEPT.get(id(group))
+        if entry is None or entry[0] is not group:
+            entry = _KEPT[id(group)] = (group, {})
+            while len(_KEPT) > _KEPT_GROUPS:
+                _KEPT.popitem(last=False)
+        else:
+            _KEPT.move_to_end(id(group))
+    parts = entry[1]
+    if part not in parts:   # two threads at once may both compute it: the same value
+        parts[part] = compute()
+    return parts[part]
 
 
 def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis], float]:
