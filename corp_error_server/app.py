@@ -24,13 +24,15 @@ from urllib.parse import parse_qsl
 
 import corp_error_agent
 
-from . import alerts, engine, ingest, limits, openapi, pages
+from . import ahead, alerts, engine, ingest, limits, openapi, pages
 from .storage import (
     GROUP_SORTS,
     GROUP_STATUSES,
     Beacon,
     Env,
+    GroupHead,
     GroupQuery,
+    GroupState,
     Storage,
     StorageConflict,
     StorageError,
@@ -87,6 +89,7 @@ _MAX_FORM = 8192
 _TRIAGE = {"resolve": "resolved", "ignore": "ignored", "reopen": "new"}
 _SPARK_DAYS, _CHART_DAYS, _FLEET_DAYS = 14, 30, 14
 _SUGGESTIONS_KEPT = 20_000    # groups whose last answer the pages keep
+_STATES_KEPT = 2000           # groups whose engine input stays in memory (a few hundred count rows each)
 _SOURCES_SHOWN = 50           # scripts and environments a group page lists
 _FIXES_SHOWN = 5              # observed fixes a group page diffs
 
@@ -215,7 +218,7 @@ def _error_identity(error_sig: Optional[str], trace: Optional[str]) -> Tuple[str
     return _group_of(error_sig, trace), frozenset(engine.mentioned_packages((trace or "") + "\n" + (error_sig or "")))
 
 
-def resolve_group(storage: Storage, signature: str, env_hash: str, script_id: Optional[str]) -> Optional[str]:
+def resolve_group(storage: Storage, signature: str, env_hash: str, script_id: Optional[str]) -> Optional[GroupHead]:
     """The group a signature without its trace belongs to (/suggest, a success's previous failure).
 
     A 0.4.2 signature has no frames and ours names modules, not files: the group the same
@@ -223,15 +226,16 @@ def resolve_group(storage: Storage, signature: str, env_hash: str, script_id: Op
     group whose place the signature's frames fit; then the busiest group of that line.
     """
     message = corp_error_agent.group_key(signature)
-    keys = storage.group_keys(message) if message else []
-    if len(keys) <= 1:
-        return keys[0] if keys else None
+    heads = storage.group_heads(message) if message else []
+    if len(heads) <= 1:
+        return heads[0] if heads else None
+    keys = [head.key for head in heads]
     for script in ((script_id, None) if script_id else (None,)):
         key = storage.last_error_group(keys, env_hash, script)
         if key:
-            return key
-    fitting = [key for key in keys if engine.places_match(key.partition(" @ ")[2], signature)]
-    return (fitting or keys)[0]
+            return heads[keys.index(key)]
+    fitting = [head for head in heads if engine.places_match(head.key.partition(" @ ")[2], signature)]
+    return (fitting or heads)[0]
 
 
 def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon, Optional[Env]]:
@@ -256,8 +260,8 @@ def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon,
     prev_group = None
     if prev_error_sig and kind == "success":
         resolved = resolve_group(storage, prev_error_sig, prev_env_hash or env_hash, script_id) if storage else None
-        prev_group = resolved or (_group_of(prev_error_sig, None) if corp_error_agent.group_key(prev_error_sig)
-                                  else None)
+        prev_group = resolved.key if resolved else (
+            _group_of(prev_error_sig, None) if corp_error_agent.group_key(prev_error_sig) else None)
     inline = body.get("env")
     if inline is not None and not isinstance(inline, dict):
         raise HTTPError(400, "env must be an object like the /env body")
@@ -290,9 +294,12 @@ class _App:
         self._purger: Optional[threading.Thread] = None
         self._schema_version = storage.schema_version()
         self._alerts = alerts.Alerts(webhooks, self._alert_events) if webhooks else None
-        self._suggested: Dict[int, Tuple[tuple, dict]] = {}   # group id -> (its counts then, the engine's answer)
-        self._compared: Dict[int, Tuple[tuple, List[dict]]] = {}
+        # group id -> what was computed from it, under the group's revision then (and the requester)
+        self._states: Dict[int, GroupState] = {}
+        self._suggested: Dict[int, Tuple[tuple, dict]] = {}
+        self._compared: Dict[int, Tuple[int, List[dict]]] = {}
         self._suggested_lock = threading.Lock()
+        self._ahead = ahead.Ahead(self._suggest_ahead)
         self._routes: Dict[str, Dict[str, Callable]] = {
             "/beacon": {"POST": self._beacon}, "/env": {"POST": self._env}, "/suggest": {"POST": self._suggest},
             "/healthz": {"GET": self._healthz}, "/api/errors": {"GET": self._errors},
@@ -309,6 +316,7 @@ class _App:
         self._maybe_purge()
 
     def close(self) -> None:
+        self._ahead.close()
         if self._alerts is not None:
             self._alerts.close()
         if self._purger is not None:
@@ -491,6 +499,9 @@ class _App:
         beacon, env = parse_beacon(body, self.storage)
         self._maybe_purge()
         result = self._committer.add(beacon, env)
+        moved = beacon.group_key or beacon.prev_group_key
+        if moved and not beacon.test and not result.duplicate:
+            self._ahead.note(moved)
         if self._alerts is not None and not beacon.test and not result.duplicate:
             if beacon.group_key:
                 self._alerts.note(beacon.group_key, result.new_group, result.regressed)
@@ -508,11 +519,11 @@ class _App:
         error_sig = _text(_required(body, "error_sig"), "error_sig", keep=_SUGGEST_KEPT["error_sig"], empty=False)
         env_hash = _text(_required(body, "env_hash"), "env_hash", _SUGGEST["env_hash"])
         script_id = _optional_text(body, "script_id", _SUGGEST["script_id"])
-        key = resolve_group(self.storage, error_sig, env_hash, script_id)
-        group = self.storage.group_data(key, script_id) if key else None
-        if group is None:
+        head = resolve_group(self.storage, error_sig, env_hash, script_id)
+        if head is None:
             return 200, {"match": False, "reason": "no runs of this error yet"}, []
-        return 200, engine.suggest(group, self.storage.env_features(env_hash)), []
+        state = self._group_states({head.id: head.revision})[head.id]
+        return 200, engine.suggest(state.for_script(script_id), self.storage.env_features(env_hash)), []
 
     def _healthz(self, environ: dict):
         self.storage.ping()   # the database down: StorageUnavailable, a 503 (bounded by the storage's timeouts)
@@ -523,19 +534,35 @@ class _App:
 
     # -- what pages and the API share -------------------------------------------------------
 
+    def _group_states(self, revisions: Dict[int, int]) -> Dict[int, GroupState]:
+        """The engine's input of each group (id -> revision): the one kept when the group has not moved
+        since, else read (at its revision by then) and kept."""
+        with self._suggested_lock:
+            states = {g: self._states[g] for g, revision in revisions.items()
+                      if g in self._states and self._states[g].revision == revision}
+        missing = [g for g in revisions if g not in states]
+        if missing:
+            read = self.storage.group_states(missing)
+            states.update(read)
+            with self._suggested_lock:
+                if len(self._states) + len(read) > _STATES_KEPT:
+                    self._states.clear()
+                self._states.update(read)
+        return states
+
     def _suggestions(self, groups: Sequence[dict]) -> None:
         """Each group's suggestion for its latest failing run, into ``group["suggestion"]``.
 
-        A group's engine input changes only with its run counts, so an answer is kept under the counts
-        it was computed from (and the requesting environment) and computed again once they moved."""
-        keys = {g["id"]: (g["count"], g["failing_runs"], g["succeeding_runs"], g["latest_env"]) for g in groups}
+        The engine's answer depends on the group's data, which moves with its revision, and on the
+        requesting environment: it is kept under both and computed again once either moved."""
+        keys = {g["id"]: (g["revision"], g["latest_env"]) for g in groups}
         with self._suggested_lock:
             kept = {g["id"]: self._suggested[g["id"]] for g in groups if g["id"] in self._suggested}
         missing = [g for g in groups if g["id"] not in kept or kept[g["id"]][0] != keys[g["id"]]]
-        data = self.storage.groups_data([g["id"] for g in missing]) if missing else {}
+        states = self._group_states({g["id"]: g["revision"] for g in missing}) if missing else {}
         for group in missing:
             requester = self.storage.env_features(group["latest_env"]) if group["latest_env"] else None
-            kept[group["id"]] = (keys[group["id"]], engine.suggest(data[group["id"]], requester))
+            kept[group["id"]] = (keys[group["id"]], engine.suggest(states[group["id"]].data, requester))
         with self._suggested_lock:
             if len(self._suggested) + len(missing) > _SUGGESTIONS_KEPT:
                 self._suggested.clear()
@@ -543,22 +570,27 @@ class _App:
         for group in groups:
             group["suggestion"] = kept[group["id"]][1]
 
+    def _suggest_ahead(self, group_key: str) -> None:
+        """Runs on the ahead thread: the suggestion the list page will show for the group, kept."""
+        head = self.storage.group_head(group_key)
+        if head is not None:
+            self._suggestions([head._asdict()])
+
     def _suggestion(self, group: dict) -> dict:
         self._suggestions([group])
         return group["suggestion"]
 
     def _comparison(self, group: dict) -> List[dict]:
         """The engine's per-feature comparison of the group, kept like its suggestion."""
-        key = (group["count"], group["failing_runs"], group["succeeding_runs"])
         with self._suggested_lock:
             kept = self._compared.get(group["id"])
-        if kept is not None and kept[0] == key:
+        if kept is not None and kept[0] == group["revision"]:
             return kept[1]
-        comparison = engine.comparison(self.storage.groups_data([group["id"]])[group["id"]])
+        comparison = engine.comparison(self._group_states({group["id"]: group["revision"]})[group["id"]].data)
         with self._suggested_lock:
             if len(self._compared) >= _SUGGESTIONS_KEPT:
                 self._compared.clear()
-            self._compared[group["id"]] = (key, comparison)
+            self._compared[group["id"]] = (group["revision"], comparison)
         return comparison
 
     def _groups(self, query: GroupQuery, now: float) -> Tuple[int, List[dict]]:
@@ -582,13 +614,13 @@ class _App:
         group = self.storage.group_by_id(int(group_id))
         if group is None:
             raise HTTPError(404, "no error group %s" % group_id)
-        data = self.storage.groups_data([group["id"]])[group["id"]]
+        data = self._group_states({group["id"]: group["revision"]})[group["id"]].data
         self._suggestions([group])
         answer = _api_group(group)
         answer["recent"] = [dict(r, ts_iso=pages.iso(r["ts"]), received_iso=pages.iso(r["received"]))
                             for r in self.storage.recent_errors(group["id"], 5)]
         answer["mentions"] = sorted(data.mentions)
-        answer["comparison"] = engine.comparison(data)
+        answer["comparison"] = self._comparison(group)
         answer["observed_fixes"] = [dict(f, received_iso=pages.iso(f["received"]))
                                     for f in self.storage.observed_fixes(group["id"], 20)]
         return 200, answer, []

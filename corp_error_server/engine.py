@@ -22,7 +22,9 @@ import functools
 import math
 import re
 import shlex
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, TypeVar
 
 ABSENT = "<absent>"            # a package the environment does not have
 UNSET = "<unset>"              # an environment variable the agent collected and found unset
@@ -46,6 +48,7 @@ _CALIBRATION = (2.26, 0.55)
 
 Features = Dict[str, str]
 Counts = Dict[str, Dict[str, Tuple[float, float]]]   # feature -> value -> (failing runs, succeeding runs)
+T = TypeVar("T")
 
 ###############################################################################
 # Features of one environment #################################################
@@ -495,6 +498,35 @@ def _choose_target(sep: Separation, current: str, moved_to: Mapping[str, int]) -
     return target, relevance
 
 
+# What _hypotheses derives from a group alone, kept per group object: the server keeps one GroupData
+# per revision of a group and asks about it for many environments. Keyed by identity (a GroupData is
+# never changed once built), the object held so that its id is not reused while kept.
+# The least recently asked go first, one at a time (letting go of many at once is a pause). A group
+# of a few runs is analysed about as fast as it is found here, and keeping thousands of them (a list
+# page's worth at a time) costs the garbage collector more than it saves.
+_KEPT: OrderedDict[int, Tuple[GroupData, Dict[object, Any]]] = OrderedDict()
+_KEPT_GROUPS = 256
+_KEPT_MIN_RUNS = 100
+_KEPT_LOCK = threading.Lock()
+
+
+def _kept(group: GroupData, part: object, compute: Callable[[], T]) -> T:
+    if group.fails + group.oks < _KEPT_MIN_RUNS:
+        return compute()
+    with _KEPT_LOCK:   # requests run in threads: an entry must not go between finding and moving it
+        entry = _KEPT.get(id(group))
+        if entry is None or entry[0] is not group:
+            entry = _KEPT[id(group)] = (group, {})
+            while len(_KEPT) > _KEPT_GROUPS:
+                _KEPT.popitem(last=False)
+        else:
+            _KEPT.move_to_end(id(group))
+    parts = entry[1]
+    if part not in parts:   # two threads at once may both compute it: the same value
+        parts[part] = compute()
+    return parts[part]
+
+
 def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis], float]:
     scale = group.fail_envs / group.fails if group.fail_envs and group.fails else 1.0
     python_need = python_requirement(group.message)
@@ -503,20 +535,25 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
         python_need = None   # it also fails on Pythons that have the module: something else is missing
     universe = max(len(requester), 1)
     env_vars = {feature for feature in group.counts if feature.startswith("env:")}
-    log_lr, log_lr_unchanged, moved_to = _pair_evidence(group.pairs, universe, env_vars)
-    features = set(group.counts) | set(moved_to)
-    if python_need:
-        features.add("python")
-    features.discard("python_full")
-    priors = {f: _prior(f, group.mentions, python_need, group.message) for f in features}
-    seps = {}
-    for feature in features:
-        sep = separation(feature, _table(feature, group, scale), priors[feature] == _MENTIONED)
-        if len(sep.values) > _MAX_VALUES and not sep.range_from and feature not in moved_to:
-            continue
-        seps[feature] = sep
-    # every feature is a hypothesis: its prior share, whatever it shows
-    total_prior = sum(priors[f] for f in seps) or 1.0
+    log_lr, log_lr_unchanged, moved_to = _kept(group, universe,
+                                               lambda: _pair_evidence(group.pairs, universe, env_vars))
+
+    def separations() -> Tuple[Dict[str, Separation], Dict[str, float]]:
+        features = set(group.counts) | set(moved_to)   # (the features fixes moved: the same whatever the universe)
+        if python_need:
+            features.add("python")
+        features.discard("python_full")
+        priors = {f: _prior(f, group.mentions, python_need, group.message) for f in features}
+        seps = {}
+        for feature in features:
+            sep = separation(feature, _table(feature, group, scale), priors[feature] == _MENTIONED)
+            if len(sep.values) > _MAX_VALUES and not sep.range_from and feature not in moved_to:
+                continue
+            seps[feature] = sep
+        # every feature is a hypothesis: its prior share, whatever it shows
+        return seps, {f: priors[f] for f in seps}
+    seps, priors = _kept(group, "separations", separations)
+    total_prior = sum(priors.values()) or 1.0
     no_cause = _NO_CAUSE_STDLIB if python_need and _python_target(python_need, None, requester.get("python", ""))[0] \
         else _NO_CAUSE_PRIOR
     hypotheses = []

@@ -162,6 +162,45 @@ class _Tally:
         return BeaconResult(True, False, None, new_group, regressed)
 
 
+class GroupHead(NamedTuple):
+    """What tells whether something computed from a group still holds (a suggestion: for which run)."""
+    key: str
+    id: int
+    revision: int
+    latest_env: Optional[str]      # the environment of the group's latest error
+
+
+_HEAD_SELECT = "SELECT key, id, revision, latest_env FROM groups"
+
+
+class GroupState(NamedTuple):
+    """What the engine reads of a group at one revision, whichever script asks. The revision moves
+    with every change of it (a run counted or purged, an error noted), so what is computed from
+    ``data`` may be kept under (group_id, revision)."""
+    group_id: int
+    revision: int
+    data: GroupData                 # the observed fixes with same_script False
+    fix_scripts: Tuple[str, ...]    # the script of each observed fix, in data.pairs' order
+
+    def for_script(self, script_id: Optional[str]) -> GroupData:
+        """The engine's input for a run of ``script_id``: its own observed fixes marked as such."""
+        if script_id is None or script_id not in self.fix_scripts:
+            return self.data
+        return self.data._replace(pairs=[pair._replace(same_script=sid == script_id)
+                                         for pair, sid in zip(self.data.pairs, self.fix_scripts)])
+
+
+def _once(read: Callable[[], T]) -> Callable[[], T]:
+    """``read`` run on the first call only: a kept GroupState reads its succeeding sample once."""
+    kept: List[T] = []
+
+    def first() -> T:
+        if not kept:
+            kept.append(read())
+        return kept[0]
+    return first
+
+
 class GroupQuery(NamedTuple):
     """A filtered, sorted page of error groups (the list page and /api/errors)."""
     search: str = ""
@@ -393,6 +432,15 @@ class Storage:
         cur.seen[env_hash] = features = json.loads(row[0])
         return features
 
+    def _read_features(self, cur: Cursor, env_hashes: Iterable[str]) -> None:
+        """Those of these environments' features not in memory yet into ``cur.seen``, in one query:
+        a group's observed fixes name up to 40 environments, each a round trip on PostgreSQL."""
+        missing = sorted({e for e in env_hashes if e not in self._features and e not in cur.seen})
+        if missing:
+            for env_hash, features in cur.execute("SELECT env_hash, features FROM envs WHERE env_hash IN (%s)"
+                                                  % ", ".join("?" * len(missing)), missing).fetchall():
+                cur.seen[env_hash] = json.loads(features)
+
     def env_features(self, env_hash: str) -> Optional[Dict[str, str]]:
         known = self._features.get(env_hash)
         return known if known is not None else self._read(lambda cur: self._features_of(cur, env_hash))
@@ -437,7 +485,8 @@ class Storage:
         if new:
             mentions = (mentions + new)[:_MENTIONS_KEPT]
         cur.execute("UPDATE groups SET errors = errors + 1, handled = handled + ?, mentions = ?, latest_env = ?, "
-                    "last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END WHERE id = ?",
+                    "last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END, revision = revision + 1 "
+                    "WHERE id = ?",
                     (int(beacon.handled), json.dumps(mentions), beacon.env_hash, now, now, group_id))
         cur.execute("INSERT INTO group_scripts(script_id, group_id) VALUES(?, ?) ON CONFLICT DO NOTHING",
                     (beacon.script_id, group_id))
@@ -484,7 +533,8 @@ class Storage:
         # rows locked in one order everywhere (a group's row, then its counts by feature), so concurrent
         # writers queue instead of deadlocking
         for group in sorted(groups):
-            cur.execute("UPDATE groups SET %s = %s + ? WHERE id = ?" % (column, column), (sign, group))
+            cur.execute("UPDATE groups SET %s = %s + ?, revision = revision + 1 WHERE id = ?" % (column, column),
+                        (sign, group))
             rows = [(group, f, v, fail, ok) for f, v in sorted(features.items())]
             for start in range(0, len(rows), _UPSERT_ROWS):
                 chunk = rows[start:start + _UPSERT_ROWS]
@@ -609,12 +659,13 @@ class Storage:
             % (", ".join("?" * len(ids)), cur.for_update), ids).fetchall()}
         for index in fresh:
             results[index] = tallies[groups[beacons[index].group_key or ""]].note(beacons[index])
-        for group_id in ids:
+        for group_id in ids:   # (the revision moves: so do the group's counts, in this transaction)
             tally = tallies[group_id]
             cur.execute("UPDATE groups SET errors = errors + ?, fails = fails + ?, handled = handled + ?, "
-                        "mentions = ?, latest_env = ?, last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END"
-                        " WHERE id = ?", (tally.runs, tally.runs, tally.handled, json.dumps(tally.mentions),
-                                          tally.latest_env, now, now, group_id))
+                        "mentions = ?, latest_env = ?, last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END,"
+                        " revision = revision + 1 WHERE id = ?",
+                        (tally.runs, tally.runs, tally.handled, json.dumps(tally.mentions), tally.latest_env, now, now,
+                         group_id))
             if tally.regressed:
                 cur.execute("UPDATE groups SET status = 'regressed', status_at = ? WHERE id = ?", (now, group_id))
         self._roll_up_burst(cur, rows, int(now // 86400), now)
@@ -672,24 +723,32 @@ class Storage:
     def group_data(self, group_key: str, script_id: Optional[str] = None) -> Optional[GroupData]:
         """The group of that key; given only an exception line, the busiest group of that line."""
         def work(cur: Cursor) -> Optional[GroupData]:
-            row = cur.execute("SELECT id FROM groups WHERE key = ?", (group_key,)).fetchone()
-            if row is None:
-                keys = self._keys_of_message(cur, group_key)
-                row = cur.execute("SELECT id FROM groups WHERE key = ?", (keys[0],)).fetchone() if keys else None
-            return None if row is None else self._group_data(cur, row[0], script_id)
+            head = self._head_of(cur, group_key)
+            return None if head is None else self._group_state(cur, head.id).for_script(script_id)
         return self._read(work)
 
+    def group_head(self, group_key: str) -> Optional[GroupHead]:
+        """The revision and latest failing environment of the group ``group_data`` reads for that key."""
+        return self._read(lambda cur: self._head_of(cur, group_key))
+
+    def _head_of(self, cur: Cursor, group_key: str) -> Optional[GroupHead]:
+        row = cur.execute(_HEAD_SELECT + " WHERE key = ?", (group_key,)).fetchone()
+        if row is not None:
+            return GroupHead(*row)
+        heads = self._heads_of_message(cur, group_key)
+        return heads[0] if heads else None
+
     @staticmethod
-    def _keys_of_message(cur: Cursor, message: str) -> List[str]:
+    def _heads_of_message(cur: Cursor, message: str) -> List[GroupHead]:
         # a group's key is "<exception line>" or "<exception line> @ <place>" (substr: no collation involved)
         prefix = message + " @ "
-        return [key for key, _ in cur.execute(
-            "SELECT key, errors FROM groups WHERE key = ? OR substr(key, 1, ?) = ? ORDER BY errors DESC, id",
+        return [GroupHead(*row) for row in cur.execute(
+            _HEAD_SELECT + " WHERE key = ? OR substr(key, 1, ?) = ? ORDER BY errors DESC, id",
             (message, len(prefix), prefix)).fetchall()]
 
-    def group_keys(self, message: str) -> List[str]:
-        """Keys of the groups of one exception line, busiest first."""
-        return self._read(lambda cur: self._keys_of_message(cur, message))
+    def group_heads(self, message: str) -> List[GroupHead]:
+        """The groups of one exception line, busiest first."""
+        return self._read(lambda cur: self._heads_of_message(cur, message))
 
     def last_error_group(self, keys: List[str], env_hash: str, script_id: Optional[str] = None) -> Optional[str]:
         """Of these groups, the one an error from this environment (and script) went to last."""
@@ -707,35 +766,39 @@ class Storage:
             return latest[1]
         return self._read(work)
 
-    def _group_data(self, cur: Cursor, group_id: int, script_id: Optional[str]) -> GroupData:
-        key, fails, oks, mentions = cur.execute("SELECT key, fails, oks, mentions FROM groups WHERE id = ?",
-                                                (group_id,)).fetchone()
+    def _group_state(self, cur: Cursor, group_id: int) -> GroupState:
+        key, fails, oks, mentions, revision = cur.execute(
+            "SELECT key, fails, oks, mentions, revision FROM groups WHERE id = ?", (group_id,)).fetchone()
         counts: Counts = {}
         for feature, value, a, b in cur.execute("SELECT feature, value, fails, oks FROM counts WHERE group_id = ?",
                                                 (group_id,)):
             counts.setdefault(feature, {})[value] = (a, b)
-        pairs = []
-        for failing, fixed, sid in cur.execute(
-                "SELECT prev_env_hash, env_hash, script_id FROM beacons WHERE prev_group_id = ? "
-                "AND kind = 'success' AND prev_env_hash IS NOT NULL AND test = 0 ORDER BY id DESC LIMIT ?",
-                (group_id, _PAIRS_READ)).fetchall():
+        pairs, fix_scripts = [], []
+        fixes = cur.execute("SELECT prev_env_hash, env_hash, script_id FROM beacons WHERE prev_group_id = ? "
+                            "AND kind = 'success' AND prev_env_hash IS NOT NULL AND test = 0 ORDER BY id DESC LIMIT ?",
+                            (group_id, _PAIRS_READ)).fetchall()
+        self._read_features(cur, [env for failing, fixed, _ in fixes for env in (failing, fixed)])
+        for failing, fixed, sid in fixes:
             failing_features = self._features_of(cur, failing)
             fixed_features = self._features_of(cur, fixed)
             if failing_features is not None and fixed_features is not None and failing != fixed:
-                pairs.append(FixPair(failing_features, fixed_features, sid == script_id))
+                pairs.append(FixPair(failing_features, fixed_features, False))
+                fix_scripts.append(sid)
         # distinct environments among the latest failing runs, scaled to all of them (bounded work)
         recent = cur.execute("SELECT COUNT(*), COUNT(DISTINCT env_hash) FROM (SELECT env_hash FROM beacons "
                              "WHERE group_id = ? AND kind = 'error' AND test = 0 AND counted = 1 "
                              "ORDER BY id DESC LIMIT ?) AS latest", (group_id, _FAIL_ENVS_READ)).fetchone()
         fail_envs = round(fails * recent[1] / recent[0]) if recent[0] else 0
-        return GroupData(fails, oks, counts, set(json.loads(mentions)), pairs, key.split(" @ ")[0], fail_envs,
-                         lambda: self._succeeding_envs(group_id))
+        data = GroupData(fails, oks, counts, set(json.loads(mentions)), pairs, key.split(" @ ")[0], fail_envs,
+                         _once(lambda: self._succeeding_envs(group_id)))
+        return GroupState(group_id, revision, data, tuple(fix_scripts))
 
     def _succeeding_envs(self, group_id: int) -> List[Dict[str, str]]:
         def work(cur: Cursor) -> List[Dict[str, str]]:
             rows = cur.execute("SELECT DISTINCT b.env_hash FROM contributions c JOIN beacons b ON b.id = c.beacon_id "
                                "WHERE c.group_id = ? AND b.kind = 'success' LIMIT ?",
                                (group_id, _GOOD_ENVS_READ)).fetchall()
+            self._read_features(cur, [env_hash for (env_hash,) in rows])
             return [f for f in (self._features_of(cur, env_hash) for (env_hash,) in rows) if f is not None]
         return self._read(work)
 
@@ -783,9 +846,9 @@ class Storage:
         return self._read(work)
 
     _SUMMARY_SELECT = ("SELECT g.id, g.key, g.signature, g.first_seen, g.last_seen, g.errors, g.fails, g.oks, "
-                       "g.status, g.status_at, g.handled, g.latest_env FROM groups g")
+                       "g.status, g.status_at, g.handled, g.latest_env, g.revision FROM groups g")
     _SUMMARY_COLUMNS = ("id", "group_key", "signature", "first_seen", "last_seen", "count", "failing_runs",
-                        "succeeding_runs", "status", "status_at", "handled", "latest_env")
+                        "succeeding_runs", "status", "status_at", "handled", "latest_env", "revision")
 
     def _summaries(self, cur: Cursor, rows: Sequence[tuple]) -> List[dict]:
         """Groups with who ran into them (scripts, environments) from the rollup."""
@@ -818,9 +881,9 @@ class Storage:
         found = self._read(work)
         return found[0] if found else None
 
-    def groups_data(self, group_ids: Sequence[int]) -> Dict[int, GroupData]:
-        """The engine's input for each group, in one read."""
-        return self._read(lambda cur: {g: self._group_data(cur, g, None) for g in group_ids})
+    def group_states(self, group_ids: Sequence[int]) -> Dict[int, GroupState]:
+        """The engine's input for each group at its current revision, in one read."""
+        return self._read(lambda cur: {g: self._group_state(cur, g) for g in group_ids})
 
     def daily_runs(self, group_ids: Sequence[int], first_day: int, days: int) -> Dict[int, List[Tuple[int, int]]]:
         """group id -> [(failing, succeeding) runs] for each day from ``first_day`` (days since the epoch)."""

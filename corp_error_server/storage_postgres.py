@@ -144,7 +144,20 @@ class PostgresStorage(Storage):
                 raise _Retry() from None
             raise self.dialect.translate(error) from None
 
-    _snapshot = _transaction
+    @contextmanager
+    def _snapshot(self) -> Iterator[Any]:
+        # under READ COMMITTED every statement reads its own snapshot, in a transaction or not: reads
+        # run without one, which spares each the BEGIN and COMMIT round trips
+        try:
+            with self._connection() as conn:
+                conn.autocommit = True
+                try:
+                    with conn.cursor() as raw:
+                        yield raw
+                finally:
+                    conn.autocommit = False
+        except psycopg.Error as error:
+            raise self.dialect.translate(error) from None
 
     def close(self) -> None:
         if self._pool is not None and self._pool_pid == os.getpid():

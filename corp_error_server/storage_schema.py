@@ -96,6 +96,10 @@ SELECT group_id, script_id, env_hash, '', MAX(script_name), SUM(f), SUM(o), MAX(
     FROM contributions c JOIN beacons b ON b.id = c.beacon_id WHERE b.kind = 'success') runs
 GROUP BY group_id, script_id, env_hash
 """),
+    Migration(4, "a revision per group, moved by every change of what the engine reads of it: what is computed "
+                 "from a group is kept under its revision", """
+ALTER TABLE groups ADD COLUMN revision {BIGINT} NOT NULL DEFAULT 0
+"""),
 ]
 
 

@@ -139,7 +139,7 @@ def test_add_beacons_stores_a_batch_in_one_go_each_item_isolated(db_target):
         (False, False, type(None)), (False, True, type(None)), (False, False, ValueError),
         (True, False, type(None)), (True, False, type(None)), (True, True, type(None))]
     total, (group,) = storage.find_groups(GroupQuery())
-    data = storage.groups_data([group["id"]])[group["id"]]
+    data = storage.group_states([group["id"]])[group["id"]].data
     # the beacon stored before its environment in the same batch is counted when the environment arrives
     assert (total, group["count"], group["handled"], data.fails) == (1, 3, 1, 3)
     assert data.counts["pkg:a"] == {"1": (3, 0)}
