@@ -119,7 +119,7 @@ def test_the_engine_answers_alike_for_a_group_it_has_analysed_before():
     fails = oks = 0
     for _ in range(300):
         env = rng.choice(envs)
-        failed = (env["pkg:tinylib"] == "1.0") != (rng.random() < 0.3)
+        failed = (env["pkg:tinylib"] == "1.0") != (rng.random() < 0.1)   # a tenth flaky
         fails, oks = fails + failed, oks + (not failed)
         for feature, value in env.items():
             a, b = counts.setdefault(feature, {}).get(value, (0, 0))
