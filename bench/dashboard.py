@@ -15,6 +15,7 @@ same queries and engine, no HTML) is timed too.
 Bar: p99 <= 100 ms for both pages. Wall time and the CPU time of this process are both printed: on
 a shared machine the wall time includes waiting for a core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,15 +41,30 @@ BAR_MS = 100.0
 _ENVS = 200
 
 
-def _beacon(kind: str, env: str, script: str, sig: str = "", prev_env: str = "", prev_sig: str = "",
-            host: str = "") -> Beacon:
+def _beacon(
+    kind: str, env: str, script: str, sig: str = "", prev_env: str = "", prev_sig: str = "", host: str = ""
+) -> Beacon:
     key = corp_error_agent.group_key(sig) if sig else None
     prev = corp_error_agent.group_key(prev_sig) if prev_sig else None
     trace = "Traceback (most recent call last):\n  File \"/srv/app/etl.py\", line 12, in load\n" + sig.split(" @ ")[0]
-    return Beacon(kind=kind, env_hash=env, script_id=script, group_key=key, signature=sig or None,
-                  trace=trace if sig else None, ts=time.time(), event_id=None, script_name=script + ".py",
-                  agent="corp-error-agent/0.5.0", test=False, prev_env_hash=prev_env or None, prev_group_key=prev,
-                  mentions=frozenset(), handled=False, host=host or None)
+    return Beacon(
+        kind=kind,
+        env_hash=env,
+        script_id=script,
+        group_key=key,
+        signature=sig or None,
+        trace=trace if sig else None,
+        ts=time.time(),
+        event_id=None,
+        script_name=script + ".py",
+        agent="corp-error-agent/0.5.0",
+        test=False,
+        prev_env_hash=prev_env or None,
+        prev_group_key=prev,
+        mentions=frozenset(),
+        handled=False,
+        host=host or None,
+    )
 
 
 def populate(path: str, groups: int, big: int) -> int:
@@ -63,15 +79,33 @@ def populate(path: str, groups: int, big: int) -> int:
         env = envs[g % _ENVS].env_hash
         population.add(_beacon("error", env, "s%05d" % g, sig, host="host-%03d" % (g % 300)))
         if g % 10 == 0:
-            population.add(_beacon("success", envs[(g + 1) % _ENVS].env_hash, "s%05d" % g, prev_env=env,
-                                   prev_sig=sig, host="host-%03d" % ((g + 1) % 300)))
+            population.add(
+                _beacon(
+                    "success",
+                    envs[(g + 1) % _ENVS].env_hash,
+                    "s%05d" % g,
+                    prev_env=env,
+                    prev_sig=sig,
+                    host="host-%03d" % ((g + 1) % 300),
+                )
+            )
     big_sig = "AttributeError: module 'tinylib' has no attribute 'frobnicate' @ report.main"
     for i in range(big):
-        population.add(_beacon("error", envs[i % (_ENVS // 2)].env_hash, "big%02d" % (i % 40), big_sig,
-                               host="host-%03d" % (i % 300)))
+        population.add(
+            _beacon(
+                "error", envs[i % (_ENVS // 2)].env_hash, "big%02d" % (i % 40), big_sig, host="host-%03d" % (i % 300)
+            )
+        )
         if i % 50 == 0:
-            population.add(_beacon("success", envs[_ENVS // 2 + i % (_ENVS // 2)].env_hash, "big%02d" % (i % 40),
-                                   prev_env=envs[i % (_ENVS // 2)].env_hash, prev_sig=big_sig))
+            population.add(
+                _beacon(
+                    "success",
+                    envs[_ENVS // 2 + i % (_ENVS // 2)].env_hash,
+                    "big%02d" % (i % 40),
+                    prev_env=envs[i % (_ENVS // 2)].env_hash,
+                    prev_sig=big_sig,
+                )
+            )
     population.close()
     storage = SQLiteStorage(path)
     big_id = storage.group_id_of(corp_error_agent.group_key(big_sig))
@@ -83,8 +117,14 @@ def populate(path: str, groups: int, big: int) -> int:
 def _get(app, path: str) -> Tuple[float, float]:
     """One request through the WSGI app: (wall, CPU) time in ms (the page must come back 200)."""
     route, _, query = path.partition("?")
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": route, "QUERY_STRING": query, "wsgi.input": io.BytesIO(),
-               "HTTP_ACCEPT": "text/html", "wsgi.errors": sys.stderr}
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": route,
+        "QUERY_STRING": query,
+        "wsgi.input": io.BytesIO(),
+        "HTTP_ACCEPT": "text/html",
+        "wsgi.errors": sys.stderr,
+    }
     status = []
     started, cpu = time.perf_counter(), time.process_time()
     body = b"".join(app(environ, lambda s, h: status.append(s)))
@@ -97,7 +137,7 @@ def measure(app, paths, rounds: int, cold: bool = False):
     """Times of ``rounds`` requests; ``cold``: every group's suggestion computed again, as when every
     group on the page received runs since it was last shown."""
     for path in paths:
-        _get(app, path)   # warm the page cache and the features cache
+        _get(app, path)  # warm the page cache and the features cache
     times = []
     for i in range(rounds):
         if cold:
@@ -111,8 +151,15 @@ def measure(app, paths, rounds: int, cold: bool = False):
 def _call(app, method: str, path: str, body: bytes = b"") -> bytes:
     route, _, query = path.partition("?")
     status = []
-    environ = {"REQUEST_METHOD": method, "PATH_INFO": route, "QUERY_STRING": query, "wsgi.input": io.BytesIO(body),
-               "CONTENT_LENGTH": str(len(body)), "CONTENT_TYPE": "application/json", "wsgi.errors": sys.stderr}
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": route,
+        "QUERY_STRING": query,
+        "wsgi.input": io.BytesIO(body),
+        "CONTENT_LENGTH": str(len(body)),
+        "CONTENT_TYPE": "application/json",
+        "wsgi.errors": sys.stderr,
+    }
     answer = b"".join(app(environ, lambda s, h: status.append(s)))
     assert status[0].startswith(("200", "204")), (path, status, answer[:300])
     return answer
@@ -132,9 +179,14 @@ def measure_ahead(app, paths, rounds: int, env_hash: str):
     for i in range(rounds):
         path = paths[i % len(paths)]
         shown = _listed(app, path)
-        for group in shown:   # the exception line alone: the key the population gave the group
-            body = {"kind": "error", "env_hash": env_hash, "script_id": "changed", "ts": time.time(),
-                    "error_sig": group["signature"].split(" @ ")[0]}
+        for group in shown:  # the exception line alone: the key the population gave the group
+            body = {
+                "kind": "error",
+                "env_hash": env_hash,
+                "script_id": "changed",
+                "ts": time.time(),
+                "error_sig": group["signature"].split(" @ ")[0],
+            }
             _call(app, "POST", "/beacon", json.dumps(body).encode())
         if not app._ahead.wait_idle(120):
             raise SystemExit("the ahead thread did not catch up within 2 minutes")
@@ -155,8 +207,14 @@ def main() -> int:
         big_id = populate(path, groups, big)
         print("populated %d groups + one of %d beacons in %.0f s" % (groups, big, time.perf_counter() - started))
         app = create_app(path, storage=SQLiteStorage(path, synchronous="OFF"))
-        lists = ["/", "/?sort=count", "/?offset=5000" if not args.quick else "/?offset=500",
-                 "/?package=requests==2.1", "/?python=3.11", "/?q=column_00"]
+        lists = [
+            "/",
+            "/?sort=count",
+            "/?offset=5000" if not args.quick else "/?offset=500",
+            "/?package=requests==2.1",
+            "/?python=3.11",
+            "/?q=column_00",
+        ]
         # groups that receive a run move to the top of the last-seen order: a page further down is
         # one of groups in first-seen order (the same for every group here), which stays put
         stable = [p.replace("/?offset=", "/?sort=first_seen&offset=") for p in lists]
@@ -175,11 +233,16 @@ def main() -> int:
     for name, times in results.items():
         wall, cpu = [t[0] for t in times], [t[1] for t in times]
         p99 = percentile(wall, 99)
-        bar = "" if name.startswith("JSON") else "  (bar %.0f ms: %s, %.2fx of it)" % (
-            BAR_MS, "ok" if p99 <= BAR_MS else "MISSED", p99 / BAR_MS)
+        bar = (
+            ""
+            if name.startswith("JSON")
+            else "  (bar %.0f ms: %s, %.2fx of it)" % (BAR_MS, "ok" if p99 <= BAR_MS else "MISSED", p99 / BAR_MS)
+        )
         ok = ok and (p99 <= BAR_MS or name.startswith("JSON"))
-        print("%-28s p50 %6.1f ms  p99 %6.1f ms   CPU p50 %6.1f ms  p99 %6.1f ms%s"
-              % (name, percentile(wall, 50), p99, percentile(cpu, 50), percentile(cpu, 99), bar))
+        print(
+            "%-28s p50 %6.1f ms  p99 %6.1f ms   CPU p50 %6.1f ms  p99 %6.1f ms%s"
+            % (name, percentile(wall, 50), p99, percentile(cpu, 50), percentile(cpu, 99), bar)
+        )
     return 0 if ok else 1
 
 

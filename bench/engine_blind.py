@@ -18,6 +18,7 @@ false-suggestion rate = bugs without an environment cause answered with match:tr
 wrong-answer rate = wrong answers / all answers; ECE = expected calibration error of the answers'
 confidence over 10 equal-width bins. Bar (issue 14): >= 95%, <= 2%, ECE <= 10%.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,25 +46,139 @@ import corp_error_agent  # noqa: E402  the client's own normalisation builds our
 # Populations: packages, interpreters, environments ###########################
 ###############################################################################
 
-_REAL = ["requests", "urllib3", "idna", "certifi", "charset-normalizer", "six", "attrs", "click", "jinja2",
-         "markupsafe", "pyyaml", "pytz", "tzdata", "python-dateutil", "packaging", "pyparsing", "typing-extensions",
-         "filelock", "colorama", "tqdm", "toml", "tomli", "rich", "pygments", "cryptography", "cffi", "pycparser",
-         "lxml", "pillow", "scikit-learn", "scipy", "joblib", "threadpoolctl", "sqlalchemy", "greenlet", "psycopg2",
-         "redis", "celery", "kombu", "billiard", "vine", "amqp", "boto3", "botocore", "s3transfer", "jmespath",
-         "aiohttp", "yarl", "multidict", "frozenlist", "aiosignal", "async-timeout", "pydantic", "pydantic-core",
-         "annotated-types", "fastapi", "starlette", "anyio", "sniffio", "h11", "httpx", "httpcore", "werkzeug",
-         "flask", "itsdangerous", "blinker", "protobuf", "grpcio", "msgpack", "orjson", "ujson", "simplejson",
-         "networkx", "sympy", "mpmath", "matplotlib", "kiwisolver", "cycler", "fonttools", "contourpy"]
-_MODULE_OF = {"pyyaml": "yaml", "python-dateutil": "dateutil", "pillow": "PIL", "scikit-learn": "sklearn",
-              "typing-extensions": "typing_extensions", "charset-normalizer": "charset_normalizer",
-              "pydantic-core": "pydantic_core", "annotated-types": "annotated_types", "async-timeout": "async_timeout",
-              "psycopg2": "psycopg2", "protobuf": "google.protobuf", "grpcio": "grpc"}
-_SYLLABLES = ["ar", "bel", "cor", "dun", "el", "fax", "gri", "hol", "ix", "jun", "kel", "lum", "mor", "nix", "ost",
-              "pra", "qua", "ris", "sol", "tav", "ul", "vex", "wen", "yor", "zed"]
+_REAL = [
+    "requests",
+    "urllib3",
+    "idna",
+    "certifi",
+    "charset-normalizer",
+    "six",
+    "attrs",
+    "click",
+    "jinja2",
+    "markupsafe",
+    "pyyaml",
+    "pytz",
+    "tzdata",
+    "python-dateutil",
+    "packaging",
+    "pyparsing",
+    "typing-extensions",
+    "filelock",
+    "colorama",
+    "tqdm",
+    "toml",
+    "tomli",
+    "rich",
+    "pygments",
+    "cryptography",
+    "cffi",
+    "pycparser",
+    "lxml",
+    "pillow",
+    "scikit-learn",
+    "scipy",
+    "joblib",
+    "threadpoolctl",
+    "sqlalchemy",
+    "greenlet",
+    "psycopg2",
+    "redis",
+    "celery",
+    "kombu",
+    "billiard",
+    "vine",
+    "amqp",
+    "boto3",
+    "botocore",
+    "s3transfer",
+    "jmespath",
+    "aiohttp",
+    "yarl",
+    "multidict",
+    "frozenlist",
+    "aiosignal",
+    "async-timeout",
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "fastapi",
+    "starlette",
+    "anyio",
+    "sniffio",
+    "h11",
+    "httpx",
+    "httpcore",
+    "werkzeug",
+    "flask",
+    "itsdangerous",
+    "blinker",
+    "protobuf",
+    "grpcio",
+    "msgpack",
+    "orjson",
+    "ujson",
+    "simplejson",
+    "networkx",
+    "sympy",
+    "mpmath",
+    "matplotlib",
+    "kiwisolver",
+    "cycler",
+    "fonttools",
+    "contourpy",
+]
+_MODULE_OF = {
+    "pyyaml": "yaml",
+    "python-dateutil": "dateutil",
+    "pillow": "PIL",
+    "scikit-learn": "sklearn",
+    "typing-extensions": "typing_extensions",
+    "charset-normalizer": "charset_normalizer",
+    "pydantic-core": "pydantic_core",
+    "annotated-types": "annotated_types",
+    "async-timeout": "async_timeout",
+    "psycopg2": "psycopg2",
+    "protobuf": "google.protobuf",
+    "grpcio": "grpc",
+}
+_SYLLABLES = [
+    "ar",
+    "bel",
+    "cor",
+    "dun",
+    "el",
+    "fax",
+    "gri",
+    "hol",
+    "ix",
+    "jun",
+    "kel",
+    "lum",
+    "mor",
+    "nix",
+    "ost",
+    "pra",
+    "qua",
+    "ris",
+    "sol",
+    "tav",
+    "ul",
+    "vex",
+    "wen",
+    "yor",
+    "zed",
+]
 _TOOLS = ("pip", "setuptools", "wheel")
 # What a fresh venv of each interpreter brings (3.12+ venvs come without setuptools and wheel)
-_TOOLING = {"3.8": ("23.0.1", "56.0.0"), "3.9": ("23.0.1", "58.1.0"), "3.10": ("23.0.1", "65.5.0"),
-            "3.11": ("23.2.1", "68.2.2"), "3.12": ("24.0", None), "3.13": ("24.2", None)}
+_TOOLING = {
+    "3.8": ("23.0.1", "56.0.0"),
+    "3.9": ("23.0.1", "58.1.0"),
+    "3.10": ("23.0.1", "65.5.0"),
+    "3.11": ("23.2.1", "68.2.2"),
+    "3.12": ("24.0", None),
+    "3.13": ("24.2", None),
+}
 _PATCH = {"3.8": "3.8.18", "3.9": "3.9.18", "3.10": "3.10.13", "3.11": "3.11.7", "3.12": "3.12.1", "3.13": "3.13.0"}
 _USERS = ["alice", "bob", "chen", "dana", "eve", "farid", "gwen", "hiro", "ines", "jo", "kai", "lena"]
 _DEFAULT_VARS = ("LANG", "TZ", "VIRTUAL_ENV")  # allow-listed names both clients collect by default
@@ -80,11 +195,12 @@ def _vkey(version: str) -> Tuple[int, ...]:
 @dataclass
 class Env:
     """One environment as it really is (ground truth) plus what its client collects and sends."""
+
     packages: Dict[str, str]
     python: str
-    vars: Dict[str, str]           # really set; a name absent here is unset
-    collected: Set[str]            # env var names this run's agent collects (absent = not collected)
-    client: str                    # "ours" or "042"
+    vars: Dict[str, str]  # really set; a name absent here is unset
+    collected: Set[str]  # env var names this run's agent collects (absent = not collected)
+    client: str  # "ours" or "042"
     user: str
 
     def copy(self) -> Env:
@@ -101,9 +217,13 @@ class Env:
         env_vars = {name: self.vars.get(name, "MISSING") for name in sorted(self.collected)}
         if self.client == "ours":
             env_vars = {k: v.replace(self.home(), "~") for k, v in env_vars.items()}
-        body = {"packages": ["%s==%s" % item for item in sorted(self.packages.items())],
-                "python_ver": self.python, "os_info": "Linux-6.1.0-x86_64", "machine_arch": "x86_64",
-                "env_vars": env_vars}
+        body = {
+            "packages": ["%s==%s" % item for item in sorted(self.packages.items())],
+            "python_ver": self.python,
+            "os_info": "Linux-6.1.0-x86_64",
+            "machine_arch": "x86_64",
+            "env_vars": env_vars,
+        }
         if self.client == "ours":
             body["python_impl"] = "CPython"
         return body
@@ -124,8 +244,9 @@ class Population:
         names = list(_REAL)
         rng.shuffle(names)
         while len(names) < n_packages:
-            name = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))) + rng.choice(["", "py", "-io",
-                                                                                              "-core", "lib"])
+            name = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))) + rng.choice(
+                ["", "py", "-io", "-core", "lib"]
+            )
             if name not in names and name not in _TOOLS:
                 names.append(name)
         self.names = names[:n_packages]
@@ -179,8 +300,7 @@ class Population:
                 packages[a] = rng.choice(self.ladders[a][cut_a:] if new else self.ladders[a][:cut_a])
                 packages[b] = rng.choice(self.ladders[b][cut_b:] if new else self.ladders[b][:cut_b])
         python = python or rng.choice(self.pythons)
-        env = Env(packages, python, {}, set(_DEFAULT_VARS), "042" if rng.random() < 0.3 else "ours",
-                  rng.choice(_USERS))
+        env = Env(packages, python, {}, set(_DEFAULT_VARS), "042" if rng.random() < 0.3 else "ours", rng.choice(_USERS))
         self.retool(env)
         lang = rng.choice(["C.UTF-8", "en_US.UTF-8", None])
         if lang:
@@ -205,6 +325,7 @@ class Population:
         for name, version in env.packages.items():
             self.seen.setdefault(name, set()).add(version)
 
+
 ###############################################################################
 # Bugs: where they are raised, what the trace says ############################
 ###############################################################################
@@ -226,7 +347,7 @@ class Frame:
 class Script:
     name: str
     script_id: str
-    frames: List[Frame]            # outermost first; the bug's inner frames are appended per bug
+    frames: List[Frame]  # outermost first; the bug's inner frames are appended per bug
 
 
 @dataclass
@@ -234,10 +355,10 @@ class Scenario:
     difficulty: str
     kind: str
     has_cause: bool
-    fails: Callable[[Env], bool]   # ground truth without flakiness
+    fails: Callable[[Env], bool]  # ground truth without flakiness
     exc: str
     message: Callable[[Env], str]  # the raw message (may name paths of the env)
-    inner: List[Frame]             # innermost frames of the bug, outermost first
+    inner: List[Frame]  # innermost frames of the bug, outermost first
     scripts: List[Script]
     runs: List[Tuple[str, Env, Optional[int], int]] = field(default_factory=list)  # (kind, env, pair_of, script)
     ask: Optional[Tuple[Env, int]] = None
@@ -273,19 +394,63 @@ def _trace(script: Script, scenario: Scenario, env: Env) -> Tuple[str, str]:
     frames = [name for name, _ in stack][::-1][:3]
     return text, (line + " @ " + " < ".join(frames))[:400]
 
+
 ###############################################################################
 # Scenario builders ###########################################################
 ###############################################################################
 
-_WORDS = ["orders", "users", "billing", "report", "ingest", "sync", "export", "invoices", "metrics", "alerts",
-          "backup", "catalog", "ledger", "payroll", "search", "thumbnails", "emails", "audit", "forecast", "geo"]
-_API = ["load_table", "read_frame", "append", "to_records", "iter_rows", "parse_date", "LegacyVersion", "soft_unicode",
-        "escape_html", "as_dict", "fetch_all", "open_url", "get_loader", "Mapping", "safe_load", "json_normalize"]
+_WORDS = [
+    "orders",
+    "users",
+    "billing",
+    "report",
+    "ingest",
+    "sync",
+    "export",
+    "invoices",
+    "metrics",
+    "alerts",
+    "backup",
+    "catalog",
+    "ledger",
+    "payroll",
+    "search",
+    "thumbnails",
+    "emails",
+    "audit",
+    "forecast",
+    "geo",
+]
+_API = [
+    "load_table",
+    "read_frame",
+    "append",
+    "to_records",
+    "iter_rows",
+    "parse_date",
+    "LegacyVersion",
+    "soft_unicode",
+    "escape_html",
+    "as_dict",
+    "fetch_all",
+    "open_url",
+    "get_loader",
+    "Mapping",
+    "safe_load",
+    "json_normalize",
+]
 
 
 class Builder:
-    def __init__(self, rng: random.Random, pop: Population, difficulty: str, runs: Tuple[int, int],
-                 riders: int = 0, pair_share: float = 0.5):
+    def __init__(
+        self,
+        rng: random.Random,
+        pop: Population,
+        difficulty: str,
+        runs: Tuple[int, int],
+        riders: int = 0,
+        pair_share: float = 0.5,
+    ):
         self.rng, self.pop, self.difficulty = rng, pop, difficulty
         self.runs, self.riders, self.pair_share = runs, riders, pair_share
         self.n_scripts = 0
@@ -299,16 +464,24 @@ class Builder:
         name = "%s_%s_%d.py" % (rng.choice(["nightly", "sync", "job", "run", "build"]), word, self.n_scripts)
         func = "%s_%s" % (rng.choice(["load", "build", "sync", "send", "parse", "check"]), word)
         while func in self.functions:  # different scripts, different code
-            func = "%s_%s" % (rng.choice(["load", "build", "sync", "send", "parse", "check", "fetch", "merge",
-                                          "clean", "post"]), rng.choice(_WORDS) + rng.choice(["", "s", "_all", "_v2"]))
+            func = "%s_%s" % (
+                rng.choice(["load", "build", "sync", "send", "parse", "check", "fetch", "merge", "clean", "post"]),
+                rng.choice(_WORDS) + rng.choice(["", "s", "_all", "_v2"]),
+            )
         self.functions.add(func)
         script_id = hashlib.sha256(("%s-%d-%d" % (name, self.n_scripts, rng.random() * 1e9)).encode()).hexdigest()[:12]
         if framework:  # every step of a pipeline raises from the same runner code
-            frames = [Frame("__main__", "<module>", "main()"), Frame("__main__", "main", "run_pipeline(STEPS)"),
-                      Frame("pipeline.runner", "run_step", "raise RuntimeError(f\"step {i} failed\")")]
+            frames = [
+                Frame("__main__", "<module>", "main()"),
+                Frame("__main__", "main", "run_pipeline(STEPS)"),
+                Frame("pipeline.runner", "run_step", "raise RuntimeError(f\"step {i} failed\")"),
+            ]
         else:
-            frames = [Frame("__main__", "<module>", "main()"), Frame("__main__", "main", "%s(args)" % func),
-                      Frame("__main__", func, "result = step(config)")]
+            frames = [
+                Frame("__main__", "<module>", "main()"),
+                Frame("__main__", "main", "%s(args)" % func),
+                Frame("__main__", func, "result = step(config)"),
+            ]
         return Script(name, script_id, frames)
 
     # -- causes ---------------------------------------------------------------------------
@@ -334,15 +507,23 @@ class Builder:
             return "AttributeError", lambda env: "module '%s' has no attribute '%s'" % (mod, api), []
         if form == 1:
             sub = rng.choice(["core", "compat", "utils", "version"])
-            return ("ImportError", lambda env: "cannot import name '%s' from '%s.%s' (%s/%s/%s.py)"
-                    % (api, mod, sub, env.site(), mod.replace(".", "/"), sub), [])
+            return (
+                "ImportError",
+                lambda env: (
+                    "cannot import name '%s' from '%s.%s' (%s/%s/%s.py)"
+                    % (api, mod, sub, env.site(), mod.replace(".", "/"), sub)
+                ),
+                [],
+            )
         if form == 2:
             kw = rng.choice(["strict", "encoding", "timeout", "verify", "dtype"])
             return "TypeError", lambda env: "%s() got an unexpected keyword argument '%s'" % (api, kw), []
         if form == 3:
             n = rng.randint(2, 9)
-            inner = [Frame(mod + ".io", "Reader.load", "header = self._read_header(fh)"),
-                     Frame(mod + ".io", "Reader._read_header", "raise ValueError(msg)")]
+            inner = [
+                Frame(mod + ".io", "Reader.load", "header = self._read_header(fh)"),
+                Frame(mod + ".io", "Reader._read_header", "raise ValueError(msg)"),
+            ]
             return "ValueError", lambda env: "unsupported %s format version %d" % (api, n), inner
         cls = rng.choice(["DataFrame", "Session", "Client", "Table", "Model"])
         inner = [Frame(mod + ".core.base", cls + ".__getattr__", "return object.__getattribute__(self, name)")]
@@ -368,8 +549,14 @@ class Builder:
                 return env
         raise RuntimeError("cannot draw a %s environment for %s" % (want_fail, scenario.kind))
 
-    def plan(self, scenario: Scenario, fix: Callable[[Env], Env], bad: Callable[[], Env], good: Callable[[], Env],
-             flaky: float = 0.0) -> None:
+    def plan(
+        self,
+        scenario: Scenario,
+        fix: Callable[[Env], Env],
+        bad: Callable[[], Env],
+        good: Callable[[], Env],
+        flaky: float = 0.0,
+    ) -> None:
         """Failing and succeeding runs, some succeeding runs as fix pairs, then the asking run."""
         rng = self.rng
         n_fail, n_ok = rng.randint(*self.runs), rng.randint(*self.runs)
@@ -421,8 +608,13 @@ def _newest_seen(pop: Population, name: str, allowed) -> str:
     return max((v for v in pop.seen.get(name, ()) if v in allowed), key=_vkey)
 
 
-def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool = False,
-                     exc_msg: Optional[Tuple[str, Callable[[Env], str], List[Frame]]] = None) -> Scenario:
+def package_scenario(
+    b: Builder,
+    kind: str,
+    n_scripts: int = 1,
+    framework: bool = False,
+    exc_msg: Optional[Tuple[str, Callable[[Env], str], List[Frame]]] = None,
+) -> Scenario:
     """exact | range | missing | extra | coupled | flaky | nocause, raised by ``n_scripts`` scripts."""
     rng, pop = b.rng, b.pop
     scripts = [b.script(framework) for _ in range(n_scripts)]
@@ -437,30 +629,41 @@ def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool 
             if a not in env.packages:
                 new = rng.random() < 0.5
                 env.packages[a] = rng.choice(pop.ladders[a][cut_a:] if new else pop.ladders[a][:cut_a])
-                env.packages[partner] = rng.choice(pop.ladders[partner][cut_b:] if new else
-                                                   pop.ladders[partner][:cut_b])
+                env.packages[partner] = rng.choice(
+                    pop.ladders[partner][cut_b:] if new else pop.ladders[partner][:cut_b]
+                )
 
         def fix(env):
             env = env.copy()
             env.packages[a] = rng.choice(pop.ladders[a][:cut_a])
             env.packages[partner] = rng.choice(pop.ladders[partner][:cut_b])
             return env
+
         b.plan(sc, fix, lambda: b.draw(True, sc, force), lambda: b.draw(False, sc, force))
         sc.ask = (b.draw(True, sc, force), rng.randrange(n_scripts))
-        sc.oracle = lambda pop: 'pip install "%s==%s" "%s==%s"' % (
-            a, _newest_seen(pop, a, pop.ladders[a][:cut_a]), partner, _newest_seen(pop, partner,
-                                                                                pop.ladders[partner][:cut_b]))
+        sc.oracle = lambda pop: (
+            'pip install "%s==%s" "%s==%s"'
+            % (
+                a,
+                _newest_seen(pop, a, pop.ladders[a][:cut_a]),
+                partner,
+                _newest_seen(pop, partner, pop.ladders[partner][:cut_b]),
+            )
+        )
         return sc
 
     if kind == "nocause":
         pkg = b.pick_package(2)
-        exc, msg, inner = exc_msg or rng.choice([
-            ("ConnectionResetError", lambda env: "[Errno 104] Connection reset by peer", []),
-            ("TimeoutError", lambda env: "timed out", []),
-            ("ValueError", lambda env: "invalid literal for int() with base 10: 'N/A'", []),
-            ("json.decoder.JSONDecodeError", lambda env: "Expecting value: line 1 column 1 (char 0)", []),
-            ("BrokenPipeError", lambda env: "[Errno 32] Broken pipe", []),
-            b.library_bug(pkg)])
+        exc, msg, inner = exc_msg or rng.choice(
+            [
+                ("ConnectionResetError", lambda env: "[Errno 104] Connection reset by peer", []),
+                ("TimeoutError", lambda env: "timed out", []),
+                ("ValueError", lambda env: "invalid literal for int() with base 10: 'N/A'", []),
+                ("json.decoder.JSONDecodeError", lambda env: "Expecting value: line 1 column 1 (char 0)", []),
+                ("BrokenPipeError", lambda env: "[Errno 32] Broken pipe", []),
+                b.library_bug(pkg),
+            ]
+        )
         sc = Scenario(b.difficulty, kind, False, lambda env: False, exc, msg, inner, scripts)
 
         def force(env):
@@ -473,6 +676,7 @@ def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool 
                     if name not in {n for pair in pop.coupled for n in pair[:2]}:
                         env.packages[name] = rng.choice(pop.ladders[name])
             return env
+
         b.plan(sc, fix, lambda: b.draw(None, sc, force), lambda: b.draw(None, sc, force))
         sc.ask = (b.draw(None, sc, force), rng.randrange(n_scripts))
         return sc
@@ -502,6 +706,7 @@ def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool 
             env = b.draw(None, sc, force)
             env.packages.setdefault(pkg, rng.choice(ladder))
             return env
+
         b.plan(sc, fix, bad, good)
         sc.ask = (bad(), rng.randrange(n_scripts))
         sc.oracle = lambda pop: "pip install " + pkg
@@ -509,9 +714,11 @@ def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool 
     if kind == "extra":  # a package whose mere presence breaks the script (a backport shadowing the stdlib)
         host = pop.module(b.pick_package(2, avoid={pkg}))
         plugin = pop.module(pkg)
-        exc, msg, inner = "TypeError", (lambda env: "%s: plugin '%s' returned an incompatible hook"
-                                        % (host, plugin)), [
-            Frame(host + ".plugins", "load_entry_points", "hook = ep.load()(registry)")]
+        exc, msg, inner = (
+            "TypeError",
+            (lambda env: "%s: plugin '%s' returned an incompatible hook" % (host, plugin)),
+            [Frame(host + ".plugins", "load_entry_points", "hook = ep.load()(registry)")],
+        )
         fails = _ok(lambda env: pkg in env.packages, pop)
         sc = Scenario(b.difficulty, kind, True, fails, exc, msg, inner, scripts, note=pkg)
 
@@ -527,6 +734,7 @@ def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool 
 
         def good():
             return fix(b.draw(None, sc, lambda e: None))
+
         b.plan(sc, fix, bad, good)
         sc.ask = (bad(), rng.randrange(n_scripts))
         sc.oracle = lambda pop: "pip uninstall " + pkg
@@ -548,15 +756,22 @@ def package_scenario(b: Builder, kind: str, n_scripts: int = 1, framework: bool 
     def force_to(versions):
         def force(env):
             env.packages[pkg] = rng.choice(versions)
+
         return force
 
     def fix(env):
         env = env.copy()
         env.packages[pkg] = rng.choice(good_versions)
         return env
+
     flaky = rng.uniform(0.15, 0.35) if kind == "flaky" else 0.0
-    b.plan(sc, fix, lambda: b.draw(True, sc, force_to(observed_bad)),
-           lambda: b.draw(False, sc, force_to(good_versions)), flaky=flaky)
+    b.plan(
+        sc,
+        fix,
+        lambda: b.draw(True, sc, force_to(observed_bad)),
+        lambda: b.draw(False, sc, force_to(good_versions)),
+        flaky=flaky,
+    )
     ask_force = force_to([asked_version] if asked_version else sorted(bad_versions))
     sc.ask = (b.draw(True, sc, ask_force), rng.randrange(n_scripts))
     sc.oracle = lambda pop: 'pip install "%s==%s"' % (pkg, _newest_seen(pop, pkg, good_versions))
@@ -567,8 +782,12 @@ _STDLIB = [  # module, exception line, fails(minor tuple, env)
     ("tomllib", "ModuleNotFoundError", "No module named 'tomllib'", lambda v, env: v < (3, 11)),
     ("zoneinfo", "ModuleNotFoundError", "No module named 'zoneinfo'", lambda v, env: v < (3, 9)),
     ("graphlib", "ModuleNotFoundError", "No module named 'graphlib'", lambda v, env: v < (3, 9)),
-    ("distutils", "ModuleNotFoundError", "No module named 'distutils'",
-     lambda v, env: v >= (3, 12) and "setuptools" not in env.packages),
+    (
+        "distutils",
+        "ModuleNotFoundError",
+        "No module named 'distutils'",
+        lambda v, env: v >= (3, 12) and "setuptools" not in env.packages,
+    ),
     ("imp", "ModuleNotFoundError", "No module named 'imp'", lambda v, env: v >= (3, 12)),
     ("asynchat", "ModuleNotFoundError", "No module named 'asynchat'", lambda v, env: v >= (3, 12)),
     ("asyncore", "ModuleNotFoundError", "No module named 'asyncore'", lambda v, env: v >= (3, 12)),
@@ -577,8 +796,7 @@ _STDLIB = [  # module, exception line, fails(minor tuple, env)
     ("telnetlib", "ModuleNotFoundError", "No module named 'telnetlib'", lambda v, env: v >= (3, 13)),
     ("crypt", "ModuleNotFoundError", "No module named 'crypt'", lambda v, env: v >= (3, 13)),
     ("imghdr", "ModuleNotFoundError", "No module named 'imghdr'", lambda v, env: v >= (3, 13)),
-    ("collections", "ImportError", "cannot import name 'Mapping' from 'collections' (%s)",
-     lambda v, env: v >= (3, 10)),
+    ("collections", "ImportError", "cannot import name 'Mapping' from 'collections' (%s)", lambda v, env: v >= (3, 10)),
 ]
 
 
@@ -596,8 +814,11 @@ def python_scenario(b: Builder) -> Scenario:
     def message(env):
         if "%s" not in text:
             return text
-        return text % ("/home/%s/.pyenv/versions/%s/lib/python%s/collections/__init__.py"
-                       % (env.user, env.python, _minor(env.python)))
+        return text % (
+            "/home/%s/.pyenv/versions/%s/lib/python%s/collections/__init__.py"
+            % (env.user, env.python, _minor(env.python))
+        )
+
     fails = _ok(lambda env: broken_on(_vkey(env.python)[:2], env), pop)
     sc = Scenario(b.difficulty, "stdlib-" + module, True, fails, exc, message, inner, [script], note=module)
     bad_py = [p for p in pop.pythons if broken_on(_vkey(p)[:2], Env({}, p, {}, set(), "ours", "x"))]
@@ -610,6 +831,7 @@ def python_scenario(b: Builder) -> Scenario:
                 if fails(env) == want:
                     return env
             raise RuntimeError("no %s env for %s" % (want, module))
+
         return draw
 
     def fix(env):
@@ -619,6 +841,7 @@ def python_scenario(b: Builder) -> Scenario:
         if fails(env):  # distutils: a 3.12 venv without setuptools, moved to another 3.12+ one
             env.packages["setuptools"] = "69.0.3"
         return env
+
     b.plan(sc, fix, lambda: on(bad_py)(True), lambda: on(good_py)(False))
     sc.ask = (on(bad_py)(True), 0)
     asked = _vkey(sc.ask[0].python)
@@ -626,25 +849,33 @@ def python_scenario(b: Builder) -> Scenario:
     return sc
 
 
-_VALUE_ERRORS = {"APP_MODE": ("PermissionError", "[Errno 13] Permission denied: '/srv/prod/out.csv'"),
-                 "DEPLOY_ENV": ("sqlite3.OperationalError", "attempt to write a readonly database"),
-                 "RUN_MODE": ("botocore.exceptions.NoCredentialsError", "Unable to locate credentials")}
+_VALUE_ERRORS = {
+    "APP_MODE": ("PermissionError", "[Errno 13] Permission denied: '/srv/prod/out.csv'"),
+    "DEPLOY_ENV": ("sqlite3.OperationalError", "attempt to write a readonly database"),
+    "RUN_MODE": ("botocore.exceptions.NoCredentialsError", "Unable to locate credentials"),
+}
 
 
 def envvar_scenario(b: Builder, kind: str) -> Scenario:
     """value: fails with APP_MODE=prod (dev, staging or unset work); unset: fails while DATA_DIR is unset."""
     rng, pop = b.rng, b.pop
     script = b.script()
-    name = rng.choice(["APP_MODE", "DEPLOY_ENV", "RUN_MODE"]) if kind == "value" else rng.choice(
-        ["DATA_DIR", "REPORT_BUCKET", "SERVICE_URL"])
+    name = (
+        rng.choice(["APP_MODE", "DEPLOY_ENV", "RUN_MODE"])
+        if kind == "value"
+        else rng.choice(["DATA_DIR", "REPORT_BUCKET", "SERVICE_URL"])
+    )
     if kind == "value":  # one message per variable: scenarios that share a signature share the cause
         exc, text = _VALUE_ERRORS[name]
         msg, inner = (lambda env: text), []
         fails = _ok(lambda env: env.vars.get(name) == "prod", pop)
         values = ["dev", "staging", None]
     else:
-        exc, msg, inner = "KeyError", (lambda env: "'%s'" % name), [
-            Frame("os", "_Environ.__getitem__", "raise KeyError(key) from None")]
+        exc, msg, inner = (
+            "KeyError",
+            (lambda env: "'%s'" % name),
+            [Frame("os", "_Environ.__getitem__", "raise KeyError(key) from None")],
+        )
         fails = _ok(lambda env: name not in env.vars, pop)
         values = ["/srv/data", "/mnt/shared/data", "s3://bucket/x"]
     sc = Scenario(b.difficulty, "envvar-" + kind, True, fails, exc, msg, inner, [script], note=name)
@@ -671,6 +902,7 @@ def envvar_scenario(b: Builder, kind: str) -> Scenario:
         env = env.copy()
         set_var(env, rng.choice([v for v in values if v is not None]))
         return env
+
     b.plan(sc, fix, bad, good)
     ask = bad()
     if rng.random() < 0.7:
@@ -680,6 +912,7 @@ def envvar_scenario(b: Builder, kind: str) -> Scenario:
     sc.ask = (ask, 0)
     sc.oracle = lambda pop: "export %s=%s" % (name, values[0])
     return sc
+
 
 ###############################################################################
 # Difficulties ################################################################
@@ -696,20 +929,24 @@ def build(difficulty: str, rng: random.Random, quick: bool) -> Tuple[Population,
     if difficulty == "small":
         pop = Population(rng, 40, 0.1, ["3.10.13", "3.11.7", "3.12.1"])
         b = Builder(rng, pop, difficulty, (2, 8))
-        return pop, [package_scenario(b, k) for k in kinds({"exact": 5, "range": 2, "missing": 2, "extra": 1,
-                                                                "nocause": 3}, 60)]
+        return pop, [
+            package_scenario(b, k) for k in kinds({"exact": 5, "range": 2, "missing": 2, "extra": 1, "nocause": 3}, 60)
+        ]
     if difficulty == "large":
         pop = Population(rng, 200, 0.3, ["3.10.13", "3.11.7", "3.11.9", "3.12.1"], coupled=3)
         b = Builder(rng, pop, difficulty, (3, 10), riders=5)
         out = []
-        for k in kinds({"exact": 3, "range": 3, "coupled": 3, "flaky": 3, "multiscript": 2, "missing": 1,
-                        "nocause": 3}, 60):
+        for k in kinds(
+            {"exact": 3, "range": 3, "coupled": 3, "flaky": 3, "multiscript": 2, "missing": 1, "nocause": 3}, 60
+        ):
             if k == "multiscript":
                 sc = package_scenario(b, "exact", n_scripts=rng.randint(2, 4))
                 sc.kind = "multiscript"
                 if not sc.inner:  # raised inside the library: the same frames whichever script calls it
-                    sc.inner = [Frame(pop.module(sc.note) + ".api", "load", "return _impl.load(path, **kw)"),
-                                Frame(pop.module(sc.note) + "._impl", "load", "raise err")]
+                    sc.inner = [
+                        Frame(pop.module(sc.note) + ".api", "load", "return _impl.load(path, **kw)"),
+                        Frame(pop.module(sc.note) + "._impl", "load", "raise err"),
+                    ]
                 _ask_from_other_script(sc, rng)
                 out.append(sc)
             else:
@@ -732,9 +969,11 @@ def build(difficulty: str, rng: random.Random, quick: bool) -> Tuple[Population,
                 sc.exc, sc.message = exc_msg[0], exc_msg[1]
             sc.kind = "numbered-" + k
             out.append(sc)
-        generic = [("KeyError", lambda env: "'id'"),
-                   ("TypeError", lambda env: "'NoneType' object is not subscriptable"),
-                   ("AttributeError", lambda env: "'NoneType' object has no attribute 'get'")]
+        generic = [
+            ("KeyError", lambda env: "'id'"),
+            ("TypeError", lambda env: "'NoneType' object is not subscriptable"),
+            ("AttributeError", lambda env: "'NoneType' object has no attribute 'get'"),
+        ]
         for exc, msg in generic:
             for k in kinds({"exact": 3, "range": 1, "nocause": 1}, 15):
                 sc = package_scenario(b, k, exc_msg=(exc, msg, []))
@@ -754,9 +993,12 @@ def build(difficulty: str, rng: random.Random, quick: bool) -> Tuple[Population,
 def _ask_from_other_script(sc: Scenario, rng: random.Random) -> None:
     """Fix pairs were seen on the first script only; the question comes from another one."""
     paired = {run[2] for run in sc.runs if run[2] is not None}
-    sc.runs = [(kind, env, pair, 0 if (pair is not None or i in paired) else script)
-               for i, (kind, env, pair, script) in enumerate(sc.runs)]
+    sc.runs = [
+        (kind, env, pair, 0 if (pair is not None or i in paired) else script)
+        for i, (kind, env, pair, script) in enumerate(sc.runs)
+    ]
     sc.ask = (sc.ask[0], rng.randrange(1, len(sc.scripts)))
+
 
 DIFFICULTIES = ("small", "large", "python", "grouping", "envvars")
 
@@ -818,8 +1060,14 @@ class Fleet:
 
     def error(self, sc: Scenario, env: Env, script: Script, machine: int) -> Tuple[str, str]:
         trace, sig = _trace(script, sc, env)
-        beacon = {"kind": "error", "env_hash": env.env_hash(), "script_id": self._script_id(script, env, machine),
-                  "ts": self._stamp(), "trace": trace, "error_sig": sig}
+        beacon = {
+            "kind": "error",
+            "env_hash": env.env_hash(),
+            "script_id": self._script_id(script, env, machine),
+            "ts": self._stamp(),
+            "trace": trace,
+            "error_sig": sig,
+        }
         if env.client == "ours":
             beacon.update(script_name=script.name, event_id=os.urandom(16).hex(), agent="corp-error-agent/0.5.0")
         status, _ = self.wire.post("/beacon", beacon)
@@ -828,8 +1076,12 @@ class Fleet:
         return sig, beacon["script_id"]
 
     def success(self, env: Env, script: Script, machine: int, prev: Optional[Tuple[Env, str]]) -> None:
-        beacon = {"kind": "success", "env_hash": env.env_hash(), "script_id": self._script_id(script, env, machine),
-                  "ts": self._stamp()}
+        beacon = {
+            "kind": "success",
+            "env_hash": env.env_hash(),
+            "script_id": self._script_id(script, env, machine),
+            "ts": self._stamp(),
+        }
         if env.client == "ours":
             beacon.update(script_name=script.name, event_id=os.urandom(16).hex(), agent="corp-error-agent/0.5.0")
             if prev is not None:
@@ -862,6 +1114,7 @@ class Fleet:
             request["script_id"] = script_id
         return self.wire.post("/suggest", request)[1]
 
+
 ###############################################################################
 # Ground truth: apply the printed command, ask the model ######################
 ###############################################################################
@@ -877,8 +1130,15 @@ def _canonical(name: str) -> str:
 
 def _satisfies(version: str, clauses: List[Tuple[str, str]]) -> bool:
     key = _vkey(version)
-    ops = {"==": key.__eq__, "!=": key.__ne__, ">=": key.__ge__, "<=": key.__le__, ">": key.__gt__,
-           "<": key.__lt__, "~=": key.__ge__}
+    ops = {
+        "==": key.__eq__,
+        "!=": key.__ne__,
+        ">=": key.__ge__,
+        "<=": key.__le__,
+        ">": key.__gt__,
+        "<": key.__lt__,
+        "~=": key.__ge__,
+    }
     return all(ops[op](_vkey(v)) for op, v in clauses)
 
 
@@ -987,6 +1247,7 @@ def judge(sc: Scenario, answer: dict, pop: Population) -> Outcome:
         why = str(answer.get("reason", ""))[:160]
     return Outcome(sc.difficulty, sc.kind, sc.has_cause, answered, right, confidence, solution, why)
 
+
 ###############################################################################
 # Metrics and report ##########################################################
 ###############################################################################
@@ -1010,9 +1271,16 @@ def metrics(outcomes: List[Outcome]) -> dict:
     cause = [o for o in outcomes if o.has_cause]
     nocause = [o for o in outcomes if not o.has_cause]
     answers = [o for o in outcomes if o.answered]
-    return {"bugs": len(outcomes), "cause": len(cause), "right": sum(o.right for o in cause),
-            "nocause": len(nocause), "false": sum(o.answered for o in nocause),
-            "answers": len(answers), "wrong": sum(not o.right for o in answers), "ece": ece(outcomes)}
+    return {
+        "bugs": len(outcomes),
+        "cause": len(cause),
+        "right": sum(o.right for o in cause),
+        "nocause": len(nocause),
+        "false": sum(o.answered for o in nocause),
+        "answers": len(answers),
+        "wrong": sum(not o.right for o in answers),
+        "ece": ece(outcomes),
+    }
 
 
 def _pct(num: int, den: int) -> str:
@@ -1021,12 +1289,24 @@ def _pct(num: int, den: int) -> str:
 
 def row(label: str, m: dict) -> str:
     e = "%5.1f%%" % (100 * m["ece"]) if m["ece"] is not None else "    -"
-    return "  %-10s %5d  %s  %s  %s  %s" % (label, m["bugs"], _pct(m["right"], m["cause"]),
-                                           _pct(m["false"], m["nocause"]), _pct(m["wrong"], m["answers"]), e)
+    return "  %-10s %5d  %s  %s  %s  %s" % (
+        label,
+        m["bugs"],
+        _pct(m["right"], m["cause"]),
+        _pct(m["false"], m["nocause"]),
+        _pct(m["wrong"], m["answers"]),
+        e,
+    )
 
 
-HEADER = "  %-10s %5s  %-16s  %-16s  %-16s  %s" % ("difficulty", "bugs", "correct@1", "false-suggest",
-                                                   "wrong-answers", "ECE")
+HEADER = "  %-10s %5s  %-16s  %-16s  %-16s  %s" % (
+    "difficulty",
+    "bugs",
+    "correct@1",
+    "false-suggest",
+    "wrong-answers",
+    "ECE",
+)
 
 
 def run_population(difficulty: str, seed: int, quick: bool) -> Tuple[List[Outcome], List[Outcome]]:
@@ -1034,8 +1314,9 @@ def run_population(difficulty: str, seed: int, quick: bool) -> Tuple[List[Outcom
     rng = random.Random("%s-%d" % (difficulty, seed))
     pop, scenarios = build(difficulty, rng, quick)
     with tempfile.TemporaryDirectory() as tmp:
-        proc, host, port = start([sys.executable, "-m", "corp_error_server", "--port", "0",
-                                  "--db", os.path.join(tmp, "blind.db")])
+        proc, host, port = start(
+            [sys.executable, "-m", "corp_error_server", "--port", "0", "--db", os.path.join(tmp, "blind.db")]
+        )
         try:
             fleet = Fleet(Wire(host, port), pop)
             for sc in scenarios:
@@ -1085,14 +1366,32 @@ def main(argv=None) -> int:
     if args.examples:
         print("\nexamples of wrong answers and misses")
         for difficulty, kind in kinds:
-            bad = [o for o in every if o.difficulty == difficulty and o.kind == kind
-                   and (o.answered and not o.right or not o.answered and o.has_cause)]
-            for o in bad[:args.examples]:
-                print("  %-9s %-18s %s conf=%.2f %r: %s" % (difficulty, kind, "answer" if o.answered else "abstain",
-                                                         o.confidence, o.solution[:90], o.why[:120]))
+            bad = [
+                o
+                for o in every
+                if o.difficulty == difficulty
+                and o.kind == kind
+                and (o.answered and not o.right or not o.answered and o.has_cause)
+            ]
+            for o in bad[: args.examples]:
+                print(
+                    "  %-9s %-18s %s conf=%.2f %r: %s"
+                    % (
+                        difficulty,
+                        kind,
+                        "answer" if o.answered else "abstain",
+                        o.confidence,
+                        o.solution[:90],
+                        o.why[:120],
+                    )
+                )
     bar = metrics(every)
-    ok = (bar["cause"] and bar["right"] / bar["cause"] >= 0.95 and (not bar["nocause"] or bar["false"] / bar["nocause"]
-          <= 0.02) and (bar["ece"] is None or bar["ece"] <= 0.10))
+    ok = (
+        bar["cause"]
+        and bar["right"] / bar["cause"] >= 0.95
+        and (not bar["nocause"] or bar["false"] / bar["nocause"] <= 0.02)
+        and (bar["ece"] is None or bar["ece"] <= 0.10)
+    )
     print("\nbar (correct@1 >= 95%%, false suggestions <= 2%%, ECE <= 10%%): %s" % ("met" if ok else "NOT met"))
     return 0
 

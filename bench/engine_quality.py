@@ -21,6 +21,7 @@ Bar: correct@1 >= 95%, false <= 2%, ECE <= 10%, over all seeds.
     python bench/engine_quality.py [--quick] [--seeds 1,2,3,4,5] [--scenarios N] [--verbose]
     python bench/engine_quality.py --dump answers.jsonl    # (confidence, posterior, right) for calibration
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,23 +37,69 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from corp_error_server import create_app  # noqa: E402
 from corp_error_server.storage import SQLiteStorage  # noqa: E402
 
-_NOISE_PACKAGES = ["requests", "urllib3", "idna", "certifi", "six", "attrs", "click", "jinja2", "markupsafe",
-                   "pyyaml", "pytz", "tzdata", "python-dateutil", "charset-normalizer", "typing-extensions",
-                   "filelock", "colorama", "tqdm", "toml"] + ["dep%03d" % i for i in range(200)]
+_NOISE_PACKAGES = [
+    "requests",
+    "urllib3",
+    "idna",
+    "certifi",
+    "six",
+    "attrs",
+    "click",
+    "jinja2",
+    "markupsafe",
+    "pyyaml",
+    "pytz",
+    "tzdata",
+    "python-dateutil",
+    "charset-normalizer",
+    "typing-extensions",
+    "filelock",
+    "colorama",
+    "tqdm",
+    "toml",
+] + ["dep%03d" % i for i in range(200)]
 _PYTHONS = ["3.9.18", "3.10.13", "3.11.7", "3.12.1"]
-_TOOLS = {"3.9": ("23.0.1", "58.1.0"), "3.10": ("23.0.1", "65.5.0"), "3.11": ("23.2.1", "65.5.0"),
-          "3.12": ("23.2.1", "69.0.2")}
-DIFFICULTIES = ["version", "present", "absent", "python", "envvar", "none",            # the classic six
-                "range", "together", "flaky", "flaky-none", "stdlib", "uncollected", "bystanders",
-                "wide", "scripts", "generic", "numbers", "unset"]
+_TOOLS = {
+    "3.9": ("23.0.1", "58.1.0"),
+    "3.10": ("23.0.1", "65.5.0"),
+    "3.11": ("23.2.1", "65.5.0"),
+    "3.12": ("23.2.1", "69.0.2"),
+}
+DIFFICULTIES = [
+    "version",
+    "present",
+    "absent",
+    "python",
+    "envvar",
+    "none",  # the classic six
+    "range",
+    "together",
+    "flaky",
+    "flaky-none",
+    "stdlib",
+    "uncollected",
+    "bystanders",
+    "wide",
+    "scripts",
+    "generic",
+    "numbers",
+    "unset",
+]
 _NO_CAUSE = ("none", "flaky-none")
 _DATA_DIRS = ["/srv/data", "/mnt/shared/data", "/data"]
 
 
 def _call(app, method: str, path: str, body=None):
     raw = b"" if body is None else json.dumps(body).encode()
-    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", "CONTENT_TYPE": "application/json",
-               "CONTENT_LENGTH": str(len(raw)), "wsgi.input": io.BytesIO(raw), "wsgi.errors": sys.stderr}
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(raw)),
+        "wsgi.input": io.BytesIO(raw),
+        "wsgi.errors": sys.stderr,
+    }
     status = []
     chunks = app(environ, lambda s, h, e=None: status.append(int(s.split()[0])))
     data = b"".join(chunks)
@@ -79,22 +126,31 @@ class Scenario:
         wide = difficulty == "wide"
         pool = _NOISE_PACKAGES if wide else _NOISE_PACKAGES[:19] + _NOISE_PACKAGES[19:40]
         count = 200 if wide else rng.randint(8, 24)
-        self.packages = {name: ["%d.%d" % (rng.randint(0, 9), v) for v in range(rng.randint(1, 4))]
-                         for name in rng.sample(pool, min(count, len(pool)))}
+        self.packages = {
+            name: ["%d.%d" % (rng.randint(0, 9), v) for v in range(rng.randint(1, 4))]
+            for name in rng.sample(pool, min(count, len(pool)))
+        }
         self.presence = 0.7 if wide else 0.85
         self.target = "lib%s" % _word(index)
-        self.partner = "core%s" % _word(index)           # moves with the target ("together")
+        self.partner = "core%s" % _word(index)  # moves with the target ("together")
         self.bad = ["%d.0" % rng.randint(2, 5)]
         if rng.random() < 0.3:
             self.bad.append(self.bad[0][:-1] + "1")
         self.good = ["1.%d" % rng.randint(0, 9)]
         if rng.random() < 0.3:
             self.good.append("1.9" if self.good[0] != "1.9" else "1.8")
-        self.range_from = rng.randint(2, 4)               # "range": every version from X.0 on fails
+        self.range_from = rng.randint(2, 4)  # "range": every version from X.0 on fails
         self.flake = 0.2 if difficulty in ("flaky", "flaky-none") else 0.0
         self.var = "APP_MODE"
-        self.base = {"version": "version", "flaky": "version", "bystanders": "version", "wide": "version",
-                     "scripts": "version", "generic": "version", "numbers": "version"}.get(difficulty, difficulty)
+        self.base = {
+            "version": "version",
+            "flaky": "version",
+            "bystanders": "version",
+            "wide": "version",
+            "scripts": "version",
+            "generic": "version",
+            "numbers": "version",
+        }.get(difficulty, difficulty)
         self.pairs = rng.random() < (0.9 if difficulty in ("bystanders", "stdlib") else 0.45)
 
     # -- environments -------------------------------------------------------------------------
@@ -110,8 +166,9 @@ class Scenario:
 
     def env(self, failing: bool) -> dict:
         rng = self.rng
-        packages = {name: rng.choice(versions) for name, versions in self.packages.items()
-                    if rng.random() < self.presence}
+        packages = {
+            name: rng.choice(versions) for name, versions in self.packages.items() if rng.random() < self.presence
+        }
         python = rng.choice(_PYTHONS)
         mode = rng.choice(["dev", "staging"])
         base = self.base
@@ -143,9 +200,17 @@ class Scenario:
         data = None if base == "unset" and failing else rng.choice(_DATA_DIRS)
         if base == "unset" and rng.random() < 0.7:
             env_vars["DATA_DIR"] = data or "MISSING"
-        return {"env_hash": "%012x" % rng.getrandbits(48), "packages": packages, "python_ver": python,
-                "os_info": "Linux-6.1.0-x86_64-with-glibc2.36", "machine_arch": "x86_64", "python_impl": "CPython",
-                "env_vars": env_vars, "_mode": mode, "_data": data}
+        return {
+            "env_hash": "%012x" % rng.getrandbits(48),
+            "packages": packages,
+            "python_ver": python,
+            "os_info": "Linux-6.1.0-x86_64-with-glibc2.36",
+            "machine_arch": "x86_64",
+            "python_impl": "CPython",
+            "env_vars": env_vars,
+            "_mode": mode,
+            "_data": data,
+        }
 
     def fails(self, env: dict) -> bool:
         """The rule: does this environment fail (leaving flakiness aside)?"""
@@ -176,8 +241,9 @@ class Scenario:
     def fixed_env(self, env: dict) -> dict:
         """The failing environment after its owner fixed it: the cause changed, bystanders too sometimes."""
         rng = self.rng
-        fixed = dict(env, env_hash="%012x" % rng.getrandbits(48), packages=dict(env["packages"]),
-                     env_vars=dict(env["env_vars"]))
+        fixed = dict(
+            env, env_hash="%012x" % rng.getrandbits(48), packages=dict(env["packages"]), env_vars=dict(env["env_vars"])
+        )
         good = self.env(False)
         base = self.base
         if base in ("version", "absent"):
@@ -210,11 +276,11 @@ class Scenario:
     def signature(self, script: int) -> tuple:
         """(exception line, trace, our agent's frames) of this bug as raised in one script."""
         word = _word(self.index)
-        if self.difficulty == "generic":       # unrelated scripts, one everyday message, their own code
+        if self.difficulty == "generic":  # unrelated scripts, one everyday message, their own code
             line, where = "KeyError: 'id'", ("/srv/jobs/job_%s.py" % word, "load")
-        elif self.difficulty == "numbers":     # a message that differs by a number between scripts
+        elif self.difficulty == "numbers":  # a message that differs by a number between scripts
             line, where = "RuntimeError: step %d failed" % (self.index % 97), ("/srv/jobs/step_%s.py" % word, "run")
-        elif self.difficulty == "scripts":     # one library bug hit from several scripts
+        elif self.difficulty == "scripts":  # one library bug hit from several scripts
             line = "KeyError: 'id'"
             where = ("/venv/lib/python3.11/site-packages/%s/core.py" % self.target, "lookup")
         elif self.base == "unset":
@@ -226,17 +292,22 @@ class Scenario:
             where = ("/srv/jobs/job_%s.py" % word, "main")
         else:
             line = "RuntimeError: scenario %s failed" % word
-            where = ("/venv/lib/python3.11/site-packages/%s/api.py" % self.target, "call") \
-                if self.base not in ("envvar", "uncollected", "python", "none", "flaky-none") \
+            where = (
+                ("/venv/lib/python3.11/site-packages/%s/api.py" % self.target, "call")
+                if self.base not in ("envvar", "uncollected", "python", "none", "flaky-none")
                 else ("/srv/jobs/job_%s.py" % word, "main")
+            )
         script_path = "/srv/jobs/%s_%d.py" % (word, script) if self.difficulty == "scripts" else where[0]
         frames = ['  File "%s", line 12, in <module>\n    main()\n' % script_path]
         if where[0] != script_path or where[1] != "<module>":
             frames.append('  File "%s", line 40, in %s\n    do_it()\n' % where)
         trace = "Traceback (most recent call last):\n" + "".join(frames) + line + "\n"
         module = "__main__" if where[0] == script_path else where[0].split("site-packages/")[-1].split("/")[0] + ".core"
-        ours = "%s @ %s.%s < __main__.<module>" % (line, module, where[1]) if where[1] != "<module>" else \
-            "%s @ __main__.<module>" % line
+        ours = (
+            "%s @ %s.%s < __main__.<module>" % (line, module, where[1])
+            if where[1] != "<module>"
+            else "%s @ __main__.<module>" % line
+        )
         return line, trace, ours
 
 
@@ -252,7 +323,7 @@ def _apply(command: str, env: dict) -> dict:
         elif step.startswith("pip uninstall "):
             env["packages"].pop(words[2], None)
         elif step.startswith("export "):
-            name, _, value = step[len("export "):].partition("=")
+            name, _, value = step[len("export ") :].partition("=")
             env["env_vars"][name] = value.strip("'")
             if name == "APP_MODE":
                 env["_mode"] = value.strip("'")
@@ -278,13 +349,23 @@ def run_scenario(app, scenario: Scenario, rng: random.Random) -> tuple:
     def send_failure(env: dict, script: int, script_id: str, ours: bool, times: int) -> None:
         line, trace, our_sig = scenario.signature(script)
         body = {k: v for k, v in env.items() if not k.startswith("_")}
-        if not ours:   # the 0.4.2 client knows no env var it was not told to collect
+        if not ours:  # the 0.4.2 client knows no env var it was not told to collect
             body = dict(body, env_vars={k: v for k, v in body["env_vars"].items() if k != "TZ"})
         _call(app, "POST", "/env", body)
         for _ in range(times):
-            _call(app, "POST", "/beacon", {"kind": "error", "env_hash": env["env_hash"], "script_id": script_id,
-                                           "ts": 1.7e9, "trace": trace,
-                                           "error_sig": our_sig if ours else line.lower()})
+            _call(
+                app,
+                "POST",
+                "/beacon",
+                {
+                    "kind": "error",
+                    "env_hash": env["env_hash"],
+                    "script_id": script_id,
+                    "ts": 1.7e9,
+                    "trace": trace,
+                    "error_sig": our_sig if ours else line.lower(),
+                },
+            )
 
     def draw(failing: bool) -> dict:
         if scenario.flake and not failing and flaky_none:
@@ -305,21 +386,24 @@ def run_scenario(app, scenario: Scenario, rng: random.Random) -> tuple:
         before = draw(True) if not flaky_none else scenario.env(rng.random() < 0.5)
         send_failure(before, i % scripts, script_id, ours, 1)
         if flaky_none and rng.random() < 0.5:
-            after = before   # a bug without an environment cause: the re-run of the same environment passes
+            after = before  # a bug without an environment cause: the re-run of the same environment passes
         else:
             after = scenario.fixed_env(before) if scenario.pairs and ours else draw(False)
         if scenario.flake and not flaky_none and rng.random() < scenario.flake:
-            send_failure(after, i % scripts, script_id + "x", ours, 1)     # a good environment failing now and then
+            send_failure(after, i % scripts, script_id + "x", ours, 1)  # a good environment failing now and then
         _call(app, "POST", "/env", {k: v for k, v in after.items() if not k.startswith("_")})
         beacon = {"kind": "success", "env_hash": after["env_hash"], "script_id": script_id, "ts": 1.7e9}
         if scenario.pairs and ours and after is not before:
             beacon.update(prev_env_hash=before["env_hash"], prev_error_sig=scenario.signature(i % scripts)[2])
         _call(app, "POST", "/beacon", beacon)
     requester = failing_envs[rng.randrange(len(failing_envs))]
-    if scenario.base == "range":   # the asker has a bad version nobody reported failing
+    if scenario.base == "range":  # the asker has a bad version nobody reported failing
         unseen = "7.%d" % rng.randint(0, 5)
-        requester = dict(requester, packages=dict(requester["packages"], **{scenario.target: unseen}),
-                         env_hash="%012x" % rng.getrandbits(48))
+        requester = dict(
+            requester,
+            packages=dict(requester["packages"], **{scenario.target: unseen}),
+            env_hash="%012x" % rng.getrandbits(48),
+        )
         _call(app, "POST", "/env", {k: v for k, v in requester.items() if not k.startswith("_")})
     ours = rng.random() < 0.5
     line, _, our_sig = scenario.signature(0)
@@ -352,12 +436,15 @@ def ece(points: list, bins: int = 10) -> float:
 def fit_calibration(path: str) -> tuple:
     """Platt scaling: the (slope, offset) maximising the likelihood of right/wrong given logit(posterior)."""
     import math
+
     rows = [json.loads(line) for line in open(path)]
-    xs = [math.log(max(min(r["posterior"], 1 - 1e-6), 1e-6) / (1 - max(min(r["posterior"], 1 - 1e-6), 1e-6)))
-          for r in rows]
+    xs = [
+        math.log(max(min(r["posterior"], 1 - 1e-6), 1e-6) / (1 - max(min(r["posterior"], 1 - 1e-6), 1e-6)))
+        for r in rows
+    ]
     ys = [1.0 if r["right"] else 0.0 for r in rows]
     a, b = 1.0, 0.0
-    for _ in range(200):   # Newton's method on the two parameters, with a small ridge for stability
+    for _ in range(200):  # Newton's method on the two parameters, with a small ridge for stability
         ga = gb = haa = hab = hbb = 0.0
         for x, y in zip(xs, ys):
             p = 1 / (1 + math.exp(-(a * x + b)))
@@ -392,13 +479,30 @@ def run_seed(seed: int, scenarios: int, verbose: bool, dump) -> dict:
                 row["right"] += right
                 row["points"].append((answer["confidence"], right))
                 if dump:
-                    dump.write(json.dumps({"seed": seed, "difficulty": scenario.difficulty,
-                                           "confidence": answer["confidence"], "right": right,
-                                           "posterior": answer["evidence"]["posterior"]}) + "\n")
+                    dump.write(
+                        json.dumps(
+                            {
+                                "seed": seed,
+                                "difficulty": scenario.difficulty,
+                                "confidence": answer["confidence"],
+                                "right": right,
+                                "posterior": answer["evidence"]["posterior"],
+                            }
+                        )
+                        + "\n"
+                    )
                 if verbose and not right:
-                    print("WRONG seed %d %s #%d (%.2f): %s | %s" % (seed, scenario.difficulty, index,
-                                                                   answer["confidence"], answer["solution"],
-                                                                   answer["hint"][:200]))
+                    print(
+                        "WRONG seed %d %s #%d (%.2f): %s | %s"
+                        % (
+                            seed,
+                            scenario.difficulty,
+                            index,
+                            answer["confidence"],
+                            answer["solution"],
+                            answer["hint"][:200],
+                        )
+                    )
             elif verbose and scenario.difficulty not in _NO_CAUSE:
                 print("MISS  seed %d %s #%d: %s" % (seed, scenario.difficulty, index, answer.get("reason")))
         storage.close()
@@ -424,11 +528,15 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="1,2,3,4,5")
     parser.add_argument("--verbose", action="store_true", help="print every wrong answer and missed cause")
     parser.add_argument("--dump", help="write one JSON line per answer (for fitting the calibration)")
-    parser.add_argument("--fit", action="store_true",
-                        help="answer everything, uncalibrated, and fit the calibration on the answers (with --dump)")
+    parser.add_argument(
+        "--fit",
+        action="store_true",
+        help="answer everything, uncalibrated, and fit the calibration on the answers (with --dump)",
+    )
     args = parser.parse_args(argv)
     if args.fit:
         from corp_error_server import engine
+
         engine.MIN_CONFIDENCE, engine._CALIBRATION = 0.0, (1.0, 0.0)
     total = args.scenarios or (170 if args.quick else 510)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -446,14 +554,17 @@ def main(argv=None) -> int:
         dump.close()
         if args.fit:
             print("calibration (slope, offset) on logit(posterior): (%.3f, %.3f)" % fit_calibration(args.dump))
-    print("engine quality: %d seeds (%s) x %d scenarios, judged by following the answer"
-          % (len(seeds), args.seeds, total))
+    print(
+        "engine quality: %d seeds (%s) x %d scenarios, judged by following the answer" % (len(seeds), args.seeds, total)
+    )
     print("%-12s %6s %8s %9s %7s %7s %6s" % ("difficulty", "bugs", "answered", "correct@1", "false", "wrong", "ECE"))
     for d in DIFFICULTIES:
         row = merged[d]
         correct, false, wrong, error = _rates(row, d in _NO_CAUSE)
-        print("%-12s %6d %8d %9s %7s %7s %6s" % (d, row["n"], row["answered"], _pct(correct), _pct(false),
-                                                  _pct(wrong), _pct(error)))
+        print(
+            "%-12s %6d %8d %9s %7s %7s %6s"
+            % (d, row["n"], row["answered"], _pct(correct), _pct(false), _pct(wrong), _pct(error))
+        )
     cause = {"n": 0, "answered": 0, "right": 0, "points": []}
     none = {"n": 0, "answered": 0, "right": 0, "points": []}
     for d in DIFFICULTIES:
@@ -467,15 +578,21 @@ def main(argv=None) -> int:
     answered = cause["answered"] + none["answered"]
     wrong = (answered - cause["right"]) / answered if answered else 0.0
     calibration = ece(points)
-    print("%-12s %6d %8d %9s %7s %7s %6s" % ("ALL", cause["n"] + none["n"], answered, _pct(correct), _pct(false),
-                                              _pct(wrong), _pct(calibration)))
+    print(
+        "%-12s %6d %8d %9s %7s %7s %6s"
+        % ("ALL", cause["n"] + none["n"], answered, _pct(correct), _pct(false), _pct(wrong), _pct(calibration))
+    )
     for seed, tally in per_seed:
-        c = sum(r["right"] for d, r in tally.items() if d not in _NO_CAUSE) / \
-            max(1, sum(r["n"] for d, r in tally.items() if d not in _NO_CAUSE))
-        f = sum(r["answered"] for d, r in tally.items() if d in _NO_CAUSE) / \
-            max(1, sum(r["n"] for d, r in tally.items() if d in _NO_CAUSE))
-        print("  seed %d: correct@1 %.1f%%  false %.1f%%  ECE %.1f%%" % (
-            seed, 100 * c, 100 * f, 100 * ece([p for r in tally.values() for p in r["points"]])))
+        c = sum(r["right"] for d, r in tally.items() if d not in _NO_CAUSE) / max(
+            1, sum(r["n"] for d, r in tally.items() if d not in _NO_CAUSE)
+        )
+        f = sum(r["answered"] for d, r in tally.items() if d in _NO_CAUSE) / max(
+            1, sum(r["n"] for d, r in tally.items() if d in _NO_CAUSE)
+        )
+        print(
+            "  seed %d: correct@1 %.1f%%  false %.1f%%  ECE %.1f%%"
+            % (seed, 100 * c, 100 * f, 100 * ece([p for r in tally.values() for p in r["points"]]))
+        )
     ok = correct >= 0.95 and false <= 0.02 and calibration <= 0.10
     print("bar (correct@1 >= 95%%, false <= 2%%, ECE <= 10%%): %s" % ("met" if ok else "MISSED"))
     return 0 if ok else 1

@@ -10,6 +10,7 @@ Budget: <= +100 ms wall vs. no agent.
 
     python bench/failure.py [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,13 +50,20 @@ def main() -> int:
         for name in ("bare", "agent"):
             subprocess.run([sys.executable, "-m", "venv", "--without-pip", os.path.join(workdir, name)], check=True)
             pythons[name] = os.path.join(workdir, name, "bin", "python")
-        subprocess.run([pythons["agent"], os.path.join(ROOT, "corp_error_agent.py"), "install"],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [pythons["agent"], os.path.join(ROOT, "corp_error_agent.py"), "install"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         script = os.path.join(workdir, "fails.py")
         with open(script, "w") as f:
             f.write("def main():\n    raise ValueError('boom')\n\nmain()\n")
-        env = dict(os.environ, ERROR_AGENT_URL="http://127.0.0.1:%d" % closed_port(),
-                   HOME=workdir, XDG_CACHE_HOME=os.path.join(workdir, "xdg"))
+        env = dict(
+            os.environ,
+            ERROR_AGENT_URL="http://127.0.0.1:%d" % closed_port(),
+            HOME=workdir,
+            XDG_CACHE_HOME=os.path.join(workdir, "xdg"),
+        )
         deltas = {"first": [], "again": [], "hints": []}
         for i in range(rounds):
             cache = os.path.join(workdir, "cache-%d" % i)
@@ -67,8 +75,7 @@ def main() -> int:
                 os.unlink(breaker)
             deltas["hints"].append(timed(pythons["agent"], script, case_env) - bare)
             shutil.rmtree(cache, ignore_errors=True)
-        print("failing script, backend refusing connections, %d rounds (median extra wall time vs. no agent):"
-              % rounds)
+        print("failing script, backend refusing connections, %d rounds (median extra wall time vs. no agent):" % rounds)
         for case, values in deltas.items():
             print("  %-6s %+7.1f ms" % (case, statistics.median(values) * 1e3))
         print("  budget: +100 ms")

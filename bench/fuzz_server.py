@@ -5,6 +5,7 @@ Needs hypothesis (the tooling venv of tests/run_tests.sh has it). Prints request
 failures (responses >= 500, missing or non-JSON error answers), and the database checks afterwards.
 Bar: >= 10,000 requests, 0 failures, server alive, database consistent.
 """
+
 from __future__ import annotations
 
 import argparse

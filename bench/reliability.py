@@ -9,6 +9,7 @@ disabled, then `flush` to a recovered backend and count beacons by event_id (tes
 --quick: CPython 3.11 only; otherwise every CPython 3.8-3.13 found under pyenv.
 Bar: 0 host-behaviour changes; delivered == generated; 0 duplicated.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,12 +45,19 @@ def main(argv=None) -> int:
                 continue
             venv = support.make_venv(found[version], tmp / ("venv-" + version), version, "copy")
             scripts = faults.write_scripts(tmp / ("scripts-" + version))
-            bases = {n: faults.baseline(venv.python, p, support.Sandbox(tmp / ("base-%s-%s" % (version, n))))
-                     for n, p in scripts.items()}
-            jobs = [(f, n) for f in faults.FAULTS for n in scripts
-                    if f not in faults.TLS_FAULTS or (tmp / "tls" / "cert.pem").exists()]
-            cell_args = [(venv.python, f, scripts[n], bases[n], tmp / ("cell-%s-%s-%s" % (version, f, n)))
-                         for f, n in jobs]
+            bases = {
+                n: faults.baseline(venv.python, p, support.Sandbox(tmp / ("base-%s-%s" % (version, n))))
+                for n, p in scripts.items()
+            }
+            jobs = [
+                (f, n)
+                for f in faults.FAULTS
+                for n in scripts
+                if f not in faults.TLS_FAULTS or (tmp / "tls" / "cert.pem").exists()
+            ]
+            cell_args = [
+                (venv.python, f, scripts[n], bases[n], tmp / ("cell-%s-%s-%s" % (version, f, n))) for f, n in jobs
+            ]
             with ThreadPoolExecutor(4) as pool:
                 cells = list(pool.map(lambda args: faults.run_cell(*args), cell_args))
             for cell in cells:
@@ -58,15 +66,29 @@ def main(argv=None) -> int:
                 for key in ("generated", "delivered", "duplicated"):
                     totals[key] += cell[key]
                 if not faults.cell_ok(cell):
-                    bad.append("%s %s x %s: same=%s generated=%d delivered=%d duplicated=%d left=%s" % (
-                        version, cell["fault"], cell["script"], cell["same"], cell["generated"], cell["delivered"],
-                        cell["duplicated"], cell["left_in_spool"]))
+                    bad.append(
+                        "%s %s x %s: same=%s generated=%d delivered=%d duplicated=%d left=%s"
+                        % (
+                            version,
+                            cell["fault"],
+                            cell["script"],
+                            cell["same"],
+                            cell["generated"],
+                            cell["delivered"],
+                            cell["duplicated"],
+                            cell["left_in_spool"],
+                        )
+                    )
     print("interpreters: %s" % ", ".join(versions))
-    print("faults x scripts tried: %d (%d faults x %d scripts x %d interpreter(s))"
-          % (totals["cells"], len(faults.FAULTS), len(faults.SCRIPTS), len(versions)))
+    print(
+        "faults x scripts tried: %d (%d faults x %d scripts x %d interpreter(s))"
+        % (totals["cells"], len(faults.FAULTS), len(faults.SCRIPTS), len(versions))
+    )
     print("host-behaviour changes: %d" % totals["changed"])
-    print("beacons generated / delivered / duplicated: %d / %d / %d"
-          % (totals["generated"], totals["delivered"], totals["duplicated"]))
+    print(
+        "beacons generated / delivered / duplicated: %d / %d / %d"
+        % (totals["generated"], totals["delivered"], totals["duplicated"])
+    )
     print("wall time: %.1f s" % (time.monotonic() - started))
     for line in bad:
         print("  NOT OK: " + line)

@@ -23,6 +23,7 @@ Bar: the embedded server at 16 connections >= 50% of the bare http.server; its t
 falling from 1 to 64 connections (each step >= 90% of the one before); 0 acknowledged lost.
 wrk: `apt-get install -y wrk` (Debian/Ubuntu), `brew install wrk` (macOS).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -110,13 +111,30 @@ class Target:
         self.stored: Optional[int] = None
         self.tags: List[str] = []
         self.skipped = ""
-        self.batches: Dict[int, float] = {}     # connections -> writes per commit (the embedded server)
+        self.batches: Dict[int, float] = {}  # connections -> writes per commit (the embedded server)
 
 
 def _wrk(url: str, connections: int, seconds: float, script: str) -> Tuple[int, int, float]:
     """(requests answered, answers that were not 2xx/3xx, seconds) of one wrk run."""
-    out = subprocess.run(["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", "%ds" % seconds,
-                          "--timeout", "10s", "-s", script, url], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            str(min(connections, 2)),
+            "-c",
+            str(connections),
+            "-d",
+            "%ds" % seconds,
+            "--timeout",
+            "10s",
+            "-s",
+            script,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     answered = int(re.search(r"(\d+) requests in ([\d.]+)(m?s)", out).group(1))
     elapsed = re.search(r"requests in ([\d.]+)(m?s)", out)
     duration = float(elapsed.group(1)) / (1000 if elapsed.group(2) == "ms" else 1)
@@ -159,20 +177,42 @@ def _bench_venv() -> str:
         print("making %s (gunicorn, psycopg from PyPI) ..." % venv, flush=True)
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-        subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check"] + _BENCH_VENV_REQS,
-                       check=True)
+        subprocess.run(
+            [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"] + _BENCH_VENV_REQS, check=True
+        )
         with open(stamp, "w") as handle:
             handle.write(wanted)
     return python
 
 
-def _start_gunicorn(python: str, app: str, env: Dict[str, str], chdir: str,
-                    log: str) -> Tuple[subprocess.Popen, str, int]:
+def _start_gunicorn(
+    python: str, app: str, env: Dict[str, str], chdir: str, log: str
+) -> Tuple[subprocess.Popen, str, int]:
     port = free_port()
     with open(log, "a") as errors:
-        proc = subprocess.Popen([python, "-m", "gunicorn", "-w", "4", "--threads", "16", "-b", "127.0.0.1:%d" % port,
-                                 "--chdir", chdir, "--graceful-timeout", "5", "--log-level", "warning", app],
-                                env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        proc = subprocess.Popen(
+            [
+                python,
+                "-m",
+                "gunicorn",
+                "-w",
+                "4",
+                "--threads",
+                "16",
+                "-b",
+                "127.0.0.1:%d" % port,
+                "--chdir",
+                chdir,
+                "--graceful-timeout",
+                "5",
+                "--log-level",
+                "warning",
+                app,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -182,20 +222,24 @@ def _start_gunicorn(python: str, app: str, env: Dict[str, str], chdir: str,
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 raise SystemExit("gunicorn did not start:\n" + open(log).read()[-2000:]) from None
-            time.sleep(0.05)   # polling a bounded start-up
+            time.sleep(0.05)  # polling a bounded start-up
 
 
 def _stored_sqlite(db: str, tags: List[str]) -> int:
     with sqlite3.connect(db) as conn:
-        return sum(conn.execute("SELECT COUNT(*) FROM beacons WHERE event_id LIKE ?", (tag + "-%",)).fetchone()[0]
-                   for tag in tags)
+        return sum(
+            conn.execute("SELECT COUNT(*) FROM beacons WHERE event_id LIKE ?", (tag + "-%",)).fetchone()[0]
+            for tag in tags
+        )
 
 
 def _stored_pg(python: str, url: str, tags: List[str]) -> int:
-    code = ("import sys, psycopg\n"
-            "with psycopg.connect(sys.argv[1]) as c:\n"
-            "    print(sum(c.execute(\"SELECT COUNT(*) FROM beacons WHERE event_id LIKE %s\", (t + '-%',))"
-            ".fetchone()[0] for t in sys.argv[2:]))\n")
+    code = (
+        "import sys, psycopg\n"
+        "with psycopg.connect(sys.argv[1]) as c:\n"
+        "    print(sum(c.execute(\"SELECT COUNT(*) FROM beacons WHERE event_id LIKE %s\", (t + '-%',))"
+        ".fetchone()[0] for t in sys.argv[2:]))\n"
+    )
     return int(subprocess.run([python, "-c", code, url] + tags, capture_output=True, text=True, check=True).stdout)
 
 
@@ -215,8 +259,9 @@ def _drive(target: Target, host: str, port: int, connections, seconds: float, tm
         target.rates[n] = _run(target, host, port, n, seconds, tmp)
         if before:
             after = _ingest(host, port)
-            target.batches[n] = (after["writes"] - before["writes"]) / max(1, after["transactions"]
-                                                                           - before["transactions"])
+            target.batches[n] = (after["writes"] - before["writes"]) / max(
+                1, after["transactions"] - before["transactions"]
+            )
 
 
 def _run(target: Target, host: str, port: int, connections: int, seconds: float, tmp: str) -> float:
@@ -246,8 +291,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, help="seconds per wrk run (default 8, --quick 2)")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
-        print("server_ingest: wrk is not installed: `apt-get install -y wrk` (Debian/Ubuntu) or "
-              "`brew install wrk` (macOS)", file=sys.stderr)
+        print(
+            "server_ingest: wrk is not installed: `apt-get install -y wrk` (Debian/Ubuntu) or "
+            "`brew install wrk` (macOS)",
+            file=sys.stderr,
+        )
         return 2
     seconds = args.seconds or (2 if args.quick else 8)
     connections = (4, 16) if args.quick else CONNECTIONS
@@ -258,8 +306,13 @@ def main(argv=None) -> int:
         flush = [_commit_ms(tmp)]
         with open(os.path.join(tmp, "bare_wsgi.py"), "w") as handle:
             handle.write(_BARE_WSGI)
-        runs = [("bare http.server", "bare"), ("bare WSGI, gunicorn -w 4", "bare"), ("embedded, SQLite", "ours"),
-                ("gunicorn -w 4, SQLite", "ours"), ("gunicorn -w 4, PostgreSQL", "ours")]
+        runs = [
+            ("bare http.server", "bare"),
+            ("bare WSGI, gunicorn -w 4", "bare"),
+            ("embedded, SQLite", "ours"),
+            ("gunicorn -w 4, SQLite", "ours"),
+            ("gunicorn -w 4, PostgreSQL", "ours"),
+        ]
         with postgres(tmp) as (pg_url, pg_reason):
             for name, kind in runs:
                 target = Target(name, kind, os.path.join(tmp, re.sub(r"\W", "", name) + ".db"))
@@ -272,8 +325,9 @@ def main(argv=None) -> int:
                 elif name.startswith("bare WSGI"):
                     proc, host, port = _start_gunicorn(python, "bare_wsgi:app", env, tmp, log)
                 elif name.startswith("embedded"):
-                    proc, host, port = start([sys.executable, "-m", "corp_error_server", "--port", "0", "--db",
-                                              target.db], env=env)
+                    proc, host, port = start(
+                        [sys.executable, "-m", "corp_error_server", "--port", "0", "--db", target.db], env=env
+                    )
                 elif name.endswith("SQLite"):
                     proc, host, port = _start_gunicorn(python, "corp_error_server:app", env, REPO, log)
                 else:
@@ -289,30 +343,51 @@ def main(argv=None) -> int:
                 finally:
                     stop(proc)
                 if kind == "ours":
-                    target.stored = (_stored_pg(python, pg_url, target.tags) if target.db == pg_url
-                                     else _stored_sqlite(target.db, target.tags))
+                    target.stored = (
+                        _stored_pg(python, pg_url, target.tags)
+                        if target.db == pg_url
+                        else _stored_sqlite(target.db, target.tags)
+                    )
         flush.append(_commit_ms(tmp))
     return _report(targets, connections, seconds, load, flush)
 
 
 def _pg_storage_missing(python: str, url: str, env: Dict[str, str]) -> str:
     """Why the server cannot store into PostgreSQL here, or "" when it can."""
-    check = subprocess.run([python, "-c", "import sys; from corp_error_server import create_app; "
-                            "storage = create_app(sys.argv[1]).storage; storage.close(); "
-                            "sys.exit('this server stores into SQLite only' if 'SQLite' in type(storage).__name__ "
-                            "else 0)", url], env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True)
-    return "" if check.returncode == 0 else "the server cannot store into %s: %s" % (
-        url, (check.stderr.strip().splitlines() or ["?"])[-1][:200])
+    check = subprocess.run(
+        [
+            python,
+            "-c",
+            "import sys; from corp_error_server import create_app; "
+            "storage = create_app(sys.argv[1]).storage; storage.close(); "
+            "sys.exit('this server stores into SQLite only' if 'SQLite' in type(storage).__name__ "
+            "else 0)",
+            url,
+        ],
+        env=env,
+        cwd=tempfile.gettempdir(),
+        capture_output=True,
+        text=True,
+    )
+    return (
+        ""
+        if check.returncode == 0
+        else "the server cannot store into %s: %s" % (url, (check.stderr.strip().splitlines() or ["?"])[-1][:200])
+    )
 
 
 def _report(targets: List[Target], connections, seconds: float, load, commit_ms: List[float]) -> int:
-    print("wrk, %g s per run, keep-alive, error beacons with unique event ids over %d environments; "
-          "load average before: %.1f %.1f %.1f, after: %.1f %.1f %.1f on %d CPUs"
-          % (seconds, _ENVS, *load, *os.getloadavg(), os.cpu_count() or 0))
+    print(
+        "wrk, %g s per run, keep-alive, error beacons with unique event ids over %d environments; "
+        "load average before: %.1f %.1f %.1f, after: %.1f %.1f %.1f on %d CPUs"
+        % (seconds, _ENVS, *load, *os.getloadavg(), os.cpu_count() or 0)
+    )
     slowest = max(commit_ms)
-    print("disk: a durable one-row SQLite commit takes %s ms (median, before / after the runs); a 2xx waits for a "
-          "commit, so N connections get at most N / %.2f ms beacons/s:" % (
-              " / ".join("%.2f" % ms for ms in commit_ms), slowest))
+    print(
+        "disk: a durable one-row SQLite commit takes %s ms (median, before / after the runs); a 2xx waits for a "
+        "commit, so N connections get at most N / %.2f ms beacons/s:"
+        % (" / ".join("%.2f" % ms for ms in commit_ms), slowest)
+    )
     print("%-28s" % "durable ceiling" + "".join("%10.0f" % (1000 * n / slowest) for n in connections))
     print("%-28s" % "beacons/s (req/s for bare)" + "".join("%10s" % ("%d conn" % n) for n in connections))
     for target in targets:
@@ -321,21 +396,38 @@ def _report(targets: List[Target], connections, seconds: float, load, commit_ms:
             continue
         print("%-28s" % target.name + "".join("%10.0f" % target.rates[n] for n in connections))
     bare, ours = targets[0], targets[2]
-    print("%-28s" % "embedded / bare http.server" + "".join(
-        "%9.0f%%" % (100 * ours.rates[n] / bare.rates[n]) for n in connections))
+    print(
+        "%-28s" % "embedded / bare http.server"
+        + "".join("%9.0f%%" % (100 * ours.rates[n] / bare.rates[n]) for n in connections)
+    )
     lost_any = False
     for target in targets:
         if target.stored is not None:
             lost = max(0, target.acked - target.stored)
             lost_any = lost_any or lost > 0
-            print("%-28s acknowledged %d, stored %d, acknowledged but lost %d%s" % (
-                target.name, target.acked, target.stored, lost, "; writes per commit " + " / ".join(
-                    "%.1f" % target.batches[n] for n in connections) if target.batches else ""))
+            print(
+                "%-28s acknowledged %d, stored %d, acknowledged but lost %d%s"
+                % (
+                    target.name,
+                    target.acked,
+                    target.stored,
+                    lost,
+                    "; writes per commit " + " / ".join("%.1f" % target.batches[n] for n in connections)
+                    if target.batches
+                    else "",
+                )
+            )
     share = ours.rates[16] / bare.rates[16] if 16 in ours.rates else 0.0
     steps = [ours.rates[b] >= 0.9 * ours.rates[a] for a, b in zip(connections, connections[1:])]
-    print("bar: embedded at 16 connections %.0f%% of bare (>= 50%%): %s; not falling 1->64: %s; 0 lost: %s" % (
-        100 * share, "met" if share >= 0.5 else "MISSED", "met" if all(steps) else "MISSED",
-        "met" if not lost_any else "MISSED"))
+    print(
+        "bar: embedded at 16 connections %.0f%% of bare (>= 50%%): %s; not falling 1->64: %s; 0 lost: %s"
+        % (
+            100 * share,
+            "met" if share >= 0.5 else "MISSED",
+            "met" if all(steps) else "MISSED",
+            "met" if not lost_any else "MISSED",
+        )
+    )
     return 0 if share >= 0.5 and all(steps) and not lost_any else 1
 
 

@@ -4,6 +4,7 @@ its SQLite database on disk. Counts errors, acknowledged vs stored rows (lost), 
     python bench/server_load.py [--quick] [--clients 10] [--seconds 30]
 --quick: 5 seconds. Bar: 0 errors, 0 lost rows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import Client, environment, start, stop  # noqa: E402
 
-_TRACE = ("Traceback (most recent call last):\n  File \"/srv/jobs/etl.py\", line 42, in main\n    load()\n"
-          "  File \"/srv/jobs/etl.py\", line 7, in load\n    parse(row)\n")
+_TRACE = (
+    "Traceback (most recent call last):\n  File \"/srv/jobs/etl.py\", line 42, in main\n    load()\n"
+    "  File \"/srv/jobs/etl.py\", line 7, in load\n    parse(row)\n"
+)
 
 
 def main(argv=None) -> int:
@@ -49,13 +52,19 @@ def main(argv=None) -> int:
                     n += 1
                     event_id = "%08x%024x" % (slot, n)
                     sig = "ValueError: bad record in table %s @ etl.load < etl.main" % rng.choice("abcdefghij")
-                    beacon = {"kind": "error" if n % 10 else "success", "env_hash": "%012x" % rng.randrange(60),
-                              "script_id": "s%05d" % rng.randrange(300), "ts": time.time(),
-                              "trace": _TRACE + sig.split(" @ ")[0], "error_sig": sig, "event_id": event_id,
-                              "agent": "corp-error-agent/0.5.0"}
+                    beacon = {
+                        "kind": "error" if n % 10 else "success",
+                        "env_hash": "%012x" % rng.randrange(60),
+                        "script_id": "s%05d" % rng.randrange(300),
+                        "ts": time.time(),
+                        "trace": _TRACE + sig.split(" @ ")[0],
+                        "error_sig": sig,
+                        "event_id": event_id,
+                        "agent": "corp-error-agent/0.5.0",
+                    }
                     try:
                         status, body = conn.post("/beacon", beacon)
-                    except Exception as error:   # counted, then a fresh connection
+                    except Exception as error:  # counted, then a fresh connection
                         errors.append("%s: %s" % (type(error).__name__, error))
                         conn = Client(host, port)
                         continue
@@ -68,7 +77,7 @@ def main(argv=None) -> int:
             began = time.perf_counter()
             for thread in threads:
                 thread.start()
-            stop_at.wait(seconds)   # the measurement window
+            stop_at.wait(seconds)  # the measurement window
             stop_at.set()
             for thread in threads:
                 thread.join()
@@ -81,11 +90,15 @@ def main(argv=None) -> int:
         conn.close()
     acknowledged = {e for ids in acked for e in ids}
     lost = len(acknowledged - stored_ids)
-    print("%d keep-alive clients for %.0f s, SQLite (WAL) on disk; server stopped (SIGTERM) before counting"
-          % (args.clients, seconds))
+    print(
+        "%d keep-alive clients for %.0f s, SQLite (WAL) on disk; server stopped (SIGTERM) before counting"
+        % (args.clients, seconds)
+    )
     print("errors: %d%s" % (len(errors), (" (first: %s)" % errors[0]) if errors else ""))
-    print("acknowledged: %d   stored: %d   lost: %d   integrity_check: %s"
-          % (len(acknowledged), len(stored_ids & acknowledged), lost, integrity))
+    print(
+        "acknowledged: %d   stored: %d   lost: %d   integrity_check: %s"
+        % (len(acknowledged), len(stored_ids & acknowledged), lost, integrity)
+    )
     print("throughput: %.0f beacons/s" % (len(acknowledged) / elapsed))
     ok = not errors and lost == 0 and integrity == "ok"
     print("bar (0 errors, 0 lost): %s" % ("met" if ok else "MISSED"))

@@ -7,6 +7,7 @@ pairs, and the client measures each round trip.
     python bench/server_suggest.py [--quick]
 Bar: p99 <= 20 ms.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,10 @@ def _signature(group: int) -> str:
 
 
 def _trace(group: int) -> str:
-    return ('Traceback (most recent call last):\n  File "/srv/etl/main.py", line 9, in <module>\n    main()\n'
-            '  File "/srv/etl/etl.py", line 40, in load\n    row[name]\n' + _signature(group).split(" @ ")[0] + "\n")
+    return (
+        'Traceback (most recent call last):\n  File "/srv/etl/main.py", line 9, in <module>\n    main()\n'
+        '  File "/srv/etl/etl.py", line 40, in load\n    row[name]\n' + _signature(group).split(" @ ")[0] + "\n"
+    )
 
 
 def populate(path: str, beacons: int, envs: int, seed: int = 0) -> dict:
@@ -61,13 +64,24 @@ def populate(path: str, beacons: int, envs: int, seed: int = 0) -> dict:
             previous = rng.choice(failing[group])
         else:
             env_index, previous = rng.randrange(envs), rng.randrange(envs)
-        storage.add_beacon(Beacon(kind="success" if success else "error", env_hash="%012x" % env_index,
-                                  script_id="s%04d" % rng.randrange(2000), group_key=None if success else keys[group],
-                                  signature=None if success else _signature(group),
-                                  trace=None if success else _trace(group), ts=time.time(), event_id=None,
-                                  script_name=None, agent=None, test=False,
-                                  prev_env_hash="%012x" % previous if success else None,
-                                  prev_group_key=keys[group] if success else None, mentions=frozenset({"pandas"})))
+        storage.add_beacon(
+            Beacon(
+                kind="success" if success else "error",
+                env_hash="%012x" % env_index,
+                script_id="s%04d" % rng.randrange(2000),
+                group_key=None if success else keys[group],
+                signature=None if success else _signature(group),
+                trace=None if success else _trace(group),
+                ts=time.time(),
+                event_id=None,
+                script_name=None,
+                agent=None,
+                test=False,
+                prev_env_hash="%012x" % previous if success else None,
+                prev_group_key=keys[group] if success else None,
+                mentions=frozenset({"pandas"}),
+            )
+        )
     storage.close()
     return failing
 
@@ -81,8 +95,10 @@ def main(argv=None) -> int:
         db = os.path.join(tmp, "suggest.db")
         started = time.perf_counter()
         failing = populate(db, beacons, envs)
-        print("populated %d beacons over %d environments, %d groups in %.1f s (%.1f MB)"
-              % (beacons, envs, _GROUPS, time.perf_counter() - started, os.path.getsize(db) / 1e6))
+        print(
+            "populated %d beacons over %d environments, %d groups in %.1f s (%.1f MB)"
+            % (beacons, envs, _GROUPS, time.perf_counter() - started, os.path.getsize(db) / 1e6)
+        )
         proc, host, port = start([sys.executable, "-m", "corp_error_server", "--port", "0", "--db", db])
         try:
             client = Client(host, port)
@@ -96,14 +112,16 @@ def main(argv=None) -> int:
                 status, payload = client.post("/suggest", body)
                 elapsed = (time.perf_counter() - t0) * 1000
                 assert status == 200, payload
-                if i >= 20:   # the first answers warm the page cache
+                if i >= 20:  # the first answers warm the page cache
                     latencies.append(elapsed)
                     matches += b'"match": true' in payload
         finally:
             stop(proc)
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
-    print("/suggest over HTTP keep-alive, %d queries: p50 %.2f ms  p99 %.2f ms  max %.2f ms  (%d answered with a hint)"
-          % (len(latencies), p50, p99, max(latencies), matches))
+    print(
+        "/suggest over HTTP keep-alive, %d queries: p50 %.2f ms  p99 %.2f ms  max %.2f ms  (%d answered with a hint)"
+        % (len(latencies), p50, p99, max(latencies), matches)
+    )
     print("bar (p99 <= 20 ms): %s" % ("met" if p99 <= 20 else "MISSED"))
     return 0 if p99 <= 20 else 1
 

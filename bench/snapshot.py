@@ -9,6 +9,7 @@ is not the snapshot's: bench/failure.py measures the whole path.
 
     python bench/snapshot.py [--quick] [--dists 300]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,9 @@ def make_site(path: str, count: int) -> None:
 
 
 def probe(site: str, cache: str):
-    out = subprocess.run([sys.executable, "-c", PROBE, ROOT, site, cache],
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, ROOT, site, cache], capture_output=True, text=True, check=True
+    ).stdout.split()
     return float(out[0]), int(out[1])
 
 
@@ -69,8 +71,10 @@ def main() -> int:
             ms, found = probe(site, cache)
             cold.append(ms)
             cached.append(probe(site, cache)[0])
-        print("snapshot of %d distributions (%d found on sys.path), median of %d fresh interpreters:"
-              % (args.dists, found, runs))
+        print(
+            "snapshot of %d distributions (%d found on sys.path), median of %d fresh interpreters:"
+            % (args.dists, found, runs)
+        )
         print("  cold   %.2f ms   (budget 10 ms)" % statistics.median(cold))
         print("  cached %.2f ms   (budget 1 ms)" % statistics.median(cached))
     return 0

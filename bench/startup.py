@@ -18,6 +18,7 @@ with PYTHONHASHSEED=0, so one run each, unlike wall time on a shared machine): `
 
     python bench/startup.py [--quick] [--all] [--rounds N] [--instructions]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,12 +38,15 @@ AGENT = os.path.join(ROOT, "corp_error_agent.py")
 def interpreters(all_versions: bool) -> list:
     if not all_versions:
         return [sys.executable]
-    root = (subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip()
-            or os.path.expanduser("~/.pyenv"))
+    root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() or os.path.expanduser(
+        "~/.pyenv"
+    )
     found = []
     for minor in range(8, 14):
-        candidates = sorted(glob.glob(os.path.join(root, "versions", "3.%d.*" % minor, "bin", "python")),
-                            key=lambda p: int(p.split(os.sep)[-3].split(".")[2]))
+        candidates = sorted(
+            glob.glob(os.path.join(root, "versions", "3.%d.*" % minor, "bin", "python")),
+            key=lambda p: int(p.split(os.sep)[-3].split(".")[2]),
+        )
         if candidates:
             found.append(candidates[-1])
         else:
@@ -71,8 +75,18 @@ def make_venvs(python: str, workdir: str, names=("bare", "floor", "install", "wh
     if wheels and "wheel" in names:  # installed by this interpreter's pip into a venv without pip, like the others
         path = os.path.join(workdir, "wheel")
         subprocess.run([python, "-m", "venv", "--without-pip", path], check=True)
-        pip = [sys.executable, "-m", "pip", "--python", os.path.join(path, "bin", "python"), "install", "-q",
-               "--no-deps", "--no-index", wheels[-1]]
+        pip = [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            os.path.join(path, "bin", "python"),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            wheels[-1],
+        ]
         if subprocess.run(pip, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
             venvs["wheel"] = os.path.join(path, "bin", "python")
     return venvs
@@ -89,19 +103,23 @@ def peak_rss_kib(python: str, env: dict) -> float:
     """The interpreter's peak RSS (KiB) as it ends. Read from /proc by the process itself: the
     rusage of a child counts the parent's memory it was forked with."""
     code = "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
-    peaks = [int(subprocess.run([python, "-c", code], env=env, capture_output=True, text=True).stdout or 0)
-             for _ in range(15)]
+    peaks = [
+        int(subprocess.run([python, "-c", code], env=env, capture_output=True, text=True).stdout or 0)
+        for _ in range(15)
+    ]
     return statistics.median(peaks)
 
 
 def pending_check_us(python: str, env: dict) -> float:
     """In-process cost of the start-up check for a failure waiting for this script's clean exit.
     With nothing pending no exit hook is registered, so this is all a clean exit costs."""
-    code = ("import corp_error_agent as a, os, sys, time\n"
-            "n = 2000\nt = time.perf_counter()\n"
-            "for _ in range(n):\n"  # what activate() does: pending/<script file name>/ exists?
-            "    os.access(os.path.join(a._cache_dir(), 'pending', os.path.basename(sys.argv[0]) or '-'), os.F_OK)\n"
-            "print((time.perf_counter() - t) / n * 1e6)\n")
+    code = (
+        "import corp_error_agent as a, os, sys, time\n"
+        "n = 2000\nt = time.perf_counter()\n"
+        "for _ in range(n):\n"  # what activate() does: pending/<script file name>/ exists?
+        "    os.access(os.path.join(a._cache_dir(), 'pending', os.path.basename(sys.argv[0]) or '-'), os.F_OK)\n"
+        "print((time.perf_counter() - t) / n * 1e6)\n"
+    )
     return float(subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
 
 
@@ -109,8 +127,12 @@ def measure(python: str, rounds: int) -> None:
     with tempfile.TemporaryDirectory(prefix="cea-startup-") as workdir:
         venvs = make_venvs(python, workdir)
         # An empty cache dir and no backend: exactly a machine where nothing has failed yet.
-        env = dict(os.environ, ERROR_AGENT_CACHE_DIR=os.path.join(workdir, "cache"),
-                   ERROR_AGENT_URL="http://127.0.0.1:9", PYTHONDONTWRITEBYTECODE="1")
+        env = dict(
+            os.environ,
+            ERROR_AGENT_CACHE_DIR=os.path.join(workdir, "cache"),
+            ERROR_AGENT_URL="http://127.0.0.1:9",
+            PYTHONDONTWRITEBYTECODE="1",
+        )
         for python_path in venvs.values():  # warm the page cache
             run_once(python_path, env)
         times = {name: [] for name in venvs}
@@ -124,17 +146,29 @@ def measure(python: str, rounds: int) -> None:
                 times[name].append(this_round[name])
             for name in venvs:
                 ratios[name].append(this_round[name] / this_round["bare"])
-        version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
-                                 capture_output=True, text=True).stdout.strip()
+        version = subprocess.run(
+            [python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True, text=True
+        ).stdout.strip()
         print("CPython %s, %d paired rounds of `python -c pass`:" % (version, rounds))
-        rss = {name: peak_rss_kib(python_path, env) for name, python_path in venvs.items()} \
-            if os.path.exists("/proc/self/status") else None
+        rss = (
+            {name: peak_rss_kib(python_path, env) for name, python_path in venvs.items()}
+            if os.path.exists("/proc/self/status")
+            else None
+        )
         for name in venvs:
-            print("  %-8s median %6.2f ms   ratio to bare %.3f   peak RSS %s" % (
-                name, statistics.median(times[name]) * 1e3, statistics.median(ratios[name]),
-                "%+5.0f KiB" % (rss[name] - rss["bare"]) if rss else "(no /proc: not measured)"))
-        print("  clean exit with nothing pending: no exit hook; the start-up check for one costs %.1f us"
-              % pending_check_us(venvs["install"], env))
+            print(
+                "  %-8s median %6.2f ms   ratio to bare %.3f   peak RSS %s"
+                % (
+                    name,
+                    statistics.median(times[name]) * 1e3,
+                    statistics.median(ratios[name]),
+                    "%+5.0f KiB" % (rss[name] - rss["bare"]) if rss else "(no /proc: not measured)",
+                )
+            )
+        print(
+            "  clean exit with nothing pending: no exit hook; the start-up check for one costs %.1f us"
+            % pending_check_us(venvs["install"], env)
+        )
 
 
 PROGRAMS = (("python -c pass", "pass"), ('python -c "import logging"', "import logging"))
@@ -143,8 +177,12 @@ BAR = 1.0  # percent over the floor
 
 def instructions(python: str, code: str, env: dict) -> int:
     """CPU instructions of one `python -c CODE`, start-up and exit included."""
-    proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python, "-c", code],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     counts = [line.split()[-1] for line in proc.stderr.splitlines() if "Collected :" in line]
     if proc.returncode != 0 or not counts:
         raise RuntimeError("valgrind failed (%s):\n%s" % (proc.returncode, proc.stderr[-2000:]))
@@ -154,10 +192,16 @@ def instructions(python: str, code: str, env: dict) -> int:
 def measure_instructions(python: str) -> bool:
     with tempfile.TemporaryDirectory(prefix="cea-startup-") as workdir:
         venvs = make_venvs(python, workdir, ("floor", "install"))
-        env = dict(os.environ, ERROR_AGENT_CACHE_DIR=os.path.join(workdir, "cache"),
-                   ERROR_AGENT_URL="http://127.0.0.1:9", PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0")
-        version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
-                                 capture_output=True, text=True).stdout.strip()
+        env = dict(
+            os.environ,
+            ERROR_AGENT_CACHE_DIR=os.path.join(workdir, "cache"),
+            ERROR_AGENT_URL="http://127.0.0.1:9",
+            PYTHONDONTWRITEBYTECODE="1",
+            PYTHONHASHSEED="0",
+        )
+        version = subprocess.run(
+            [python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True, text=True
+        ).stdout.strip()
         print("CPython %s, CPU instructions (valgrind --tool=callgrind, PYTHONHASHSEED=0):" % version)
         met = True
         for label, code in PROGRAMS:

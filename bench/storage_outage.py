@@ -7,6 +7,7 @@ again" to the first acknowledged beacon, and acknowledged vs stored over the who
 
     python bench/storage_outage.py [--quick] [--outage SECONDS]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,16 @@ class _Load:
         while not self._stop.is_set():
             event_id = "o%d-%d" % (n, i)
             i += 1
-            body = json.dumps({"kind": "error", "env_hash": "e1", "script_id": "s%d" % n, "ts": 1.7e9,
-                               "error_sig": "ValueError: outage @ app.main", "event_id": event_id})
+            body = json.dumps(
+                {
+                    "kind": "error",
+                    "env_hash": "e1",
+                    "script_id": "s%d" % n,
+                    "ts": 1.7e9,
+                    "error_sig": "ValueError: outage @ app.main",
+                    "event_id": event_id,
+                }
+            )
             try:
                 conn.request("POST", "/beacon", body, {"Content-Type": "application/json"})
                 response = conn.getresponse()
@@ -86,25 +95,29 @@ def main(argv: List[str]) -> int:
         proc, host, port = start([sys.executable, "-m", "corp_error_server", "--port", "0", "--db", target])
         load = _Load(host, port)
         while len(load.acked) < 200:
-            time.sleep(0.05)   # warm-up: poll interval
+            time.sleep(0.05)  # warm-up: poll interval
         cluster.stop("fast")
-        time.sleep(outage)     # the outage itself
-        cluster.start()        # returns once PostgreSQL accepts connections
+        time.sleep(outage)  # the outage itself
+        cluster.start()  # returns once PostgreSQL accepts connections
         back = time.monotonic()
         load.reset_first_ack()
         while "now" not in load.first_ack_after:
             time.sleep(0.01)
         resumed = load.first_ack_after["now"] - back
-        time.sleep(2)          # some ingest after the recovery
+        time.sleep(2)  # some ingest after the recovery
         load.stop()
         stop(proc)
         stored = {e for (e,) in pgsupport.db_rows(target, "SELECT event_id FROM beacons")}
     finally:
         cluster.destroy()
-    print("PostgreSQL down %.0f s under %d clients: first beacon acknowledged %.1f s after it is back" %
-          (outage, _THREADS, resumed))
-    print("statuses %s; acknowledged %d, stored %d, acknowledged but lost %d" %
-          (dict(sorted(load.statuses.items())), len(load.acked), len(stored), len(load.acked - stored)))
+    print(
+        "PostgreSQL down %.0f s under %d clients: first beacon acknowledged %.1f s after it is back"
+        % (outage, _THREADS, resumed)
+    )
+    print(
+        "statuses %s; acknowledged %d, stored %d, acknowledged but lost %d"
+        % (dict(sorted(load.statuses.items())), len(load.acked), len(stored), len(load.acked - stored))
+    )
     return 0
 
 

@@ -11,6 +11,7 @@ failure. Then a server process per backend answers /suggest over a keep-alive co
     python bench/suggest_scale.py [--quick] [--beacons N] [--envs N]
 Bar: p99 <= 20 ms on both backends. psycopg comes from PyPI into the venv server_ingest.py makes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,15 +47,17 @@ def populate(path: str, beacons: int, envs: int, seed: int = 0):
         env = environment(rng, index, minors=2)
         packages.append(env["packages"])
         population.add_env(parse_env(env))
-    weights = [1.0 / (g + 1) for g in range(_GROUPS)]        # Zipf: the first group ~17% of all beacons
+    weights = [1.0 / (g + 1) for g in range(_GROUPS)]  # Zipf: the first group ~17% of all beacons
     failing, working = {}, {}
     for group in range(0, _GROUPS, 2):
         cause = PACKAGES[group % len(PACKAGES)]
         failing[group] = [i for i, p in enumerate(packages) if p[cause] == "3.1"]
         working[group] = [i for i, p in enumerate(packages) if p[cause] != "3.1"]
     keys = [corp_error_agent.group_key(_signature(g)) for g in range(_GROUPS)]
-    traces = ["Traceback (most recent call last):\n  File \"/srv/etl.py\", line 3, in load\n" +
-              _signature(g).split(" @ ")[0] for g in range(_GROUPS)]
+    traces = [
+        "Traceback (most recent call last):\n  File \"/srv/etl.py\", line 3, in load\n" + _signature(g).split(" @ ")[0]
+        for g in range(_GROUPS)
+    ]
     mentions = frozenset({"pandas"})
     groups = rng.choices(range(_GROUPS), weights, k=beacons)
     now = time.time()
@@ -66,12 +69,24 @@ def populate(path: str, beacons: int, envs: int, seed: int = 0):
             previous = rng.choice(failing[group])
         else:
             env_index, previous = rng.randrange(envs), rng.randrange(envs)
-        population.add(Beacon(kind="success" if success else "error", env_hash="%012x" % env_index,
-                              script_id="s%05d" % rng.randrange(20000), group_key=None if success else keys[group],
-                              signature=None if success else _signature(group),
-                              trace=None if success else traces[group], ts=now, event_id="b%d" % i, script_name=None,
-                              agent=None, test=False, prev_env_hash="%012x" % previous if success else None,
-                              prev_group_key=keys[group] if success else None, mentions=mentions))
+        population.add(
+            Beacon(
+                kind="success" if success else "error",
+                env_hash="%012x" % env_index,
+                script_id="s%05d" % rng.randrange(20000),
+                group_key=None if success else keys[group],
+                signature=None if success else _signature(group),
+                trace=None if success else traces[group],
+                ts=now,
+                event_id="b%d" % i,
+                script_name=None,
+                agent=None,
+                test=False,
+                prev_env_hash="%012x" % previous if success else None,
+                prev_group_key=keys[group] if success else None,
+                mentions=mentions,
+            )
+        )
     population.close()
     return weights, failing
 
@@ -84,15 +99,16 @@ def _cpu_seconds(pid: int) -> float:
 
 def _measure(db: str, queries: int, envs: int, weights, failing, python: str) -> Tuple[list, float]:
     """(latency in ms and whether it was a hint, per query; the server's CPU ms per query)."""
-    proc, host, port = start([python, "-m", "corp_error_server", "--port", "0", "--db", db],
-                             env=dict(os.environ, PYTHONPATH=REPO))
+    proc, host, port = start(
+        [python, "-m", "corp_error_server", "--port", "0", "--db", db], env=dict(os.environ, PYTHONPATH=REPO)
+    )
     try:
         client = Client(host, port)
         rng = random.Random(1)
         latencies = []
         cpu = 0.0
         for i in range(queries + 50):
-            if i == 50:   # the first answers warm the caches
+            if i == 50:  # the first answers warm the caches
                 cpu = _cpu_seconds(proc.pid)
             group = rng.choices(range(_GROUPS), weights)[0]
             env_index = rng.choice(failing[group]) if group in failing else rng.randrange(envs)
@@ -114,9 +130,11 @@ def _psycopg_python() -> str:
     try:
         import psycopg  # noqa: F401
         import psycopg_pool  # noqa: F401
+
         return sys.executable
     except ImportError:
         from server_ingest import _bench_venv
+
         return _bench_venv()
 
 
@@ -135,9 +153,11 @@ def main(argv=None) -> int:
         db = os.path.join(tmp, "suggest.db")
         started = time.perf_counter()
         weights, failing = populate(db, beacons, envs)
-        print("populated %d beacons over %d environments, %d groups in %.0f s (%.0f MB); load average %.1f"
-              % (beacons, envs, _GROUPS, time.perf_counter() - started, os.path.getsize(db) / 1e6, load[0]),
-              flush=True)
+        print(
+            "populated %d beacons over %d environments, %d groups in %.0f s (%.0f MB); load average %.1f"
+            % (beacons, envs, _GROUPS, time.perf_counter() - started, os.path.getsize(db) / 1e6, load[0]),
+            flush=True,
+        )
         figures.append(("SQLite", _measure(db, queries, envs, weights, failing, sys.executable)))
         loads["SQLite"] = os.getloadavg()[0]
         python = _psycopg_python()
@@ -146,8 +166,12 @@ def main(argv=None) -> int:
                 figures.append(("PostgreSQL", reason))
             else:
                 started = time.perf_counter()
-                subprocess.run([python, os.path.join(REPO, "bench", "_bulk.py"), db, url], cwd=REPO, check=True,
-                               env=dict(os.environ, PYTHONPATH=REPO))
+                subprocess.run(
+                    [python, os.path.join(REPO, "bench", "_bulk.py"), db, url],
+                    cwd=REPO,
+                    check=True,
+                    env=dict(os.environ, PYTHONPATH=REPO),
+                )
                 print("copied into PostgreSQL by COPY in %.0f s" % (time.perf_counter() - started), flush=True)
                 figures.append(("PostgreSQL", _measure(url, queries, envs, weights, failing, python)))
                 loads["PostgreSQL"] = os.getloadavg()[0]
@@ -160,10 +184,20 @@ def main(argv=None) -> int:
         times = [t for t, _ in latencies]
         p99 = percentile(times, 99)
         met = met and p99 <= 20
-        print("%-10s /suggest over HTTP keep-alive, %d queries: p50 %.2f ms  p99 %.2f ms  max %.2f ms  "
-              "(%d answered with a hint); server process CPU %.2f ms a query; load average %.1f"
-              % (backend, len(times), percentile(times, 50), p99, max(times), sum(m for _, m in latencies), cpu,
-                 loads[backend]))
+        print(
+            "%-10s /suggest over HTTP keep-alive, %d queries: p50 %.2f ms  p99 %.2f ms  max %.2f ms  "
+            "(%d answered with a hint); server process CPU %.2f ms a query; load average %.1f"
+            % (
+                backend,
+                len(times),
+                percentile(times, 50),
+                p99,
+                max(times),
+                sum(m for _, m in latencies),
+                cpu,
+                loads[backend],
+            )
+        )
     print("bar (p99 <= 20 ms on both backends): %s" % ("met" if met else "MISSED"))
     return 0 if met else 1
 

@@ -6,6 +6,7 @@ requiring ``$CORP_ERROR_SERVER_TOKEN`` as bearer token when that is set and aler
 ``$CORP_ERROR_SERVER_WEBHOOKS``. It opens its database on
 the first request, so importing this package touches no file.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,15 +41,21 @@ class _LazyApp:
             with self._lock:
                 if self._app is None:
                     from .alerts import parse_webhook
+
                     token: Optional[str] = os.environ.get("CORP_ERROR_SERVER_TOKEN") or None
                     hooks = [parse_webhook(s) for s in os.environ.get("CORP_ERROR_SERVER_WEBHOOKS", "").split()]
                     try:
                         self._app = create_app(default_db_path(), token=token, webhooks=hooks)
-                    except StorageUnavailable as error:   # down at the first request: the next one tries again
+                    except StorageUnavailable as error:  # down at the first request: the next one tries again
                         body = json.dumps({"error": "storage unavailable: %s" % error}).encode()
-                        start_response("503 Service Unavailable", [
-                            ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                            ("Retry-After", "1")])
+                        start_response(
+                            "503 Service Unavailable",
+                            [
+                                ("Content-Type", "application/json"),
+                                ("Content-Length", str(len(body))),
+                                ("Retry-After", "1"),
+                            ],
+                        )
                         return [body]
         return self._app(environ, start_response)
 

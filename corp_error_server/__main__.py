@@ -1,4 +1,5 @@
 """``corp-error-server`` / ``python -m corp_error_server``: serve, ``demo``, or ``migrate SRC DST``."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,32 +11,54 @@ from typing import List, Optional
 def _parser() -> argparse.ArgumentParser:
     from . import DEFAULT_MAX_BODY, DEFAULT_RETENTION_DAYS, default_db_path
     from .ingest import DEFAULT_MAX_WAITING
+
     parser = argparse.ArgumentParser(
         prog="corp-error-server",
         description="Serve the corp-error-agent backend (default), or run `corp-error-server demo ...`, or "
-                    "`corp-error-server migrate SRC DST` (copy a SQLite database into PostgreSQL).",
+        "`corp-error-server migrate SRC DST` (copy a SQLite database into PostgreSQL).",
         epilog="The token may also come from $CORP_ERROR_SERVER_TOKEN (kept out of the process list), webhooks from "
-               "$CORP_ERROR_SERVER_WEBHOOKS (separated by spaces).")
+        "$CORP_ERROR_SERVER_WEBHOOKS (separated by spaces).",
+    )
     parser.add_argument("command", nargs="?", choices=["serve"], default="serve", help=argparse.SUPPRESS)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
-    parser.add_argument("--db", default=default_db_path(),
-                        help="a SQLite database file, or a postgresql://user@host/dbname URL (PostgreSQL needs the "
-                             "package's [postgres] extra); also $CORP_ERROR_SERVER_DB (default: %(default)s)")
-    parser.add_argument("--token", default=os.environ.get("CORP_ERROR_SERVER_TOKEN") or None,
-                        help="require `Authorization: Bearer TOKEN` on every route but /healthz")
-    parser.add_argument("--retention-days", type=float, default=DEFAULT_RETENTION_DAYS,
-                        help="delete beacons older than this (default: %(default)s)")
-    parser.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY,
-                        help="request body limit in bytes (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=10.0,
-                        help="per-connection socket timeout in seconds (default: %(default)s)")
-    parser.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,
-                        help="writes waiting for the database beyond which requests get 503 (default: %(default)s)")
-    parser.add_argument("--webhook", action="append", metavar="[slack=|json=]URL",
-                        default=os.environ.get("CORP_ERROR_SERVER_WEBHOOKS", "").split(),
-                        help="POST an alert on a new error group, a regression, and a fix becoming available: "
-                             "slack= sends {\"text\": ...}, json= (the default) the event as JSON; repeatable")
+    parser.add_argument(
+        "--db",
+        default=default_db_path(),
+        help="a SQLite database file, or a postgresql://user@host/dbname URL (PostgreSQL needs the "
+        "package's [postgres] extra); also $CORP_ERROR_SERVER_DB (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("CORP_ERROR_SERVER_TOKEN") or None,
+        help="require `Authorization: Bearer TOKEN` on every route but /healthz",
+    )
+    parser.add_argument(
+        "--retention-days",
+        type=float,
+        default=DEFAULT_RETENTION_DAYS,
+        help="delete beacons older than this (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-body", type=int, default=DEFAULT_MAX_BODY, help="request body limit in bytes (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="per-connection socket timeout in seconds (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-waiting",
+        type=int,
+        default=DEFAULT_MAX_WAITING,
+        help="writes waiting for the database beyond which requests get 503 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--webhook",
+        action="append",
+        metavar="[slack=|json=]URL",
+        default=os.environ.get("CORP_ERROR_SERVER_WEBHOOKS", "").split(),
+        help="POST an alert on a new error group, a regression, and a fix becoming available: "
+        "slack= sends {\"text\": ...}, json= (the default) the event as JSON; repeatable",
+    )
     return parser
 
 
@@ -52,13 +75,15 @@ def _migrate(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="corp-error-server migrate",
         description="Copy the database SRC (a SQLite file) into DST (a postgresql:// URL), ids and counts as they "
-                    "are, in one transaction: safe to run again after an interruption, and again later to copy "
-                    "what SRC received since. Stop the servers writing to SRC first, or run it again after.")
+        "are, in one transaction: safe to run again after an interruption, and again later to copy "
+        "what SRC received since. Stop the servers writing to SRC first, or run it again after.",
+    )
     parser.add_argument("src", help="the SQLite database file to copy")
     parser.add_argument("dst", help="the database to copy into: a postgresql:// URL (or a SQLite file)")
     args = parser.parse_args(argv)
     from .storage import StorageError, UnsupportedDatabase, describe, open_storage
     from .storage_copy import copy_database
+
     if "://" not in args.src and not os.path.isfile(args.src):
         print("corp-error-server migrate: no database file %s" % args.src, file=sys.stderr)
         return 2
@@ -75,16 +100,17 @@ def _migrate(argv: List[str]) -> int:
         print("corp-error-server migrate: cannot open a database: %s" % error, file=sys.stderr)
         return 1
     try:
-        copied = copy_database(src, dst, source_name,
-                               progress=lambda table: print("copying %s" % table, flush=True))
+        copied = copy_database(src, dst, source_name, progress=lambda table: print("copying %s" % table, flush=True))
     except StorageError as error:
         print("corp-error-server migrate: nothing copied: %s" % error, file=sys.stderr)
         return 1
     finally:
         src.close()
         dst.close()
-    print("migrated %s into %s: %s" % (source_name, describe(args.dst),
-                                       ", ".join("%d %s" % (n, table) for table, n in copied.items())))
+    print(
+        "migrated %s into %s: %s"
+        % (source_name, describe(args.dst), ", ".join("%d %s" % (n, table) for table, n in copied.items()))
+    )
     return 0
 
 
@@ -95,27 +121,41 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv[:1] == ["migrate"]:
         return _migrate(argv[1:])
     args = _parser().parse_args(argv)
-    if (not 0 <= args.port <= 65535 or args.retention_days <= 0 or args.max_body <= 0 or args.timeout <= 0
-            or args.max_waiting <= 0):
-        print("corp-error-server: --port, --retention-days, --max-body, --timeout and --max-waiting must be in range",
-              file=sys.stderr)
+    if (
+        not 0 <= args.port <= 65535
+        or args.retention_days <= 0
+        or args.max_body <= 0
+        or args.timeout <= 0
+        or args.max_waiting <= 0
+    ):
+        print(
+            "corp-error-server: --port, --retention-days, --max-body, --timeout and --max-waiting must be in range",
+            file=sys.stderr,
+        )
         return 2
     from . import create_app
     from .alerts import parse_webhook
     from .server import make_server, serve
     from .storage import UnsupportedDatabase, describe
+
     try:
         webhooks = [parse_webhook(spec) for spec in args.webhook]
     except ValueError as error:
         print("corp-error-server: %s" % error, file=sys.stderr)
         return 2
     try:
-        app = create_app(args.db, token=args.token, retention_days=args.retention_days, max_body=args.max_body,
-                         max_waiting=args.max_waiting, webhooks=webhooks)
+        app = create_app(
+            args.db,
+            token=args.token,
+            retention_days=args.retention_days,
+            max_body=args.max_body,
+            max_waiting=args.max_waiting,
+            webhooks=webhooks,
+        )
     except UnsupportedDatabase as error:
         print("corp-error-server: --db %s: %s" % (describe(args.db), error), file=sys.stderr)
         return 2
-    except Exception as error:   # StorageError, OSError from a path that cannot be created, ...
+    except Exception as error:  # StorageError, OSError from a path that cannot be created, ...
         print("corp-error-server: cannot open database %s: %s" % (describe(args.db), error), file=sys.stderr)
         return 1
     try:
@@ -125,7 +165,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     log_written = serve(server)
     app.close()
-    if not log_written:   # stderr is a pipe nobody reads: the interpreter's last flush of it would never end
+    if not log_written:  # stderr is a pipe nobody reads: the interpreter's last flush of it would never end
         os._exit(0)
     return 0
 

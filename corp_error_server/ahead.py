@@ -9,6 +9,7 @@ during a burst a group's answer would be stale again at once, and ingest keeps t
 ``_REST`` times as long as it worked, and a full set drops new notes -- such a group's suggestion
 is computed by the page that shows it, as without this thread.
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,10 +17,10 @@ import threading
 import time
 from typing import Callable, Dict, Optional, Tuple
 
-_PENDING = 10000         # groups waiting before new notes are dropped
-_QUIET = 0.5             # seconds without a note after which a group is computed ...
-_LATEST = 5.0            # ... or seconds after its first note, whichever comes first
-_REST = 5.0              # rest after each group, in multiples of the time it took
+_PENDING = 10000  # groups waiting before new notes are dropped
+_QUIET = 0.5  # seconds without a note after which a group is computed ...
+_LATEST = 5.0  # ... or seconds after its first note, whichever comes first
+_REST = 5.0  # rest after each group, in multiples of the time it took
 
 
 class Ahead:
@@ -27,7 +28,7 @@ class Ahead:
 
     def __init__(self, compute: Callable[[str], None]) -> None:
         self._compute = compute
-        self._pending: Dict[str, Tuple[float, float]] = {}   # key -> (first, last) note, monotonic
+        self._pending: Dict[str, Tuple[float, float]] = {}  # key -> (first, last) note, monotonic
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._busy = False
@@ -43,7 +44,7 @@ class Ahead:
             if noted is None and len(self._pending) >= _PENDING:
                 return
             self._pending[group_key] = (noted[0] if noted else now, now)
-            if noted is None:   # a group noted again is due no sooner than before: the thread knows when
+            if noted is None:  # a group noted again is due no sooner than before: the thread knows when
                 self._wake.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
@@ -76,7 +77,7 @@ class Ahead:
             started = time.monotonic()
             try:
                 self._compute(key)
-            except Exception as error:   # storage briefly unavailable: the page computes it when shown
+            except Exception as error:  # storage briefly unavailable: the page computes it when shown
                 _log("could not compute ahead for group %r: %s" % (key[:80], error))
             worked = time.monotonic() - started
             with self._lock:

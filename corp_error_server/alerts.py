@@ -7,6 +7,7 @@ webhook that hangs delays only itself. Each POST has a timeout and is retried a 
 times with backoff on a 5xx, a 429 or a network error; what still fails is dropped with a log line.
 Alerts are best effort by design: a full queue drops the event rather than holding ingest.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,13 +20,13 @@ import urllib.request
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, TextIO, Tuple
 
 STYLES = ("json", "slack")
-_QUEUE = 1000            # events waiting per webhook before new ones are dropped
-_PENDING = 10000         # groups waiting to be looked at before new notes are dropped
+_QUEUE = 1000  # events waiting per webhook before new ones are dropped
+_PENDING = 10000  # groups waiting to be looked at before new notes are dropped
 
 
 class Webhook(NamedTuple):
     url: str
-    style: str           # "slack": {"text": ...}; "json": the event with its group
+    style: str  # "slack": {"text": ...}; "json": the event with its group
 
 
 def parse_webhook(spec: str) -> Webhook:
@@ -42,7 +43,7 @@ def parse_webhook(spec: str) -> Webhook:
 
 
 def body_of(style: str, event: dict) -> bytes:
-    if style == "slack":   # Slack reads &, < and > as its own markup: a signature must not become a link
+    if style == "slack":  # Slack reads &, < and > as its own markup: a signature must not become a link
         text = event["text"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         return json.dumps({"text": text}).encode("utf-8")
     return json.dumps(event).encode("utf-8")
@@ -51,10 +52,17 @@ def body_of(style: str, event: dict) -> bytes:
 class _Sender:
     """One webhook: a bounded queue and the thread that posts its events, retrying a bounded number of times."""
 
-    def __init__(self, hook: Webhook, attempts: int, timeout: float, backoff: float, stop: threading.Event,
-                 log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        hook: Webhook,
+        attempts: int,
+        timeout: float,
+        backoff: float,
+        stop: threading.Event,
+        log: Callable[[str], None],
+    ) -> None:
         self.hook = hook
-        parts = urllib.parse.urlsplit(hook.url)   # a webhook's path and query are its secret: never logged
+        parts = urllib.parse.urlsplit(hook.url)  # a webhook's path and query are its secret: never logged
         self._where = "%s://%s" % (parts.scheme, parts.netloc.rpartition("@")[2])
         self._attempts, self._timeout, self._backoff = attempts, timeout, backoff
         self._stop, self._log = stop, log
@@ -79,33 +87,46 @@ class _Sender:
     def _deliver(self, event: dict) -> None:
         data = body_of(self.hook.style, event)
         for attempt in range(self._attempts):
-            request = urllib.request.Request(self.hook.url, data=data, method="POST",
-                                             headers={"Content-Type": "application/json",
-                                                      "User-Agent": "corp-error-server"})
+            request = urllib.request.Request(
+                self.hook.url,
+                data=data,
+                method="POST",
+                headers={"Content-Type": "application/json", "User-Agent": "corp-error-server"},
+            )
             try:
                 with self._opener.open(request, timeout=self._timeout) as response:
                     response.read(65536)
                 return
             except urllib.error.HTTPError as error:
                 if error.code < 500 and error.code != 429:
-                    self._log("webhook %s: refused the %s alert (%d), not retried"
-                              % (self._where, event["event"], error.code))
+                    self._log(
+                        "webhook %s: refused the %s alert (%d), not retried" % (self._where, event["event"], error.code)
+                    )
                     return
                 reason = "HTTP %d" % error.code
-            except (OSError, ValueError) as error:   # refused, reset, timed out, bad URL
+            except (OSError, ValueError) as error:  # refused, reset, timed out, bad URL
                 reason = str(error) or type(error).__name__
-            if attempt + 1 < self._attempts and self._stop.wait(self._backoff * 2 ** attempt):
+            if attempt + 1 < self._attempts and self._stop.wait(self._backoff * 2**attempt):
                 return
-        self._log("webhook %s: gave up on the %s alert after %d attempts (%s)"
-                  % (self._where, event["event"], self._attempts, reason))
+        self._log(
+            "webhook %s: gave up on the %s alert after %d attempts (%s)"
+            % (self._where, event["event"], self._attempts, reason)
+        )
 
 
 class Alerts:
     """Notes from ingest in, events out to every webhook; ``check(key, new, regressed)`` builds the events."""
 
-    def __init__(self, hooks: Sequence[Webhook], check: Callable[[str, bool, bool], List[dict]], *,
-                 attempts: int = 4, timeout: float = 5.0, backoff: float = 1.0,
-                 log: Optional[TextIO] = None) -> None:
+    def __init__(
+        self,
+        hooks: Sequence[Webhook],
+        check: Callable[[str, bool, bool], List[dict]],
+        *,
+        attempts: int = 4,
+        timeout: float = 5.0,
+        backoff: float = 1.0,
+        log: Optional[TextIO] = None,
+    ) -> None:
         self._stop = threading.Event()
         self._log_stream = log
         self._check = check
@@ -144,7 +165,7 @@ class Alerts:
                     return
                 try:
                     events = self._check(key, new_group, regressed)
-                except Exception as error:   # storage briefly unavailable: this note is lost, not ingest
+                except Exception as error:  # storage briefly unavailable: this note is lost, not ingest
                     self._log("could not look at group %r: %s" % (key[:80], error))
                     continue
                 for event in events:

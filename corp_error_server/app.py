@@ -4,6 +4,7 @@ Every input is validated before anything is stored, so bad input is a 4xx naming
 never reaches the database half-way. Column limits are those of the published Django server, so a
 payload one server takes the other takes too.
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,10 +49,24 @@ _BEACON, _BEACON_KEPT = limits.MAX_LENGTH["Beacon"], limits.KEPT["Beacon"]
 _ENV = limits.MAX_LENGTH["Env"]
 _SUGGEST, _SUGGEST_KEPT = limits.MAX_LENGTH["SuggestRequest"], limits.KEPT["SuggestRequest"]
 
-_REASONS = {200: "OK", 201: "Created", 204: "No Content", 303: "See Other", 400: "Bad Request",
-            401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-            408: "Request Timeout", 409: "Conflict", 411: "Length Required", 413: "Payload Too Large",
-            415: "Unsupported Media Type", 500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    303: "See Other",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    411: "Length Required",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class HTTPError(Exception):
@@ -64,18 +79,26 @@ class HTTPError(Exception):
 
 class Page(NamedTuple):
     """A non-JSON answer: an HTML page or a static file."""
+
     body: str
     content_type: str = "text/html; charset=utf-8"
 
 
 # Every answer carries these; the pages load nothing but /static/ from this origin and cannot be framed.
 _SECURITY_HEADERS = [
-    ("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
-    ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"),
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
 ]
-_STATIC = {"/static/app.css": Page(pages.APP_CSS, "text/css; charset=utf-8"),
-           "/static/app.js": Page(pages.APP_JS, "text/javascript; charset=utf-8")}
+_STATIC = {
+    "/static/app.css": Page(pages.APP_CSS, "text/css; charset=utf-8"),
+    "/static/app.js": Page(pages.APP_JS, "text/javascript; charset=utf-8"),
+}
 _MACHINE_PATHS = ("/beacon", "/env", "/suggest", "/healthz", "/openapi.json")
 
 
@@ -88,18 +111,25 @@ _SESSION_COOKIE, _CSRF_COOKIE = "cea_session", "cea_csrf"
 _MAX_FORM = 8192
 _TRIAGE = {"resolve": "resolved", "ignore": "ignored", "reopen": "new"}
 _SPARK_DAYS, _CHART_DAYS, _FLEET_DAYS = 14, 30, 14
-_SUGGESTIONS_KEPT = 20_000    # groups whose last answer the pages keep
-_STATES_KEPT = 2000           # groups whose engine input stays in memory (a few hundred count rows each)
-_SOURCES_SHOWN = 50           # scripts and environments a group page lists
-_FIXES_SHOWN = 5              # observed fixes a group page diffs
+_SUGGESTIONS_KEPT = 20_000  # groups whose last answer the pages keep
+_STATES_KEPT = 2000  # groups whose engine input stays in memory (a few hundred count rows each)
+_SOURCES_SHOWN = 50  # scripts and environments a group page lists
+_FIXES_SHOWN = 5  # observed fixes a group page diffs
 
 ###############################################################################
 # Validation ##################################################################
 ###############################################################################
 
 
-def _text(value: Any, name: str, limit: Optional[int] = None, *, keep: Optional[int] = None,
-          keep_end: bool = False, empty: bool = True) -> str:
+def _text(
+    value: Any,
+    name: str,
+    limit: Optional[int] = None,
+    *,
+    keep: Optional[int] = None,
+    keep_end: bool = False,
+    empty: bool = True,
+) -> str:
     """A string field: type-checked, valid UTF-8, within its column limit (or cut to ``keep``)."""
     if not isinstance(value, str):
         raise HTTPError(400, "%s must be a string" % name)
@@ -176,9 +206,12 @@ def _env_vars(value: Any) -> Dict[str, str]:
         raise HTTPError(400, "env_vars must be an object {NAME: value}")
     if len(value) > limits.ENV_VARS:
         raise HTTPError(400, "env_vars has more than %d entries" % limits.ENV_VARS)
-    return {_text(k, "env_vars name", limits.ENV_VAR_NAME, empty=False): (
-                "MISSING" if v is None else _text(v, "env_vars[%s]" % k[:50], limits.ENV_VAR_VALUE))
-            for k, v in value.items()}
+    return {
+        _text(k, "env_vars name", limits.ENV_VAR_NAME, empty=False): (
+            "MISSING" if v is None else _text(v, "env_vars[%s]" % k[:50], limits.ENV_VAR_VALUE)
+        )
+        for k, v in value.items()
+    }
 
 
 def parse_env(body: dict, env_hash: Optional[str] = None) -> Env:
@@ -191,8 +224,14 @@ def parse_env(body: dict, env_hash: Optional[str] = None) -> Env:
         "machine_arch": _text(_required(body, "machine_arch"), "machine_arch", _ENV["machine_arch"]),
         "env_vars": _env_vars(body.get("env_vars")),
     }
-    features = engine.env_features(snapshot["packages"], snapshot["python_ver"].strip(), snapshot["python_impl"],
-                                   snapshot["os_info"], snapshot["machine_arch"], snapshot["env_vars"])
+    features = engine.env_features(
+        snapshot["packages"],
+        snapshot["python_ver"].strip(),
+        snapshot["python_impl"],
+        snapshot["os_info"],
+        snapshot["machine_arch"],
+        snapshot["env_vars"],
+    )
     return Env(env_hash, snapshot, features)
 
 
@@ -230,7 +269,7 @@ def resolve_group(storage: Storage, signature: str, env_hash: str, script_id: Op
     if len(heads) <= 1:
         return heads[0] if heads else None
     keys = [head.key for head in heads]
-    for script in ((script_id, None) if script_id else (None,)):
+    for script in (script_id, None) if script_id else (None,):
         key = storage.last_error_group(keys, env_hash, script)
         if key:
             return heads[keys.index(key)]
@@ -260,19 +299,34 @@ def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon,
     prev_group = None
     if prev_error_sig and kind == "success":
         resolved = resolve_group(storage, prev_error_sig, prev_env_hash or env_hash, script_id) if storage else None
-        prev_group = resolved.key if resolved else (
-            _group_of(prev_error_sig, None) if corp_error_agent.group_key(prev_error_sig) else None)
+        prev_group = (
+            resolved.key
+            if resolved
+            else (_group_of(prev_error_sig, None) if corp_error_agent.group_key(prev_error_sig) else None)
+        )
     inline = body.get("env")
     if inline is not None and not isinstance(inline, dict):
         raise HTTPError(400, "env must be an object like the /env body")
-    beacon = Beacon(kind=kind, env_hash=env_hash, script_id=script_id, group_key=group, signature=error_sig,
-                    trace=trace, ts=ts, event_id=event_id,
-                    script_name=_optional_text(body, "script_name", keep=_BEACON_KEPT["script_name"]),
-                    agent=_optional_text(body, "agent", keep=_BEACON_KEPT["agent"]), test=test,
-                    prev_env_hash=prev_env_hash if kind == "success" else None, prev_group_key=prev_group,
-                    mentions=mentions, handled=handled and kind == "error",
-                    host=_optional_text(body, "host", keep=_BEACON_KEPT["host"]) or None)
+    beacon = Beacon(
+        kind=kind,
+        env_hash=env_hash,
+        script_id=script_id,
+        group_key=group,
+        signature=error_sig,
+        trace=trace,
+        ts=ts,
+        event_id=event_id,
+        script_name=_optional_text(body, "script_name", keep=_BEACON_KEPT["script_name"]),
+        agent=_optional_text(body, "agent", keep=_BEACON_KEPT["agent"]),
+        test=test,
+        prev_env_hash=prev_env_hash if kind == "success" else None,
+        prev_group_key=prev_group,
+        mentions=mentions,
+        handled=handled and kind == "error",
+        host=_optional_text(body, "host", keep=_BEACON_KEPT["host"]) or None,
+    )
     return beacon, (parse_env(inline, env_hash) if inline else None)
+
 
 ###############################################################################
 # The application #############################################################
@@ -280,13 +334,23 @@ def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon,
 
 
 class _App:
-    def __init__(self, storage: Storage, token: Optional[str], retention_days: float, max_body: int,
-                 max_waiting: int, webhooks: Sequence[alerts.Webhook] = ()) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        token: Optional[str],
+        retention_days: float,
+        max_body: int,
+        max_waiting: int,
+        webhooks: Sequence[alerts.Webhook] = (),
+    ) -> None:
         self.storage = storage
         self._committer = ingest.Committer(storage, max_waiting)
         self._token = token.encode("utf-8") if token else None
-        self._session = (hmac.new(self._token, b"corp-error-server dashboard session", hashlib.sha256).hexdigest()
-                         if self._token else "")
+        self._session = (
+            hmac.new(self._token, b"corp-error-server dashboard session", hashlib.sha256).hexdigest()
+            if self._token
+            else ""
+        )
         self._retention = retention_days * 86400.0
         self._max_body = max_body
         self._purge_lock = threading.Lock()
@@ -301,11 +365,17 @@ class _App:
         self._suggested_lock = threading.Lock()
         self._ahead = ahead.Ahead(self._suggest_ahead)
         self._routes: Dict[str, Dict[str, Callable]] = {
-            "/beacon": {"POST": self._beacon}, "/env": {"POST": self._env}, "/suggest": {"POST": self._suggest},
-            "/healthz": {"GET": self._healthz}, "/api/errors": {"GET": self._errors},
+            "/beacon": {"POST": self._beacon},
+            "/env": {"POST": self._env},
+            "/suggest": {"POST": self._suggest},
+            "/healthz": {"GET": self._healthz},
+            "/api/errors": {"GET": self._errors},
             "/openapi.json": {"GET": self._openapi},
-            "/": {"GET": self._list_page}, "/fleet": {"GET": self._fleet_page}, "/diff": {"GET": self._diff_page},
-            "/login": {"GET": self._login_page, "POST": self._login}, "/favicon.ico": {"GET": self._no_icon},
+            "/": {"GET": self._list_page},
+            "/fleet": {"GET": self._fleet_page},
+            "/diff": {"GET": self._diff_page},
+            "/login": {"GET": self._login_page, "POST": self._login},
+            "/favicon.ico": {"GET": self._no_icon},
         }
         self._patterns: List[Tuple[re.Pattern[str], Dict[str, Callable]]] = [
             (re.compile(r"/api/errors/(\d{1,18})"), {"GET": self._error}),
@@ -350,8 +420,11 @@ class _App:
                 payload = Page(pages.error_page(status, payload.get("error", "")))
         if isinstance(payload, Page):
             body = payload.body.encode("utf-8")
-            headers += [("Content-Type", payload.content_type), ("Content-Length", str(len(body))),
-                        ("Cache-Control", "no-store" if is_page else "max-age=3600")]
+            headers += [
+                ("Content-Type", payload.content_type),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store" if is_page else "max-age=3600"),
+            ]
             if is_page and environ.get("cea.new_csrf"):
                 headers.append(("Set-Cookie", _cookie(environ, _CSRF_COOKIE, environ["cea.csrf"])))
         else:
@@ -380,8 +453,9 @@ class _App:
         self._authorise(environ, path)
         handler = routes.get(method)
         if handler is None:
-            raise HTTPError(405, "method %s not allowed on %s" % (method[:20], path),
-                            [("Allow", ", ".join(sorted(routes)))])
+            raise HTTPError(
+                405, "method %s not allowed on %s" % (method[:20], path), [("Allow", ", ".join(sorted(routes)))]
+            )
         if path in ("/beacon", "/env", "/suggest"):
             return handler(self._json_body(environ))
         return handler(environ, *args)
@@ -399,12 +473,16 @@ class _App:
             return
         given = environ.get("HTTP_AUTHORIZATION", "")
         scheme, _, credential = given.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode("utf-8", "replace"),
-                                                              self._token):
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            credential.strip().encode("utf-8", "replace"), self._token
+        ):
             return
         session = cookies.get(_SESSION_COOKIE, "")
-        if session and hmac.compare_digest(session.encode("utf-8", "replace"), self._session.encode("ascii")) and (
-                not _for_machines(path) or environ.get("REQUEST_METHOD") == "GET"):
+        if (
+            session
+            and hmac.compare_digest(session.encode("utf-8", "replace"), self._session.encode("ascii"))
+            and (not _for_machines(path) or environ.get("REQUEST_METHOD") == "GET")
+        ):
             return
         if _for_machines(path):
             raise HTTPError(401, "missing or wrong bearer token", [("WWW-Authenticate", "Bearer")])
@@ -427,7 +505,7 @@ class _App:
             raise HTTPError(400, "empty body: a JSON object is required")
         try:
             raw = environ["wsgi.input"].read(length)
-        except OSError:   # the client stalled past the connection timeout, or went away
+        except OSError:  # the client stalled past the connection timeout, or went away
             raise HTTPError(408, "request body not received in time") from None
         if len(raw) < length:
             raise HTTPError(400, "body shorter than Content-Length")
@@ -466,10 +544,12 @@ class _App:
         """The form's token must be the one in this browser's cookie, and the POST must come from our pages."""
         expected = environ.get("cea.cookies", {}).get(_CSRF_COOKIE, "")
         given = form.get("csrf", "")
-        if not expected or not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8",
-                                                                                                     "replace")):
-            raise HTTPError(403, "the form is stale or did not come from this dashboard (CSRF check); reload the "
-                                 "page and try again")
+        if not expected or not hmac.compare_digest(
+            given.encode("utf-8", "replace"), expected.encode("utf-8", "replace")
+        ):
+            raise HTTPError(
+                403, "the form is stale or did not come from this dashboard (CSRF check); reload the page and try again"
+            )
         origin = environ.get("HTTP_ORIGIN")
         if origin and origin != "null" and origin.split("://", 1)[-1] != environ.get("HTTP_HOST", ""):
             raise HTTPError(403, "cross-origin form refused")
@@ -487,7 +567,7 @@ class _App:
     def _purge(self, older_than: float) -> None:
         try:
             self.storage.purge(older_than)
-        except StorageError as error:   # the database down or busy: tried again on the next request
+        except StorageError as error:  # the database down or busy: tried again on the next request
             self._next_purge = 0.0
             _log_line({}, "retention purge failed: %s" % error)
         finally:
@@ -526,7 +606,7 @@ class _App:
         return 200, engine.suggest(state.for_script(script_id), self.storage.env_features(env_hash)), []
 
     def _healthz(self, environ: dict):
-        self.storage.ping()   # the database down: StorageUnavailable, a 503 (bounded by the storage's timeouts)
+        self.storage.ping()  # the database down: StorageUnavailable, a 503 (bounded by the storage's timeouts)
         return 200, {"ok": True, "schema_version": self._schema_version, "ingest": self._committer.stats()}, []
 
     def _openapi(self, environ: dict):
@@ -538,8 +618,11 @@ class _App:
         """The engine's input of each group (id -> revision): the one kept when the group has not moved
         since, else read (at its revision by then) and kept."""
         with self._suggested_lock:
-            states = {g: self._states[g] for g, revision in revisions.items()
-                      if g in self._states and self._states[g].revision == revision}
+            states = {
+                g: self._states[g]
+                for g, revision in revisions.items()
+                if g in self._states and self._states[g].revision == revision
+            }
         missing = [g for g in revisions if g not in states]
         if missing:
             read = self.storage.group_states(missing)
@@ -607,8 +690,11 @@ class _App:
     def _errors(self, environ: dict):
         query = _group_query(_query(environ), 50)
         total, groups = self._groups(query, time.time())
-        return 200, {"groups": [_api_group(g) for g in groups], "total": total, "limit": query.limit,
-                     "offset": query.offset}, []
+        return (
+            200,
+            {"groups": [_api_group(g) for g in groups], "total": total, "limit": query.limit, "offset": query.offset},
+            [],
+        )
 
     def _error(self, environ: dict, group_id: str):
         group = self.storage.group_by_id(int(group_id))
@@ -617,12 +703,15 @@ class _App:
         data = self._group_states({group["id"]: group["revision"]})[group["id"]].data
         self._suggestions([group])
         answer = _api_group(group)
-        answer["recent"] = [dict(r, ts_iso=pages.iso(r["ts"]), received_iso=pages.iso(r["received"]))
-                            for r in self.storage.recent_errors(group["id"], 5)]
+        answer["recent"] = [
+            dict(r, ts_iso=pages.iso(r["ts"]), received_iso=pages.iso(r["received"]))
+            for r in self.storage.recent_errors(group["id"], 5)
+        ]
         answer["mentions"] = sorted(data.mentions)
         answer["comparison"] = self._comparison(group)
-        answer["observed_fixes"] = [dict(f, received_iso=pages.iso(f["received"]))
-                                    for f in self.storage.observed_fixes(group["id"], 20)]
+        answer["observed_fixes"] = [
+            dict(f, received_iso=pages.iso(f["received"])) for f in self.storage.observed_fixes(group["id"], 20)
+        ]
         return 200, answer, []
 
     # -- pages ------------------------------------------------------------------------------
@@ -633,8 +722,15 @@ class _App:
         now = time.time()
         total, groups = self._groups(query, now)
         shown = {k: params[k] for k in ("q", "status", "script", "package", "python", "sort") if params.get(k)}
-        return 200, Page(pages.groups_page(groups, total, shown, query.limit, query.offset, GROUP_STATUSES,
-                                           list(GROUP_SORTS), now)), []
+        return (
+            200,
+            Page(
+                pages.groups_page(
+                    groups, total, shown, query.limit, query.offset, GROUP_STATUSES, list(GROUP_SORTS), now
+                )
+            ),
+            [],
+        )
 
     def _group_page(self, environ: dict, group_id: str):
         group = self.storage.group_by_id(int(group_id))
@@ -650,9 +746,25 @@ class _App:
         days = [(pages.day_label(first_day + i), f, o) for i, (f, o) in enumerate(series)]
         scripts, envs = self.storage.group_sources(group["id"], _SOURCES_SHOWN)
         snapshots = self.storage.env_snapshots(e["env_hash"] for e in envs)
-        return 200, Page(pages.group_page(group, self._suggestion(group), self._comparison(group), fixes, days,
-                                          self.storage.recent_errors(group["id"], 10), scripts, envs, snapshots,
-                                          environ["cea.csrf"], now)), []
+        return (
+            200,
+            Page(
+                pages.group_page(
+                    group,
+                    self._suggestion(group),
+                    self._comparison(group),
+                    fixes,
+                    days,
+                    self.storage.recent_errors(group["id"], 10),
+                    scripts,
+                    envs,
+                    snapshots,
+                    environ["cea.csrf"],
+                    now,
+                )
+            ),
+            [],
+        )
 
     def _triage(self, environ: dict, group_id: str):
         form = self._form_body(environ)
@@ -693,8 +805,12 @@ class _App:
             machine = machines.setdefault(key, {"host": row["host"], "envs": set(), "beacons": 0})
             machine["envs"].add(row["env_hash"])
             machine["beacons"] += row["beacons"]
-            machine.update(agent=row["agent"], last_seen=row["last_seen"], python=snap.get("python_ver", "?"),
-                           os=snap.get("os_info", "?"))
+            machine.update(
+                agent=row["agent"],
+                last_seen=row["last_seen"],
+                python=snap.get("python_ver", "?"),
+                os=snap.get("os_info", "?"),
+            )
         hosts = sorted(machines.values(), key=lambda m: -m["last_seen"])
         for machine in hosts:
             machine["envs"] = len(machine["envs"])
@@ -704,15 +820,21 @@ class _App:
             for machine in hosts:
                 counts[machine[field]] = counts.get(machine[field], 0) + 1
             return counts
+
         first_day = int(now // 86400) - _FLEET_DAYS + 1
-        days = [(pages.day_label(first_day + i), e, o)
-                for i, (e, o) in enumerate(self.storage.fleet_days(first_day, _FLEET_DAYS))]
+        days = [
+            (pages.day_label(first_day + i), e, o)
+            for i, (e, o) in enumerate(self.storage.fleet_days(first_day, _FLEET_DAYS))
+        ]
         systems: Dict[str, int] = {}
         for machine in hosts:
             system = re.split(r"[-\s]", machine["os"], maxsplit=1)[0] or "?"
             systems[system] = systems.get(system, 0) + 1
-        return 200, Page(pages.fleet_page(hosts, shares("agent"), shares("python"), systems, days, _FLEET_DAYS,
-                                          now)), []
+        return (
+            200,
+            Page(pages.fleet_page(hosts, shares("agent"), shares("python"), systems, days, _FLEET_DAYS, now)),
+            [],
+        )
 
     def _no_icon(self, environ: dict):
         return 204, None, []
@@ -730,8 +852,14 @@ class _App:
         given = form.get("token", "").strip().encode("utf-8", "replace")
         if not hmac.compare_digest(given, self._token):
             return 401, Page(pages.login_page(target, wrong=True)), []
-        return 303, None, [("Location", target), ("Set-Cookie", _cookie(environ, _SESSION_COOKIE, self._session,
-                                                                        max_age=30 * 86400))]
+        return (
+            303,
+            None,
+            [
+                ("Location", target),
+                ("Set-Cookie", _cookie(environ, _SESSION_COOKIE, self._session, max_age=30 * 86400)),
+            ],
+        )
 
     # -- alerts -----------------------------------------------------------------------------
 
@@ -746,26 +874,50 @@ class _App:
         if new_group:
             events.append(_event("new_group", "New error group %s" % title, group, None))
         if regressed:
-            events.append(_event("regression", "Regression: resolved error group %s failed again" % title, group,
-                                 None))
+            events.append(_event("regression", "Regression: resolved error group %s failed again" % title, group, None))
         suggestion = self._suggestion(group)
         if suggestion.get("match") and self.storage.alerted_solution(group["id"]) != suggestion["solution"]:
             self.storage.set_alerted_solution(group["id"], suggestion["solution"])
-            events.append(_event("suggestion", "Fix available for %s: %s (confidence %d%%)" % (
-                title, suggestion["solution"], round(100 * suggestion["confidence"])), group, suggestion))
+            events.append(
+                _event(
+                    "suggestion",
+                    "Fix available for %s: %s (confidence %d%%)"
+                    % (title, suggestion["solution"], round(100 * suggestion["confidence"])),
+                    group,
+                    suggestion,
+                )
+            )
         return events
 
 
 def _event(kind: str, text: str, group: dict, suggestion: Optional[dict]) -> dict:
-    return {"event": kind, "text": text, "group": {k: v for k, v in _api_group(group).items() if k != "suggestion"},
-            "suggestion": None if suggestion is None else {k: suggestion[k] for k in ("solution", "confidence",
-                                                                                          "hint")}}
+    return {
+        "event": kind,
+        "text": text,
+        "group": {k: v for k, v in _api_group(group).items() if k != "suggestion"},
+        "suggestion": None if suggestion is None else {k: suggestion[k] for k in ("solution", "confidence", "hint")},
+    }
 
 
 def _api_group(group: dict) -> dict:
     """A group as /api/errors shows it: epoch and ISO times, the suggestion for its latest failing run."""
-    keys = ("id", "group_key", "where", "signature", "status", "count", "handled", "scripts", "script_names",
-            "envs_affected", "first_seen", "last_seen", "failing_runs", "succeeding_runs", "suggestion")
+    keys = (
+        "id",
+        "group_key",
+        "where",
+        "signature",
+        "status",
+        "count",
+        "handled",
+        "scripts",
+        "script_names",
+        "envs_affected",
+        "first_seen",
+        "last_seen",
+        "failing_runs",
+        "succeeding_runs",
+        "suggestion",
+    )
     answer = {k: group[k] for k in keys if k in group}
     answer["first_seen_iso"], answer["last_seen_iso"] = pages.iso(group["first_seen"]), pages.iso(group["last_seen"])
     return answer
@@ -797,15 +949,25 @@ def _group_query(params: Dict[str, str], default_limit: int) -> GroupQuery:
     script = params.get("script", "").strip()
     if len(script) > limits.QUERY["script"]:
         raise HTTPError(400, "script must be a script id (%d characters at most)" % limits.HASH)
-    return GroupQuery(search, status, script, tuple(features), sort,
-                      _int_param(params, "limit", default_limit, 1, 500), _int_param(params, "offset", 0, 0, 10 ** 9))
+    return GroupQuery(
+        search,
+        status,
+        script,
+        tuple(features),
+        sort,
+        _int_param(params, "limit", default_limit, 1, 500),
+        _int_param(params, "offset", 0, 0, 10**9),
+    )
 
 
 def feature_diff(before: Dict[str, str], after: Dict[str, str]) -> Tuple[List[Tuple[str, str, str]], int]:
     """What differs between two environments' features (interpreter and system first), and how much is equal."""
     keys = sorted(set(before) | set(after), key=lambda k: (k.startswith(("pkg:", "env:")), k))
-    rows = [(k, before.get(k, engine.ABSENT), after.get(k, engine.ABSENT)) for k in keys
-            if before.get(k, engine.ABSENT) != after.get(k, engine.ABSENT)]
+    rows = [
+        (k, before.get(k, engine.ABSENT), after.get(k, engine.ABSENT))
+        for k in keys
+        if before.get(k, engine.ABSENT) != after.get(k, engine.ABSENT)
+    ]
     return rows, len(keys) - len(rows)
 
 
@@ -843,7 +1005,7 @@ def _reject_constant(name: str):
     raise ValueError("%s is not valid JSON" % name)
 
 
-_JSON = json.JSONDecoder(parse_constant=_reject_constant)   # made once: json.loads with an option makes one a call
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)  # made once: json.loads with an option makes one a call
 
 
 def _query(environ: dict) -> Dict[str, str]:
@@ -878,9 +1040,16 @@ def _log_exception(environ: dict) -> None:
         pass
 
 
-def create_app(db_path: str, *, token: Optional[str] = None, retention_days: float = DEFAULT_RETENTION_DAYS,
-               max_body: int = DEFAULT_MAX_BODY, max_waiting: int = ingest.DEFAULT_MAX_WAITING,
-               storage: Optional[Storage] = None, webhooks: Sequence[alerts.Webhook] = ()) -> _App:
+def create_app(
+    db_path: str,
+    *,
+    token: Optional[str] = None,
+    retention_days: float = DEFAULT_RETENTION_DAYS,
+    max_body: int = DEFAULT_MAX_BODY,
+    max_waiting: int = ingest.DEFAULT_MAX_WAITING,
+    storage: Optional[Storage] = None,
+    webhooks: Sequence[alerts.Webhook] = (),
+) -> _App:
     """A WSGI application storing into ``db_path``: a SQLite file, or a ``postgresql://`` URL; past
     ``max_waiting`` writes not yet committed, it answers 503 with Retry-After; alerting ``webhooks``."""
     return _App(storage or open_storage(db_path), token, retention_days, max_body, max_waiting, webhooks)

@@ -9,6 +9,7 @@ script failed here before), fails again in the new env -- and now the hint under
 configuration or spool: every agent setting comes from environment variables pointing into the
 temporary directory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 LIB = "tinylib"
 OLD, NEW = "1.0", "2.0"
 FIX = 'pip install "%s==%s"' % (LIB, OLD)
-RUN_TIMEOUT = 120.0      # seconds any child process may take (a bound, not an expectation)
-WAIT_TIMEOUT = 30.0      # seconds to wait for the server to have counted what an agent sent
+RUN_TIMEOUT = 120.0  # seconds any child process may take (a bound, not an expectation)
+WAIT_TIMEOUT = 30.0  # seconds to wait for the server to have counted what an agent sent
 
 _SOURCES = {
     OLD: '''"""tinylib 1.0: a made-up library for the corp-error-agent demo."""
@@ -67,6 +68,7 @@ main()
 class DemoFailure(Exception):
     """A step did not do what the demo needs; the message says which and why."""
 
+
 ###############################################################################
 # Output ######################################################################
 ###############################################################################
@@ -93,6 +95,7 @@ class _Out:
         for line in text.rstrip("\n").splitlines() or [""]:
             self.say("   | " + line)
 
+
 ###############################################################################
 # Wheels, venvs, runs #########################################################
 ###############################################################################
@@ -107,10 +110,15 @@ def build_wheel(directory: Path, version: str) -> Path:
     dist_info = "%s-%s.dist-info" % (LIB, version)
     files = [
         ("%s/__init__.py" % LIB, _SOURCES[version]),
-        ("%s/METADATA" % dist_info, "Metadata-Version: 2.1\nName: %s\nVersion: %s\n"
-         "Summary: A made-up library for the corp-error-agent demo\n" % (LIB, version)),
-        ("%s/WHEEL" % dist_info, "Wheel-Version: 1.0\nGenerator: corp-error-server demo\n"
-         "Root-Is-Purelib: true\nTag: py3-none-any\n"),
+        (
+            "%s/METADATA" % dist_info,
+            "Metadata-Version: 2.1\nName: %s\nVersion: %s\n"
+            "Summary: A made-up library for the corp-error-agent demo\n" % (LIB, version),
+        ),
+        (
+            "%s/WHEEL" % dist_info,
+            "Wheel-Version: 1.0\nGenerator: corp-error-server demo\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        ),
     ]
     record = "".join("%s,%s,%d\n" % (name, _record_hash(text.encode()), len(text.encode())) for name, text in files)
     record += "%s/RECORD,,\n" % dist_info
@@ -124,31 +132,49 @@ def build_wheel(directory: Path, version: str) -> Path:
 def child_env(base: Path, url: str) -> Dict[str, str]:
     """The environment of every child: the agent configured by env vars only, state under ``base``."""
     drop = ("ERROR_AGENT_", "PYTHON", "PIP_", "VIRTUAL_ENV", "CONDA_", "XDG_", "CORP_ERROR_SERVER_")
-    env = {k: v for k, v in os.environ.items()
-           if not k.upper().startswith(drop) and k.lower() not in ("http_proxy", "https_proxy", "all_proxy",
-                                                                   "no_proxy")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.upper().startswith(drop) and k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    }
     home = base / "home"
-    env.update({
-        "ERROR_AGENT_URL": url,
-        "ERROR_AGENT_CACHE_DIR": str(base / "agent-cache"),
-        "ERROR_AGENT_ENABLED": "1",
-        "ERROR_AGENT_HINT": "1",
-        "ERROR_AGENT_MIN_CONFIDENCE": "0.6",
-        # the config file lookups land in the throw-away home, never in the user's own
-        "HOME": str(home), "USERPROFILE": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"), "XDG_CACHE_HOME": str(home / ".cache"),
-        "APPDATA": str(home / "AppData" / "Roaming"), "LOCALAPPDATA": str(home / "AppData" / "Local"),
-        "PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
-        "PYTHONIOENCODING": "utf-8", "PYTHONDONTWRITEBYTECODE": "1",
-    })
+    env.update(
+        {
+            "ERROR_AGENT_URL": url,
+            "ERROR_AGENT_CACHE_DIR": str(base / "agent-cache"),
+            "ERROR_AGENT_ENABLED": "1",
+            "ERROR_AGENT_HINT": "1",
+            "ERROR_AGENT_MIN_CONFIDENCE": "0.6",
+            # the config file lookups land in the throw-away home, never in the user's own
+            "HOME": str(home),
+            "USERPROFILE": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_CACHE_HOME": str(home / ".cache"),
+            "APPDATA": str(home / "AppData" / "Roaming"),
+            "LOCALAPPDATA": str(home / "AppData" / "Local"),
+            "PIP_NO_CACHE_DIR": "1",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "PIP_NO_INPUT": "1",
+            "PYTHONIOENCODING": "utf-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+    )
     return env
 
 
 def run(cmd: List, env: Dict[str, str], cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run([str(c) for c in cmd], env=env, cwd=str(cwd) if cwd else None, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, encoding="utf-8", errors="replace",
-                              timeout=RUN_TIMEOUT)
+        return subprocess.run(
+            [str(c) for c in cmd],
+            env=env,
+            cwd=str(cwd) if cwd else None,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=RUN_TIMEOUT,
+        )
     except subprocess.TimeoutExpired:
         raise DemoFailure("%s did not finish within %.0f s" % (" ".join(map(str, cmd)), RUN_TIMEOUT)) from None
 
@@ -177,8 +203,11 @@ def make_venv(python: str, path: Path, env: Dict[str, str], with_pip: bool) -> V
     if not venv.has_pip:
         shutil.rmtree(str(path), ignore_errors=True)
         _checked([python, "-m", "venv", "--without-pip", path], env, "python -m venv --without-pip")
-    out = _checked([venv.python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env,
-                   "asking the venv for its site-packages").stdout
+    out = _checked(
+        [venv.python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        env,
+        "asking the venv for its site-packages",
+    ).stdout
     venv.site_packages = Path(out.strip())
     return venv
 
@@ -186,8 +215,17 @@ def make_venv(python: str, path: Path, env: Dict[str, str], with_pip: bool) -> V
 def install_wheel(venv: Venv, wheel: Path, version: str, env: Dict[str, str]) -> str:
     """Install with the venv's pip (offline); without pip, unpack it (a pure wheel is just a zip)."""
     if venv.has_pip:
-        cmd = [venv.python, "-m", "pip", "install", "-q", "--no-index", "--find-links", wheel.parent,
-               "%s==%s" % (LIB, version)]
+        cmd = [
+            venv.python,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--find-links",
+            wheel.parent,
+            "%s==%s" % (LIB, version),
+        ]
         _checked(cmd, env, "pip install %s" % wheel.name)
         return "python -m pip install --no-index --find-links %s \"%s==%s\"" % (wheel.parent.name, LIB, version)
     assert venv.site_packages is not None
@@ -200,7 +238,9 @@ def install_wheel(venv: Venv, wheel: Path, version: str, env: Dict[str, str]) ->
 
 def agent_file() -> Path:
     import corp_error_agent  # the same distribution as this package: next to it, or installed with it
+
     return Path(corp_error_agent.__file__).resolve()
+
 
 ###############################################################################
 # The server ##################################################################
@@ -213,12 +253,12 @@ class EmbeddedServer:
     def __init__(self, db: Path, log: Path) -> None:
         from . import create_app
         from .server import make_server
+
         self.app = create_app(str(db))
         self._log = open(str(log), "a", encoding="utf-8")
         self.server = make_server(self.app, "127.0.0.1", 0, log_stream=self._log)
         self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
         self._thread.start()
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -241,9 +281,11 @@ class EmbeddedServer:
             if group is not None and ready(group):
                 return group
             if time.monotonic() > deadline:
-                raise DemoFailure("the server did not receive %s within %.0f s (group now: %s)"
-                                  % (what, WAIT_TIMEOUT, json.dumps(group)[:600]))
-            time.sleep(delay)   # polling interval of a bounded wait, not synchronisation
+                raise DemoFailure(
+                    "the server did not receive %s within %.0f s (group now: %s)"
+                    % (what, WAIT_TIMEOUT, json.dumps(group)[:600])
+                )
+            time.sleep(delay)  # polling interval of a bounded wait, not synchronisation
             delay = min(delay * 2, 0.25)
 
     def stop(self) -> None:
@@ -252,6 +294,7 @@ class EmbeddedServer:
         self._thread.join(timeout=10)
         self.app.storage.close()
         self._log.close()
+
 
 ###############################################################################
 # The demo ####################################################################
@@ -262,19 +305,29 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="corp-error-server demo",
         description="Show the whole loop offline: a traceback, the beacon, a success elsewhere, and the hint "
-                    "with the command that fixes it. Uses a throw-away server, database and venvs.")
+        "with the command that fixes it. Uses a throw-away server, database and venvs.",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the venvs, database and logs, and say where")
-    parser.add_argument("--quick", action="store_true",
-                        help="venvs without pip (the wheels are unpacked instead of pip-installed): faster")
-    parser.add_argument("--python", default=sys.executable,
-                        help="interpreter for the two venvs (default: this one, %(default)s)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="venvs without pip (the wheels are unpacked instead of pip-installed): faster",
+    )
+    parser.add_argument(
+        "--python", default=sys.executable, help="interpreter for the two venvs (default: this one, %(default)s)"
+    )
     return parser
 
 
 def _summary(group: dict) -> str:
-    return ("error group #%s %r: %d error beacon(s), %d failing run(s), %d succeeding run(s), %d env(s) affected"
-            % (group.get("id"), group.get("group_key"), group.get("count", 0), group.get("failing_runs", 0),
-               group.get("succeeding_runs", 0), group.get("envs_affected", 0)))
+    return "error group #%s %r: %d error beacon(s), %d failing run(s), %d succeeding run(s), %d env(s) affected" % (
+        group.get("id"),
+        group.get("group_key"),
+        group.get("count", 0),
+        group.get("failing_runs", 0),
+        group.get("succeeding_runs", 0),
+        group.get("envs_affected", 0),
+    )
 
 
 def _hint_lines(stderr: str) -> List[str]:
@@ -323,11 +376,12 @@ def _steps(args: argparse.Namespace, base: Path, out: _Out, server: EmbeddedServ
     out.head("Created two venvs that differ only in %s, and installed the agent into each:" % LIB)
     for name, (_, how) in envs.items():
         out.note("%s: %s %s -- %s" % (name, LIB, NEW if name == "env-new" else OLD, how))
-    out.note("agent: python %s install (copies the module, the .pth start-up line and byte-compiles it)"
-             % source)
-    out.note("Every run below gets its agent settings from environment variables only: ERROR_AGENT_URL=%s, "
-             "ERROR_AGENT_CACHE_DIR=%s, and a throw-away HOME -- your own agent configuration and spool are "
-             "not read or written." % (server.url, base / "agent-cache"))
+    out.note("agent: python %s install (copies the module, the .pth start-up line and byte-compiles it)" % source)
+    out.note(
+        "Every run below gets its agent settings from environment variables only: ERROR_AGENT_URL=%s, "
+        "ERROR_AGENT_CACHE_DIR=%s, and a throw-away HOME -- your own agent configuration and spool are "
+        "not read or written." % (server.url, base / "agent-cache")
+    )
     new, old = envs["env-new"][0], envs["env-old"][0]
 
     script = base / "work" / "report.py"
@@ -344,9 +398,11 @@ def _steps(args: argparse.Namespace, base: Path, out: _Out, server: EmbeddedServ
         raise DemoFailure("the script was expected to fail in env-new, but it exited %d" % first.returncode)
     group = server.wait_group("the error beacon", lambda g: g.get("failing_runs", 0) >= 1)
     env_hash, packages = _snapshot(new, env)
-    out.note("Exit status %d. The traceback is Python's own, unchanged. The agent sent an error beacon (the "
-             "scrubbed traceback and its signature) and, for an environment the server did not know yet, the "
-             "snapshot of env-new (env_hash %s: %s)." % (first.returncode, env_hash, ", ".join(packages) or "?"))
+    out.note(
+        "Exit status %d. The traceback is Python's own, unchanged. The agent sent an error beacon (the "
+        "scrubbed traceback and its signature) and, for an environment the server did not know yet, the "
+        "snapshot of env-new (env_hash %s: %s)." % (first.returncode, env_hash, ", ".join(packages) or "?")
+    )
     out.note("Server now: " + _summary(group))
     out.note("No hint yet: the server has only ever seen this error fail; it needs a run that worked.")
 
@@ -357,9 +413,11 @@ def _steps(args: argparse.Namespace, base: Path, out: _Out, server: EmbeddedServ
     if second.returncode != 0:
         raise DemoFailure("the script was expected to run clean in env-old, but it exited %d" % second.returncode)
     group = server.wait_group("the success beacon", lambda g: g.get("succeeding_runs", 0) >= 1)
-    out.note("Exit status 0. This script failed on this machine before (the agent left a note in "
-             "agent-cache/pending/), so at exit the agent sent a success beacon with prev_env_hash=%s: an "
-             "observed fix, from the failing environment to this one." % env_hash)
+    out.note(
+        "Exit status 0. This script failed on this machine before (the agent left a note in "
+        "agent-cache/pending/), so at exit the agent sent a success beacon with prev_env_hash=%s: an "
+        "observed fix, from the failing environment to this one." % env_hash
+    )
     out.note("Server now: " + _summary(group))
 
     # -- run 3: the hint ---------------------------------------------------------------------
@@ -370,11 +428,14 @@ def _steps(args: argparse.Namespace, base: Path, out: _Out, server: EmbeddedServ
     fix_line = next((line for line in hint if line.strip().startswith("fix:")), "")
     if third.returncode == 0 or not hint or LIB not in fix_line or OLD not in fix_line:
         suggestion = (server.group() or {}).get("suggestion")
-        raise DemoFailure("the hint with the fixing command (%s) did not appear under the traceback.\n"
-                          "The server's suggestion for this group: %s" % (FIX, json.dumps(suggestion)))
-    out.note("The same traceback, and under it the agent's hint: what differs between the runs that failed "
-             "and the one that worked, the evidence, and the command that fixes it: %s" % fix_line.split(":", 1)[1]
-             .strip())
+        raise DemoFailure(
+            "the hint with the fixing command (%s) did not appear under the traceback.\n"
+            "The server's suggestion for this group: %s" % (FIX, json.dumps(suggestion))
+        )
+    out.note(
+        "The same traceback, and under it the agent's hint: what differs between the runs that failed "
+        "and the one that worked, the evidence, and the command that fixes it: %s" % fix_line.split(":", 1)[1].strip()
+    )
 
     # -- apply the fix -----------------------------------------------------------------------
     how = install_wheel(new, old_wheel, OLD, env)
@@ -412,8 +473,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             out.say("")
             out.say("Kept everything in %s:" % base)
             out.say("  venvs       %s, %s" % (base / "env-new", base / "env-old"))
-            out.say("  database    %s   (look at it: python -m corp_error_server --db %s, then GET /api/errors)"
-                    % (base / "errors.db", base / "errors.db"))
+            out.say(
+                "  database    %s   (look at it: python -m corp_error_server --db %s, then GET /api/errors)"
+                % (base / "errors.db", base / "errors.db")
+            )
             out.say("  server log  %s" % (base / "server.log"))
             out.say("  agent state %s" % (base / "agent-cache"))
         else:

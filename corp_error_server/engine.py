@@ -16,6 +16,7 @@ split the runs identically move together and are answered together, to a combina
 succeeding. The posterior is finally mapped through a calibration fitted on bench/engine_quality.py
 (docs/engine.md), so that the printed confidence is the share of answers that are right.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,28 +27,28 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, TypeVar
 
-ABSENT = "<absent>"            # a package the environment does not have
-UNSET = "<unset>"              # an environment variable the agent collected and found unset
-MIN_CONFIDENCE = 0.95          # below this (calibrated) confidence the engine abstains (docs/engine.md)
-_MAX_VALUES = 8                # features with more distinct values than this are per-machine noise
-_ALPHA = 1.0                   # Dirichlet concentration per value
-_NO_CAUSE_PRIOR = 0.35         # prior share of bugs that fail whatever the environment
-_NO_CAUSE_STDLIB = 0.01        # the same when the asker's Python lacks the module the exception line names
-_MENTIONED = 25.0              # prior weight of a package the traceback names, against 1 for others
-_PYTHON_PRIOR = 3.0            # the interpreter version is a common cause: more than one package's share
-_PACKAGING_TOOL = 0.1          # pip, setuptools, wheel ride along with interpreters and venvs
-_STDLIB_PRIOR = 3000.0         # the traceback names a module the requester's Python lacks
-_FLAKE = 0.1                   # share of failing runs a flaky bug adds on good values
-_MISS = 0.02                   # share of succeeding runs on failing values (a cause rarely lets a run pass)
-_FIX_NOISE = 0.12              # chance that an observed "fix" did not touch the cause (a flaky pass)
-_MAX_TOGETHER = 3              # more features than this splitting the runs alike is chance, not a cause
+ABSENT = "<absent>"  # a package the environment does not have
+UNSET = "<unset>"  # an environment variable the agent collected and found unset
+MIN_CONFIDENCE = 0.95  # below this (calibrated) confidence the engine abstains (docs/engine.md)
+_MAX_VALUES = 8  # features with more distinct values than this are per-machine noise
+_ALPHA = 1.0  # Dirichlet concentration per value
+_NO_CAUSE_PRIOR = 0.35  # prior share of bugs that fail whatever the environment
+_NO_CAUSE_STDLIB = 0.01  # the same when the asker's Python lacks the module the exception line names
+_MENTIONED = 25.0  # prior weight of a package the traceback names, against 1 for others
+_PYTHON_PRIOR = 3.0  # the interpreter version is a common cause: more than one package's share
+_PACKAGING_TOOL = 0.1  # pip, setuptools, wheel ride along with interpreters and venvs
+_STDLIB_PRIOR = 3000.0  # the traceback names a module the requester's Python lacks
+_FLAKE = 0.1  # share of failing runs a flaky bug adds on good values
+_MISS = 0.02  # share of succeeding runs on failing values (a cause rarely lets a run pass)
+_FIX_NOISE = 0.12  # chance that an observed "fix" did not touch the cause (a flaky pass)
+_MAX_TOGETHER = 3  # more features than this splitting the runs alike is chance, not a cause
 _PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
 # Platt calibration (slope, offset on the logit) of the posterior: bench/engine_quality.py --fit, seeds 101-110
 # (never the seeds reported, 1-5)
 _CALIBRATION = (2.26, 0.55)
 
 Features = Dict[str, str]
-Counts = Dict[str, Dict[str, Tuple[float, float]]]   # feature -> value -> (failing runs, succeeding runs)
+Counts = Dict[str, Dict[str, Tuple[float, float]]]  # feature -> value -> (failing runs, succeeding runs)
 T = TypeVar("T")
 
 ###############################################################################
@@ -65,8 +66,14 @@ def canonical_name(name: str) -> str:
 _AGENT = "corp-error-agent"
 
 
-def env_features(packages: Mapping[str, str], python_ver: str, python_impl: str, os_info: str,
-                 machine_arch: str, env_vars: Mapping[str, str]) -> Features:
+def env_features(
+    packages: Mapping[str, str],
+    python_ver: str,
+    python_impl: str,
+    os_info: str,
+    machine_arch: str,
+    env_vars: Mapping[str, str],
+) -> Features:
     """The engine's view of one environment. Absent packages have no entry; a collected variable
     that is unset is ``UNSET``, one that was not collected has no entry (unknown, not unset)."""
     features: Features = {}
@@ -87,6 +94,7 @@ def env_features(packages: Mapping[str, str], python_ver: str, python_impl: str,
     for name, value in env_vars.items():
         features["env:" + name] = UNSET if value == "MISSING" else value
     return features
+
 
 ###############################################################################
 # What the traceback says #####################################################
@@ -173,8 +181,9 @@ def places_match(where: str, signature: str) -> bool:
     """Whether our agent's signature frames fit a place computed from a trace (for /suggest)."""
     where = where.split(" [")[0]
     for place, function in _signature_frames(signature):
-        if where in ("lib:" + _dist_of(place), (place + "." + function).lower()) or \
-                (place == "__main__" and where.endswith("." + function.lower())):
+        if where in ("lib:" + _dist_of(place), (place + "." + function).lower()) or (
+            place == "__main__" and where.endswith("." + function.lower())
+        ):
             return True
     return False
 
@@ -185,16 +194,28 @@ _MENTION_PATTERNS = (
     re.compile(r"(?:^|[\s<(])([A-Za-z_]\w*)(?:\.\w+)+\.[\w<>]+(?= |$| <)"),  # our signature's frames
 )
 _IMPORT_TO_DIST = {
-    "yaml": "pyyaml", "pil": "pillow", "sklearn": "scikit-learn", "cv2": "opencv-python",
-    "bs4": "beautifulsoup4", "dateutil": "python-dateutil", "attr": "attrs", "jwt": "pyjwt",
-    "dotenv": "python-dotenv", "magic": "python-magic", "serial": "pyserial", "usb": "pyusb",
-    "crypto": "pycryptodome", "google": "protobuf", "pkg-resources": "setuptools", "git": "gitpython",
+    "yaml": "pyyaml",
+    "pil": "pillow",
+    "sklearn": "scikit-learn",
+    "cv2": "opencv-python",
+    "bs4": "beautifulsoup4",
+    "dateutil": "python-dateutil",
+    "attr": "attrs",
+    "jwt": "pyjwt",
+    "dotenv": "python-dotenv",
+    "magic": "python-magic",
+    "serial": "pyserial",
+    "usb": "pyusb",
+    "crypto": "pycryptodome",
+    "google": "protobuf",
+    "pkg-resources": "setuptools",
+    "git": "gitpython",
 }
 
 
 def _dist_of(module: str) -> str:
     top = module.split(".")[0]
-    top = re.sub(r"-\d.*$", "", top)                       # "pkg-1.0.dist-info" -> "pkg"
+    top = re.sub(r"-\d.*$", "", top)  # "pkg-1.0.dist-info" -> "pkg"
     top = re.sub(r"\.(?:dist-info|egg-info|py)$", "", top)
     name = canonical_name(top)
     return _IMPORT_TO_DIST.get(name, name)
@@ -210,6 +231,7 @@ def mentioned_packages(text: str) -> Set[str]:
                 found.add(name)
     return found
 
+
 # Standard-library modules a Python version added or removed. 3.10-3.13 are what
 # sys.stdlib_module_names of those interpreters differ by (tests/server/test_engine.py checks the
 # table against every interpreter under pyenv); 3.9's additions and the 3.10 collections aliases
@@ -218,13 +240,59 @@ STDLIB_ADDED = {"zoneinfo": (3, 9), "graphlib": (3, 9), "tomllib": (3, 11)}
 STDLIB_REMOVED = dict(
     [("binhex", (3, 11))]
     + [(name, (3, 12)) for name in ("asynchat", "asyncore", "distutils", "imp", "smtpd")]
-    + [(name, (3, 13)) for name in ("aifc", "audioop", "cgi", "cgitb", "chunk", "crypt", "imghdr", "lib2to3",
-                                    "mailcap", "msilib", "nis", "nntplib", "ossaudiodev", "pipes", "sndhdr",
-                                    "spwd", "sunau", "telnetlib", "uu", "xdrlib")])
-_COLLECTIONS_ABCS = ("awaitable", "coroutine", "asynciterable", "asynciterator", "asyncgenerator", "hashable",
-                     "iterable", "iterator", "generator", "reversible", "sized", "container", "callable",
-                     "collection", "set", "mutableset", "mapping", "mutablemapping", "mappingview", "keysview",
-                     "itemsview", "valuesview", "sequence", "mutablesequence", "bytestring")
+    + [
+        (name, (3, 13))
+        for name in (
+            "aifc",
+            "audioop",
+            "cgi",
+            "cgitb",
+            "chunk",
+            "crypt",
+            "imghdr",
+            "lib2to3",
+            "mailcap",
+            "msilib",
+            "nis",
+            "nntplib",
+            "ossaudiodev",
+            "pipes",
+            "sndhdr",
+            "spwd",
+            "sunau",
+            "telnetlib",
+            "uu",
+            "xdrlib",
+        )
+    ]
+)
+_COLLECTIONS_ABCS = (
+    "awaitable",
+    "coroutine",
+    "asynciterable",
+    "asynciterator",
+    "asyncgenerator",
+    "hashable",
+    "iterable",
+    "iterator",
+    "generator",
+    "reversible",
+    "sized",
+    "container",
+    "callable",
+    "collection",
+    "set",
+    "mutableset",
+    "mapping",
+    "mutablemapping",
+    "mappingview",
+    "keysview",
+    "itemsview",
+    "valuesview",
+    "sequence",
+    "mutablesequence",
+    "bytestring",
+)
 STDLIB_MODULES = frozenset(
     "abc argparse ast asyncio base64 bdb binascii bisect builtins bz2 calendar cmd codecs collections "
     "concurrent configparser contextlib contextvars copy copyreg csv ctypes dataclasses datetime decimal difflib "
@@ -235,7 +303,10 @@ STDLIB_MODULES = frozenset(
     "shutil signal site socket socketserver sqlite3 ssl stat statistics string struct subprocess symtable sys "
     "sysconfig tarfile tempfile textwrap threading time timeit token tokenize tomllib trace traceback types typing "
     "unicodedata unittest urllib uuid venv warnings weakref wsgiref xml xmlrpc zipfile zipimport zlib "
-    "zoneinfo".split() + list(STDLIB_ADDED) + list(STDLIB_REMOVED))
+    "zoneinfo".split()
+    + list(STDLIB_ADDED)
+    + list(STDLIB_REMOVED)
+)
 
 
 def python_requirement(message: str) -> Optional[Tuple[str, Tuple[int, int]]]:
@@ -251,11 +322,13 @@ def python_requirement(message: str) -> Optional[Tuple[str, Tuple[int, int]]]:
             return "min", STDLIB_ADDED[top]
         if top in STDLIB_REMOVED:
             return "max", STDLIB_REMOVED[top]
-    abc = re.search(r"cannot import name '(\w+)' from 'collections'|module 'collections' has no attribute '(\w+)'",
-                    text)
+    abc = re.search(
+        r"cannot import name '(\w+)' from 'collections'|module 'collections' has no attribute '(\w+)'", text
+    )
     if abc and (abc.group(1) or abc.group(2)) in _COLLECTIONS_ABCS:
         return "max", (3, 10)
     return None
+
 
 ###############################################################################
 # Statistics ##################################################################
@@ -268,12 +341,15 @@ def _log_dm(counts: Sequence[float], alpha: float = _ALPHA) -> float:
         return 0.0
     total = sum(counts)
     k = len(counts)
-    return (math.lgamma(k * alpha) - math.lgamma(k * alpha + total)
-            + sum(math.lgamma(alpha + c) - math.lgamma(alpha) for c in counts))
+    return (
+        math.lgamma(k * alpha)
+        - math.lgamma(k * alpha + total)
+        + sum(math.lgamma(alpha + c) - math.lgamma(alpha) for c in counts)
+    )
 
 
 def _log_partition_bf(values: Mapping[str, Tuple[float, float]], bad: Sequence[str], choices: int) -> float:
-    """"These values fail, the others work" (a few flaky failures, fewer successes on failing
+    """ "These values fail, the others work" (a few flaky failures, fewer successes on failing
     values), over "values are independent of the outcome"; less the choice of the partition.
 
     With no value leaning to success the only such hypothesis is "every value fails": each success
@@ -285,16 +361,22 @@ def _log_partition_bf(values: Mapping[str, Tuple[float, float]], bad: Sequence[s
     fails_good = [values[v][0] for v in values if v not in bad]
     oks_good = [values[v][1] for v in values if v not in bad]
     if not fails_bad or not sum(oks_good) + sum(oks_bad):
-        return 0.0   # a feature seen in failing runs only says nothing yet
-    log_ml1 = (_log_dm(fails_bad) + _log_dm(oks_good) + _log_dm(oks_bad) + _log_dm(fails_good)
-               + sum(fails_good) * math.log(_FLAKE) + sum(oks_bad) * math.log(_MISS)
-               + sum(fails_bad) * math.log(1 - _FLAKE) + sum(oks_good) * math.log(1 - _MISS))
+        return 0.0  # a feature seen in failing runs only says nothing yet
+    log_ml1 = (
+        _log_dm(fails_bad)
+        + _log_dm(oks_good)
+        + _log_dm(oks_bad)
+        + _log_dm(fails_good)
+        + sum(fails_good) * math.log(_FLAKE)
+        + sum(oks_bad) * math.log(_MISS)
+        + sum(fails_bad) * math.log(1 - _FLAKE)
+        + sum(oks_good) * math.log(1 - _MISS)
+    )
     log_ml0 = _log_dm([a + b for a, b in values.values()])
     return log_ml1 - log_ml0 - math.log(max(choices, 1))
 
 
-def with_absent(values: Mapping[str, Tuple[float, float]], fails: float, oks: float
-                ) -> Dict[str, Tuple[float, float]]:
+def with_absent(values: Mapping[str, Tuple[float, float]], fails: float, oks: float) -> Dict[str, Tuple[float, float]]:
     """Runs that had no value for a package had it absent: derived, so storage never enumerates."""
     full = dict(values)
     missing_fails = fails - sum(a for a, _ in values.values())
@@ -315,10 +397,10 @@ def version_key(value: str) -> Optional[Tuple[int, ...]]:
 class Separation(NamedTuple):
     feature: str
     log_bf: float
-    bad: Tuple[str, ...]      # failure-leaning values
-    good: Tuple[str, ...]     # success-leaning values, best supported first
+    bad: Tuple[str, ...]  # failure-leaning values
+    good: Tuple[str, ...]  # success-leaning values, best supported first
     values: Dict[str, Tuple[float, float]]
-    range_from: str           # the oldest version seen failing when every newer one fails too ("" if not)
+    range_from: str  # the oldest version seen failing when every newer one fails too ("" if not)
 
 
 def _table(feature: str, group: GroupData, scale: float) -> Dict[str, Tuple[float, float]]:
@@ -371,6 +453,7 @@ def _failing_range(values: Mapping[str, Tuple[float, float]], good: Sequence[str
     lowest_key, lowest = min(known_bad)
     return lowest if not known_good or max(known_good) < lowest_key else ""
 
+
 ###############################################################################
 # Hypotheses ##################################################################
 ###############################################################################
@@ -396,8 +479,9 @@ def _pair_diff(pair: FixPair) -> Dict[str, Tuple[str, str]]:
     return diff
 
 
-def _pair_evidence(pairs: Sequence[FixPair], universe: int, env_vars: Set[str]
-                   ) -> Tuple[Dict[str, float], float, Dict[str, Dict[str, int]]]:
+def _pair_evidence(
+    pairs: Sequence[FixPair], universe: int, env_vars: Set[str]
+) -> Tuple[Dict[str, float], float, Dict[str, Dict[str, int]]]:
     """Per feature: log likelihood ratio of the observed fixes, and the values fixes moved it to.
 
     Under "feature f is the cause" a fix changes f (unless it was a flaky pass); under "no cause"
@@ -408,7 +492,7 @@ def _pair_evidence(pairs: Sequence[FixPair], universe: int, env_vars: Set[str]
     """
     log_lr: Dict[str, float] = {}
     moved_to: Dict[str, Dict[str, int]] = {}
-    missed = 0.0   # what every feature pays for the fixes that left it alone, taken back where it changed
+    missed = 0.0  # what every feature pays for the fixes that left it alone, taken back where it changed
     for pair in pairs:
         diff = _pair_diff(pair)
         chance = min(0.5, max(len(diff), 1) / max(universe, 2))
@@ -427,10 +511,10 @@ def _pair_evidence(pairs: Sequence[FixPair], universe: int, env_vars: Set[str]
 
 class _Hypothesis(NamedTuple):
     feature: str
-    log_weight: float          # log prior + log evidence
+    log_weight: float  # log prior + log evidence
     sep: Separation
     target: str
-    relevance: float           # how surely the requester has a failing value of the feature
+    relevance: float  # how surely the requester has a failing value of the feature
     fixes: int
     mentioned: bool
     note: str
@@ -441,7 +525,7 @@ def _prior(feature: str, mentions: Set[str], python_need, message: str) -> float
     if name and name in mentions:
         return _MENTIONED
     if feature.startswith("env:") and feature[4:].lower() in message:
-        return _MENTIONED                         # "APP_MODE 'prod' is not supported"
+        return _MENTIONED  # "APP_MODE 'prod' is not supported"
     if feature in _PACKAGING_TOOLS:
         return _PACKAGING_TOOL
     if feature == "python":
@@ -462,7 +546,7 @@ def _python_target(need, sep: Optional[Separation], current: str) -> Tuple[str, 
     ok = (lambda v: v >= version) if kind == "min" else (lambda v: v < version)
     have = version_key(current)
     if have is not None and ok(have[:2]):
-        return "", 0.0                           # the requester's Python has the module: another cause
+        return "", 0.0  # the requester's Python has the module: another cause
     seen = [v for v in (sep.good if sep else ()) if version_key(v) and ok(version_key(v)[:2])]  # type: ignore
     if seen:
         return (min(seen, key=version_key) if kind == "min" else max(seen, key=version_key)), 1.0  # type: ignore
@@ -486,15 +570,14 @@ def _choose_target(sep: Separation, current: str, moved_to: Mapping[str, int]) -
         return "", 0.0
     if current in sep.bad:
         relevance = 1.0
-    elif sep.range_from and version_key(current) is not None and \
-            version_key(current) >= version_key(sep.range_from):  # type: ignore[operator]
-        relevance = 1.0                          # a version never seen, inside the failing range
+    elif sep.range_from and version_key(current) is not None and version_key(current) >= version_key(sep.range_from):  # type: ignore[operator]
+        relevance = 1.0  # a version never seen, inside the failing range
     elif current == "" and sep.feature.startswith("env:"):
         # the requester's agent did not collect the variable: as likely failing as the runs that did
         fails_bad = sum(values[v][0] for v in sep.bad)
         relevance = fails_bad / (sum(a for a, _ in values.values()) or 1.0)
     else:
-        relevance = 0.3                          # a value never seen: it may fail, it may not
+        relevance = 0.3  # a value never seen: it may fail, it may not
     return target, relevance
 
 
@@ -513,7 +596,7 @@ _KEPT_LOCK = threading.Lock()
 def _kept(group: GroupData, part: object, compute: Callable[[], T]) -> T:
     if group.fails + group.oks < _KEPT_MIN_RUNS:
         return compute()
-    with _KEPT_LOCK:   # requests run in threads: an entry must not go between finding and moving it
+    with _KEPT_LOCK:  # requests run in threads: an entry must not go between finding and moving it
         entry = _KEPT.get(id(group))
         if entry is None or entry[0] is not group:
             entry = _KEPT[id(group)] = (group, {})
@@ -522,7 +605,7 @@ def _kept(group: GroupData, part: object, compute: Callable[[], T]) -> T:
         else:
             _KEPT.move_to_end(id(group))
     parts = entry[1]
-    if part not in parts:   # two threads at once may both compute it: the same value
+    if part not in parts:  # two threads at once may both compute it: the same value
         parts[part] = compute()
     return parts[part]
 
@@ -532,14 +615,13 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
     python_need = python_requirement(group.message)
     pythons = group.counts.get("python", {})
     if python_need and any(a > 0 and _satisfies(python_need, v) for v, (a, _) in pythons.items()):
-        python_need = None   # it also fails on Pythons that have the module: something else is missing
+        python_need = None  # it also fails on Pythons that have the module: something else is missing
     universe = max(len(requester), 1)
     env_vars = {feature for feature in group.counts if feature.startswith("env:")}
-    log_lr, log_lr_unchanged, moved_to = _kept(group, universe,
-                                               lambda: _pair_evidence(group.pairs, universe, env_vars))
+    log_lr, log_lr_unchanged, moved_to = _kept(group, universe, lambda: _pair_evidence(group.pairs, universe, env_vars))
 
     def separations() -> Tuple[Dict[str, Separation], Dict[str, float]]:
-        features = set(group.counts) | set(moved_to)   # (the features fixes moved: the same whatever the universe)
+        features = set(group.counts) | set(moved_to)  # (the features fixes moved: the same whatever the universe)
         if python_need:
             features.add("python")
         features.discard("python_full")
@@ -552,27 +634,46 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
             seps[feature] = sep
         # every feature is a hypothesis: its prior share, whatever it shows
         return seps, {f: priors[f] for f in seps}
+
     seps, priors = _kept(group, "separations", separations)
     total_prior = sum(priors.values()) or 1.0
-    no_cause = _NO_CAUSE_STDLIB if python_need and _python_target(python_need, None, requester.get("python", ""))[0] \
+    no_cause = (
+        _NO_CAUSE_STDLIB
+        if python_need and _python_target(python_need, None, requester.get("python", ""))[0]
         else _NO_CAUSE_PRIOR
+    )
     hypotheses = []
     for feature, sep in seps.items():
         current = requester.get(feature, ABSENT if feature.startswith("pkg:") else "")
         if feature == "python" and python_need:
             target, relevance = _python_target(python_need, sep, current)
             note = "the traceback names a standard-library module of Python %s %d.%d" % (
-                ("from" if python_need[0] == "min" else "before"), python_need[1][0], python_need[1][1])
+                ("from" if python_need[0] == "min" else "before"),
+                python_need[1][0],
+                python_need[1][1],
+            )
         else:
             target, relevance = _choose_target(sep, current, moved_to.get(feature, {}))
             note = ""
-        log_weight = math.log((1 - no_cause) * priors[feature] / total_prior) + sep.log_bf \
+        log_weight = (
+            math.log((1 - no_cause) * priors[feature] / total_prior)
+            + sep.log_bf
             + log_lr.get(feature, log_lr_unchanged)
+        )
         if not target:
             relevance = 0.0
-        hypotheses.append(_Hypothesis(feature, log_weight, sep, target, relevance,
-                                      moved_to.get(feature, {}).get(target, 0),
-                                      feature[4:] in group.mentions, note))
+        hypotheses.append(
+            _Hypothesis(
+                feature,
+                log_weight,
+                sep,
+                target,
+                relevance,
+                moved_to.get(feature, {}).get(target, 0),
+                feature[4:] in group.mentions,
+                note,
+            )
+        )
     return hypotheses, math.log(no_cause)
 
 
@@ -584,11 +685,17 @@ def _posteriors(hypotheses: Sequence[_Hypothesis], log_none: float) -> List[floa
 
 def _moves_together(a: Separation, b: Separation) -> bool:
     """Same split of the runs: nothing in the population tells these two features apart."""
+
     def split(sep: Separation) -> Tuple[float, float, float, float]:
         bad = [sep.values[v] for v in sep.bad]
         good = [sep.values[v] for v in sep.good]
-        return (round(sum(x for x, _ in bad), 6), round(sum(y for _, y in bad), 6),
-                round(sum(x for x, _ in good), 6), round(sum(y for _, y in good), 6))
+        return (
+            round(sum(x for x, _ in bad), 6),
+            round(sum(y for _, y in bad), 6),
+            round(sum(x for x, _ in good), 6),
+            round(sum(y for _, y in good), 6),
+        )
+
     return bool(a.bad and b.bad) and split(a) == split(b)
 
 
@@ -598,6 +705,7 @@ def calibrate(posterior: float) -> float:
     slope, offset = _CALIBRATION
     return 1 / (1 + math.exp(-(slope * math.log(p / (1 - p)) + offset)))
 
+
 ###############################################################################
 # Words and commands ##########################################################
 ###############################################################################
@@ -606,7 +714,12 @@ def calibrate(posterior: float) -> float:
 def _label(feature: str) -> str:
     kind, _, name = feature.partition(":")
     return {"pkg": name, "env": name}.get(kind) or {
-        "python": "Python", "python_full": "Python", "impl": "implementation", "os": "OS", "arch": "arch"}[kind]
+        "python": "Python",
+        "python_full": "Python",
+        "impl": "implementation",
+        "os": "OS",
+        "arch": "arch",
+    }[kind]
 
 
 def _with(feature: str, value: str) -> str:
@@ -670,6 +783,7 @@ def _evidence_phrase(h: _Hypothesis, current: str) -> str:
 def _n(x: float) -> str:
     return "%d" % round(x)
 
+
 ###############################################################################
 # Entry point #################################################################
 ###############################################################################
@@ -685,16 +799,17 @@ class GroupData(NamedTuple):
     counts: Counts
     mentions: Set[str]
     pairs: List[FixPair]
-    message: str = ""                                          # the bug's normalised exception line
-    fail_envs: int = 0                                         # distinct failing environments (0: unknown)
-    good_envs: Callable[[], List[Features]] = _no_envs         # a sample of succeeding environments, on demand
+    message: str = ""  # the bug's normalised exception line
+    fail_envs: int = 0  # distinct failing environments (0: unknown)
+    good_envs: Callable[[], List[Features]] = _no_envs  # a sample of succeeding environments, on demand
 
 
-def _seen_combination(moves: List[Tuple[str, str]], seps: Mapping[str, Separation], group: GroupData
-                      ) -> Optional[List[Tuple[str, str]]]:
+def _seen_combination(
+    moves: List[Tuple[str, str]], seps: Mapping[str, Separation], group: GroupData
+) -> Optional[List[Tuple[str, str]]]:
     """Targets for features that move together, as one succeeding environment had them."""
     if all(len([v for v in seps[f].good if seps[f].values[v][0] == 0]) <= 1 for f, _ in moves):
-        return moves   # each has one clean success value: every succeeding run had exactly these
+        return moves  # each has one clean success value: every succeeding run had exactly these
     envs = [pair.fixed for pair in group.pairs] + group.good_envs()
     tally: Dict[Tuple[str, ...], int] = {}
     for env in envs:
@@ -720,13 +835,24 @@ def suggest(group: GroupData, requester: Optional[Features]) -> dict:
     ranked = sorted(hypotheses, key=lambda h: (-posterior[h.feature], h.feature))
     best = ranked[0]
     if best.relevance == 0.0 and calibrate(posterior[best.feature]) >= MIN_CONFIDENCE and best.sep.good:
-        return {"match": False, "reason": "requesting environment already has the success value of %s"
-                % _label(best.feature)}
+        return {
+            "match": False,
+            "reason": "requesting environment already has the success value of %s" % _label(best.feature),
+        }
     seps = {h.feature: h.sep for h in hypotheses}
     # an interpreter change brings its own venv: what moved with it is no second cause
-    together = [h for h in ranked if h is best or (best.feature != "python" and h.relevance > 0 and h.target
-                                                   and _moves_together(best.sep, h.sep)
-                                                   and (h.feature not in _PACKAGING_TOOLS or h.mentioned))]
+    together = [
+        h
+        for h in ranked
+        if h is best
+        or (
+            best.feature != "python"
+            and h.relevance > 0
+            and h.target
+            and _moves_together(best.sep, h.sep)
+            and (h.feature not in _PACKAGING_TOOLS or h.mentioned)
+        )
+    ]
     # the cause: the best hypothesis and, when nothing tells them apart, those that move with it
     named = [h for h in together if abs(h.log_weight - best.log_weight) < 1e-6]
     share = sum(posterior[h.feature] for h in named)
@@ -737,33 +863,50 @@ def suggest(group: GroupData, requester: Optional[Features]) -> dict:
     # the trace naming the best says which is the cause, however many moved with it; the command
     # still moves them all to a combination seen succeeding, as nothing says they are not needed
     if len(together) > _MAX_TOGETHER and not best.mentioned:
-        return {"match": False, "reason": "%d features split the runs alike: too few runs to tell a cause from chance"
-                % len(together)}
+        return {
+            "match": False,
+            "reason": "%d features split the runs alike: too few runs to tell a cause from chance" % len(together),
+        }
     moves = [(h.feature, h.target) for h in together]
     if len(moves) > 1:
         combination = _seen_combination(moves, seps, group)
         if combination is None:
-            return {"match": False, "reason": "%s move together and no succeeding environment had them all "
-                    "at success values" % " and ".join(_label(f) for f, _ in moves)}
+            return {
+                "match": False,
+                "reason": "%s move together and no succeeding environment had them all "
+                "at success values" % " and ".join(_label(f) for f, _ in moves),
+            }
         moves = combination
     targets = dict(moves)
     shown = [h._replace(target=targets[h.feature]) for h in together]
     solution = _joined_command(moves)
     current = {h.feature: requester.get(h.feature, ABSENT if h.feature.startswith("pkg:") else "") for h in shown}
-    hint = " and ".join("%s -> %s" % (_value_text(h.feature, current[h.feature]),
-                                      {ABSENT: "none", UNSET: "unset"}.get(h.target, h.target)) for h in shown)
+    hint = " and ".join(
+        "%s -> %s"
+        % (_value_text(h.feature, current[h.feature]), {ABSENT: "none", UNSET: "unset"}.get(h.target, h.target))
+        for h in shown
+    )
     hint += ": " + " / ".join(_evidence_phrase(h, current[h.feature]) for h in shown)
     if len(named) > 1:
         hint += "; these changed together, either may be the cause"
     elif len(shown) > 1:
         hint += "; %s moved with it in every run" % " and ".join(_label(h.feature) for h in shown[1:])
-    docs = ("https://pypi.org/project/%s/%s/" % (best.feature[4:], targets[best.feature])
-            if len(shown) == 1 and best.feature.startswith("pkg:") and best.target != ABSENT else "")
+    docs = (
+        "https://pypi.org/project/%s/%s/" % (best.feature[4:], targets[best.feature])
+        if len(shown) == 1 and best.feature.startswith("pkg:") and best.target != ABSENT
+        else ""
+    )
     return {
-        "match": True, "confidence": round(confidence, 3), "hint": hint, "solution": solution,
-        "recommendation": hint, "docs": docs,
+        "match": True,
+        "confidence": round(confidence, 3),
+        "hint": hint,
+        "solution": solution,
+        "recommendation": hint,
+        "docs": docs,
         "evidence": {
-            "failing_runs": group.fails, "succeeding_runs": group.oks, "observed_fixes": len(group.pairs),
+            "failing_runs": group.fails,
+            "succeeding_runs": group.oks,
+            "observed_fixes": len(group.pairs),
             "posterior": round(raw, 4),
             "candidates": [_candidate_evidence(h, current[h.feature], posterior[h.feature]) for h in shown],
         },
@@ -772,20 +915,34 @@ def suggest(group: GroupData, requester: Optional[Features]) -> dict:
 
 def _candidate_evidence(h: _Hypothesis, current: str, posterior: float) -> dict:
     return {
-        "feature": h.feature, "current": current, "suggested": h.target,
-        "confidence": round(posterior, 3), "population_score": round(h.sep.log_bf, 3),
-        "fixes": h.fixes, "named_in_trace": h.mentioned, "failing_range_from": h.sep.range_from or None,
+        "feature": h.feature,
+        "current": current,
+        "suggested": h.target,
+        "confidence": round(posterior, 3),
+        "population_score": round(h.sep.log_bf, 3),
+        "fixes": h.fixes,
+        "named_in_trace": h.mentioned,
+        "failing_range_from": h.sep.range_from or None,
         "runs": {v: {"failing": round(a, 2), "succeeding": round(b, 2)} for v, (a, b) in sorted(h.sep.values.items())},
     }
 
 
 def comparison(group: GroupData, limit: int = 20) -> List[dict]:
     """Per-feature comparison of failing vs succeeding runs, best separating first (for the API)."""
-    seps = [separation(f, _table(f, group, 1.0)) for f in group.counts if f != "python_full"] \
-        if group.fails and group.oks else []
+    seps = (
+        [separation(f, _table(f, group, 1.0)) for f in group.counts if f != "python_full"]
+        if group.fails and group.oks
+        else []
+    )
     seps = [s for s in seps if len(s.values) <= _MAX_VALUES]
     seps.sort(key=lambda s: (-s.log_bf, s.feature))
-    return [{"feature": s.feature, "score": round(s.log_bf, 3), "failure_values": list(s.bad),
-             "success_values": list(s.good),
-             "runs": {v: {"failing": a, "succeeding": b} for v, (a, b) in sorted(s.values.items())}}
-            for s in seps[:limit]]
+    return [
+        {
+            "feature": s.feature,
+            "score": round(s.log_bf, 3),
+            "failure_values": list(s.bad),
+            "success_values": list(s.good),
+            "runs": {v: {"failing": a, "succeeding": b} for v, (a, b) in sorted(s.values.items())},
+        }
+        for s in seps[:limit]
+    ]

@@ -22,6 +22,7 @@ What waits is bounded: past ``max_waiting`` a request is refused at once with ``
 answers 503 with Retry-After, the agent keeps the beacon in its spool) rather than queueing without
 bound. A forked child (a gunicorn worker) starts with an empty queue of its own.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,11 +33,11 @@ from typing import List, Optional, Tuple
 
 from .storage import Beacon, BeaconResult, Env, Storage
 
-DEFAULT_MAX_WAITING = 1024      # writes accepted and not yet committed, per process
-_MAX_BATCH = 256                # writes in one transaction: bounds how long one commit holds the lock
-_ANSWER_TIMEOUT = 60.0          # a request waits no longer for its commit (then 503: not acknowledged)
-RETRY_AFTER = 1                 # seconds a refused client waits; one batch commits in milliseconds
-_GATHER_MAX = 0.002             # seconds a leader waits, at most, for the last commit's writes to come back
+DEFAULT_MAX_WAITING = 1024  # writes accepted and not yet committed, per process
+_MAX_BATCH = 256  # writes in one transaction: bounds how long one commit holds the lock
+_ANSWER_TIMEOUT = 60.0  # a request waits no longer for its commit (then 503: not acknowledged)
+RETRY_AFTER = 1  # seconds a refused client waits; one batch commits in milliseconds
+_GATHER_MAX = 0.002  # seconds a leader waits, at most, for the last commit's writes to come back
 
 
 class Busy(Exception):
@@ -50,10 +51,10 @@ class _Write:
         self.item = item
         self.result: Optional[BeaconResult] = None
         self.error: Optional[BaseException] = None
-        self.done = threading.Lock()    # held until committed (or led): a bare lock wakes cheaper than an Event
+        self.done = threading.Lock()  # held until committed (or led): a bare lock wakes cheaper than an Event
         self.done.acquire()
-        self.lead = False               # woken to commit the next batch, not with its own result
-        self.abandoned = False          # its request gave up waiting: never to be woken to lead
+        self.lead = False  # woken to commit the next batch, not with its own result
+        self.abandoned = False  # its request gave up waiting: never to be woken to lead
 
 
 class Committer:
@@ -71,11 +72,11 @@ class Committer:
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._queue: List[_Write] = []
-        self._waiting = 0               # queued + in the transaction running now
-        self._leading = False           # a request is committing a batch now
-        self._in_flight = 0             # the most writes waiting at once since the last batch was taken
-        self._gather_for = 0            # a leader holding its batch back waits for this many queued writes
-        self._last_commit = 0.0         # seconds the last commit took
+        self._waiting = 0  # queued + in the transaction running now
+        self._leading = False  # a request is committing a batch now
+        self._in_flight = 0  # the most writes waiting at once since the last batch was taken
+        self._gather_for = 0  # a leader holding its batch back waits for this many queued writes
+        self._last_commit = 0.0  # seconds the last commit took
         self.transactions = 0
         self.stored = 0
 
@@ -112,7 +113,7 @@ class Committer:
         if write.abandoned:
             # it may still commit: unacknowledged, the agent sends it again and the event id dedupes it
             raise Busy("the database did not commit within %.0f s" % _ANSWER_TIMEOUT)
-        write.done.acquire()    # given the lead as the wait ran out: released at once
+        write.done.acquire()  # given the lead as the wait ran out: released at once
 
     def _lead(self, own: _Write) -> None:
         """Commit batches until one carried ``own``, then pass the lead on (or leave nobody leading)."""
@@ -121,15 +122,15 @@ class Committer:
             with self._lock:
                 self._gather()
                 batch = self._queue[:_MAX_BATCH]
-                del self._queue[:len(batch)]
+                del self._queue[: len(batch)]
                 self._in_flight = self._waiting
             carried = own in batch
             started = time.monotonic()
             try:
                 self._commit(batch)
             except BaseException:
-                own.abandoned = True    # its request leaves with the exception: not to be given the lead
-                for write in batch:     # (a gevent timeout, SystemExit): the others are not stored either
+                own.abandoned = True  # its request leaves with the exception: not to be given the lead
+                for write in batch:  # (a gevent timeout, SystemExit): the others are not stored either
                     if write.result is None and write.error is None:
                         write.error = Busy("the commit was interrupted")
                 self._finish(batch, own, True)
@@ -163,7 +164,7 @@ class Committer:
                     self._leading = False
                 else:
                     successor.lead = True
-        if successor is not None:   # first: the next commit starts while this batch's requests wake
+        if successor is not None:  # first: the next commit starts while this batch's requests wake
             successor.done.release()
         for write in batch:
             if write is not own:
@@ -172,7 +173,7 @@ class Committer:
     def _commit(self, batch: List[_Write]) -> None:
         try:
             results = self._storage.add_beacons([write.item for write in batch])
-        except Exception as error:   # nothing of this transaction is stored: each request fails with it
+        except Exception as error:  # nothing of this transaction is stored: each request fails with it
             for write in batch:
                 write.error = error
             return

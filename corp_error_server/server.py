@@ -13,6 +13,7 @@ What a slow or hostile client can hold is bounded: the whole request head must a
 timeout (trickling bytes does not reset it), a body read waits at most the timeout per read, heads
 and header counts are limited, and past a cap on connections new ones are closed at once.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,11 +28,11 @@ from http import HTTPStatus
 from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 from urllib.parse import unquote
 
-_DRAIN_LIMIT = 64 * 1024        # unread request body we still skip to keep a connection alive
-_LOG_GATHER = 0.05              # seconds the access log gathers lines for one write (a write per line is a system call)
-_LOG_QUEUED = 10_000            # access-log lines kept waiting for a slow log stream; more are counted, not kept
-_MAX_CONNECTIONS = 256          # beyond this, new connections are closed at once
-_MAX_HEAD = 64 * 1024           # request line and headers
+_DRAIN_LIMIT = 64 * 1024  # unread request body we still skip to keep a connection alive
+_LOG_GATHER = 0.05  # seconds the access log gathers lines for one write (a write per line is a system call)
+_LOG_QUEUED = 10_000  # access-log lines kept waiting for a slow log stream; more are counted, not kept
+_MAX_CONNECTIONS = 256  # beyond this, new connections are closed at once
+_MAX_HEAD = 64 * 1024  # request line and headers
 _MAX_HEADERS = 100
 _RECV = 65536
 
@@ -54,7 +55,7 @@ class _Body:
         size = self.remaining if size is None or size < 0 else min(size, self.remaining)
         if size <= 0:
             return b""
-        if self._expect_continue:   # the client waits for this before it sends the body
+        if self._expect_continue:  # the client waits for this before it sends the body
             self._expect_continue = False
             self._connection.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         data = self._connection.take(size)
@@ -62,7 +63,7 @@ class _Body:
         return data
 
     def readline(self, size: int = -1) -> bytes:
-        return self.read(size)      # bodies here are JSON documents, read whole
+        return self.read(size)  # bodies here are JSON documents, read whole
 
     def __iter__(self):
         return iter(lambda: self.read(_RECV), b"")
@@ -112,7 +113,7 @@ class _Connection(socketserver.BaseRequestHandler):
             try:
                 self._fill(self.server.request_timeout)
             except OSError:
-                self.eof = True     # a stalled body: answer, then close rather than wait again
+                self.eof = True  # a stalled body: answer, then close rather than wait again
                 raise
         data, self.buffer = self.buffer[:size], self.buffer[size:]
         return data
@@ -126,7 +127,7 @@ class _Connection(socketserver.BaseRequestHandler):
             if end < 0:
                 end, cut = self.buffer.find(b"\n\n"), 2
             if end >= 0:
-                head, self.buffer = self.buffer[:end], self.buffer[end + cut:]
+                head, self.buffer = self.buffer[:end], self.buffer[end + cut :]
                 return head
             if len(self.buffer) > _MAX_HEAD:
                 raise _BadRequest(431, "request head over %d bytes" % _MAX_HEAD)
@@ -139,7 +140,7 @@ class _Connection(socketserver.BaseRequestHandler):
             except OSError:
                 return None
             if not self.buffer.strip(b"\r\n"):
-                self.buffer = b""      # blank lines between requests are allowed (RFC 9112 2.2)
+                self.buffer = b""  # blank lines between requests are allowed (RFC 9112 2.2)
 
     # -- one request ------------------------------------------------------------------------
 
@@ -155,7 +156,7 @@ class _Connection(socketserver.BaseRequestHandler):
             except _BadRequest as error:
                 self._error(error.status, str(error), started)
                 return
-            except OSError:     # the client went away or stalled mid-write
+            except OSError:  # the client went away or stalled mid-write
                 return
             if not keep_alive:
                 return
@@ -182,7 +183,7 @@ class _Connection(socketserver.BaseRequestHandler):
         headers: List[Tuple[str, str]] = []
         for line in lines[1:]:
             line = line.rstrip("\r")
-            if line[:1] in (" ", "\t") and headers:     # obsolete line folding
+            if line[:1] in (" ", "\t") and headers:  # obsolete line folding
                 name, value = headers[-1]
                 headers[-1] = (name, value + " " + line.strip())
                 continue
@@ -202,20 +203,34 @@ class _Connection(socketserver.BaseRequestHandler):
             fields[key] = fields[key] + "," + value if key in fields else value
         connection = fields.get("connection", "").lower()
         keep_alive = (version == "HTTP/1.1" and "close" not in connection) or (
-            version == "HTTP/1.0" and "keep-alive" in connection)
+            version == "HTTP/1.0" and "keep-alive" in connection
+        )
         path, _, query = target.partition("?")
         if path.startswith("//"):
-            path = "/" + path.lstrip("/")      # as http.server: no scheme-relative path reaches the app
+            path = "/" + path.lstrip("/")  # as http.server: no scheme-relative path reaches the app
         if "transfer-encoding" in fields:
-            self._respond(411, [("Content-Type", "application/json")],
-                          b'{"error": "chunked request bodies are not supported; send Content-Length"}',
-                          False, started, method, path)
+            self._respond(
+                411,
+                [("Content-Type", "application/json")],
+                b'{"error": "chunked request bodies are not supported; send Content-Length"}',
+                False,
+                started,
+                method,
+                path,
+            )
             return False
-        declared = fields.get("content-length", "0")   # several headers were joined by "," above
+        declared = fields.get("content-length", "0")  # several headers were joined by "," above
         if not (declared.isascii() and declared.isdigit()):
             # where the body ends is in doubt (a proxy may read it otherwise): no next request on this connection
-            self._respond(400, [("Content-Type", "application/json")],
-                          b'{"error": "Content-Length must be one header of digits"}', False, started, method, path)
+            self._respond(
+                400,
+                [("Content-Type", "application/json")],
+                b'{"error": "Content-Length must be one header of digits"}',
+                False,
+                started,
+                method,
+                path,
+            )
             return False
         length = int(declared)
         body = _Body(self, length, version == "HTTP/1.1" and fields.get("expect", "").lower() == "100-continue")
@@ -247,16 +262,24 @@ class _Connection(socketserver.BaseRequestHandler):
             return False
         return not self.eof
 
-    def _environ(self, method: str, path: str, query: str, version: str, fields: Dict[str, str],
-                 body: _Body) -> dict:
+    def _environ(self, method: str, path: str, query: str, version: str, fields: Dict[str, str], body: _Body) -> dict:
         environ: Dict[str, Any] = {
-            "REQUEST_METHOD": method, "SCRIPT_NAME": "", "PATH_INFO": unquote(path, "iso-8859-1"),
-            "QUERY_STRING": query, "SERVER_NAME": self.server.server_name,
-            "SERVER_PORT": str(self.server.server_port), "SERVER_PROTOCOL": version,
-            "REMOTE_ADDR": self.client_address[0], "CONTENT_TYPE": fields.get("content-type", ""),
+            "REQUEST_METHOD": method,
+            "SCRIPT_NAME": "",
+            "PATH_INFO": unquote(path, "iso-8859-1"),
+            "QUERY_STRING": query,
+            "SERVER_NAME": self.server.server_name,
+            "SERVER_PORT": str(self.server.server_port),
+            "SERVER_PROTOCOL": version,
+            "REMOTE_ADDR": self.client_address[0],
+            "CONTENT_TYPE": fields.get("content-type", ""),
             "CONTENT_LENGTH": fields.get("content-length", ""),
-            "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": body,
-            "wsgi.errors": self.server.log_stream, "wsgi.multithread": True, "wsgi.multiprocess": False,
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.input": body,
+            "wsgi.errors": self.server.log_stream,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
             "wsgi.run_once": False,
         }
         for name, value in fields.items():
@@ -266,10 +289,22 @@ class _Connection(socketserver.BaseRequestHandler):
 
     # -- answering --------------------------------------------------------------------------
 
-    def _respond(self, code: int, headers, payload: bytes, keep_alive: bool, started: float, method: str,
-                 path: str, status: str = "") -> None:
-        lines = ["HTTP/1.1 " + (status or "%d %s" % (code, _reason(code))),
-                 "Server: corp-error-server", "Date: " + _http_date()]
+    def _respond(
+        self,
+        code: int,
+        headers,
+        payload: bytes,
+        keep_alive: bool,
+        started: float,
+        method: str,
+        path: str,
+        status: str = "",
+    ) -> None:
+        lines = [
+            "HTTP/1.1 " + (status or "%d %s" % (code, _reason(code))),
+            "Server: corp-error-server",
+            "Date: " + _http_date(),
+        ]
         has_length = False
         for name, value in headers:
             has_length = has_length or name.lower() == "content-length"
@@ -281,16 +316,25 @@ class _Connection(socketserver.BaseRequestHandler):
         if method != "HEAD" and code != 204:
             answer += payload
         self.sock.sendall(answer)
-        self.server.log("%s \"%s %s\" %d %d %.1fms" % (
-            self.client_address[0], _printable(method or "-", 20), _printable(path), code, len(payload),
-            (time.perf_counter() - started) * 1000))
+        self.server.log(
+            "%s \"%s %s\" %d %d %.1fms"
+            % (
+                self.client_address[0],
+                _printable(method or "-", 20),
+                _printable(path),
+                code,
+                len(payload),
+                (time.perf_counter() - started) * 1000,
+            )
+        )
 
     def _error(self, code: int, message: str, started: float) -> None:
         # malformed request lines and headers: the same JSON error shape as the application's
         payload = json.dumps({"error": message}).encode()
         try:
-            self._respond(code, [("Content-Type", "application/json")], payload, False, started,
-                          self.command, self.path)
+            self._respond(
+                code, [("Content-Type", "application/json")], payload, False, started, self.command, self.path
+            )
         except OSError:
             pass
 
@@ -305,7 +349,7 @@ def _reason(code: int) -> str:
 class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 1024       # a burst of new connections waits in the kernel, not refused
+    request_queue_size = 1024  # a burst of new connections waits in the kernel, not refused
 
     def __init__(self, address, app: Callable, request_timeout: float, log_stream: TextIO) -> None:
         if ":" in address[0]:
@@ -342,7 +386,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def log(self, line: str) -> None:
         """Queue a line for the log stream: written within _LOG_GATHER with the lines queued meanwhile."""
         with self._log_ready:
-            if len(self._log_lines) >= _LOG_QUEUED:   # a log stream nobody reads must not eat the memory
+            if len(self._log_lines) >= _LOG_QUEUED:  # a log stream nobody reads must not eat the memory
                 self._log_dropped += 1
                 return
             self._log_lines.append(line)
@@ -357,7 +401,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
             with self._log_ready:
                 while not self._log_lines:
                     self._log_ready.wait()
-            time.sleep(_LOG_GATHER)   # the lines of a burst's other requests join this write
+            time.sleep(_LOG_GATHER)  # the lines of a burst's other requests join this write
             self.flush_log()
 
     def flush_log(self) -> None:
@@ -385,14 +429,21 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
         return not writer.is_alive()
 
 
-def make_server(app: Callable, host: str = "127.0.0.1", port: int = 8000, *, request_timeout: float = 10.0,
-                log_stream: Optional[TextIO] = None) -> _Server:
+def make_server(
+    app: Callable,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    request_timeout: float = 10.0,
+    log_stream: Optional[TextIO] = None,
+) -> _Server:
     """A bound, not yet serving, server for ``app`` (``port=0`` picks a free port)."""
     return _Server((host, port), app, request_timeout, log_stream or sys.stderr)
 
 
 def serve(server: _Server) -> bool:
     """Serve until SIGINT or SIGTERM, then stop accepting and return whether the log was written."""
+
     def stop(signum, frame) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
 

@@ -11,6 +11,7 @@ Every public write is one transaction: a request stores everything or nothing. S
 queries and never decides: the engine turns what it returns into suggestions, the app joins them.
 Storage raises only its own exceptions, never its driver's.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,43 +27,55 @@ from .engine import Counts, FixPair, GroupData
 from .storage_schema import MIGRATIONS
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
-_PAIRS_READ = 20          # most recent observed fixes the engine looks at per group
-_FAIL_ENVS_READ = 100     # latest failing runs whose distinct environments estimate the repeat rate
-_GOOD_ENVS_READ = 50      # succeeding environments read when packages that move together need a combination
-_MENTIONS_KEPT = 40       # package names remembered per group from its traces
-_FEATURE_CACHE = 8192     # environments whose features stay in memory (they never change)
-_PURGE_BATCH = 1000       # beacons deleted per transaction, so a purge never holds writers up for long
-_ATTEMPTS = 5             # a transaction the database aborted for a conflict (deadlock) is run again
+_PAIRS_READ = 20  # most recent observed fixes the engine looks at per group
+_FAIL_ENVS_READ = 100  # latest failing runs whose distinct environments estimate the repeat rate
+_GOOD_ENVS_READ = 50  # succeeding environments read when packages that move together need a combination
+_MENTIONS_KEPT = 40  # package names remembered per group from its traces
+_FEATURE_CACHE = 8192  # environments whose features stay in memory (they never change)
+_PURGE_BATCH = 1000  # beacons deleted per transaction, so a purge never holds writers up for long
+_ATTEMPTS = 5  # a transaction the database aborted for a conflict (deadlock) is run again
 
 # Lock name spaces for backends whose writers run concurrently (PostgreSQL advisory locks).
 LOCK_ENV, LOCK_PURGE, LOCK_SCHEMA = 1, 2, 3
 
-_MAX_PARAMS = 999        # parameters in one statement: SQLite's oldest limit
-_UPSERT_ROWS = 190       # count rows in one upsert: 5 parameters each, within _MAX_PARAMS
+_MAX_PARAMS = 999  # parameters in one statement: SQLite's oldest limit
+_UPSERT_ROWS = 190  # count rows in one upsert: 5 parameters each, within _MAX_PARAMS
 
 
 def _upsert_counts(rows: int) -> str:
     # a run's 30-odd counts in one statement, not one each: every statement is a round through the
     # driver (sqlite3 gives the GIL up at each, PostgreSQL answers each) while the batch holds the lock
-    return ("INSERT INTO counts(group_id, feature, value, fails, oks) VALUES" + ", ".join(["(?, ?, ?, ?, ?)"] * rows)
-            + _COUNTS_CONFLICT)
+    return (
+        "INSERT INTO counts(group_id, feature, value, fails, oks) VALUES"
+        + ", ".join(["(?, ?, ?, ?, ?)"] * rows)
+        + _COUNTS_CONFLICT
+    )
 
 
-_COUNTS_CONFLICT = (" ON CONFLICT(group_id, feature, value) DO UPDATE"
-                    " SET fails = counts.fails + excluded.fails, oks = counts.oks + excluded.oks")
-_DAYS_CONFLICT = (" ON CONFLICT(group_id, day) DO UPDATE SET fails = group_days.fails + excluded.fails, "
-                  "oks = group_days.oks + excluded.oks")
+_COUNTS_CONFLICT = (
+    " ON CONFLICT(group_id, feature, value) DO UPDATE"
+    " SET fails = counts.fails + excluded.fails, oks = counts.oks + excluded.oks"
+)
+_DAYS_CONFLICT = (
+    " ON CONFLICT(group_id, day) DO UPDATE SET fails = group_days.fails + excluded.fails, "
+    "oks = group_days.oks + excluded.oks"
+)
 _SOURCES_CONFLICT = (
     " ON CONFLICT(group_id, script_id, env_hash, host) DO UPDATE SET "
     "fails = group_sources.fails + excluded.fails, oks = group_sources.oks + excluded.oks, "
-    "last_seen = excluded.last_seen, script_name = COALESCE(excluded.script_name, group_sources.script_name)")
-_BEACON_COLUMNS = ("INSERT INTO beacons(id, event_id, kind, env_hash, script_id, group_id, error_sig, trace, ts, "
-                   "received, script_name, agent, test, prev_env_hash, prev_group_id, counted, handled, host)")
+    "last_seen = excluded.last_seen, script_name = COALESCE(excluded.script_name, group_sources.script_name)"
+)
+_BEACON_COLUMNS = (
+    "INSERT INTO beacons(id, event_id, kind, env_hash, script_id, group_id, error_sig, trace, ts, "
+    "received, script_name, agent, test, prev_env_hash, prev_group_id, counted, handled, host)"
+)
 
 
 _UPSERT_DAY = "INSERT INTO group_days(group_id, day, fails, oks) VALUES(?, ?, ?, ?)" + _DAYS_CONFLICT
-_UPSERT_SOURCE = ("INSERT INTO group_sources(group_id, script_id, env_hash, host, script_name, fails, oks, last_seen) "
-                  "VALUES(?, ?, ?, ?, ?, ?, ?, ?)" + _SOURCES_CONFLICT)
+_UPSERT_SOURCE = (
+    "INSERT INTO group_sources(group_id, script_id, env_hash, host, script_name, fails, oks, last_seen) "
+    "VALUES(?, ?, ?, ?, ?, ?, ?, ?)" + _SOURCES_CONFLICT
+)
 GROUP_STATUSES = ("new", "regressed", "resolved", "ignored")
 GROUP_SORTS = {"last_seen": "g.last_seen DESC", "first_seen": "g.first_seen DESC", "count": "g.errors DESC"}
 
@@ -113,7 +126,7 @@ class Beacon(NamedTuple):
     kind: str
     env_hash: str
     script_id: str
-    group_key: Optional[str]        # the error's group (error beacons)
+    group_key: Optional[str]  # the error's group (error beacons)
     signature: Optional[str]
     trace: Optional[str]
     ts: Optional[float]
@@ -122,18 +135,18 @@ class Beacon(NamedTuple):
     agent: Optional[str]
     test: bool
     prev_env_hash: Optional[str]
-    prev_group_key: Optional[str]   # the failure a success follows (our agent)
+    prev_group_key: Optional[str]  # the failure a success follows (our agent)
     mentions: frozenset
-    handled: bool = False           # a logged or captured error rather than an uncaught one
-    host: Optional[str] = None      # the machine's host name, when the agent sends it
+    handled: bool = False  # a logged or captured error rather than an uncaught one
+    host: Optional[str] = None  # the machine's host name, when the agent sends it
 
 
 class BeaconResult(NamedTuple):
     env_known: bool
     duplicate: bool
-    error: Optional[Exception] = None   # add_beacons: this item failed and was rolled back alone
-    new_group: bool = False         # this beacon opened its error group
-    regressed: bool = False         # ... or reopened a resolved one
+    error: Optional[Exception] = None  # add_beacons: this item failed and was rolled back alone
+    new_group: bool = False  # this beacon opened its error group
+    regressed: bool = False  # ... or reopened a resolved one
 
 
 class _Tally:
@@ -164,10 +177,11 @@ class _Tally:
 
 class GroupHead(NamedTuple):
     """What tells whether something computed from a group still holds (a suggestion: for which run)."""
+
     key: str
     id: int
     revision: int
-    latest_env: Optional[str]      # the environment of the group's latest error
+    latest_env: Optional[str]  # the environment of the group's latest error
 
 
 _HEAD_SELECT = "SELECT key, id, revision, latest_env FROM groups"
@@ -177,17 +191,19 @@ class GroupState(NamedTuple):
     """What the engine reads of a group at one revision, whichever script asks. The revision moves
     with every change of it (a run counted or purged, an error noted), so what is computed from
     ``data`` may be kept under (group_id, revision)."""
+
     group_id: int
     revision: int
-    data: GroupData                 # the observed fixes with same_script False
-    fix_scripts: Tuple[str, ...]    # the script of each observed fix, in data.pairs' order
+    data: GroupData  # the observed fixes with same_script False
+    fix_scripts: Tuple[str, ...]  # the script of each observed fix, in data.pairs' order
 
     def for_script(self, script_id: Optional[str]) -> GroupData:
         """The engine's input for a run of ``script_id``: its own observed fixes marked as such."""
         if script_id is None or script_id not in self.fix_scripts:
             return self.data
-        return self.data._replace(pairs=[pair._replace(same_script=sid == script_id)
-                                         for pair, sid in zip(self.data.pairs, self.fix_scripts)])
+        return self.data._replace(
+            pairs=[pair._replace(same_script=sid == script_id) for pair, sid in zip(self.data.pairs, self.fix_scripts)]
+        )
 
 
 def _once(read: Callable[[], T]) -> Callable[[], T]:
@@ -198,15 +214,17 @@ def _once(read: Callable[[], T]) -> Callable[[], T]:
         if not kept:
             kept.append(read())
         return kept[0]
+
     return first
 
 
 class GroupQuery(NamedTuple):
     """A filtered, sorted page of error groups (the list page and /api/errors)."""
+
     search: str = ""
     status: str = ""
     script: str = ""
-    features: Tuple[Tuple[str, str], ...] = ()   # (feature, value) the failing runs had: pkg:x==1, python
+    features: Tuple[Tuple[str, str], ...] = ()  # (feature, value) the failing runs had: pkg:x==1, python
     sort: str = "last_seen"
     limit: int = 50
     offset: int = 0
@@ -221,7 +239,7 @@ class Dialect:
     """SQLite's SQL; a backend whose SQL differs subclasses this (see storage_postgres)."""
 
     types = {"{ID}": "INTEGER PRIMARY KEY", "{BIGINT}": "INTEGER", "{FLOAT}": "REAL", "{NOROWID}": " WITHOUT ROWID"}
-    for_update = ""                       # row locks: SQLite's writers are serialised by the database lock
+    for_update = ""  # row locks: SQLite's writers are serialised by the database lock
 
     def translate(self, error: Exception) -> Exception:
         """The storage exception for a driver's (a programming error stays itself: the app answers 500)."""
@@ -319,9 +337,10 @@ class Cursor:
         per_statement = _MAX_PARAMS // width
         marks = "(" + ", ".join("?" * width) + ")"
         for start in range(0, len(rows), per_statement):
-            chunk = rows[start:start + per_statement]
-            self.execute(head + " VALUES" + ", ".join([marks] * len(chunk)) + tail,
-                         [value for row in chunk for value in row])
+            chunk = rows[start : start + per_statement]
+            self.execute(
+                head + " VALUES" + ", ".join([marks] * len(chunk)) + tail, [value for row in chunk for value in row]
+            )
 
     def lock(self, space: int, key: str = "") -> None:
         self._dialect.lock(self._raw, space, self._dialect.params([key])[0])
@@ -371,7 +390,7 @@ class Storage:
                     result = work(cur)
             except _Retry:
                 continue
-            self._remember(cur.seen)   # only once committed: a rolled-back env or group was never stored
+            self._remember(cur.seen)  # only once committed: a rolled-back env or group was never stored
             if len(self._group_ids) + len(cur.group_ids) > _FEATURE_CACHE:
                 self._group_ids.clear()
             self._group_ids.update(cur.group_ids)
@@ -396,8 +415,12 @@ class Storage:
 
     def _apply_migrations(self, cur: Cursor) -> None:
         cur.lock(LOCK_SCHEMA)
-        cur.execute(self.dialect.schema("CREATE TABLE IF NOT EXISTS schema_version(version INTEGER PRIMARY KEY, "
-                                        "description TEXT NOT NULL, applied {FLOAT} NOT NULL)")[0])
+        cur.execute(
+            self.dialect.schema(
+                "CREATE TABLE IF NOT EXISTS schema_version(version INTEGER PRIMARY KEY, "
+                "description TEXT NOT NULL, applied {FLOAT} NOT NULL)"
+            )[0]
+        )
         current = cur.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
         if current > SCHEMA_VERSION:
             raise SchemaError("database schema %d is newer than this server (%d)" % (current, SCHEMA_VERSION))
@@ -405,11 +428,16 @@ class Storage:
             if migration.version > current:
                 for statement in self.dialect.schema(migration.sql):
                     cur.execute(statement)
-                cur.execute("INSERT INTO schema_version(version, description, applied) VALUES(?, ?, ?)",
-                            (migration.version, migration.description, time.time()))
+                cur.execute(
+                    "INSERT INTO schema_version(version, description, applied) VALUES(?, ?, ?)",
+                    (migration.version, migration.description, time.time()),
+                )
         # The 0.5.0 server reads its version here: it refuses a database migrated past what it knows.
-        cur.execute("INSERT INTO meta(key, value) VALUES('schema_version', ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
+        cur.execute(
+            "INSERT INTO meta(key, value) VALUES('schema_version', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (str(SCHEMA_VERSION),),
+        )
 
     def ping(self) -> None:
         """Raises StorageUnavailable unless the database answers a trivial query."""
@@ -437,8 +465,9 @@ class Storage:
         a group's observed fixes name up to 40 environments, each a round trip on PostgreSQL."""
         missing = sorted({e for e in env_hashes if e not in self._features and e not in cur.seen})
         if missing:
-            for env_hash, features in cur.execute("SELECT env_hash, features FROM envs WHERE env_hash IN (%s)"
-                                                  % ", ".join("?" * len(missing)), missing).fetchall():
+            for env_hash, features in cur.execute(
+                "SELECT env_hash, features FROM envs WHERE env_hash IN (%s)" % ", ".join("?" * len(missing)), missing
+            ).fetchall():
                 cur.seen[env_hash] = json.loads(features)
 
     def env_features(self, env_hash: str) -> Optional[Dict[str, str]]:
@@ -446,16 +475,19 @@ class Storage:
         return known if known is not None else self._read(lambda cur: self._features_of(cur, env_hash))
 
     def _insert_env(self, cur: Cursor, env: Env, now: float) -> bool:
-        cur.lock(LOCK_ENV, env.env_hash)   # with a beacon of this env stored concurrently, one sees the other
-        cur.execute("INSERT INTO envs(env_hash, received, snapshot, features) VALUES(?, ?, ?, ?) "
-                    "ON CONFLICT DO NOTHING",
-                    (env.env_hash, now, json.dumps(env.snapshot, sort_keys=True), json.dumps(env.features)))
+        cur.lock(LOCK_ENV, env.env_hash)  # with a beacon of this env stored concurrently, one sees the other
+        cur.execute(
+            "INSERT INTO envs(env_hash, received, snapshot, features) VALUES(?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (env.env_hash, now, json.dumps(env.snapshot, sort_keys=True), json.dumps(env.features)),
+        )
         if cur.rowcount == 0:
             return False
         cur.seen[env.env_hash] = env.features
-        waiting = cur.execute("SELECT id, kind, script_id, group_id, prev_group_id FROM beacons "
-                              "WHERE env_hash = ? AND counted = 0 ORDER BY id" + cur.for_update,
-                              (env.env_hash,)).fetchall()
+        waiting = cur.execute(
+            "SELECT id, kind, script_id, group_id, prev_group_id FROM beacons "
+            "WHERE env_hash = ? AND counted = 0 ORDER BY id" + cur.for_update,
+            (env.env_hash,),
+        ).fetchall()
         for beacon_id, kind, script_id, group_id, prev_group_id in waiting:
             self._count(cur, beacon_id, kind, script_id, group_id, prev_group_id, env.features)
         return True
@@ -469,61 +501,85 @@ class Storage:
         known = self._group_ids.get(key)
         if known is None:
             known = cur.group_ids.get(key)
-        if known is not None:   # a group's row, once committed, is never deleted nor renumbered
+        if known is not None:  # a group's row, once committed, is never deleted nor renumbered
             return known
-        cur.execute("INSERT INTO groups(key, signature, first_seen, last_seen) VALUES(?, ?, ?, ?) "
-                    "ON CONFLICT DO NOTHING", (key, signature, now, now))
+        cur.execute(
+            "INSERT INTO groups(key, signature, first_seen, last_seen) VALUES(?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (key, signature, now, now),
+        )
         cur.group_ids[key] = group_id = cur.execute("SELECT id FROM groups WHERE key = ?", (key,)).fetchone()[0]
         return group_id
 
     def _note_error(self, cur: Cursor, group_id: int, beacon: Beacon, now: float) -> Tuple[bool, bool]:
         """Count the error in its group; (the group is new, a resolved group regressed)."""
-        mentions_text, errors, status = cur.execute("SELECT mentions, errors, status FROM groups WHERE id = ?"
-                                                    + cur.for_update, (group_id,)).fetchone()
+        mentions_text, errors, status = cur.execute(
+            "SELECT mentions, errors, status FROM groups WHERE id = ?" + cur.for_update, (group_id,)
+        ).fetchone()
         mentions = json.loads(mentions_text)
         new = sorted(set(beacon.mentions) - set(mentions))
         if new:
             mentions = (mentions + new)[:_MENTIONS_KEPT]
-        cur.execute("UPDATE groups SET errors = errors + 1, handled = handled + ?, mentions = ?, latest_env = ?, "
-                    "last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END, revision = revision + 1 "
-                    "WHERE id = ?",
-                    (int(beacon.handled), json.dumps(mentions), beacon.env_hash, now, now, group_id))
-        cur.execute("INSERT INTO group_scripts(script_id, group_id) VALUES(?, ?) ON CONFLICT DO NOTHING",
-                    (beacon.script_id, group_id))
+        cur.execute(
+            "UPDATE groups SET errors = errors + 1, handled = handled + ?, mentions = ?, latest_env = ?, "
+            "last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END, revision = revision + 1 "
+            "WHERE id = ?",
+            (int(beacon.handled), json.dumps(mentions), beacon.env_hash, now, now, group_id),
+        )
+        cur.execute(
+            "INSERT INTO group_scripts(script_id, group_id) VALUES(?, ?) ON CONFLICT DO NOTHING",
+            (beacon.script_id, group_id),
+        )
         regressed = status == "resolved"
         if regressed:
             cur.execute("UPDATE groups SET status = 'regressed', status_at = ? WHERE id = ?", (now, group_id))
-        self._roll_up(cur, group_id, "error", beacon.script_id, beacon.env_hash, beacon.host, beacon.script_name,
-                      now)
+        self._roll_up(cur, group_id, "error", beacon.script_id, beacon.env_hash, beacon.host, beacon.script_name, now)
         return errors == 0, regressed
 
     @staticmethod
-    def _roll_up(cur: Cursor, group_id: int, kind: str, script_id: str, env_hash: str, host: Optional[str],
-                 script_name: Optional[str], received: float) -> None:
+    def _roll_up(
+        cur: Cursor,
+        group_id: int,
+        kind: str,
+        script_id: str,
+        env_hash: str,
+        host: Optional[str],
+        script_name: Optional[str],
+        received: float,
+    ) -> None:
         """The dashboard's rollups: runs per group and day, and per (script, environment, host)."""
         fail, ok = (1, 0) if kind == "error" else (0, 1)
         cur.execute(_UPSERT_DAY, (group_id, int(received // 86400), fail, ok))
         cur.execute(_UPSERT_SOURCE, (group_id, script_id, env_hash, host or "", script_name, fail, ok, received))
 
-    def _count(self, cur: Cursor, beacon_id: int, kind: str, script_id: str, group_id: Optional[int],
-               prev_group_id: Optional[int], features: Dict[str, str]) -> None:
+    def _count(
+        self,
+        cur: Cursor,
+        beacon_id: int,
+        kind: str,
+        script_id: str,
+        group_id: Optional[int],
+        prev_group_id: Optional[int],
+        features: Dict[str, str],
+    ) -> None:
         """Fold one run into the counts of the group(s) it is evidence for."""
         groups: List[int]
         if kind == "error":
             groups = [group_id] if group_id is not None else []
         else:
-            groups = [g for (g,) in cur.execute("SELECT group_id FROM group_scripts WHERE script_id = ?",
-                                                (script_id,))]
+            groups = [g for (g,) in cur.execute("SELECT group_id FROM group_scripts WHERE script_id = ?", (script_id,))]
             if prev_group_id is not None and prev_group_id not in groups:
                 groups.append(prev_group_id)
         self._apply(cur, groups, kind, features, +1)
         if kind == "success":
             env_hash, host, script_name, received = cur.execute(
-                "SELECT env_hash, host, script_name, received FROM beacons WHERE id = ?", (beacon_id,)).fetchone()
+                "SELECT env_hash, host, script_name, received FROM beacons WHERE id = ?", (beacon_id,)
+            ).fetchone()
             for group in sorted(g for g in groups if g is not None):
                 self._roll_up(cur, group, kind, script_id, env_hash, host, script_name, received)
-        cur.executemany("INSERT INTO contributions(beacon_id, group_id) VALUES(?, ?) ON CONFLICT DO NOTHING",
-                        [(beacon_id, g) for g in groups])
+        cur.executemany(
+            "INSERT INTO contributions(beacon_id, group_id) VALUES(?, ?) ON CONFLICT DO NOTHING",
+            [(beacon_id, g) for g in groups],
+        )
         cur.execute("UPDATE beacons SET counted = 1 WHERE id = ?", (beacon_id,))
 
     @staticmethod
@@ -533,11 +589,12 @@ class Storage:
         # rows locked in one order everywhere (a group's row, then its counts by feature), so concurrent
         # writers queue instead of deadlocking
         for group in sorted(groups):
-            cur.execute("UPDATE groups SET %s = %s + ?, revision = revision + 1 WHERE id = ?" % (column, column),
-                        (sign, group))
+            cur.execute(
+                "UPDATE groups SET %s = %s + ?, revision = revision + 1 WHERE id = ?" % (column, column), (sign, group)
+            )
             rows = [(group, f, v, fail, ok) for f, v in sorted(features.items())]
             for start in range(0, len(rows), _UPSERT_ROWS):
-                chunk = rows[start:start + _UPSERT_ROWS]
+                chunk = rows[start : start + _UPSERT_ROWS]
                 cur.execute(_upsert_counts(len(chunk)), [value for row in chunk for value in row])
 
     def _store_beacon(self, cur: Cursor, beacon: Beacon, env: Optional[Env], now: float) -> BeaconResult:
@@ -545,22 +602,43 @@ class Storage:
             self._insert_env(cur, env, now)
         else:
             cur.lock(LOCK_ENV, beacon.env_hash)
-        group_id = (self._group_id(cur, beacon.group_key, beacon.signature or beacon.group_key, now)
-                    if beacon.group_key else None)
-        prev_group_id = (self._group_id(cur, beacon.prev_group_key, beacon.prev_group_key, now)
-                         if beacon.prev_group_key else None)
+        group_id = (
+            self._group_id(cur, beacon.group_key, beacon.signature or beacon.group_key, now)
+            if beacon.group_key
+            else None
+        )
+        prev_group_id = (
+            self._group_id(cur, beacon.prev_group_key, beacon.prev_group_key, now) if beacon.prev_group_key else None
+        )
         beacon_id = cur.insert_id(
             "INSERT INTO beacons(event_id, kind, env_hash, script_id, group_id, error_sig, trace, ts,"
             " received, script_name, agent, test, prev_env_hash, prev_group_id, counted, handled, host)"
             " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (beacon.event_id, beacon.kind, beacon.env_hash, beacon.script_id, group_id, beacon.signature,
-             beacon.trace, beacon.ts, now, beacon.script_name, beacon.agent, int(beacon.test),
-             beacon.prev_env_hash, prev_group_id, int(beacon.test), int(beacon.handled), beacon.host))
+            (
+                beacon.event_id,
+                beacon.kind,
+                beacon.env_hash,
+                beacon.script_id,
+                group_id,
+                beacon.signature,
+                beacon.trace,
+                beacon.ts,
+                now,
+                beacon.script_name,
+                beacon.agent,
+                int(beacon.test),
+                beacon.prev_env_hash,
+                prev_group_id,
+                int(beacon.test),
+                int(beacon.handled),
+                beacon.host,
+            ),
+        )
         features = self._features_of(cur, beacon.env_hash)
-        if beacon_id is None:   # a repeated event id: stored once, answered as usual
+        if beacon_id is None:  # a repeated event id: stored once, answered as usual
             return BeaconResult(features is not None, True)
         new_group = regressed = False
-        if group_id is not None and not beacon.test:   # `corp-error-agent test` is no error of anyone's
+        if group_id is not None and not beacon.test:  # `corp-error-agent test` is no error of anyone's
             new_group, regressed = self._note_error(cur, group_id, beacon, now)
         if features is not None and not beacon.test:
             self._count(cur, beacon_id, beacon.kind, beacon.script_id, group_id, prev_group_id, features)
@@ -573,12 +651,19 @@ class Storage:
         """Store every item in ONE transaction (group commit), each isolated: an item that fails is
         rolled back alone and its result carries the error. An item without a beacon stores its
         environment only (``duplicate``: it was stored already)."""
+
         def work(cur: Cursor) -> List[BeaconResult]:
             now = time.time()
             results: List[Optional[BeaconResult]] = [None] * len(items)
             # an error of an environment already stored races with no one: it takes no environment lock
-            burst = [(i, beacon) for i, (beacon, env) in enumerate(items) if beacon is not None and env is None
-                     and _plain_error(beacon) and self._features_of(cur, beacon.env_hash) is not None]
+            burst = [
+                (i, beacon)
+                for i, (beacon, env) in enumerate(items)
+                if beacon is not None
+                and env is None
+                and _plain_error(beacon)
+                and self._features_of(cur, beacon.env_hash) is not None
+            ]
             in_burst = {i for i, _ in burst}
             # locks taken in one order by every batch, so batches of several processes queue, not deadlock:
             # the environments' of the items stored one by one first, sorted, then the group rows (the
@@ -591,13 +676,14 @@ class Storage:
                 for (index, _), result in zip(burst, stored):
                     results[index] = result
             rest = [i for i in range(len(items)) if results[i] is None]
-            for env_hash in sorted({_env_of(items[i]) for i in rest} - set(locked)):   # a burst that fell back
+            for env_hash in sorted({_env_of(items[i]) for i in rest} - set(locked)):  # a burst that fell back
                 cur.lock(LOCK_ENV, env_hash)
             # by environment, a stable sort: within one environment the sent order stays (a beacon
             # before or after its environment's snapshot)
             for index in sorted(rest, key=lambda i: _env_of(items[i])):
                 results[index] = self._store_isolated(cur, items[index], now)
             return [result for result in results if result is not None]
+
         return self._write(work)
 
     def _store_isolated(self, cur: Cursor, item: Tuple[Optional[Beacon], Optional[Env]], now: float) -> BeaconResult:
@@ -611,7 +697,7 @@ class Storage:
                 raise
             try:
                 cur.execute("ROLLBACK TO SAVEPOINT item")
-            except Exception:   # the database gave the whole transaction up (connection lost, disk full)
+            except Exception:  # the database gave the whole transaction up (connection lost, disk full)
                 raise error from None
             cur.seen, cur.group_ids = seen, group_ids
             result = BeaconResult(False, False, self.dialect.translate(error))
@@ -643,29 +729,64 @@ class Storage:
         fresh = self._not_stored(cur, beacons)
         if not fresh:
             return results
-        signatures: Dict[str, str] = {}   # a new group's signature: its first beacon's, as one by one
+        signatures: Dict[str, str] = {}  # a new group's signature: its first beacon's, as one by one
         for i in fresh:
             signatures.setdefault(beacons[i].group_key or "", beacons[i].signature or beacons[i].group_key or "")
         groups = {key: self._group_id(cur, key, signatures[key], now) for key in sorted(signatures)}
-        rows = [(beacon_id, b.event_id, b.kind, b.env_hash, b.script_id, groups[b.group_key or ""], b.signature,
-                 b.trace, b.ts, now, b.script_name, b.agent, 0, b.prev_env_hash, None, 1, int(b.handled), b.host)
-                for beacon_id, b in zip(cur.new_ids("beacons", len(fresh)), (beacons[i] for i in fresh))]
+        rows = [
+            (
+                beacon_id,
+                b.event_id,
+                b.kind,
+                b.env_hash,
+                b.script_id,
+                groups[b.group_key or ""],
+                b.signature,
+                b.trace,
+                b.ts,
+                now,
+                b.script_name,
+                b.agent,
+                0,
+                b.prev_env_hash,
+                None,
+                1,
+                int(b.handled),
+                b.host,
+            )
+            for beacon_id, b in zip(cur.new_ids("beacons", len(fresh)), (beacons[i] for i in fresh))
+        ]
         cur.insert_rows(_BEACON_COLUMNS, 18, rows)
         cur.insert_rows("INSERT INTO contributions(beacon_id, group_id)", 2, [(row[0], row[5]) for row in rows])
         # the rows every writer updates come last, locked in id order: held from here to the commit only
         ids = sorted(set(groups.values()))
-        tallies = {row[0]: _Tally(json.loads(row[1]), row[2], row[3]) for row in cur.execute(
-            "SELECT id, mentions, errors, status FROM groups WHERE id IN (%s) ORDER BY id%s"
-            % (", ".join("?" * len(ids)), cur.for_update), ids).fetchall()}
+        tallies = {
+            row[0]: _Tally(json.loads(row[1]), row[2], row[3])
+            for row in cur.execute(
+                "SELECT id, mentions, errors, status FROM groups WHERE id IN (%s) ORDER BY id%s"
+                % (", ".join("?" * len(ids)), cur.for_update),
+                ids,
+            ).fetchall()
+        }
         for index in fresh:
             results[index] = tallies[groups[beacons[index].group_key or ""]].note(beacons[index])
-        for group_id in ids:   # (the revision moves: so do the group's counts, in this transaction)
+        for group_id in ids:  # (the revision moves: so do the group's counts, in this transaction)
             tally = tallies[group_id]
-            cur.execute("UPDATE groups SET errors = errors + ?, fails = fails + ?, handled = handled + ?, "
-                        "mentions = ?, latest_env = ?, last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END,"
-                        " revision = revision + 1 WHERE id = ?",
-                        (tally.runs, tally.runs, tally.handled, json.dumps(tally.mentions), tally.latest_env, now, now,
-                         group_id))
+            cur.execute(
+                "UPDATE groups SET errors = errors + ?, fails = fails + ?, handled = handled + ?, "
+                "mentions = ?, latest_env = ?, last_seen = CASE WHEN last_seen < ? THEN ? ELSE last_seen END,"
+                " revision = revision + 1 WHERE id = ?",
+                (
+                    tally.runs,
+                    tally.runs,
+                    tally.handled,
+                    json.dumps(tally.mentions),
+                    tally.latest_env,
+                    now,
+                    now,
+                    group_id,
+                ),
+            )
             if tally.regressed:
                 cur.execute("UPDATE groups SET status = 'regressed', status_at = ? WHERE id = ?", (now, group_id))
         self._roll_up_burst(cur, rows, int(now // 86400), now)
@@ -676,9 +797,13 @@ class Storage:
         event_ids = sorted({b.event_id for b in beacons if b.event_id is not None})
         stored: Set[Optional[str]] = set()
         for start in range(0, len(event_ids), 500):
-            chunk = event_ids[start:start + 500]
-            stored.update(e for (e,) in cur.execute("SELECT event_id FROM beacons WHERE event_id IN (%s)"
-                                                    % ", ".join("?" * len(chunk)), chunk).fetchall())
+            chunk = event_ids[start : start + 500]
+            stored.update(
+                e
+                for (e,) in cur.execute(
+                    "SELECT event_id FROM beacons WHERE event_id IN (%s)" % ", ".join("?" * len(chunk)), chunk
+                ).fetchall()
+            )
         fresh: List[int] = []
         for index, beacon in enumerate(beacons):
             if beacon.event_id is None or beacon.event_id not in stored:
@@ -703,13 +828,24 @@ class Storage:
             days[group_id] = days.get(group_id, 0) + 1
             scripts.add((script_id, group_id))
         cur.insert_rows("INSERT INTO group_scripts(script_id, group_id)", 2, sorted(scripts), " ON CONFLICT DO NOTHING")
-        cur.insert_rows("INSERT INTO group_days(group_id, day, fails, oks)", 4,
-                        [(g, day, runs, 0) for g, runs in sorted(days.items())], _DAYS_CONFLICT)
-        cur.insert_rows("INSERT INTO group_sources(group_id, script_id, env_hash, host, script_name, fails, oks, "
-                        "last_seen)", 8, [key + (name, runs, 0, now) for key, (runs, name) in sorted(sources.items())],
-                        _SOURCES_CONFLICT)
-        cur.insert_rows("INSERT INTO counts(group_id, feature, value, fails, oks)", 5,
-                        [key + (runs, 0) for key, runs in sorted(counts.items())], _COUNTS_CONFLICT)
+        cur.insert_rows(
+            "INSERT INTO group_days(group_id, day, fails, oks)",
+            4,
+            [(g, day, runs, 0) for g, runs in sorted(days.items())],
+            _DAYS_CONFLICT,
+        )
+        cur.insert_rows(
+            "INSERT INTO group_sources(group_id, script_id, env_hash, host, script_name, fails, oks, last_seen)",
+            8,
+            [key + (name, runs, 0, now) for key, (runs, name) in sorted(sources.items())],
+            _SOURCES_CONFLICT,
+        )
+        cur.insert_rows(
+            "INSERT INTO counts(group_id, feature, value, fails, oks)",
+            5,
+            [key + (runs, 0) for key, runs in sorted(counts.items())],
+            _COUNTS_CONFLICT,
+        )
 
     def _store_item(self, cur: Cursor, beacon: Optional[Beacon], env: Optional[Env], now: float) -> BeaconResult:
         if beacon is not None:
@@ -722,9 +858,11 @@ class Storage:
 
     def group_data(self, group_key: str, script_id: Optional[str] = None) -> Optional[GroupData]:
         """The group of that key; given only an exception line, the busiest group of that line."""
+
         def work(cur: Cursor) -> Optional[GroupData]:
             head = self._head_of(cur, group_key)
             return None if head is None else self._group_state(cur, head.id).for_script(script_id)
+
         return self._read(work)
 
     def group_head(self, group_key: str) -> Optional[GroupHead]:
@@ -742,9 +880,13 @@ class Storage:
     def _heads_of_message(cur: Cursor, message: str) -> List[GroupHead]:
         # a group's key is "<exception line>" or "<exception line> @ <place>" (substr: no collation involved)
         prefix = message + " @ "
-        return [GroupHead(*row) for row in cur.execute(
-            _HEAD_SELECT + " WHERE key = ? OR substr(key, 1, ?) = ? ORDER BY errors DESC, id",
-            (message, len(prefix), prefix)).fetchall()]
+        return [
+            GroupHead(*row)
+            for row in cur.execute(
+                _HEAD_SELECT + " WHERE key = ? OR substr(key, 1, ?) = ? ORDER BY errors DESC, id",
+                (message, len(prefix), prefix),
+            ).fetchall()
+        ]
 
     def group_heads(self, message: str) -> List[GroupHead]:
         """The groups of one exception line, busiest first."""
@@ -752,11 +894,14 @@ class Storage:
 
     def last_error_group(self, keys: List[str], env_hash: str, script_id: Optional[str] = None) -> Optional[str]:
         """Of these groups, the one an error from this environment (and script) went to last."""
+
         def work(cur: Cursor) -> Optional[str]:
             latest: Tuple[int, Optional[str]] = (0, None)
             for key in keys:
-                sql = ("SELECT b.id FROM beacons b JOIN groups g ON g.id = b.group_id WHERE g.key = ? "
-                       "AND b.env_hash = ? AND b.kind = 'error'")
+                sql = (
+                    "SELECT b.id FROM beacons b JOIN groups g ON g.id = b.group_id WHERE g.key = ? "
+                    "AND b.env_hash = ? AND b.kind = 'error'"
+                )
                 args: Tuple = (key, env_hash)
                 if script_id:
                     sql, args = sql + " AND b.script_id = ?", args + (script_id,)
@@ -764,19 +909,24 @@ class Storage:
                 if row is not None and row[0] > latest[0]:
                     latest = (row[0], key)
             return latest[1]
+
         return self._read(work)
 
     def _group_state(self, cur: Cursor, group_id: int) -> GroupState:
         key, fails, oks, mentions, revision = cur.execute(
-            "SELECT key, fails, oks, mentions, revision FROM groups WHERE id = ?", (group_id,)).fetchone()
+            "SELECT key, fails, oks, mentions, revision FROM groups WHERE id = ?", (group_id,)
+        ).fetchone()
         counts: Counts = {}
-        for feature, value, a, b in cur.execute("SELECT feature, value, fails, oks FROM counts WHERE group_id = ?",
-                                                (group_id,)):
+        for feature, value, a, b in cur.execute(
+            "SELECT feature, value, fails, oks FROM counts WHERE group_id = ?", (group_id,)
+        ):
             counts.setdefault(feature, {})[value] = (a, b)
         pairs, fix_scripts = [], []
-        fixes = cur.execute("SELECT prev_env_hash, env_hash, script_id FROM beacons WHERE prev_group_id = ? "
-                            "AND kind = 'success' AND prev_env_hash IS NOT NULL AND test = 0 ORDER BY id DESC LIMIT ?",
-                            (group_id, _PAIRS_READ)).fetchall()
+        fixes = cur.execute(
+            "SELECT prev_env_hash, env_hash, script_id FROM beacons WHERE prev_group_id = ? "
+            "AND kind = 'success' AND prev_env_hash IS NOT NULL AND test = 0 ORDER BY id DESC LIMIT ?",
+            (group_id, _PAIRS_READ),
+        ).fetchall()
         self._read_features(cur, [env for failing, fixed, _ in fixes for env in (failing, fixed)])
         for failing, fixed, sid in fixes:
             failing_features = self._features_of(cur, failing)
@@ -785,21 +935,35 @@ class Storage:
                 pairs.append(FixPair(failing_features, fixed_features, False))
                 fix_scripts.append(sid)
         # distinct environments among the latest failing runs, scaled to all of them (bounded work)
-        recent = cur.execute("SELECT COUNT(*), COUNT(DISTINCT env_hash) FROM (SELECT env_hash FROM beacons "
-                             "WHERE group_id = ? AND kind = 'error' AND test = 0 AND counted = 1 "
-                             "ORDER BY id DESC LIMIT ?) AS latest", (group_id, _FAIL_ENVS_READ)).fetchone()
+        recent = cur.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT env_hash) FROM (SELECT env_hash FROM beacons "
+            "WHERE group_id = ? AND kind = 'error' AND test = 0 AND counted = 1 "
+            "ORDER BY id DESC LIMIT ?) AS latest",
+            (group_id, _FAIL_ENVS_READ),
+        ).fetchone()
         fail_envs = round(fails * recent[1] / recent[0]) if recent[0] else 0
-        data = GroupData(fails, oks, counts, set(json.loads(mentions)), pairs, key.split(" @ ")[0], fail_envs,
-                         _once(lambda: self._succeeding_envs(group_id)))
+        data = GroupData(
+            fails,
+            oks,
+            counts,
+            set(json.loads(mentions)),
+            pairs,
+            key.split(" @ ")[0],
+            fail_envs,
+            _once(lambda: self._succeeding_envs(group_id)),
+        )
         return GroupState(group_id, revision, data, tuple(fix_scripts))
 
     def _succeeding_envs(self, group_id: int) -> List[Dict[str, str]]:
         def work(cur: Cursor) -> List[Dict[str, str]]:
-            rows = cur.execute("SELECT DISTINCT b.env_hash FROM contributions c JOIN beacons b ON b.id = c.beacon_id "
-                               "WHERE c.group_id = ? AND b.kind = 'success' LIMIT ?",
-                               (group_id, _GOOD_ENVS_READ)).fetchall()
+            rows = cur.execute(
+                "SELECT DISTINCT b.env_hash FROM contributions c JOIN beacons b ON b.id = c.beacon_id "
+                "WHERE c.group_id = ? AND b.kind = 'success' LIMIT ?",
+                (group_id, _GOOD_ENVS_READ),
+            ).fetchall()
             self._read_features(cur, [env_hash for (env_hash,) in rows])
             return [f for f in (self._features_of(cur, env_hash) for (env_hash,) in rows) if f is not None]
+
         return self._read(work)
 
     ###########################################################################
@@ -828,46 +992,78 @@ class Storage:
             where.append("EXISTS (SELECT 1 FROM group_scripts s WHERE s.group_id = g.id AND s.script_id = ?)")
             params.append(query.script)
         for feature, value in query.features:
-            where.append("EXISTS (SELECT 1 FROM counts c WHERE c.group_id = g.id AND c.feature = ? AND c.value = ? "
-                         "AND c.fails > 0)")
+            where.append(
+                "EXISTS (SELECT 1 FROM counts c WHERE c.group_id = g.id AND c.feature = ? AND c.value = ? "
+                "AND c.fails > 0)"
+            )
             params += [feature, value]
         condition = " AND ".join(where)
 
         def work(cur: Cursor) -> Tuple[int, List[dict]]:
             # one pass of the filter: the ids in order give the total and the page
-            ids = [g for (g,) in cur.execute("SELECT g.id FROM groups g WHERE %s ORDER BY %s, g.id DESC"
-                                             % (condition, GROUP_SORTS[query.sort]), params).fetchall()]
-            page = ids[query.offset:query.offset + query.limit]
+            ids = [
+                g
+                for (g,) in cur.execute(
+                    "SELECT g.id FROM groups g WHERE %s ORDER BY %s, g.id DESC" % (condition, GROUP_SORTS[query.sort]),
+                    params,
+                ).fetchall()
+            ]
+            page = ids[query.offset : query.offset + query.limit]
             if not page:
                 return len(ids), []
-            rows = {row[0]: row for row in cur.execute(self._SUMMARY_SELECT + " WHERE g.id IN (%s)"
-                                                        % ", ".join("?" * len(page)), page).fetchall()}
+            rows = {
+                row[0]: row
+                for row in cur.execute(
+                    self._SUMMARY_SELECT + " WHERE g.id IN (%s)" % ", ".join("?" * len(page)), page
+                ).fetchall()
+            }
             return len(ids), self._summaries(cur, [rows[g] for g in page])
+
         return self._read(work)
 
-    _SUMMARY_SELECT = ("SELECT g.id, g.key, g.signature, g.first_seen, g.last_seen, g.errors, g.fails, g.oks, "
-                       "g.status, g.status_at, g.handled, g.latest_env, g.revision FROM groups g")
-    _SUMMARY_COLUMNS = ("id", "group_key", "signature", "first_seen", "last_seen", "count", "failing_runs",
-                        "succeeding_runs", "status", "status_at", "handled", "latest_env", "revision")
+    _SUMMARY_SELECT = (
+        "SELECT g.id, g.key, g.signature, g.first_seen, g.last_seen, g.errors, g.fails, g.oks, "
+        "g.status, g.status_at, g.handled, g.latest_env, g.revision FROM groups g"
+    )
+    _SUMMARY_COLUMNS = (
+        "id",
+        "group_key",
+        "signature",
+        "first_seen",
+        "last_seen",
+        "count",
+        "failing_runs",
+        "succeeding_runs",
+        "status",
+        "status_at",
+        "handled",
+        "latest_env",
+        "revision",
+    )
 
     def _summaries(self, cur: Cursor, rows: Sequence[tuple]) -> List[dict]:
         """Groups with who ran into them (scripts, environments) from the rollup."""
-        groups = {row[0]: dict(zip(self._SUMMARY_COLUMNS, row), scripts=0, envs_affected=0, script_names=[])
-                  for row in rows}
-        for group in groups.values():   # the key is "<exception line> @ <where it is raised>"
+        groups = {
+            row[0]: dict(zip(self._SUMMARY_COLUMNS, row), scripts=0, envs_affected=0, script_names=[]) for row in rows
+        }
+        for group in groups.values():  # the key is "<exception line> @ <where it is raised>"
             group["group_key"], _, group["where"] = group["group_key"].partition(" @ ")
         if not groups:
             return []
         ids = list(groups)
         marks = ", ".join("?" * len(ids))
         for group_id, scripts, envs in cur.execute(
-                "SELECT group_id, COUNT(DISTINCT script_id), COUNT(DISTINCT env_hash) FROM group_sources "
-                "WHERE group_id IN (%s) AND fails > 0 GROUP BY group_id" % marks, ids).fetchall():
+            "SELECT group_id, COUNT(DISTINCT script_id), COUNT(DISTINCT env_hash) FROM group_sources "
+            "WHERE group_id IN (%s) AND fails > 0 GROUP BY group_id" % marks,
+            ids,
+        ).fetchall():
             groups[group_id].update(scripts=scripts, envs_affected=envs)
         names: Dict[int, Dict[str, str]] = {}
         for group_id, script_id, name in cur.execute(
-                "SELECT DISTINCT group_id, script_id, script_name FROM group_sources "
-                "WHERE group_id IN (%s) AND fails > 0" % marks, ids).fetchall():
+            "SELECT DISTINCT group_id, script_id, script_name FROM group_sources "
+            "WHERE group_id IN (%s) AND fails > 0" % marks,
+            ids,
+        ).fetchall():
             known = names.setdefault(group_id, {})
             known[script_id] = name or known.get(script_id) or script_id
         for group_id, known in names.items():
@@ -878,6 +1074,7 @@ class Storage:
         def work(cur: Cursor) -> List[dict]:
             rows = cur.execute(self._SUMMARY_SELECT + " WHERE g.id = ? AND g.errors > 0", (group_id,)).fetchall()
             return self._summaries(cur, rows)
+
         found = self._read(work)
         return found[0] if found else None
 
@@ -892,53 +1089,82 @@ class Storage:
             return series
         marks = ", ".join("?" * len(group_ids))
         for group_id, day, fails, oks in self._select(
-                "SELECT group_id, day, fails, oks FROM group_days WHERE group_id IN (%s) AND day >= ? AND day < ?"
-                % marks, list(group_ids) + [first_day, first_day + days]):
+            "SELECT group_id, day, fails, oks FROM group_days WHERE group_id IN (%s) AND day >= ? AND day < ?" % marks,
+            list(group_ids) + [first_day, first_day + days],
+        ):
             series[group_id][day - first_day] = (fails, oks)
         return series
 
     def group_sources(self, group_id: int, limit: int) -> Tuple[List[dict], List[dict]]:
         """Who ran into the group, latest first: (scripts, environments), each with its runs and hosts
         (how many, and one of them), at most ``limit`` of each."""
+
         def work(cur: Cursor) -> Tuple[List[dict], List[dict]]:
-            scripts = [dict(zip(("script_id", "script_name", "failing", "succeeding", "last_seen", "hosts",
-                                 "host"), row)) for row in cur.execute(
-                "SELECT script_id, MAX(script_name), SUM(fails), SUM(oks), MAX(last_seen), "
-                "COUNT(DISTINCT NULLIF(host, '')), MAX(host) FROM group_sources WHERE group_id = ? "
-                "GROUP BY script_id ORDER BY MAX(last_seen) DESC LIMIT ?", (group_id, limit)).fetchall()]
-            envs = [dict(zip(("env_hash", "failing", "succeeding", "last_seen", "hosts", "host"), row))
-                    for row in cur.execute(
-                "SELECT env_hash, SUM(fails), SUM(oks), MAX(last_seen), COUNT(DISTINCT NULLIF(host, '')), "
-                "MAX(host) FROM group_sources WHERE group_id = ? GROUP BY env_hash ORDER BY MAX(last_seen) DESC "
-                "LIMIT ?", (group_id, limit)).fetchall()]
+            scripts = [
+                dict(zip(("script_id", "script_name", "failing", "succeeding", "last_seen", "hosts", "host"), row))
+                for row in cur.execute(
+                    "SELECT script_id, MAX(script_name), SUM(fails), SUM(oks), MAX(last_seen), "
+                    "COUNT(DISTINCT NULLIF(host, '')), MAX(host) FROM group_sources WHERE group_id = ? "
+                    "GROUP BY script_id ORDER BY MAX(last_seen) DESC LIMIT ?",
+                    (group_id, limit),
+                ).fetchall()
+            ]
+            envs = [
+                dict(zip(("env_hash", "failing", "succeeding", "last_seen", "hosts", "host"), row))
+                for row in cur.execute(
+                    "SELECT env_hash, SUM(fails), SUM(oks), MAX(last_seen), COUNT(DISTINCT NULLIF(host, '')), "
+                    "MAX(host) FROM group_sources WHERE group_id = ? GROUP BY env_hash ORDER BY MAX(last_seen) DESC "
+                    "LIMIT ?",
+                    (group_id, limit),
+                ).fetchall()
+            ]
             return scripts, envs
+
         return self._read(work)
 
     def recent_errors(self, group_id: int, limit: int) -> List[dict]:
         keys = ("script_id", "script_name", "env_hash", "host", "ts", "received", "error_sig", "trace")
-        return [dict(zip(keys, row[:-1]), handled=bool(row[-1])) for row in self._select(
-            "SELECT script_id, script_name, env_hash, host, ts, received, error_sig, trace, handled FROM beacons "
-            "WHERE group_id = ? ORDER BY id DESC LIMIT ?", (group_id, limit))]
+        return [
+            dict(zip(keys, row[:-1]), handled=bool(row[-1]))
+            for row in self._select(
+                "SELECT script_id, script_name, env_hash, host, ts, received, error_sig, trace, handled FROM beacons "
+                "WHERE group_id = ? ORDER BY id DESC LIMIT ?",
+                (group_id, limit),
+            )
+        ]
 
     def observed_fixes(self, group_id: int, limit: int) -> List[dict]:
         """Successes that followed a failure of the group in another environment: (from, to, when)."""
         keys = ("failing_env", "fixed_env", "script_id", "script_name", "host", "received")
-        return [dict(zip(keys, row)) for row in self._select(
-            "SELECT prev_env_hash, env_hash, script_id, script_name, host, received FROM beacons "
-            "WHERE prev_group_id = ? AND kind = 'success' AND prev_env_hash IS NOT NULL AND test = 0 "
-            "AND prev_env_hash <> env_hash ORDER BY id DESC LIMIT ?", (group_id, limit))]
+        return [
+            dict(zip(keys, row))
+            for row in self._select(
+                "SELECT prev_env_hash, env_hash, script_id, script_name, host, received FROM beacons "
+                "WHERE prev_group_id = ? AND kind = 'success' AND prev_env_hash IS NOT NULL AND test = 0 "
+                "AND prev_env_hash <> env_hash ORDER BY id DESC LIMIT ?",
+                (group_id, limit),
+            )
+        ]
 
     def set_status(self, group_id: int, status: str) -> bool:
-        return self._write(lambda cur: cur.execute("UPDATE groups SET status = ?, status_at = ? WHERE id = ? "
-                                                   "AND errors > 0", (status, time.time(), group_id)).rowcount > 0)
+        return self._write(
+            lambda cur: (
+                cur.execute(
+                    "UPDATE groups SET status = ?, status_at = ? WHERE id = ? AND errors > 0",
+                    (status, time.time(), group_id),
+                ).rowcount
+                > 0
+            )
+        )
 
     def alerted_solution(self, group_id: int) -> Optional[str]:
         rows = self._select("SELECT alerted_solution FROM groups WHERE id = ?", (group_id,))
         return rows[0][0] if rows else None
 
     def set_alerted_solution(self, group_id: int, solution: str) -> None:
-        self._write(lambda cur: cur.execute("UPDATE groups SET alerted_solution = ? WHERE id = ?",
-                                            (solution, group_id)))
+        self._write(
+            lambda cur: cur.execute("UPDATE groups SET alerted_solution = ? WHERE id = ?", (solution, group_id))
+        )
 
     def group_id_of(self, group_key: str) -> Optional[int]:
         rows = self._select("SELECT id FROM groups WHERE key = ?", (group_key,))
@@ -950,29 +1176,45 @@ class Storage:
             return None
         env = {"env_hash": env_hash, "received": rows[0][0], "snapshot": json.loads(rows[0][1])}
         keys = ("group_id", "signature", "script_id", "script_name", "host", "failing", "succeeding", "last_seen")
-        env["groups"] = [dict(zip(keys, row)) for row in self._select(
-            "SELECT s.group_id, g.signature, s.script_id, s.script_name, s.host, s.fails, s.oks, s.last_seen "
-            "FROM group_sources s JOIN groups g ON g.id = s.group_id WHERE s.env_hash = ? "
-            "ORDER BY s.last_seen DESC LIMIT 200", (env_hash,))]
+        env["groups"] = [
+            dict(zip(keys, row))
+            for row in self._select(
+                "SELECT s.group_id, g.signature, s.script_id, s.script_name, s.host, s.fails, s.oks, s.last_seen "
+                "FROM group_sources s JOIN groups g ON g.id = s.group_id WHERE s.env_hash = ? "
+                "ORDER BY s.last_seen DESC LIMIT 200",
+                (env_hash,),
+            )
+        ]
         return env
 
     def fleet(self, since: float) -> List[dict]:
         """Per (host, agent, environment): beacons and last contact since ``since``."""
         keys = ("host", "agent", "env_hash", "beacons", "errors", "last_seen")
-        rows = [dict(zip(keys, row)) for row in self._select(
-            "SELECT COALESCE(host, ''), COALESCE(agent, ''), env_hash, COUNT(*), "
-            "SUM(CASE WHEN kind = 'error' THEN 1 ELSE 0 END), MAX(received) FROM beacons "
-            "WHERE received >= ? AND test = 0 GROUP BY COALESCE(host, ''), COALESCE(agent, ''), env_hash",
-            (since,))]
+        rows = [
+            dict(zip(keys, row))
+            for row in self._select(
+                "SELECT COALESCE(host, ''), COALESCE(agent, ''), env_hash, COUNT(*), "
+                "SUM(CASE WHEN kind = 'error' THEN 1 ELSE 0 END), MAX(received) FROM beacons "
+                "WHERE received >= ? AND test = 0 GROUP BY COALESCE(host, ''), COALESCE(agent, ''), env_hash",
+                (since,),
+            )
+        ]
         return rows
 
     def fleet_days(self, first_day: int, days: int) -> List[Tuple[int, int]]:
         """[(error, success) beacons] per day from ``first_day``, test beacons left out."""
-        columns = ", ".join("SUM(CASE WHEN received >= %d AND received < %d THEN 1 ELSE 0 END)"
-                            % ((first_day + i) * 86400, (first_day + i + 1) * 86400) for i in range(days))
-        rows = {kind: row for kind, *row in self._select(
-            "SELECT kind, %s FROM beacons WHERE received >= ? AND test = 0 GROUP BY kind" % columns,
-            (first_day * 86400,))}
+        columns = ", ".join(
+            "SUM(CASE WHEN received >= %d AND received < %d THEN 1 ELSE 0 END)"
+            % ((first_day + i) * 86400, (first_day + i + 1) * 86400)
+            for i in range(days)
+        )
+        rows = {
+            kind: row
+            for kind, *row in self._select(
+                "SELECT kind, %s FROM beacons WHERE received >= ? AND test = 0 GROUP BY kind" % columns,
+                (first_day * 86400,),
+            )
+        }
         errors, oks = rows.get("error") or [0] * days, rows.get("success") or [0] * days
         return [(e or 0, o or 0) for e, o in zip(errors, oks)]
 
@@ -980,16 +1222,21 @@ class Storage:
         hashes = sorted(set(env_hashes))
         found: Dict[str, dict] = {}
         for start in range(0, len(hashes), 500):
-            chunk = hashes[start:start + 500]
-            for env_hash, snapshot in self._select("SELECT env_hash, snapshot FROM envs WHERE env_hash IN (%s)"
-                                                   % ", ".join("?" * len(chunk)), chunk):
+            chunk = hashes[start : start + 500]
+            for env_hash, snapshot in self._select(
+                "SELECT env_hash, snapshot FROM envs WHERE env_hash IN (%s)" % ", ".join("?" * len(chunk)), chunk
+            ):
                 found[env_hash] = json.loads(snapshot)
         return found
 
     def counts_total(self) -> Tuple[int, int]:
         """(beacons, environments) stored: for health checks and tests."""
-        return self._read(lambda cur: (cur.execute("SELECT COUNT(*) FROM beacons").fetchone()[0],
-                                       cur.execute("SELECT COUNT(*) FROM envs").fetchone()[0]))
+        return self._read(
+            lambda cur: (
+                cur.execute("SELECT COUNT(*) FROM beacons").fetchone()[0],
+                cur.execute("SELECT COUNT(*) FROM envs").fetchone()[0],
+            )
+        )
 
     # -- retention --------------------------------------------------------------------------
 
@@ -1012,12 +1259,13 @@ class Storage:
     def _purge_batch(self, cur: Cursor, older_than: float) -> Optional[int]:
         if not cur.try_lock(LOCK_PURGE):
             return None
-        old = cur.execute("SELECT id, kind, env_hash, counted FROM beacons WHERE received < ? ORDER BY id LIMIT ?"
-                          + cur.for_update, (older_than, _PURGE_BATCH)).fetchall()
+        old = cur.execute(
+            "SELECT id, kind, env_hash, counted FROM beacons WHERE received < ? ORDER BY id LIMIT ?" + cur.for_update,
+            (older_than, _PURGE_BATCH),
+        ).fetchall()
         for beacon_id, kind, env_hash, counted in old:
             features = self._features_of(cur, env_hash) if counted else None
-            groups = [g for (g,) in cur.execute("SELECT group_id FROM contributions WHERE beacon_id = ?",
-                                                (beacon_id,))]
+            groups = [g for (g,) in cur.execute("SELECT group_id FROM contributions WHERE beacon_id = ?", (beacon_id,))]
             if features is not None and groups:
                 self._apply(cur, groups, kind, features, -1)
         cur.executemany("DELETE FROM contributions WHERE beacon_id = ?", [(row[0],) for row in old])
@@ -1029,10 +1277,12 @@ class Storage:
         cur.execute("DELETE FROM counts WHERE fails <= 0 AND oks <= 0")
         cur.execute("DELETE FROM group_days WHERE day < ?", (int(older_than // 86400),))
         cur.execute("DELETE FROM group_sources WHERE last_seen < ?", (older_than,))
-        cur.execute("DELETE FROM envs WHERE received < ? "
-                    "AND NOT EXISTS (SELECT 1 FROM beacons b WHERE b.env_hash = envs.env_hash) "
-                    "AND NOT EXISTS (SELECT 1 FROM beacons b WHERE b.prev_env_hash = envs.env_hash)",
-                    (older_than,))
+        cur.execute(
+            "DELETE FROM envs WHERE received < ? "
+            "AND NOT EXISTS (SELECT 1 FROM beacons b WHERE b.env_hash = envs.env_hash) "
+            "AND NOT EXISTS (SELECT 1 FROM beacons b WHERE b.prev_env_hash = envs.env_hash)",
+            (older_than,),
+        )
 
 
 ###############################################################################
@@ -1094,7 +1344,7 @@ class SQLiteStorage(Storage):
         conn = self._connection()
         with self._lock:
             try:
-                conn.execute("BEGIN")   # one snapshot for all the reads
+                conn.execute("BEGIN")  # one snapshot for all the reads
                 try:
                     yield conn.cursor()
                 finally:
@@ -1122,9 +1372,11 @@ def open_storage(target: str) -> Storage:
         return SQLiteStorage(target)
     if scheme.lower() in ("postgresql", "postgres"):
         from .storage_postgres import PostgresStorage
+
         return PostgresStorage(target)
-    raise UnsupportedDatabase("unsupported database URL scheme %r: give a file path (SQLite) or a "
-                              "postgresql:// URL" % scheme[:40])
+    raise UnsupportedDatabase(
+        "unsupported database URL scheme %r: give a file path (SQLite) or a postgresql:// URL" % scheme[:40]
+    )
 
 
 def _plain_error(beacon: Beacon) -> bool:

@@ -14,6 +14,7 @@ the SQL that SQLite and PostgreSQL both take, with these words filled in per bac
   {FLOAT}    a double-precision number (PostgreSQL's REAL is single precision: too coarse for epochs)
   {NOROWID}  SQLite's WITHOUT ROWID for tables keyed by their primary key; nothing on PostgreSQL
 """
+
 from __future__ import annotations
 
 from typing import List, NamedTuple
@@ -28,7 +29,10 @@ class Migration(NamedTuple):
 MIGRATIONS: List[Migration] = [
     # Written with IF NOT EXISTS throughout: databases of the 0.5.0 server have exactly this schema
     # (versioned in meta only), and apply it again harmlessly.
-    Migration(1, "beacons, environments, error groups and their counts", """
+    Migration(
+        1,
+        "beacons, environments, error groups and their counts",
+        """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS envs(
     env_hash TEXT PRIMARY KEY, received {FLOAT} NOT NULL, snapshot TEXT NOT NULL, features TEXT NOT NULL);
@@ -53,14 +57,22 @@ CREATE TABLE IF NOT EXISTS counts(
     group_id {BIGINT} NOT NULL, feature TEXT NOT NULL, value TEXT NOT NULL,
     fails INTEGER NOT NULL DEFAULT 0, oks INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY(group_id, feature, value)){NOROWID}
-"""),
-    Migration(2, "handled errors (logged or captured, not uncaught): per beacon and counted per group", """
+""",
+    ),
+    Migration(
+        2,
+        "handled errors (logged or captured, not uncaught): per beacon and counted per group",
+        """
 ALTER TABLE beacons ADD COLUMN handled INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE groups ADD COLUMN handled INTEGER NOT NULL DEFAULT 0
-"""),
-    Migration(3, "dashboard: the beacon's host; per group its triage status, alert state and latest failing "
-                 "environment; two rollups "
-                 "(runs per group and day; per group, script, environment and host) so pages read a few rows", """
+""",
+    ),
+    Migration(
+        3,
+        "dashboard: the beacon's host; per group its triage status, alert state and latest failing "
+        "environment; two rollups "
+        "(runs per group and day; per group, script, environment and host) so pages read a few rows",
+        """
 ALTER TABLE beacons ADD COLUMN host TEXT;
 ALTER TABLE groups ADD COLUMN status TEXT NOT NULL DEFAULT 'new';
 ALTER TABLE groups ADD COLUMN status_at {FLOAT};
@@ -95,18 +107,28 @@ SELECT group_id, script_id, env_hash, '', MAX(script_name), SUM(f), SUM(o), MAX(
     SELECT c.group_id, b.script_id, b.env_hash, b.script_name, b.received, 0, 1
     FROM contributions c JOIN beacons b ON b.id = c.beacon_id WHERE b.kind = 'success') runs
 GROUP BY group_id, script_id, env_hash
-"""),
-    Migration(4, "a revision per group, moved by every change of what the engine reads of it: what is computed "
-                 "from a group is kept under its revision", """
+""",
+    ),
+    Migration(
+        4,
+        "a revision per group, moved by every change of what the engine reads of it: what is computed "
+        "from a group is kept under its revision",
+        """
 ALTER TABLE groups ADD COLUMN revision {BIGINT} NOT NULL DEFAULT 0
-"""),
+""",
+    ),
 ]
 
 
 # What `corp-error-server migrate SRC DST` copies, table by table in this order, with each table's
 # primary key. A migration that adds a table adds it here too.
 COPIED_TABLES = [
-    ("envs", ("env_hash",)), ("groups", ("id",)), ("beacons", ("id",)), ("group_scripts", ("script_id", "group_id")),
-    ("contributions", ("beacon_id", "group_id")), ("counts", ("group_id", "feature", "value")),
-    ("group_days", ("group_id", "day")), ("group_sources", ("group_id", "script_id", "env_hash", "host")),
+    ("envs", ("env_hash",)),
+    ("groups", ("id",)),
+    ("beacons", ("id",)),
+    ("group_scripts", ("script_id", "group_id")),
+    ("contributions", ("beacon_id", "group_id")),
+    ("counts", ("group_id", "feature", "value")),
+    ("group_days", ("group_id", "day")),
+    ("group_sources", ("group_id", "script_id", "env_hash", "host")),
 ]

@@ -9,6 +9,7 @@ line numbers. tests/unit/test_agent_file.py checks that this view and the agent'
 
     python tests/agent_whole.py [RUFF ARGS]   ruff on the whole agent file (run_tests.sh runs it)
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 AGENT_FILE = Path(__file__).resolve().parent.parent / "corp_error_agent.py"
-OPENING, CLOSING = "r'''", "'''"   # the lines that open and close the agent proper
+OPENING, CLOSING = "r'''", "'''"  # the lines that open and close the agent proper
 
 
 def whole_source(text: str) -> str:
@@ -32,8 +33,20 @@ def lint(ruff_args: list) -> int:
     """ruff on the whole file, findings named by the file's path and line numbers. The ignores that
     pyproject.toml keeps for the file as ruff reads it alone (names of the agent proper in __all__)
     do not apply here: in this view those names are defined."""
-    command = [sys.executable, "-m", "ruff", "check", "--stdin-filename", str(AGENT_FILE),
-               "--config", "lint.per-file-ignores = {}"] + ruff_args + ["-"]
+    command = (
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--stdin-filename",
+            str(AGENT_FILE),
+            "--config",
+            "lint.per-file-ignores = {}",
+        ]
+        + ruff_args
+        + ["-"]
+    )
     source = whole_source(AGENT_FILE.read_text(encoding="utf-8"))
     return subprocess.run(command, input=source, text=True, cwd=str(AGENT_FILE.parent)).returncode
 

@@ -1,4 +1,5 @@
 """Shared fixtures: one param per CPython 3.8-3.13, session venvs, the recording backend, sandboxes."""
+
 from __future__ import annotations
 
 import threading
@@ -13,7 +14,7 @@ _INTERPRETERS = support.find_interpreters()
 
 class Interpreter:
     def __init__(self, version: str, exe: Path):
-        self.version = version              # "3.X"
+        self.version = version  # "3.X"
         self.exe = exe
         self.full_version = exe.parent.parent.name  # "3.X.Y" (the pyenv directory name)
         self.minor = int(version.split(".")[1])
@@ -85,6 +86,7 @@ def fresh_venv(py, tmp_path):
     def make(kind: str = "none") -> support.Venv:
         counter[0] += 1
         return support.make_venv(py.exe, tmp_path / ("venv%d" % counter[0]), py.version, kind)
+
     return make
 
 
@@ -103,6 +105,7 @@ def sandbox(tmp_path) -> support.Sandbox:
 def _throwaway_cluster():
     """A PostgreSQL server under a temp dir, destroyed at the end; skipped with the reason where none can run."""
     import pgsupport
+
     reason = pgsupport.unavailable()
     if reason:
         print("skipping: " + reason)
@@ -130,4 +133,3 @@ def db_target(request, tmp_path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "errors.db")
     return request.getfixturevalue("pg_cluster").database()
-

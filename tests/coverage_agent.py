@@ -18,6 +18,7 @@ end, which reads them whatever coverage.py version wrote them (one SQLite schema
                                                    tooling venv's) and coverage.py for each PYTHON
     python -m tests.coverage_agent report [--fail-under=N] the combined data, agent and server each
 """
+
 from __future__ import annotations
 
 import os
@@ -28,12 +29,12 @@ from typing import Optional
 
 import coverage
 
-HOOK_NAME = "a0_corp_error_agent_coverage.pth"   # .pth files run in name order: before corp_error_agent.pth
+HOOK_NAME = "a0_corp_error_agent_coverage.pth"  # .pth files run in name order: before corp_error_agent.pth
 
 
 class _AgentPlugin(coverage.CoveragePlugin):
     def file_tracer(self, filename: str):
-        return None   # measured as any module; report() hands the agent file to file_reporter
+        return None  # measured as any module; report() hands the agent file to file_reporter
 
     def file_reporter(self, filename: str):
         from coverage.config import DEFAULT_EXCLUDE
@@ -52,8 +53,9 @@ class _AgentPlugin(coverage.CoveragePlugin):
             @property
             def parser(self) -> PythonParser:
                 if self._parser is None:
-                    self._parser = PythonParser(text=self.source(), filename=self.filename,
-                                                exclude=join_regex(DEFAULT_EXCLUDE))
+                    self._parser = PythonParser(
+                        text=self.source(), filename=self.filename, exclude=join_regex(DEFAULT_EXCLUDE)
+                    )
                     self._parser.parse_source()
                 return self._parser
 
@@ -80,15 +82,31 @@ def coverage_dir(version: str) -> Path:
 
 def provide(python: str) -> Optional[str]:
     """Install coverage.py for `python`'s version once (a stamp holds the requirement); None, or why not."""
-    version = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                             capture_output=True, text=True, timeout=60).stdout.strip()
+    version = subprocess.run(
+        [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True, text=True, timeout=60
+    ).stdout.strip()
     target = coverage_dir(version)
     stamp = target / ".installed"
     if version == TOOLING_VERSION or (stamp.exists() and stamp.read_text() == REQUIREMENT):
         return None
-    proc = subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                           "--no-warn-script-location", "--upgrade", "--target", str(target), REQUIREMENT],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
+            "--upgrade",
+            "--target",
+            str(target),
+            REQUIREMENT,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if proc.returncode != 0:
         return "CPython %s not measured: pip install %s failed:\n%s" % (version, REQUIREMENT, proc.stderr)
     stamp.write_text(REQUIREMENT)
@@ -97,17 +115,19 @@ def provide(python: str) -> Optional[str]:
 
 def hook_line(version: str) -> str:
     """The .pth line: start coverage.py from `version`'s directory, put sys.path back."""
-    code = ("import os\n"
-            "if os.environ.get('COVERAGE_PROCESS_START'):\n"
-            "    added = %r\n"
-            "    sys.path[:0] = added\n"
-            "    try:\n"
-            "        import coverage\n"
-            "        coverage.process_startup()\n"
-            "    except Exception:\n"
-            "        pass\n"
-            "    finally:\n"
-            "        del sys.path[:len(added)]\n" % [str(coverage_dir(version))])
+    code = (
+        "import os\n"
+        "if os.environ.get('COVERAGE_PROCESS_START'):\n"
+        "    added = %r\n"
+        "    sys.path[:0] = added\n"
+        "    try:\n"
+        "        import coverage\n"
+        "        coverage.process_startup()\n"
+        "    except Exception:\n"
+        "        pass\n"
+        "    finally:\n"
+        "        del sys.path[:len(added)]\n" % [str(coverage_dir(version))]
+    )
     return "import sys; exec(%r)\n" % code
 
 
@@ -140,20 +160,27 @@ def report(fail_under: float = 0.0) -> int:
     cov.load()
     data = cov.get_data()
     plugin = "%s.%s" % (cov.get_option("run:plugins")[0], _AgentPlugin.__name__)
-    data.add_file_tracers({path: plugin for path in data.measured_files()
-                           if os.path.basename(path) == "corp_error_agent.py" and not data.file_tracer(path)})
+    data.add_file_tracers(
+        {
+            path: plugin
+            for path in data.measured_files()
+            if os.path.basename(path) == "corp_error_agent.py" and not data.file_tracer(path)
+        }
+    )
     cov.report(file=sys.stdout, skip_empty=True)
     status = 0
     for part, include in PARTS.items():
         try:
             percent = cov.report(include=include, file=open(os.devnull, "w"))
-        except coverage.CoverageException as error:   # nothing of it measured
+        except coverage.CoverageException as error:  # nothing of it measured
             print("coverage of the %s: none (%s)" % (part, error))
             continue
         below = percent < fail_under
         status |= below
-        print("coverage of the %s: %.1f%% of lines%s" % (
-            part, percent, " -- under the bar of %.0f%%" % fail_under if below else ""))
+        print(
+            "coverage of the %s: %.1f%% of lines%s"
+            % (part, percent, " -- under the bar of %.0f%%" % fail_under if below else "")
+        )
     return status
 
 

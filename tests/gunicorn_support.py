@@ -1,5 +1,6 @@
 """gunicorn (and the server's PostgreSQL extra) from PyPI in a venv cached under $CEA_CACHE, and a
 gunicorn server on a free port."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,11 @@ def gunicorn_python() -> Path:
     wanted = " ".join(REQUIREMENTS)
     if not stamp.exists() or stamp.read_text() != wanted:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                                  *REQUIREMENTS], capture_output=True, text=True)
+        install = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *REQUIREMENTS],
+            capture_output=True,
+            text=True,
+        )
         if install.returncode != 0:
             pytest.skip("gunicorn could not be installed from PyPI: %s" % install.stderr.strip()[-300:])
         stamp.write_text(wanted)
@@ -50,10 +54,18 @@ class Gunicorn:
         environ = dict(os.environ, PYTHONPATH=str(ROOT), ERROR_AGENT_ENABLED="0", **env)
         environ.pop("CORP_ERROR_SERVER_TOKEN", None)
         with open(str(log), "ab") as errors:
-            command = [str(gunicorn_python()), "-m", "gunicorn", "--bind", "127.0.0.1:%d" % self.port,
-                       "--graceful-timeout", "5", *args, "corp_error_server:app"]
-            self.proc = subprocess.Popen(command,
-                                         cwd=str(ROOT), env=environ, stdout=subprocess.DEVNULL, stderr=errors)
+            command = [
+                str(gunicorn_python()),
+                "-m",
+                "gunicorn",
+                "--bind",
+                "127.0.0.1:%d" % self.port,
+                "--graceful-timeout",
+                "5",
+                *args,
+                "corp_error_server:app",
+            ]
+            self.proc = subprocess.Popen(command, cwd=str(ROOT), env=environ, stdout=subprocess.DEVNULL, stderr=errors)
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -63,7 +75,7 @@ class Gunicorn:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError("gunicorn did not start:\n" + log.read_text(errors="replace")[-3000:]) from None
-                time.sleep(0.05)   # polling a bounded start-up
+                time.sleep(0.05)  # polling a bounded start-up
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -4,6 +4,7 @@
 (``runuser``) in a temp dir that user owns; the unix socket goes into that dir too, so nothing of
 the machine's own PostgreSQL is touched. ``unavailable()`` says why the tests cannot have one.
 """
+
 from __future__ import annotations
 
 import glob
@@ -19,8 +20,10 @@ from typing import List, Optional
 
 
 def _bindir() -> Optional[str]:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"),
-                   key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/postgres"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
+    )
     return os.path.dirname(found[-1]) if found else None
 
 
@@ -61,21 +64,28 @@ class Cluster:
             self._as_postgres = ["runuser", "-u", "postgres", "--"]
             record = pwd.getpwnam("postgres")
             os.chown(self.dir, record.pw_uid, record.pw_gid)
-        self._run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale",
-                  "--no-sync")
+        self._run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync")
         self.start()
 
     def _run(self, tool: str, *args: str) -> None:
-        result = subprocess.run(self._as_postgres + [os.path.join(self.bindir, tool), *args], cwd=self.dir,
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            self._as_postgres + [os.path.join(self.bindir, tool), *args],
+            cwd=self.dir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if result.returncode != 0:
             raise RuntimeError("%s failed: %s%s" % (tool, result.stdout, result.stderr))
 
     def start(self) -> None:
-        options = ("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off "
-                   "-c max_connections=200" % (self.port, self.dir))
-        self._run("pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "log"), "-w", "-t", "60", "-o", options,
-                  "start")
+        options = (
+            "-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off "
+            "-c max_connections=200" % (self.port, self.dir)
+        )
+        self._run(
+            "pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "log"), "-w", "-t", "60", "-o", options, "start"
+        )
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "-t", "60", "stop")
@@ -85,6 +95,7 @@ class Cluster:
 
     def database(self) -> str:
         import psycopg
+
         name = "t_" + uuid.uuid4().hex[:12]
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute("CREATE DATABASE %s" % name)
@@ -102,10 +113,12 @@ def db_rows(target: str, query: str) -> list:
     """Rows of a statement (no parameters) run and committed straight on a server's database, either backend."""
     if "://" in target:
         import psycopg
+
         with psycopg.connect(target) as conn:
             cursor = conn.execute(query)
             return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
     import sqlite3
+
     conn = sqlite3.connect(target)
     try:
         rows = conn.execute(query).fetchall()
@@ -116,6 +129,9 @@ def db_rows(target: str, query: str) -> list:
 
 
 def db_tables(target: str) -> set:
-    query = ("SELECT tablename FROM pg_tables WHERE schemaname = 'public'" if "://" in target
-             else "SELECT name FROM sqlite_master WHERE type = 'table'")
+    query = (
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        if "://" in target
+        else "SELECT name FROM sqlite_master WHERE type = 'table'"
+    )
     return {name for (name,) in db_rows(target, query)}

@@ -89,6 +89,8 @@ export PYTHONDONTWRITEBYTECODE=1
 lint_failed=()
 echo "== ruff check"
 "$PY" -m ruff check --quiet . || lint_failed+=("ruff check")
+echo "== ruff format --check"
+"$PY" -m ruff format --check --quiet . || lint_failed+=("ruff format --check (run: ruff format .)")
 echo "== ruff check, agent file whole (start-up part + agent proper)"
 "$PY" tests/agent_whole.py --quiet || lint_failed+=("ruff check of the whole agent file (tests/agent_whole.py)")
 echo "== mypy"

@@ -3,6 +3,7 @@
 Nothing here is mocked: venvs are real, the backend is a real HTTP server on 127.0.0.1, and every
 script runs in a real subprocess (always with a timeout).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,12 +36,12 @@ WAIT_TIMEOUT = float(os.environ.get("CEA_WAIT_TIMEOUT", "15"))
 # Interpreters ################################################################
 ###############################################################################
 
+
 def pyenv_root() -> Path:
     root = os.environ.get("CEA_PYENV_ROOT") or os.environ.get("PYENV_ROOT")
     if not root:
         try:
-            root = subprocess.run(["pyenv", "root"], capture_output=True, text=True,
-                                  timeout=30).stdout.strip()
+            root = subprocess.run(["pyenv", "root"], capture_output=True, text=True, timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             root = ""
     return Path(root or os.path.expanduser("~/.pyenv"))
@@ -58,14 +59,14 @@ def find_interpreters() -> Dict[str, Any]:
                 exe = entry / "bin" / "python"
                 if m and exe.exists() and (best is None or int(m.group(1)) > best[0]):
                     best = (int(m.group(1)), exe)
-        found["3.%d" % minor] = best[1] if best else (
-            "not installed (no %s/3.%d.*/bin/python)" % (versions, minor))
+        found["3.%d" % minor] = best[1] if best else ("not installed (no %s/3.%d.*/bin/python)" % (versions, minor))
     return found
 
 
 ###############################################################################
 # Venvs #######################################################################
 ###############################################################################
+
 
 class Venv:
     """A real venv: its interpreter, its site-packages, and how the agent got in (if it did)."""
@@ -101,8 +102,7 @@ def _check(cmd: List[str], **kw) -> subprocess.CompletedProcess:
     return proc
 
 
-def make_venv(interpreter: Path, path: Path, version: str, kind: str = "none",
-              with_pip: bool = False) -> Venv:
+def make_venv(interpreter: Path, path: Path, version: str, kind: str = "none", with_pip: bool = False) -> Venv:
     """Create a venv; kind "wheel" installs the built wheel with the venv's own pip, "copy" copies
     the three agent files into site-packages, "none" leaves the agent out."""
     cmd = [interpreter, "-m", "venv"] + ([] if with_pip or kind == "wheel" else ["--without-pip"])
@@ -111,8 +111,20 @@ def make_venv(interpreter: Path, path: Path, version: str, kind: str = "none",
     if kind != "none":
         measure_agent(venv)
     if kind == "wheel":
-        _check([venv.python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                "--no-index", "--no-deps", wheel_path()], env=clean_env())
+        _check(
+            [
+                venv.python,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-index",
+                "--no-deps",
+                wheel_path(),
+            ],
+            env=clean_env(),
+        )
     elif kind == "copy":
         copy_agent(venv.site_packages)
     elif kind != "none":
@@ -126,6 +138,7 @@ def package_venv(interpreter: Path, version: str, packages: Iterable[str]) -> Ve
     files are copied in afresh each time, so that it runs the agent of this checkout."""
     import fcntl
     import hashlib
+
     packages = sorted(packages)
     key = hashlib.sha256(("%s\n%s" % (Path(interpreter).resolve(), "\n".join(packages))).encode()).hexdigest()[:12]
     path = CACHE / "venvs" / ("%s-%s" % (version, key))
@@ -135,8 +148,11 @@ def package_venv(interpreter: Path, version: str, packages: Iterable[str]) -> Ve
         if not (path / ".complete").exists():
             shutil.rmtree(path, ignore_errors=True)
             make_venv(interpreter, path, version, with_pip=True)
-            _check([path / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-                   + packages, env=clean_env(), timeout=1800)
+            _check(
+                [path / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check"] + packages,
+                env=clean_env(),
+                timeout=1800,
+            )
             (path / ".complete").write_text("\n".join(packages) + "\n")
         venv = Venv(path, version, "copy")
         copy_agent(venv.site_packages)
@@ -148,6 +164,7 @@ def measure_agent(venv: Venv) -> None:
     """Under run_tests.sh's coverage the venv's interpreter measures the agent (tests/coverage_agent.py);
     otherwise a venv kept from such a run stops."""
     from coverage_agent import install_hook, remove_hook  # (coverage.py is in the tooling venv)
+
     if os.environ.get("COVERAGE_PROCESS_START"):
         install_hook(venv.site_packages, venv.version)
     else:
@@ -169,12 +186,25 @@ def tree(path: Path) -> List[str]:
 # Running scripts #############################################################
 ###############################################################################
 
+
 def clean_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """os.environ without anything that would change how the agent or Python behaves."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ERROR_AGENT_", "PYTHON", "VIRTUAL_ENV", "XDG_", "CEA_", "PIP_"))
-           and k not in ("NO_COLOR", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
-                         "ALL_PROXY", "all_proxy", "CONDA_PREFIX")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ERROR_AGENT_", "PYTHON", "VIRTUAL_ENV", "XDG_", "CEA_", "PIP_"))
+        and k
+        not in (
+            "NO_COLOR",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "CONDA_PREFIX",
+        )
+    }
     if "PYTHONDONTWRITEBYTECODE" in os.environ:
         env["PYTHONDONTWRITEBYTECODE"] = os.environ["PYTHONDONTWRITEBYTECODE"]
     env.update(extra or {})
@@ -194,17 +224,20 @@ class Sandbox:
         for d in (self.home, self.config_home, self.cache_home, self.work):
             d.mkdir(parents=True, exist_ok=True)
 
-    def env(self, url: Optional[str] = None, extra: Optional[Dict[str, str]] = None,
-            cache_dir: bool = True) -> Dict[str, str]:
-        env = clean_env({
-            "HOME": str(self.home),
-            "XDG_CONFIG_HOME": str(self.config_home),
-            "XDG_CACHE_HOME": str(self.cache_home),
-            "XDG_DATA_HOME": str(self.tmp / "xdg-data"),
-            "XDG_STATE_HOME": str(self.tmp / "xdg-state"),
-            "LANG": "C.UTF-8",
-            "PYTHONIOENCODING": "utf-8",
-        })
+    def env(
+        self, url: Optional[str] = None, extra: Optional[Dict[str, str]] = None, cache_dir: bool = True
+    ) -> Dict[str, str]:
+        env = clean_env(
+            {
+                "HOME": str(self.home),
+                "XDG_CONFIG_HOME": str(self.config_home),
+                "XDG_CACHE_HOME": str(self.cache_home),
+                "XDG_DATA_HOME": str(self.tmp / "xdg-data"),
+                "XDG_STATE_HOME": str(self.tmp / "xdg-state"),
+                "LANG": "C.UTF-8",
+                "PYTHONIOENCODING": "utf-8",
+            }
+        )
         if cache_dir:
             env["ERROR_AGENT_CACHE_DIR"] = str(self.cache)
         if url is not None:
@@ -232,17 +265,29 @@ class Sandbox:
         return len(breakers)
 
 
-def run(python, args: Iterable, env: Dict[str, str], cwd=None, input: Optional[bytes] = None,
-        timeout: Optional[float] = None) -> subprocess.CompletedProcess:
+def run(
+    python,
+    args: Iterable,
+    env: Dict[str, str],
+    cwd=None,
+    input: Optional[bytes] = None,
+    timeout: Optional[float] = None,
+) -> subprocess.CompletedProcess:
     """Run `python *args`; bytes stdout/stderr; always bounded by a timeout."""
-    return subprocess.run([str(python)] + [str(a) for a in args], env=env, cwd=str(cwd) if cwd else None,
-                          input=input if input is not None else b"", capture_output=True,
-                          timeout=timeout or PROC_TIMEOUT)
+    return subprocess.run(
+        [str(python)] + [str(a) for a in args],
+        env=env,
+        cwd=str(cwd) if cwd else None,
+        input=input if input is not None else b"",
+        capture_output=True,
+        timeout=timeout or PROC_TIMEOUT,
+    )
 
 
 ###############################################################################
 # The recording backend #######################################################
 ###############################################################################
+
 
 class Request:
     def __init__(self, method: str, path: str, headers: Dict[str, str], body: bytes):
@@ -260,8 +305,13 @@ class Request:
 
 
 class Reply:
-    def __init__(self, status: int = 200, json_body: Any = None, body: Optional[bytes] = None,
-                 headers: Optional[Dict[str, str]] = None):
+    def __init__(
+        self,
+        status: int = 200,
+        json_body: Any = None,
+        body: Optional[bytes] = None,
+        headers: Optional[Dict[str, str]] = None,
+    ):
         self.status = status
         self.headers = dict(headers or {})
         if body is None and json_body is not None:
@@ -341,8 +391,7 @@ class RecordingBackend:
 
         self.server.process_request = process_request
         self.server.shutdown_request = shutdown_request
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     # -- programming -------------------------------------------------------------------------
@@ -367,11 +416,14 @@ class RecordingBackend:
     def bodies(self, path: str) -> List[Any]:
         return [r.json for r in self.of(path)]
 
-    def wait_for(self, path: str, count: int = 1, where: Optional[Callable[[Any], bool]] = None,
-                 timeout: float = WAIT_TIMEOUT) -> List[Request]:
+    def wait_for(
+        self, path: str, count: int = 1, where: Optional[Callable[[Any], bool]] = None, timeout: float = WAIT_TIMEOUT
+    ) -> List[Request]:
         """Block until `count` requests to `path` (whose JSON satisfies `where`) arrived."""
+
         def matching():
             return [r for r in self.requests if r.path == path and (where is None or where(r.json))]
+
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
@@ -380,8 +432,10 @@ class RecordingBackend:
                     return found
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError("expected %d request(s) to %s, got %d; all requests: %r"
-                                         % (count, path, len(found), self.requests))
+                    raise AssertionError(
+                        "expected %d request(s) to %s, got %d; all requests: %r"
+                        % (count, path, len(found), self.requests)
+                    )
                 self.cond.wait(left)
 
     def settle(self, timeout: float = WAIT_TIMEOUT) -> List[Request]:
@@ -444,8 +498,11 @@ class RecordingBackend:
             elif fault == "garbage":
                 reply = Reply(200, body=b"<html>\x00\xff not json {{{", headers={"Content-Type": "application/json"})
             elif fault == "huge":
-                reply = Reply(200, body=b'{"match": true, "confidence": 0.99, "hint": "' + b"A" * (8 << 20) + b'"}',
-                              headers={"Content-Type": "application/json"})
+                reply = Reply(
+                    200,
+                    body=b'{"match": true, "confidence": 0.99, "hint": "' + b"A" * (8 << 20) + b'"}',
+                    headers={"Content-Type": "application/json"},
+                )
             else:
                 custom = self.replies.get(req.path)
                 if callable(custom):
@@ -496,11 +553,18 @@ def serving(cmd: List[str], env: Dict[str, str], cwd: Path, started: str):
     """Run a web server (uvicorn, flask run, ...) that picks its own port; yield the URL it prints on
     stderr once the regular expression ``started`` (one group: the URL) matches; stop it at the end."""
     import queue
-    server = subprocess.Popen(cmd, env=env, cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+
+    server = subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=str(cwd),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in server.stderr] + [lines.put("")],
-                     daemon=True).start()
+    threading.Thread(target=lambda: [lines.put(line) for line in server.stderr] + [lines.put("")], daemon=True).start()
     try:
         url = None
         while url is None:
@@ -540,8 +604,13 @@ def success_beacons(backend: RecordingBackend) -> List[dict]:
 
 def wait_error(backend: RecordingBackend, text: Optional[str] = None, count: int = 1) -> List[dict]:
     """Wait for `count` error beacons whose trace contains `text`; return their bodies."""
-    reqs = backend.wait_for("/beacon", count, where=lambda b: isinstance(b, dict) and b.get("kind") == "error"
-                            and (text is None or text in str(b.get("trace", ""))))
+    reqs = backend.wait_for(
+        "/beacon",
+        count,
+        where=lambda b: (
+            isinstance(b, dict) and b.get("kind") == "error" and (text is None or text in str(b.get("trace", "")))
+        ),
+    )
     return [r.json for r in reqs]
 
 
@@ -549,12 +618,16 @@ def wait_error(backend: RecordingBackend, text: Optional[str] = None, count: int
 # Scripts used by many tests ##################################################
 ###############################################################################
 
+
 def failing_source(message: str = "boom-main", exc: str = "ValueError") -> str:
     return "def main():\n    raise %s(%r)\n\n\nmain()\n" % (exc, message)
 
 
 def same_outcome(a: subprocess.CompletedProcess, b: subprocess.CompletedProcess) -> None:
     """Exit status, stdout and stderr byte for byte equal (with a readable diff when not)."""
-    assert (a.returncode, a.stdout.decode("utf-8", "replace"), a.stderr.decode("utf-8", "replace")) == \
-           (b.returncode, b.stdout.decode("utf-8", "replace"), b.stderr.decode("utf-8", "replace"))
+    assert (a.returncode, a.stdout.decode("utf-8", "replace"), a.stderr.decode("utf-8", "replace")) == (
+        b.returncode,
+        b.stdout.decode("utf-8", "replace"),
+        b.stderr.decode("utf-8", "replace"),
+    )
     assert a.stderr == b.stderr and a.stdout == b.stdout

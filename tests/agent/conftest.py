@@ -4,6 +4,7 @@ One cached venv per interpreter and package set (support.package_venv), the agen
 set runs on every interpreter found, but for those whose install takes too long for the suite:
 those are skipped, saying why.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,10 @@ WEB = ("flask", "django", "fastapi", "uvicorn", "pytest")
 JUPYTER = ("ipykernel", "nbclient", "nbformat", "nbconvert", "ipython")
 # Measured on this project's machine: pip needs over 10 minutes to pick and fetch the Jupyter stack
 # for 3.8 and 3.9 (their newest compatible releases are found by backtracking), ~30 s on the others.
-JUPYTER_SKIPPED = {"3.8": "pip takes over 10 minutes to resolve the Jupyter stack for 3.8 (suite time)",
-                   "3.9": "pip takes over 10 minutes to resolve the Jupyter stack for 3.9 (suite time)"}
+JUPYTER_SKIPPED = {
+    "3.8": "pip takes over 10 minutes to resolve the Jupyter stack for 3.8 (suite time)",
+    "3.9": "pip takes over 10 minutes to resolve the Jupyter stack for 3.9 (suite time)",
+}
 
 
 def _package_venv(version: str, packages) -> support.Venv:

@@ -3,6 +3,7 @@
 Every test runs real interpreters (each CPython 3.8-3.13 present) in venvs with the agent installed,
 against the recording backend.
 """
+
 from __future__ import annotations
 
 import re
@@ -71,14 +72,18 @@ def test_token_sent_as_bearer(agent_venv, backend, sandbox):
 
 
 def test_thread_error(agent_venv, backend, sandbox):
-    script = sandbox.script("threaded.py", (
-        "import threading\n"
-        "def worker():\n"
-        "    raise RuntimeError('boom-thread')\n"
-        "t = threading.Thread(target=worker)\n"
-        "t.start()\n"
-        "t.join()\n"
-        "print('main done')\n"))
+    script = sandbox.script(
+        "threaded.py",
+        (
+            "import threading\n"
+            "def worker():\n"
+            "    raise RuntimeError('boom-thread')\n"
+            "t = threading.Thread(target=worker)\n"
+            "t.start()\n"
+            "t.join()\n"
+            "print('main done')\n"
+        ),
+    )
     proc = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
     assert proc.returncode == 0 and proc.stdout == b"main done\n"
     assert b"RuntimeError: boom-thread" in proc.stderr
@@ -87,11 +92,10 @@ def test_thread_error(agent_venv, backend, sandbox):
 
 
 def test_asyncio_run_error(agent_venv, backend, sandbox):
-    script = sandbox.script("aio.py", (
-        "import asyncio\n"
-        "async def main():\n"
-        "    raise LookupError('boom-asyncio-run')\n"
-        "asyncio.run(main())\n"))
+    script = sandbox.script(
+        "aio.py",
+        ("import asyncio\nasync def main():\n    raise LookupError('boom-asyncio-run')\nasyncio.run(main())\n"),
+    )
     proc = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
     assert proc.returncode == 1
     [beacon] = wait_error(backend, "boom-asyncio-run")
@@ -99,17 +103,21 @@ def test_asyncio_run_error(agent_venv, backend, sandbox):
 
 
 def test_asyncio_task_exception_never_retrieved(agent_venv, backend, sandbox):
-    script = sandbox.script("aio_task.py", (
-        "import asyncio, gc\n"
-        "async def boom():\n"
-        "    raise KeyError('boom-task')\n"
-        "async def main():\n"
-        "    task = asyncio.ensure_future(boom())\n"
-        "    await asyncio.wait([task])\n"
-        "    del task\n"
-        "    gc.collect()\n"
-        "asyncio.run(main())\n"
-        "print('clean exit')\n"))
+    script = sandbox.script(
+        "aio_task.py",
+        (
+            "import asyncio, gc\n"
+            "async def boom():\n"
+            "    raise KeyError('boom-task')\n"
+            "async def main():\n"
+            "    task = asyncio.ensure_future(boom())\n"
+            "    await asyncio.wait([task])\n"
+            "    del task\n"
+            "    gc.collect()\n"
+            "asyncio.run(main())\n"
+            "print('clean exit')\n"
+        ),
+    )
     proc = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
     assert proc.returncode == 0 and proc.stdout == b"clean exit\n"
     assert b"Task exception was never retrieved" in proc.stderr
@@ -118,13 +126,17 @@ def test_asyncio_task_exception_never_retrieved(agent_venv, backend, sandbox):
 
 
 def test_chained_exception(agent_venv, backend, sandbox):
-    script = sandbox.script("chained.py", (
-        "def load():\n"
-        "    try:\n"
-        "        {}['missing-key']\n"
-        "    except KeyError as e:\n"
-        "        raise RuntimeError('boom-chained') from e\n"
-        "load()\n"))
+    script = sandbox.script(
+        "chained.py",
+        (
+            "def load():\n"
+            "    try:\n"
+            "        {}['missing-key']\n"
+            "    except KeyError as e:\n"
+            "        raise RuntimeError('boom-chained') from e\n"
+            "load()\n"
+        ),
+    )
     run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
     [beacon] = wait_error(backend, "boom-chained")
     trace = beacon["trace"]
@@ -137,10 +149,14 @@ def test_chained_exception(agent_venv, backend, sandbox):
 def test_exception_group(py, agent_venv, backend, sandbox):
     if py.minor < 11:
         pytest.skip("ExceptionGroup is new in Python 3.11")
-    script = sandbox.script("group.py", (
-        "def main():\n"
-        "    raise ExceptionGroup('boom-group', [ValueError('inner-one'), TypeError('inner-two')])\n"
-        "main()\n"))
+    script = sandbox.script(
+        "group.py",
+        (
+            "def main():\n"
+            "    raise ExceptionGroup('boom-group', [ValueError('inner-one'), TypeError('inner-two')])\n"
+            "main()\n"
+        ),
+    )
     proc = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
     assert proc.returncode == 1
     [beacon] = wait_error(backend, "boom-group")
@@ -206,10 +222,14 @@ def test_a_script_that_removed_itself_keeps_its_name(agent_venv, backend, sandbo
 
 def test_subprocess_child(agent_venv, backend, sandbox):
     sandbox.script("child.py", failing_source("boom-subprocess-child"))
-    parent = sandbox.script("parent.py", (
-        "import subprocess, sys\n"
-        "r = subprocess.run([sys.executable, 'child.py'], timeout=120)\n"
-        "print('child exit', r.returncode)\n"))
+    parent = sandbox.script(
+        "parent.py",
+        (
+            "import subprocess, sys\n"
+            "r = subprocess.run([sys.executable, 'child.py'], timeout=120)\n"
+            "print('child exit', r.returncode)\n"
+        ),
+    )
     proc = run(agent_venv.python, [parent], sandbox.env(backend.url), cwd=sandbox.work)
     assert proc.returncode == 0 and proc.stdout == b"child exit 1\n"
     [beacon] = wait_error(backend, "boom-subprocess-child")
@@ -218,15 +238,19 @@ def test_subprocess_child(agent_venv, backend, sandbox):
 
 @pytest.mark.parametrize("method", ["spawn", "fork"])
 def test_multiprocessing_child(agent_venv, backend, sandbox, method):
-    script = sandbox.script("mp.py", (
-        "import multiprocessing as mp\n"
-        "def work():\n"
-        "    raise ValueError('boom-mp-child')\n"
-        "if __name__ == '__main__':\n"
-        "    p = mp.get_context(%r).Process(target=work)\n"
-        "    p.start()\n"
-        "    p.join(120)\n"
-        "    print('child exitcode', p.exitcode)\n" % method))
+    script = sandbox.script(
+        "mp.py",
+        (
+            "import multiprocessing as mp\n"
+            "def work():\n"
+            "    raise ValueError('boom-mp-child')\n"
+            "if __name__ == '__main__':\n"
+            "    p = mp.get_context(%r).Process(target=work)\n"
+            "    p.start()\n"
+            "    p.join(120)\n"
+            "    print('child exitcode', p.exitcode)\n" % method
+        ),
+    )
     proc = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
     assert proc.returncode == 0 and proc.stdout == b"child exitcode 1\n"
     assert b"ValueError: boom-mp-child" in proc.stderr
@@ -236,19 +260,23 @@ def test_multiprocessing_child(agent_venv, backend, sandbox, method):
 
 
 def test_multiprocessing_child_that_handles_its_error_is_not_reported(agent_venv, backend, sandbox):
-    script = sandbox.script("mp_handled.py", (
-        "import multiprocessing as mp, sys, traceback\n"
-        "def work():\n"
-        "    try:\n"
-        "        raise ValueError('handled-in-child')\n"
-        "    except ValueError:\n"
-        "        traceback.print_exc()\n"
-        "    sys.exit(3)\n"
-        "if __name__ == '__main__':\n"
-        "    p = mp.get_context('spawn').Process(target=work)\n"
-        "    p.start()\n"
-        "    p.join(120)\n"
-        "    print('child exitcode', p.exitcode)\n"))
+    script = sandbox.script(
+        "mp_handled.py",
+        (
+            "import multiprocessing as mp, sys, traceback\n"
+            "def work():\n"
+            "    try:\n"
+            "        raise ValueError('handled-in-child')\n"
+            "    except ValueError:\n"
+            "        traceback.print_exc()\n"
+            "    sys.exit(3)\n"
+            "if __name__ == '__main__':\n"
+            "    p = mp.get_context('spawn').Process(target=work)\n"
+            "    p.start()\n"
+            "    p.join(120)\n"
+            "    print('child exitcode', p.exitcode)\n"
+        ),
+    )
     proc = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
     assert proc.stdout == b"child exitcode 3\n" and b"ValueError: handled-in-child" in proc.stderr
     assert backend.settle() == [] and sandbox.spool() == []
@@ -257,14 +285,18 @@ def test_multiprocessing_child_that_handles_its_error_is_not_reported(agent_venv
 def test_multiprocessing_child_failures_take_no_part_in_success_tracking(agent_venv, backend, sandbox):
     # A forked child inherits the parent's idea of "this script"; its failure must not become a
     # failure of the parent script, whose next clean exit would then report a fix that never was.
-    script = sandbox.script("mp_twice.py", (
-        "import multiprocessing as mp\n"
-        "def work():\n"
-        "    raise ValueError('boom-mp-tracking')\n"
-        "if __name__ == '__main__':\n"
-        "    p = mp.get_context('fork').Process(target=work)\n"
-        "    p.start()\n"
-        "    p.join(120)\n"))
+    script = sandbox.script(
+        "mp_twice.py",
+        (
+            "import multiprocessing as mp\n"
+            "def work():\n"
+            "    raise ValueError('boom-mp-tracking')\n"
+            "if __name__ == '__main__':\n"
+            "    p = mp.get_context('fork').Process(target=work)\n"
+            "    p.start()\n"
+            "    p.join(120)\n"
+        ),
+    )
     for _ in range(2):
         assert run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work).returncode == 0
     assert len(wait_error(backend, "boom-mp-tracking", count=2)) == 2
@@ -277,9 +309,11 @@ def test_multiprocessing_child_failures_take_no_part_in_success_tracking(agent_v
 def test_print_exc_called_from_c_is_left_alone(agent_venv, backend, sandbox):
     # With multiprocessing imported the agent wraps traceback.print_exc; called with no Python
     # frame above it (as an atexit callback), it must behave as the original.
-    script = sandbox.script("exit_print.py", (
-        "import atexit, multiprocessing, traceback\n"
-        "atexit.register(traceback.print_exc)\n"))
+    script = sandbox.script(
+        "exit_print.py", ("import atexit, multiprocessing, traceback\natexit.register(traceback.print_exc)\n")
+    )
     env = sandbox.env(backend.url)
-    same_outcome(run(agent_venv.python, [script], env, cwd=sandbox.work),
-                 run(agent_venv.python, [script], dict(env, ERROR_AGENT_ENABLED="0"), cwd=sandbox.work))
+    same_outcome(
+        run(agent_venv.python, [script], env, cwd=sandbox.work),
+        run(agent_venv.python, [script], dict(env, ERROR_AGENT_ENABLED="0"), cwd=sandbox.work),
+    )

@@ -1,4 +1,5 @@
 """The command line (issue 4), each command as a subprocess against real venvs and the test backend."""
+
 from __future__ import annotations
 
 import json
@@ -147,8 +148,20 @@ def test_configure_user_honours_xdg_keeps_unknown_keys_and_protects_token(fresh_
 def test_configure_system_scope_in_venv(fresh_venv, sandbox, tmp_path):
     venv = fresh_venv("copy")
     env = sandbox.env()
-    proc = cli(venv, ["configure", "--scope", "system", "--url", "http://errors.corp.example:8000",
-                      "--no-hints", "--min-confidence", "0.75"], env)
+    proc = cli(
+        venv,
+        [
+            "configure",
+            "--scope",
+            "system",
+            "--url",
+            "http://errors.corp.example:8000",
+            "--no-hints",
+            "--min-confidence",
+            "0.75",
+        ],
+        env,
+    )
     assert proc.returncode == 0, proc.stderr
     system_file = venv.path / "etc" / "corp_error_agent" / "config.json"
     data = json.loads(system_file.read_text())
@@ -220,15 +233,23 @@ def test_status_fails_in_words_when_nothing_listens(agent_venv, sandbox):
     url = closed_port_url()
     proc = cli(agent_venv, ["status"], sandbox.env(url))
     assert proc.returncode == 1 and b"Traceback" not in proc.stderr
-    assert "PROBLEM: unreachable: nothing listens at %s (connection refused)" % url[len("http://"):] \
+    assert (
+        "PROBLEM: unreachable: nothing listens at %s (connection refused)" % url[len("http://") :]
         in proc.stdout.decode()
+    )
 
 
 @pytest.fixture
 def other_web_server(tmp_path):
     """Some web server that is not a backend: `python -m http.server` (GET answers 404, POST 501)."""
-    proc = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1"], cwd=str(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1"],
+        cwd=str(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         port = re.search(r"port (\d+)", line).group(1)
@@ -243,19 +264,31 @@ def test_status_and_test_say_a_url_is_some_other_web_server(agent_venv, sandbox,
     status = cli(agent_venv, ["status"], env)
     assert status.returncode == 1
     text = status.stdout.decode()
-    assert "PROBLEM: not a corp-error-agent backend: GET /healthz answered HTTP 404 and POST /suggest HTTP 501 " \
-           "(check the URL)" in text and "answers (HTTP" not in text
+    assert (
+        "PROBLEM: not a corp-error-agent backend: GET /healthz answered HTTP 404 and POST /suggest HTTP 501 "
+        "(check the URL)"
+        in text
+        and "answers (HTTP" not in text
+    )
     test = cli(agent_venv, ["test"], env)
     assert test.returncode == 1
-    assert "HTTP 501: the server does not implement POST /beacon: not a corp-error-agent backend (check the URL)" \
+    assert (
+        "HTTP 501: the server does not implement POST /beacon: not a corp-error-agent backend (check the URL)"
         in test.stdout.decode()
+    )
 
 
 def test_status_probes_the_token_of_the_real_server_without_an_error_in_its_log(agent_venv, sandbox, tmp_path):
     env = clean_env({"PYTHONPATH": str(ROOT), "ERROR_AGENT_ENABLED": "0", "CORP_ERROR_SERVER_TOKEN": "tok-right"})
-    server = subprocess.Popen([sys.executable, "-m", "corp_error_server", "--port", "0", "--db", str(tmp_path / "db")],
-                              cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True, env=env)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "corp_error_server", "--port", "0", "--db", str(tmp_path / "db")],
+        cwd=str(ROOT),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = server.stderr.readline()
         assert line.startswith("listening on http://"), line
@@ -433,8 +466,12 @@ def test_test_command_says_why_the_backend_refused(agent_venv, backend, sandbox)
     backend.set_fault("500")
     proc = cli(agent_venv, ["test", "--json"], env)
     results = json.loads(proc.stdout)
-    assert results["beacon"] == dict(results["beacon"], ok=False, status=500, error=(
-        "HTTP 500: the backend failed to answer POST /beacon: reports wait in the spool"))
+    assert results["beacon"] == dict(
+        results["beacon"],
+        ok=False,
+        status=500,
+        error=("HTTP 500: the backend failed to answer POST /beacon: reports wait in the spool"),
+    )
 
 
 def test_status_names_a_server_that_fails_the_probe(agent_venv, backend, sandbox):
@@ -442,8 +479,9 @@ def test_status_names_a_server_that_fails_the_probe(agent_venv, backend, sandbox
     backend.set_fault("500", paths=["/suggest"])
     data = _status(agent_venv, sandbox.env(backend.url), returncode=1)
     assert data["backend"]["server"] == "corp-error-server (schema 7)"
-    assert data["backend"]["problem"] == \
-        "HTTP 500: the backend failed to answer POST /suggest: reports wait in the spool"
+    assert (
+        data["backend"]["problem"] == "HTTP 500: the backend failed to answer POST /suggest: reports wait in the spool"
+    )
 
 
 def test_status_takes_a_backend_without_healthz_for_the_published_server(agent_venv, backend, sandbox):
@@ -466,6 +504,7 @@ def not_http_server():
                 return
             with conn:
                 conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
     thread = threading.Thread(target=greet, daemon=True)
     thread.start()
     yield "127.0.0.1:%d" % server.getsockname()[1]
@@ -488,8 +527,12 @@ def test_status_says_in_words_why_a_backend_gives_no_answer(agent_venv, backend,
     proc = cli(agent_venv, ["status"], sandbox.env(url))
     assert proc.returncode == 1 and b"Traceback" not in proc.stderr
     problem = proc.stdout.decode().split("PROBLEM: ")[1]
-    assert problem.startswith({"tls": "unreachable: TLS with %s failed: " % where,
-                               "silent": "unreachable: no answer from %s within 2s" % where}[failure]), problem
+    assert problem.startswith(
+        {
+            "tls": "unreachable: TLS with %s failed: " % where,
+            "silent": "unreachable: no answer from %s within 2s" % where,
+        }[failure]
+    ), problem
 
 
 def test_status_shows_the_breaker_and_closes_it_once_the_backend_answers(agent_venv, backend, sandbox):
@@ -511,8 +554,13 @@ def test_status_shows_the_breaker_and_closes_it_once_the_backend_answers(agent_v
 
 def test_ctrl_c_ends_a_command_waiting_on_the_backend(agent_venv, backend, sandbox):
     backend.set_fault("silent")
-    proc = subprocess.Popen([str(agent_venv.python), "-m", "corp_error_agent", "status"], env=sandbox.env(backend.url),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [str(agent_venv.python), "-m", "corp_error_agent", "status"],
+        env=sandbox.env(backend.url),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         backend.wait_for("/healthz")  # the command waits for the answer now
         proc.send_signal(signal.SIGINT)

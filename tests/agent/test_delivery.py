@@ -1,4 +1,5 @@
 """Never lose a beacon: the spool, its delivery exactly once, and success tracking."""
+
 from __future__ import annotations
 
 import json
@@ -66,11 +67,15 @@ def test_spool_delivered_by_next_event(agent_venv, backend, sandbox):
 
 def test_success_after_failure_reported_once(agent_venv, backend, sandbox):
     flag = sandbox.work / "FAIL"
-    script = sandbox.script("flaky.py", (
-        "import os\n"
-        "if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'FAIL')):\n"
-        "    raise RuntimeError('boom-until-fixed')\n"
-        "print('ok')\n"))
+    script = sandbox.script(
+        "flaky.py",
+        (
+            "import os\n"
+            "if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'FAIL')):\n"
+            "    raise RuntimeError('boom-until-fixed')\n"
+            "print('ok')\n"
+        ),
+    )
     env = sandbox.env(backend.url)
     flag.write_text("")
     assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 1
@@ -91,13 +96,17 @@ def test_an_error_shown_by_a_replaced_excepthook_is_no_clean_run(agent_venv, bac
     """After a failure, a run whose error goes to the user's own sys.excepthook (not the agent's)
     exits 1: no success is reported; the next clean run is the fix."""
     mode = sandbox.work / "MODE"
-    script = sandbox.script("flaky.py", (
-        "import os, sys\n"
-        "mode = open('MODE').read() if os.path.exists('MODE') else ''\n"
-        "if mode == 'own-hook':\n"
-        "    sys.excepthook = lambda *exc: sys.stderr.write('own hook\\n')\n"
-        "if mode:\n"
-        "    raise RuntimeError('boom-own-hook')\n"))
+    script = sandbox.script(
+        "flaky.py",
+        (
+            "import os, sys\n"
+            "mode = open('MODE').read() if os.path.exists('MODE') else ''\n"
+            "if mode == 'own-hook':\n"
+            "    sys.excepthook = lambda *exc: sys.stderr.write('own hook\\n')\n"
+            "if mode:\n"
+            "    raise RuntimeError('boom-own-hook')\n"
+        ),
+    )
     env = sandbox.env(backend.url)
     mode.write_text("fail")
     assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 1
@@ -117,13 +126,17 @@ def test_a_run_that_exits_with_a_failing_status_is_no_clean_run(agent_venv, back
     """After a failure, a run that ends with sys.exit(4) is not the fix: no success is reported;
     the next run that exits 0 is."""
     mode = sandbox.work / "MODE"
-    script = sandbox.script("job.py", (
-        "import os, sys\n"
-        "mode = open('MODE').read() if os.path.exists('MODE') else ''\n"
-        "if mode == 'fail':\n"
-        "    raise RuntimeError('boom-then-exit-4')\n"
-        "if mode == 'exit':\n"
-        "    sys.exit(4)\n"))
+    script = sandbox.script(
+        "job.py",
+        (
+            "import os, sys\n"
+            "mode = open('MODE').read() if os.path.exists('MODE') else ''\n"
+            "if mode == 'fail':\n"
+            "    raise RuntimeError('boom-then-exit-4')\n"
+            "if mode == 'exit':\n"
+            "    sys.exit(4)\n"
+        ),
+    )
     env = sandbox.env(backend.url)
     mode.write_text("fail")
     assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 1
@@ -247,8 +260,9 @@ def test_a_clean_exit_does_not_wait_for_a_trickling_backend(py, agent_venv, sand
     """The first clean run after a failure delivers its success report within a bounded wait, however
     slowly the backend answers: the run ends, the report stays spooled, the breaker opens."""
     flag = sandbox.work / "FAIL"
-    script = sandbox.script("flaky.py", "import os\nif os.path.exists('FAIL'):\n"
-                                        "    raise RuntimeError('boom-trickle')\n")
+    script = sandbox.script(
+        "flaky.py", "import os\nif os.path.exists('FAIL'):\n    raise RuntimeError('boom-trickle')\n"
+    )
     flag.write_text("")
     assert run(agent_venv.python, [script], sandbox.env(closed_port_url()), cwd=sandbox.work).returncode == 1
     flag.unlink()
@@ -272,8 +286,10 @@ def test_a_delivery_that_succeeds_closes_the_breaker(agent_venv, backend, sandbo
     assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 1
     assert sandbox.breakers() and len(sandbox.spool()) == 1
     backend.set_fault(None)
-    backend.set_reply("/suggest", Reply(200, {"match": True, "confidence": 0.9, "hint": "hint-after-flush",
-                                              "solution": "pip install \"x==1\""}))
+    backend.set_reply(
+        "/suggest",
+        Reply(200, {"match": True, "confidence": 0.9, "hint": "hint-after-flush", "solution": "pip install \"x==1\""}),
+    )
     flush = run(agent_venv.python, ["-m", "corp_error_agent", "flush", "--json"], env, cwd=sandbox.work)
     assert flush.returncode == 0 and json.loads(flush.stdout)["delivered"] == 1
     assert sandbox.breakers() == []
@@ -291,17 +307,21 @@ def test_compiled_code_cache_keeps_one_file_per_live_install(copy_venv, sandbox,
     assert run(copy_venv.python, [script], env, cwd=sandbox.work).returncode == 1
     [first] = sandbox.cache.glob("agent-*.code")
     month_ago = time.time() - 31 * 86400
-    others = {name: sandbox.cache / name for name in (
-        "agent-0123abcd-0.5.0-1-1.code",          # another install, compiled a month ago: gone
-        "agent-0.5.0-cpython-311-1-1.code",       # named as before: gone
-        "agent-4567cdef-0.5.0-1-1.code")}         # another install, in use: kept
+    others = {
+        name: sandbox.cache / name
+        for name in (
+            "agent-0123abcd-0.5.0-1-1.code",  # another install, compiled a month ago: gone
+            "agent-0.5.0-cpython-311-1-1.code",  # named as before: gone
+            "agent-4567cdef-0.5.0-1-1.code",
+        )
+    }  # another install, in use: kept
     for name, path in others.items():
         path.write_bytes(b"x")
         if "0123abcd" in name:
             os.utime(path, (month_ago, month_ago))
     agent_file = copy_venv.site_packages / "corp_error_agent.py"
     stat = agent_file.stat()
-    os.utime(agent_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))  # upgraded in place
+    os.utime(agent_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # upgraded in place
     assert run(copy_venv.python, [script], env, cwd=sandbox.work).returncode == 1
     remaining = sorted(p.name for p in sandbox.cache.glob("agent-*"))
     [second] = [name for name in remaining if name not in others]
@@ -317,8 +337,10 @@ def test_beacons_name_the_host_unless_told_not_to(agent_venv, backend, sandbox, 
     flag.unlink()
     assert run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work).returncode == 0
     backend.wait_for("/beacon", where=lambda b: b.get("kind") == "success")
-    assert {b["kind"]: b.get("host") for b in backend.bodies("/beacon")} == \
-        {"error": socket.gethostname(), "success": socket.gethostname()}
+    assert {b["kind"]: b.get("host") for b in backend.bodies("/beacon")} == {
+        "error": socket.gethostname(),
+        "success": socket.gethostname(),
+    }
 
     quiet = sandbox.script("quiet.py", failing_source("boom-no-host"))
     run(agent_venv.python, [quiet], sandbox.env(backend.url, {"ERROR_AGENT_SEND_HOST": "0"}), cwd=sandbox.work)
@@ -326,6 +348,7 @@ def test_beacons_name_the_host_unless_told_not_to(agent_venv, backend, sandbox, 
     assert "host" not in beacon
 
     from e2e.server_proc import ServerProcess
+
     server = ServerProcess(tmp_path / "db.sqlite")  # the real server takes beacons with the field
     try:
         run(agent_venv.python, [quiet], sandbox.env(server.url), cwd=sandbox.work)
@@ -414,8 +437,10 @@ def test_an_agent_disabled_in_the_config_file_reports_nothing_until_enabled(agen
 
 def test_scripts_of_one_file_name_wait_for_their_own_clean_runs(agent_venv, backend, sandbox):
     env = sandbox.env(backend.url)
-    source = "import os\nif os.path.exists(os.path.join(os.path.dirname(__file__), 'FAIL')):\n" \
-             "    raise RuntimeError('boom-in-' + os.path.basename(os.path.dirname(__file__)))\n"
+    source = (
+        "import os\nif os.path.exists(os.path.join(os.path.dirname(__file__), 'FAIL')):\n"
+        "    raise RuntimeError('boom-in-' + os.path.basename(os.path.dirname(__file__)))\n"
+    )
     scripts = {where: sandbox.script("app.py", source, directory=sandbox.work / where) for where in ("one", "two")}
     forgotten = sandbox.cache / "pending" / "app.py" / "file_somewhere_app.py.json"
     forgotten.parent.mkdir(parents=True)
@@ -430,8 +455,10 @@ def test_scripts_of_one_file_name_wait_for_their_own_clean_runs(agent_venv, back
     for where, script in scripts.items():
         (script.parent / "FAIL").unlink()
         assert run(agent_venv.python, [script], env, cwd=sandbox.work).returncode == 0
-        backend.wait_for("/beacon", where=lambda b, sig="boom-in-" + where: b.get("kind") == "success"
-                         and sig in b.get("prev_error_sig", ""))
+        backend.wait_for(
+            "/beacon",
+            where=lambda b, sig="boom-in-" + where: b.get("kind") == "success" and sig in b.get("prev_error_sig", ""),
+        )
     assert len(success_beacons(backend)) == 2
     assert not (sandbox.cache / "pending" / "app.py").exists()
 
@@ -442,6 +469,6 @@ def test_a_url_without_scheme_keeps_the_report_and_opens_the_breaker(agent_venv,
     quiet = run(agent_venv.python, [script], env, cwd=sandbox.work)
     without = run(plain_venv.python, [script], env, cwd=sandbox.work)
     assert (quiet.returncode, quiet.stderr) == (without.returncode, without.stderr)
-    [breaker] = sandbox.breakers()   # failed as a backend that cannot be reached: not tried again at once
+    [breaker] = sandbox.breakers()  # failed as a backend that cannot be reached: not tried again at once
     assert "unknown url type" in json.loads(breaker.read_text())["reason"]
     assert len(list((sandbox.cache / "spool").glob("*.json*"))) == 1  # kept for a correct URL

@@ -1,4 +1,5 @@
 """What leaves the machine: secrets and the home directory scrubbed; stable signatures and ids."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,13 @@ import os
 
 from support import Sandbox, run, wait_error
 
-SECRETS = ("hunter2xyz", "s3cr3tpw", "AKIAIOSFODNN7EXAMPLE", "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB",
-           "tok-very-secret-42")
+SECRETS = (
+    "hunter2xyz",
+    "s3cr3tpw",
+    "AKIAIOSFODNN7EXAMPLE",
+    "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB",
+    "tok-very-secret-42",
+)
 
 LEAKY = '''import os
 def connect():
@@ -38,8 +44,15 @@ def test_secrets_and_home_scrubbed(agent_venv, backend, sandbox):
 
 def test_env_vars_allow_list(agent_venv, backend, sandbox):
     script = sandbox.script("app.py", "raise ValueError('boom-env')\n")
-    env = sandbox.env(backend.url, {"ERROR_AGENT_ENV_ALLOW": "MY_SETTING,UNSET_ONE", "MY_SETTING": "hello",
-                                    "NOT_ALLOWED_VAR": "zzz-not-allowed", "TZ": "Europe/Paris"})
+    env = sandbox.env(
+        backend.url,
+        {
+            "ERROR_AGENT_ENV_ALLOW": "MY_SETTING,UNSET_ONE",
+            "MY_SETTING": "hello",
+            "NOT_ALLOWED_VAR": "zzz-not-allowed",
+            "TZ": "Europe/Paris",
+        },
+    )
     run(agent_venv.python, [script], env, cwd=sandbox.work)
     wait_error(backend, "boom-env")
     env_vars = backend.wait_for("/env")[0].json["env_vars"]

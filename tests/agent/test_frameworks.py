@@ -3,6 +3,7 @@ trace holds the view's frame. Real Flask (test client), Django (test client) and
 real uvicorn server, from the registry, in one cached venv per interpreter (the `web` fixture,
 conftest.py), with the agent copied in; the recording backend.
 """
+
 from __future__ import annotations
 
 import urllib.error

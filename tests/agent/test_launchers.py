@@ -3,6 +3,7 @@ app, the files a ``python -m tool`` is given), never the tool's entry point, so 
 one never counts as the fix of another. Real pytest and `flask run` from the registry (the cached
 web venv of test_frameworks), real ``python -m`` runs on every CPython present.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -30,10 +31,14 @@ def test_pytest_runs_are_the_test_files(web, backend, sandbox):
     sandbox.script("test_a.py", LOGGING_TEST % "a")
     sandbox.script("test_b.py", LOGGING_TEST % "b")
     env = sandbox.env(backend.url)
-    for args in ([web.bin / "pytest", "-q", "test_a.py"], [web.bin / "pytest", "-q", "test_b.py"],
-                 [web.python, "-m", "pytest", "-q", "test_a.py"]):
-        proc = subprocess.run([str(a) for a in args], env=env, cwd=str(sandbox.work), capture_output=True,
-                              timeout=support.PROC_TIMEOUT)
+    for args in (
+        [web.bin / "pytest", "-q", "test_a.py"],
+        [web.bin / "pytest", "-q", "test_b.py"],
+        [web.python, "-m", "pytest", "-q", "test_a.py"],
+    ):
+        proc = subprocess.run(
+            [str(a) for a in args], env=env, cwd=str(sandbox.work), capture_output=True, timeout=support.PROC_TIMEOUT
+        )
         assert proc.returncode == 0, proc.stdout
     first, second = wait_error(backend, "boom-in-a", count=2)
     [other] = wait_error(backend, "boom-in-b")
@@ -43,8 +48,11 @@ def test_pytest_runs_are_the_test_files(web, backend, sandbox):
 
 
 def test_flask_run_is_the_app(web, backend, sandbox):
-    sandbox.script("hello.py", "from flask import Flask\napp = Flask(__name__)\n\n\n@app.route('/')\n"
-                               "def index_view():\n    raise TimeoutError('boom-flask-run')\n")
+    sandbox.script(
+        "hello.py",
+        "from flask import Flask\napp = Flask(__name__)\n\n\n@app.route('/')\n"
+        "def index_view():\n    raise TimeoutError('boom-flask-run')\n",
+    )
     command = [str(web.bin / "flask"), "--app", "hello", "run", "--port", "0"]
     started = r"Running on (http://127\.0\.0\.1:\d+)"
     with support.serving(command, sandbox.env(backend.url), sandbox.work, started) as url:
@@ -79,12 +87,16 @@ def test_python_m_tool_runs_are_told_apart_by_their_files(agent_venv, backend, s
     assert len(error_beacons(backend)) == 1 and b.read_text() == "good"
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["-A", "proj", "worker"], "celery {cwd} proj"),
-    (["--app=proj.tasks", "worker", "-l", "info"], "celery {cwd} proj.tasks"),
-    (["-Aother", "beat"], "celery {cwd} other"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["-A", "proj", "worker"], "celery {cwd} proj"),
+        (["--app=proj.tasks", "worker", "-l", "info"], "celery {cwd} proj.tasks"),
+        (["-Aother", "beat"], "celery {cwd} other"),
+    ],
+)
 def test_celery_is_the_app_it_is_given(args, expected, monkeypatch, tmp_path):
     import corp_error_agent
+
     monkeypatch.chdir(tmp_path)
     assert corp_error_agent._launched("celery", args) == ("run", expected.format(cwd=tmp_path))

@@ -5,6 +5,7 @@ else logged is; an exception logged and then raised uncaught is one report; noth
 own threads log is reported; handled errors print no hint. Real interpreters in venvs with the
 agent installed, against the recording backend.
 """
+
 from __future__ import annotations
 
 from e2e.server_proc import ServerProcess
@@ -47,21 +48,25 @@ def test_logged_exception_is_one_handled_report(agent_venv, plain_venv, backend,
     assert "in handle_request" in beacon["trace"]
     backend.settle()
     assert len(error_beacons(backend)) == 1  # the error without exception info and the warning are not reports
-    assert not backend.of("/suggest")        # nobody waits for a hint
+    assert not backend.of("/suggest")  # nobody waits for a hint
 
 
 def test_logged_then_raised_is_one_report_with_its_hint(agent_venv, backend, sandbox):
     backend.set_reply("/suggest", HINT)
-    script = sandbox.script("job.py", (
-        "import logging\n"
-        "def step():\n"
-        "    raise KeyError('boom-twice')\n"
-        "try:\n"
-        "    step()\n"
-        "except KeyError:\n"
-        "    logging.getLogger('job').exception('step failed')\n"
-        "    logging.getLogger('outer').error('again', exc_info=True)\n"
-        "    raise\n"))
+    script = sandbox.script(
+        "job.py",
+        (
+            "import logging\n"
+            "def step():\n"
+            "    raise KeyError('boom-twice')\n"
+            "try:\n"
+            "    step()\n"
+            "except KeyError:\n"
+            "    logging.getLogger('job').exception('step failed')\n"
+            "    logging.getLogger('outer').error('again', exc_info=True)\n"
+            "    raise\n"
+        ),
+    )
     proc = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
     assert proc.returncode == 1
     assert b"handled-hint-text" in proc.stderr  # it ended the program: the user gets the hint
@@ -80,17 +85,21 @@ def test_logging_off(agent_venv, backend, sandbox):
 
 def test_nothing_logged_by_the_agents_own_threads(agent_venv, backend, sandbox):
     """A host whose urllib handler logs what it sees: the agent's deliveries go through it too."""
-    script = sandbox.script("audited.py", (
-        "import logging, threading, urllib.request\n"
-        "class Audit(urllib.request.BaseHandler):\n"
-        "    def http_request(self, request):\n"
-        "        try:\n"
-        "            raise RuntimeError('audit-in-' + threading.current_thread().name)\n"
-        "        except RuntimeError:\n"
-        "            logging.getLogger('audit').exception('audited')\n"
-        "        return request\n"
-        "urllib.request.install_opener(urllib.request.build_opener(Audit))\n"
-        "raise SystemError('boom-audited')\n"))
+    script = sandbox.script(
+        "audited.py",
+        (
+            "import logging, threading, urllib.request\n"
+            "class Audit(urllib.request.BaseHandler):\n"
+            "    def http_request(self, request):\n"
+            "        try:\n"
+            "            raise RuntimeError('audit-in-' + threading.current_thread().name)\n"
+            "        except RuntimeError:\n"
+            "            logging.getLogger('audit').exception('audited')\n"
+            "        return request\n"
+            "urllib.request.install_opener(urllib.request.build_opener(Audit))\n"
+            "raise SystemError('boom-audited')\n"
+        ),
+    )
     proc = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
     assert b"audit-in-corp_error_agent" in proc.stderr  # the handler did log in the agent's threads
     wait_error(backend, "boom-audited")
@@ -151,9 +160,11 @@ def test_the_real_server_stores_a_handled_report(agent_venv, sandbox, tmp_path):
 
 
 def test_importing_logging_patches_it_without_loading_the_agent(agent_venv, sandbox):
-    code = ("import sys, logging; agent = sys.modules['corp_error_agent'];"
-            "print(agent._process['loaded'], logging.Logger.callHandlers.__globals__['__name__']);"
-            "print(' '.join(sorted(sys.modules)))")
+    code = (
+        "import sys, logging; agent = sys.modules['corp_error_agent'];"
+        "print(agent._process['loaded'], logging.Logger.callHandlers.__globals__['__name__']);"
+        "print(' '.join(sorted(sys.modules)))"
+    )
     env = sandbox.env("http://127.0.0.1:9")
     env.pop("COVERAGE_PROCESS_START", None)  # coverage.py imports more itself
     first, modules = run(agent_venv.python, ["-c", code], env).stdout.decode().splitlines()
@@ -161,4 +172,4 @@ def test_importing_logging_patches_it_without_loading_the_agent(agent_venv, sand
     first_off, modules_off = run(agent_venv.python, ["-c", code], off).stdout.decode().splitlines()
     assert first == "False corp_error_agent"  # patched by the agent's start-up part, the agent proper not loaded
     assert first_off == "False logging"
-    assert modules == modules_off             # and nothing more imported
+    assert modules == modules_off  # and nothing more imported

@@ -4,6 +4,7 @@
 The Jupyter packages go into one cached venv per interpreter (the `jupyter` fixture, conftest.py);
 the agent is copied into it.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,15 @@ import pytest
 import support
 from support import Reply, error_beacons, success_beacons, wait_error
 
-HINT = Reply(200, {"match": True, "confidence": 0.9, "hint": "\x1b[31mdemo-pkg is missing\x1b[0m",
-                   "solution": 'pip install "demo-pkg==2.0"'})
+HINT = Reply(
+    200,
+    {
+        "match": True,
+        "confidence": 0.9,
+        "hint": "\x1b[31mdemo-pkg is missing\x1b[0m",
+        "solution": 'pip install "demo-pkg==2.0"',
+    },
+)
 FAILING_CELL = "import demo_pkg\nprint(demo_pkg.VERSION)"
 RUN_NOTEBOOK = """
 import json, sys
@@ -30,11 +38,26 @@ print(json.dumps([cell.get("outputs", []) for cell in notebook.cells]))
 
 
 def write_notebook(path: Path, *cells: str, kernel: str = "python3") -> Path:
-    path.write_text(json.dumps({
-        "cells": [{"cell_type": "code", "execution_count": None, "id": "cell%d" % i, "metadata": {}, "outputs": [],
-                   "source": source} for i, source in enumerate(cells)],
-        "metadata": {"kernelspec": {"name": kernel, "display_name": kernel, "language": "python"}},
-        "nbformat": 4, "nbformat_minor": 5}))
+    path.write_text(
+        json.dumps(
+            {
+                "cells": [
+                    {
+                        "cell_type": "code",
+                        "execution_count": None,
+                        "id": "cell%d" % i,
+                        "metadata": {},
+                        "outputs": [],
+                        "source": source,
+                    }
+                    for i, source in enumerate(cells)
+                ],
+                "metadata": {"kernelspec": {"name": kernel, "display_name": kernel, "language": "python"}},
+                "nbformat": 4,
+                "nbformat_minor": 5,
+            }
+        )
+    )
     return path
 
 
@@ -51,9 +74,11 @@ def demo_wheel(directory: Path, version: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     wheel = directory / ("demo_pkg-%s-py3-none-any.whl" % version)
     info = "demo_pkg-%s.dist-info/" % version
-    files = {"demo_pkg/__init__.py": "VERSION = %r\n" % version,
-             info + "METADATA": "Metadata-Version: 2.1\nName: demo-pkg\nVersion: %s\n" % version,
-             info + "WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files = {
+        "demo_pkg/__init__.py": "VERSION = %r\n" % version,
+        info + "METADATA": "Metadata-Version: 2.1\nName: demo-pkg\nVersion: %s\n" % version,
+        info + "WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
     with zipfile.ZipFile(wheel, "w") as archive:
         for name, text in files.items():
             archive.writestr(name, text)
@@ -63,8 +88,9 @@ def demo_wheel(directory: Path, version: str) -> Path:
 
 def test_cell_error_reported_with_the_hint_under_the_traceback(jupyter, backend, sandbox):
     backend.set_reply("/suggest", HINT)
-    notebook = write_notebook(sandbox.work / "analysis.ipynb", "x = 1",
-                              "def load():\n    raise KeyError('nb-cell')\nload()", "print('never')")
+    notebook = write_notebook(
+        sandbox.work / "analysis.ipynb", "x = 1", "def load():\n    raise KeyError('nb-cell')\nload()", "print('never')"
+    )
     outputs = execute(jupyter, sandbox, notebook, sandbox.env(backend.url))
     error, hint = outputs[1]
     assert error["output_type"] == "error" and error["ename"] == "KeyError"
@@ -106,8 +132,11 @@ def test_pip_install_and_restart_is_the_fix(jupyter, backend, sandbox):
     outputs = execute(jupyter, sandbox, other, sandbox.env(backend.url, {"PYTHONPATH": str(elsewhere)}))
     assert outputs[0][0]["text"] == "2.0\n"
 
-    write_notebook(notebook, '%%pip install -q --no-index --find-links %s --target %s "demo-pkg==2.0"'
-                   % (wheels, target), FAILING_CELL)
+    write_notebook(
+        notebook,
+        '%%pip install -q --no-index --find-links %s --target %s "demo-pkg==2.0"' % (wheels, target),
+        FAILING_CELL,
+    )
     outputs = execute(jupyter, sandbox, notebook, env)
     assert any("2.0" in o.get("text", "") for o in outputs[1]), outputs
     [success] = backend.wait_for("/beacon", where=lambda b: b.get("kind") == "success")
@@ -142,10 +171,14 @@ def test_notebooks_the_kernel_cannot_name_are_not_each_others_fix(jupyter, backe
 
 def test_nbconvert_execute_is_one_report_of_the_cells_own_error(jupyter, backend, sandbox):
     backend.set_reply("/suggest", HINT)
-    notebook = write_notebook(sandbox.work / "daily.ipynb", "import os",
-                              "def compute():\n    return 1 / 0\ncompute()")
-    proc = subprocess.run([str(jupyter.bin / "jupyter-nbconvert"), "--to", "notebook", "--execute", notebook.name],
-                          env=sandbox.env(backend.url), cwd=str(sandbox.work), capture_output=True, timeout=300)
+    notebook = write_notebook(sandbox.work / "daily.ipynb", "import os", "def compute():\n    return 1 / 0\ncompute()")
+    proc = subprocess.run(
+        [str(jupyter.bin / "jupyter-nbconvert"), "--to", "notebook", "--execute", notebook.name],
+        env=sandbox.env(backend.url),
+        cwd=str(sandbox.work),
+        capture_output=True,
+        timeout=300,
+    )
     assert proc.returncode != 0 and b"CellExecutionError" in proc.stderr
     assert b"[corp-error-agent] demo-pkg is missing" in proc.stderr  # the launcher's terminal gets the hint
     [beacon] = wait_error(backend, "ZeroDivisionError")
@@ -161,14 +194,26 @@ def test_nbconvert_with_a_kernel_without_the_agent_reports_the_cells_own_error(j
     launcher reports the cell's exception from what the kernel sent, escape codes stripped."""
     spec = sandbox.tmp / "jupyter" / "kernels" / "noagent"
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [str(jupyter.python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "no agent", "language": "python", "env": {"ERROR_AGENT_ENABLED": "0"}}))
-    notebook = write_notebook(sandbox.work / "daily.ipynb", "def compute():\n    return 1 / 0\ncompute()",
-                              kernel="noagent")
-    proc = subprocess.run([str(jupyter.bin / "jupyter-nbconvert"), "--to", "notebook", "--execute", notebook.name],
-                          env=sandbox.env(backend.url, {"JUPYTER_PATH": str(sandbox.tmp / "jupyter")}),
-                          cwd=str(sandbox.work), capture_output=True, timeout=300)
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [str(jupyter.python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "no agent",
+                "language": "python",
+                "env": {"ERROR_AGENT_ENABLED": "0"},
+            }
+        )
+    )
+    notebook = write_notebook(
+        sandbox.work / "daily.ipynb", "def compute():\n    return 1 / 0\ncompute()", kernel="noagent"
+    )
+    proc = subprocess.run(
+        [str(jupyter.bin / "jupyter-nbconvert"), "--to", "notebook", "--execute", notebook.name],
+        env=sandbox.env(backend.url, {"JUPYTER_PATH": str(sandbox.tmp / "jupyter")}),
+        cwd=str(sandbox.work),
+        capture_output=True,
+        timeout=300,
+    )
     assert proc.returncode != 0 and b"CellExecutionError" in proc.stderr
     [beacon] = wait_error(backend, "ZeroDivisionError")
     assert beacon["error_sig"] == "ZeroDivisionError: division by zero @ __main__.<module>"
@@ -181,8 +226,13 @@ def test_nbconvert_with_a_kernel_without_the_agent_reports_the_cells_own_error(j
 def test_ipython_script(jupyter, backend, sandbox):
     backend.set_reply("/suggest", HINT)
     script = sandbox.script("etl.py", "def extract():\n    raise ValueError('ipython-script')\nextract()\n")
-    proc = subprocess.run([str(jupyter.bin / "ipython"), script.name], env=sandbox.env(backend.url),
-                          cwd=str(sandbox.work), capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [str(jupyter.bin / "ipython"), script.name],
+        env=sandbox.env(backend.url),
+        cwd=str(sandbox.work),
+        capture_output=True,
+        timeout=120,
+    )
     assert b"ipython-script" in proc.stdout
     assert b"[corp-error-agent] demo-pkg is missing" in proc.stderr
     [beacon] = wait_error(backend, "ipython-script")
@@ -196,9 +246,14 @@ def test_ipython_script(jupyter, backend, sandbox):
 
 @pytest.mark.parametrize("interactive", ["", "1"])
 def test_ipython_prompt_follows_the_interactive_rule(jupyter, backend, sandbox, interactive):
-    proc = subprocess.run([str(jupyter.bin / "ipython"), "--simple-prompt"], input=b"1/0\nprint('after')\n",
-                          env=sandbox.env(backend.url, {"ERROR_AGENT_INTERACTIVE": interactive}),
-                          cwd=str(sandbox.work), capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [str(jupyter.bin / "ipython"), "--simple-prompt"],
+        input=b"1/0\nprint('after')\n",
+        env=sandbox.env(backend.url, {"ERROR_AGENT_INTERACTIVE": interactive}),
+        cwd=str(sandbox.work),
+        capture_output=True,
+        timeout=120,
+    )
     assert b"ZeroDivisionError" in proc.stdout + proc.stderr and b"after" in proc.stdout
     if interactive:
         wait_error(backend, "ZeroDivisionError")

@@ -3,6 +3,7 @@
 The failing script runs on a real pseudo-terminal against a backend that accepts connections and
 never answers, with a suggestion timeout far longer than the test waits.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,14 @@ def test_wait_notice_on_a_terminal_and_ctrl_c_ends_the_wait(agent_venv, backend,
     # PYTHON_COLORS: 3.13 colours tracebacks
     env = sandbox.env(backend.url, {"ERROR_AGENT_SUGGEST_TIMEOUT": "600", "PYTHON_COLORS": "0"})
     master, slave = pty.openpty()
-    proc = subprocess.Popen([str(agent_venv.python), str(script)], stdin=subprocess.DEVNULL, stdout=slave,
-                            stderr=slave, env=env, cwd=str(sandbox.work))
+    proc = subprocess.Popen(
+        [str(agent_venv.python), str(script)],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        cwd=str(sandbox.work),
+    )
     os.close(slave)
     try:
         output = _read_until(master, b"(Ctrl-C skips)")
@@ -57,7 +64,8 @@ def test_wait_notice_on_a_terminal_and_ctrl_c_ends_the_wait(agent_venv, backend,
         os.close(master)
     # the report is not lost: the next contact delivers it, though the process that held it is gone
     backend.set_fault(None)
-    flush = run(agent_venv.python, ["-m", "corp_error_agent", "flush", "--json"], sandbox.env(backend.url),
-                cwd=sandbox.work)
+    flush = run(
+        agent_venv.python, ["-m", "corp_error_agent", "flush", "--json"], sandbox.env(backend.url), cwd=sandbox.work
+    )
     assert json.loads(flush.stdout) == {"delivered": 1, "rejected": 0, "remaining": 0}, flush.stdout + flush.stderr
     assert wait_error(backend, "boom-tty")

@@ -1,5 +1,6 @@
 """The host program cannot tell the agent is there: exit status and stderr unchanged, hooks chained,
 KeyboardInterrupt/SystemExit ignored, a broken backend harmless, nothing heavy imported at start."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,18 +15,22 @@ def test_exit_status_and_stderr_identical_without_hint(agent_venv, plain_venv, b
     with_agent = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
     wait_error(backend, "boom-identical")  # the agent did run
     without = run(plain_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
-    disabled = run(agent_venv.python, [script], sandbox.env(backend.url, {"ERROR_AGENT_ENABLED": "0"}),
-                   cwd=sandbox.work)
+    disabled = run(
+        agent_venv.python, [script], sandbox.env(backend.url, {"ERROR_AGENT_ENABLED": "0"}), cwd=sandbox.work
+    )
     assert without.returncode == 1
     same_outcome(with_agent, without)
     same_outcome(disabled, without)
 
 
-@pytest.mark.parametrize("body, name", [
-    ("raise KeyboardInterrupt", "keyboard-interrupt"),
-    ("raise SystemExit(3)", "system-exit-3"),
-    ("import sys; sys.exit('fatal: bad config')", "system-exit-message"),
-])
+@pytest.mark.parametrize(
+    "body, name",
+    [
+        ("raise KeyboardInterrupt", "keyboard-interrupt"),
+        ("raise SystemExit(3)", "system-exit-3"),
+        ("import sys; sys.exit('fatal: bad config')", "system-exit-message"),
+    ],
+)
 def test_keyboard_interrupt_and_system_exit_untouched(agent_venv, plain_venv, backend, sandbox, body, name):
     script = sandbox.script(name + ".py", "def main():\n    %s\nmain()\n" % body)
     with_agent = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
@@ -39,8 +44,7 @@ def test_keyboard_interrupt_and_system_exit_untouched(agent_venv, plain_venv, ba
 
 def test_disabled_agent_sends_nothing(agent_venv, plain_venv, backend, sandbox):
     script = sandbox.script("app.py", failing_source("boom-disabled"))
-    proc = run(agent_venv.python, [script], sandbox.env(backend.url, {"ERROR_AGENT_ENABLED": "0"}),
-               cwd=sandbox.work)
+    proc = run(agent_venv.python, [script], sandbox.env(backend.url, {"ERROR_AGENT_ENABLED": "0"}), cwd=sandbox.work)
     without = run(plain_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
     same_outcome(proc, without)
     assert backend.settle() == []
@@ -49,14 +53,18 @@ def test_disabled_agent_sends_nothing(agent_venv, plain_venv, backend, sandbox):
 
 
 def test_importing_installs_nothing_and_activate_is_idempotent(plain_venv, backend, sandbox):
-    script = sandbox.script("twice.py", (
-        "import sys\n"
-        "import corp_error_agent\n"
-        "assert sys.excepthook is sys.__excepthook__, 'import alone must not install hooks'\n"
-        "corp_error_agent.activate()\n"
-        "corp_error_agent.activate()\n"
-        "assert sys.excepthook is not sys.__excepthook__\n"
-        "raise ValueError('boom-twice')\n"))
+    script = sandbox.script(
+        "twice.py",
+        (
+            "import sys\n"
+            "import corp_error_agent\n"
+            "assert sys.excepthook is sys.__excepthook__, 'import alone must not install hooks'\n"
+            "corp_error_agent.activate()\n"
+            "corp_error_agent.activate()\n"
+            "assert sys.excepthook is not sys.__excepthook__\n"
+            "raise ValueError('boom-twice')\n"
+        ),
+    )
     env = sandbox.env(backend.url, {"PYTHONPATH": str(ROOT)})
     proc = run(plain_venv.python, [script], env, cwd=sandbox.work)
     assert proc.returncode == 1
@@ -70,7 +78,8 @@ def test_previous_hook_runs_first(fresh_venv, backend, sandbox):
     venv = fresh_venv("copy")
     (venv.site_packages / "aaa_hook.pth").write_text(
         "import sys; sys.excepthook = lambda t, v, tb, _s=sys: "
-        "_s.stderr.write('AAA-HOOK %s: %s\\n' % (t.__name__, v))\n")
+        "_s.stderr.write('AAA-HOOK %s: %s\\n' % (t.__name__, v))\n"
+    )
     script = sandbox.script("app.py", failing_source("boom-prev"))
     proc = run(venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
     assert proc.returncode == 1
@@ -79,14 +88,18 @@ def test_previous_hook_runs_first(fresh_venv, backend, sandbox):
 
 
 def test_hook_installed_after_us_still_works(agent_venv, plain_venv, backend, sandbox):
-    script = sandbox.script("later.py", (
-        "import sys\n"
-        "previous = sys.excepthook\n"
-        "def mine(t, v, tb):\n"
-        "    sys.stderr.write('LATER-HOOK %s\\n' % t.__name__)\n"
-        "    previous(t, v, tb)\n"
-        "sys.excepthook = mine\n"
-        "raise ValueError('boom-later')\n"))
+    script = sandbox.script(
+        "later.py",
+        (
+            "import sys\n"
+            "previous = sys.excepthook\n"
+            "def mine(t, v, tb):\n"
+            "    sys.stderr.write('LATER-HOOK %s\\n' % t.__name__)\n"
+            "    previous(t, v, tb)\n"
+            "sys.excepthook = mine\n"
+            "raise ValueError('boom-later')\n"
+        ),
+    )
     with_agent = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
     without = run(plain_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
     assert with_agent.stderr.startswith(b"LATER-HOOK ValueError\nTraceback")
@@ -95,10 +108,14 @@ def test_hook_installed_after_us_still_works(agent_venv, plain_venv, backend, sa
 
 
 def test_hook_replacing_ours_is_respected(agent_venv, backend, sandbox):
-    script = sandbox.script("replace.py", (
-        "import sys\n"
-        "sys.excepthook = lambda *a: sys.stderr.write('ONLY-MINE\\n')\n"
-        "raise ValueError('boom-replaced')\n"))
+    script = sandbox.script(
+        "replace.py",
+        (
+            "import sys\n"
+            "sys.excepthook = lambda *a: sys.stderr.write('ONLY-MINE\\n')\n"
+            "raise ValueError('boom-replaced')\n"
+        ),
+    )
     proc = run(agent_venv.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
     assert (proc.returncode, proc.stderr) == (1, b"ONLY-MINE\n")
 
@@ -130,15 +147,40 @@ def test_interactive_prompt_errors_not_reported(agent_venv, backend, sandbox):
     assert [r for r in backend.settle() if r.path == "/beacon"] == []
     assert sandbox.spool() == []
 
-    proc = run(agent_venv.python, ["-i", "-c", "pass"], sandbox.env(backend.url, {"ERROR_AGENT_INTERACTIVE": "1"}),
-               cwd=sandbox.work, input=typed)
+    proc = run(
+        agent_venv.python,
+        ["-i", "-c", "pass"],
+        sandbox.env(backend.url, {"ERROR_AGENT_INTERACTIVE": "1"}),
+        cwd=sandbox.work,
+        input=typed,
+    )
     assert b"ValueError: typed-at-prompt" in proc.stderr
     wait_error(backend, "typed-at-prompt")
 
 
-HEAVY = {"json", "urllib", "urllib.request", "http", "http.client", "hashlib", "importlib.metadata",
-         "threading", "traceback", "socket", "ssl", "re", "asyncio", "email", "tempfile", "platform",
-         "argparse", "subprocess", "logging", "zipfile", "inspect"}
+HEAVY = {
+    "json",
+    "urllib",
+    "urllib.request",
+    "http",
+    "http.client",
+    "hashlib",
+    "importlib.metadata",
+    "threading",
+    "traceback",
+    "socket",
+    "ssl",
+    "re",
+    "asyncio",
+    "email",
+    "tempfile",
+    "platform",
+    "argparse",
+    "subprocess",
+    "logging",
+    "zipfile",
+    "inspect",
+}
 
 
 def test_no_heavy_imports_at_start(agent_venv, plain_venv, sandbox):

@@ -1,4 +1,5 @@
 """Dashboard test helpers: a browser-like HTTP client (cookies, forms, no redirects) and a webhook receiver."""
+
 from __future__ import annotations
 
 import http.server
@@ -18,21 +19,38 @@ SIG = "AttributeError: module 'tinylib' has no attribute 'frobnicate' @ __main__
 
 
 def env_body(env_hash: str, packages: dict, python: str = "3.11.7") -> dict:
-    return {"env_hash": env_hash, "packages": ["%s==%s" % kv for kv in packages.items()], "python_ver": python,
-            "os_info": "Linux-6.1.0-x86_64-with-glibc2.36", "machine_arch": "x86_64", "env_vars": {"LANG": "C.UTF-8"}}
+    return {
+        "env_hash": env_hash,
+        "packages": ["%s==%s" % kv for kv in packages.items()],
+        "python_ver": python,
+        "os_info": "Linux-6.1.0-x86_64-with-glibc2.36",
+        "machine_arch": "x86_64",
+        "env_vars": {"LANG": "C.UTF-8"},
+    }
 
 
 def error_beacon(env_hash: str, script_id: str, sig: str = SIG, **extra) -> dict:
-    body = {"kind": "error", "env_hash": env_hash, "script_id": script_id, "ts": time.time(),
-            "trace": "Traceback (most recent call last):\n  File \"x.py\", line 1\n" + sig.split(" @ ")[0],
-            "error_sig": sig}
+    body = {
+        "kind": "error",
+        "env_hash": env_hash,
+        "script_id": script_id,
+        "ts": time.time(),
+        "trace": "Traceback (most recent call last):\n  File \"x.py\", line 1\n" + sig.split(" @ ")[0],
+        "error_sig": sig,
+    }
     body.update(extra)
     return body
 
 
 def success_beacon(env_hash: str, script_id: str, prev_env: str, sig: str = SIG, **extra) -> dict:
-    body = {"kind": "success", "env_hash": env_hash, "script_id": script_id, "ts": time.time(),
-            "prev_env_hash": prev_env, "prev_error_sig": sig}
+    body = {
+        "kind": "success",
+        "env_hash": env_hash,
+        "script_id": script_id,
+        "ts": time.time(),
+        "prev_env_hash": prev_env,
+        "prev_error_sig": sig,
+    }
     body.update(extra)
     return body
 
@@ -50,8 +68,16 @@ class Browser:
         self.cookies: Dict[str, str] = {}
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
-    def request(self, method: str, path: str, *, form: Optional[dict] = None, json_body: Optional[dict] = None,
-                headers: Optional[dict] = None, token: Optional[str] = None) -> Tuple[int, Dict[str, str], str]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        form: Optional[dict] = None,
+        json_body: Optional[dict] = None,
+        headers: Optional[dict] = None,
+        token: Optional[str] = None,
+    ) -> Tuple[int, Dict[str, str], str]:
         data = None
         request = urllib.request.Request(self.base + path, method=method)
         if form is not None:
@@ -76,8 +102,11 @@ class Browser:
         for cookie in head.get_all("Set-Cookie") or []:
             name, _, rest = cookie.partition("=")
             self.cookies[name] = rest.split(";", 1)[0]
-        return status, {k.lower(): v for k, v in head.items()} | {"set-cookie": "\n".join(
-            head.get_all("Set-Cookie") or [])}, body.decode("utf-8")
+        return (
+            status,
+            {k.lower(): v for k, v in head.items()} | {"set-cookie": "\n".join(head.get_all("Set-Cookie") or [])},
+            body.decode("utf-8"),
+        )
 
     def get(self, path: str, **kw) -> Tuple[int, Dict[str, str], str]:
         return self.request("GET", path, **kw)

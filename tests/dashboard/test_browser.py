@@ -7,6 +7,7 @@ name raising a hostile message is shown as text and runs nothing; no request lea
 origin; the fleet page names this machine, as the agent sent its host name. Screenshots are kept
 under .cache/artifacts/dashboard/.
 """
+
 from __future__ import annotations
 
 import socket
@@ -21,10 +22,19 @@ from e2e.server_proc import ServerProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = support.CACHE / "artifacts" / "dashboard"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-quic", "--no-first-run"]
-HOSTILE_MESSAGE = ('<script>window.pwned = 1; alert(1)</script>"\'><img src=x onerror="window.pwned = 2; alert(2)">'
-                   ' <a href="javascript:alert(3)">click</a>')
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+]
+HOSTILE_MESSAGE = (
+    '<script>window.pwned = 1; alert(1)</script>"\'><img src=x onerror="window.pwned = 2; alert(2)">'
+    ' <a href="javascript:alert(3)">click</a>'
+)
 HOSTILE_NAME = 'evil"\'><svg onload=alert(4)>.py'
 FIX = 'pip install "tinylib==1.0"'
 
@@ -62,9 +72,9 @@ def test_list_group_diff_resolve_regression_and_hostile_traces(py, tmp_path, san
     try:
         env = sandbox.env(server.url)
         report = sandbox.script("report.py", demo.SCRIPT)
-        _run(new, report, env, 1)                                     # fails with tinylib 2.0
+        _run(new, report, env, 1)  # fails with tinylib 2.0
         server.wait_group("tinylib", lambda g: g["failing_runs"] >= 1)
-        _run(old, report, env, 0)                                     # runs clean with 1.0: an observed fix
+        _run(old, report, env, 0)  # runs clean with 1.0: an observed fix
         server.wait_group("tinylib", lambda g: g["succeeding_runs"] >= 1 and g["suggestion"]["match"])
         hostile = sandbox.script(HOSTILE_NAME, "raise ValueError(%r)\n" % HOSTILE_MESSAGE)
         _run(new, hostile, env, 1)
@@ -72,8 +82,12 @@ def test_list_group_diff_resolve_regression_and_hostile_traces(py, tmp_path, san
 
         with sync_playwright() as playwright:
             context = playwright.chromium.launch_persistent_context(
-                str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=ARGS,
-                viewport={"width": 1360, "height": 900})
+                str(tmp_path / "chromium-profile"),
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=ARGS,
+                viewport={"width": 1360, "height": 900},
+            )
             foreign, dialogs, csp = [], [], []
 
             def route(route):
@@ -82,6 +96,7 @@ def test_list_group_diff_resolve_regression_and_hostile_traces(py, tmp_path, san
                 else:
                     foreign.append(route.request.url)
                     route.abort()
+
             context.route("**/*", route)
             page = context.new_page()
             page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))

@@ -1,4 +1,5 @@
 """The dashboard over HTTP from a real server process: headers, sign-in, CSRF, triage, filters, host, fleet."""
+
 from __future__ import annotations
 
 import re
@@ -22,6 +23,7 @@ def start(db_target):
         server = ServerProcess(db_target, *args)
         started.append(server)
         return Browser(server.url)
+
     yield run
     for server in started:
         server.stop()
@@ -31,8 +33,10 @@ def _populate(browser: Browser, token=None) -> None:
     assert browser.post_json("/env", env_body("e1", {"tinylib": "2.0"}), token) == 201
     assert browser.post_json("/env", env_body("e2", {"tinylib": "1.0"}, python="3.12.1"), token) == 201
     for _ in range(3):
-        assert browser.post_json("/beacon", error_beacon("e1", "s1", script_name="report.py", host="build-7"),
-                                 token) == 200
+        assert (
+            browser.post_json("/beacon", error_beacon("e1", "s1", script_name="report.py", host="build-7"), token)
+            == 200
+        )
     assert browser.post_json("/beacon", success_beacon("e2", "s1", "e1", host="laptop-3"), token) == 200
 
 
@@ -67,8 +71,8 @@ def test_with_a_token_the_pages_ask_for_it_once_then_use_an_httponly_cookie(star
     assert "HttpOnly" in session and "SameSite=Strict" in session
     status, _, page = browser.get("/group/1")
     assert status == 200 and "tinylib" in page
-    assert browser.api("/api/errors")["total"] == 1                    # reading the API with the cookie
-    assert browser.post_json("/beacon", error_beacon("e1", "s1")) == 401   # but not writing
+    assert browser.api("/api/errors")["total"] == 1  # reading the API with the cookie
+    assert browser.post_json("/beacon", error_beacon("e1", "s1")) == 401  # but not writing
     anonymous = Browser(browser.base)
     assert anonymous.get("/fleet")[0] == 401 and anonymous.get("/api/errors")[0] == 401
     status, headers, _ = anonymous.request("POST", "/login", form={"token": TOKEN, "next": "//evil.example/"})
@@ -83,10 +87,17 @@ def test_triage_needs_the_forms_csrf_token_and_a_resolved_group_regresses(start)
     assert browser.cookies["cea_csrf"] == csrf
     assert browser.request("POST", "/group/1/status", form={"action": "resolve"})[0] == 403
     assert browser.request("POST", "/group/1/status", form={"action": "resolve", "csrf": "0" * 32})[0] == 403
-    other = Browser(browser.base)   # another browser's cookie does not match this form
+    other = Browser(browser.base)  # another browser's cookie does not match this form
     assert other.request("POST", "/group/1/status", form={"action": "resolve", "csrf": csrf})[0] == 403
-    assert browser.request("POST", "/group/1/status", form={"action": "resolve", "csrf": csrf},
-                           headers={"Origin": "http://evil.example"})[0] == 403
+    assert (
+        browser.request(
+            "POST",
+            "/group/1/status",
+            form={"action": "resolve", "csrf": csrf},
+            headers={"Origin": "http://evil.example"},
+        )[0]
+        == 403
+    )
     assert browser.request("POST", "/group/1/status", form={"action": "explode", "csrf": csrf})[0] == 400
     assert browser.api("/api/errors/1")["status"] == "new"
 
@@ -101,7 +112,7 @@ def test_triage_needs_the_forms_csrf_token_and_a_resolved_group_regresses(start)
 
     browser.request("POST", "/group/1/status", form={"action": "ignore", "csrf": csrf})
     assert browser.post_json("/beacon", error_beacon("e1", "s1")) == 200
-    assert browser.api("/api/errors/1")["status"] == "ignored"        # ignored stays ignored
+    assert browser.api("/api/errors/1")["status"] == "ignored"  # ignored stays ignored
     browser.request("POST", "/group/1/status", form={"action": "reopen", "csrf": csrf})
     assert browser.api("/api/errors/1")["status"] == "new"
 
@@ -124,7 +135,7 @@ def test_api_filters_sort_total_and_iso_times(start):
     assert browser.api("/api/errors?python=3.12")["total"] == 1
     assert browser.api("/api/errors?python=3.11.7")["total"] == 1
     assert browser.api("/api/errors?script=s1")["groups"][0]["count"] == 3
-    assert browser.api("/api/errors?q=100%25_done")["total"] == 1        # % and _ are literal
+    assert browser.api("/api/errors?q=100%25_done")["total"] == 1  # % and _ are literal
     assert browser.api("/api/errors?q=50%25")["total"] == 0
     page = browser.api("/api/errors?limit=1&offset=1")
     assert page["total"] == 2 and len(page["groups"]) == 1 and page["offset"] == 1
@@ -154,9 +165,9 @@ def test_group_environment_and_diff_pages(start):
     _populate(browser)
     page = browser.get("/group/1")[2]
     assert 'pip install &quot;tinylib==1.0&quot;' in page
-    assert 'href="/diff?a=e1&amp;b=e2"' in page                # the observed fix, with its diff
+    assert 'href="/diff?a=e1&amp;b=e2"' in page  # the observed fix, with its diff
     assert "<details open>" in page and "AttributeError: module &#x27;tinylib&#x27;" in page
-    assert "report.py on build-7" in page and "<td>laptop-3</td>" in page     # hosts of the runs
+    assert "report.py on build-7" in page and "<td>laptop-3</td>" in page  # hosts of the runs
     diff = browser.get("/diff?a=e1&b=e2")[2]
     assert re.search(r"package tinylib</td><td class=\"before\">2\.0</td><td class=\"after\">1\.0", diff)
     env = browser.get("/env/e1")[2]

@@ -1,4 +1,5 @@
 """The reference server as a real subprocess (``python -m corp_error_server --port 0``) for e2e tests."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,15 @@ from support import ROOT, WAIT_TIMEOUT, clean_env
 class ServerProcess:
     def __init__(self, db: Path, *args: str) -> None:
         env = clean_env({"PYTHONPATH": str(ROOT), "ERROR_AGENT_ENABLED": "0"})
-        self.proc = subprocess.Popen([sys.executable, "-m", "corp_error_server", "--port", "0", "--db", str(db), *args],
-                                     cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "corp_error_server", "--port", "0", "--db", str(db), *args],
+            cwd=str(ROOT),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.log: list = []
         self._lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
@@ -65,9 +72,11 @@ class ServerProcess:
             if group is not None and ready(group):
                 return group
             if time.monotonic() > deadline:
-                raise AssertionError("group %r not ready within %.0f s: %s\nserver log:\n%s"
-                                     % (needle, timeout, json.dumps(group, indent=1), "".join(self.log)))
-            time.sleep(delay)   # poll interval of a bounded wait
+                raise AssertionError(
+                    "group %r not ready within %.0f s: %s\nserver log:\n%s"
+                    % (needle, timeout, json.dumps(group, indent=1), "".join(self.log))
+                )
+            time.sleep(delay)  # poll interval of a bounded wait
             delay = min(delay * 2, 0.25)
 
     def stop(self) -> None:

@@ -1,5 +1,6 @@
 """`corp-error-server demo --quick`: the whole loop offline, ending with the command that fixes it,
 without touching the user's own agent configuration or spool, and leaving nothing behind."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from pathlib import Path
 import support
 from support import ROOT, tree
 
-FIX = '/bin/python -m pip install "tinylib==1.0"'   # (the pip of the demo's failing venv)
+FIX = '/bin/python -m pip install "tinylib==1.0"'  # (the pip of the demo's failing venv)
 TIMEOUT = support.PROC_TIMEOUT * 4
 
 
@@ -21,14 +22,24 @@ def _user(sandbox):
     config.write_text(json.dumps({"backend_url": support.closed_port_url(), "hints": False}))
     tmp = sandbox.tmp / "tmpdir"
     tmp.mkdir()
-    env = sandbox.env(support.closed_port_url(), cache_dir=False,
-                      extra={"TMPDIR": str(tmp), "ERROR_AGENT_HINT": "0", "ERROR_AGENT_CACHE_DIR": str(sandbox.cache)})
+    env = sandbox.env(
+        support.closed_port_url(),
+        cache_dir=False,
+        extra={"TMPDIR": str(tmp), "ERROR_AGENT_HINT": "0", "ERROR_AGENT_CACHE_DIR": str(sandbox.cache)},
+    )
     return env, tmp
 
 
 def _demo(cmd, env, cwd) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], env=env, cwd=str(cwd), stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(
+        [str(c) for c in cmd],
+        env=env,
+        cwd=str(cwd),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert proc.returncode == 0, "demo failed (%d):\n%s\n%s" % (proc.returncode, proc.stdout, proc.stderr)
     return proc
 
@@ -41,9 +52,16 @@ def test_demo_quick(sandbox):
     out = proc.stdout
     assert FIX in out
     # the story, in order: failure, success elsewhere, the hint, the fix applied
-    steps = [out.index(s) for s in ("AttributeError: module 'tinylib' has no attribute 'frobnicate'",
-                                    "frobnicated the quarterly report", "[corp-error-agent] tinylib 2.0 -> 1.0",
-                                    FIX, "Exit status 0: fixed.")]
+    steps = [
+        out.index(s)
+        for s in (
+            "AttributeError: module 'tinylib' has no attribute 'frobnicate'",
+            "frobnicated the quarterly report",
+            "[corp-error-agent] tinylib 2.0 -> 1.0",
+            FIX,
+            "Exit status 0: fixed.",
+        )
+    ]
     assert steps == sorted(steps), out
     assert "1 failing run(s), 1 succeeding run(s)" in out
     # nothing of the user's was read or written, nothing was left behind

@@ -6,6 +6,7 @@ the reference server as a subprocess. The script fails in the new venv, runs cle
 (a success beacon after the failure), fails again in the new venv -- and the hint under that
 traceback names packaging, a version that works, and the evidence.
 """
+
 from __future__ import annotations
 
 import re
@@ -41,8 +42,12 @@ def _pypi_reachable() -> bool:
 
 
 def _pip(venv: support.Venv, *args: str) -> subprocess.CompletedProcess:
-    return run(venv.python, ["-m", "pip", *args, "-q", "--disable-pip-version-check"],
-               support.clean_env(), timeout=support.PROC_TIMEOUT * 3)
+    return run(
+        venv.python,
+        ["-m", "pip", *args, "-q", "--disable-pip-version-check"],
+        support.clean_env(),
+        timeout=support.PROC_TIMEOUT * 3,
+    )
 
 
 def install(venv: support.Venv, *requirements: str) -> None:
@@ -62,8 +67,7 @@ def install(venv: support.Venv, *requirements: str) -> None:
 
 
 def _version(venv: support.Venv, dist: str) -> str:
-    proc = run(venv.python, ["-c", "import importlib.metadata as m; print(m.version(%r))" % dist],
-               support.clean_env())
+    proc = run(venv.python, ["-c", "import importlib.metadata as m; print(m.version(%r))" % dist], support.clean_env())
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.decode().strip()
 
@@ -101,20 +105,21 @@ def test_packaging_legacyversion_breakage(py, tmp_path, sandbox):
         third = run(new.python, [script], env, cwd=sandbox.work)
         err3 = third.stderr.decode("utf-8", "replace")
         assert third.returncode == 1, err3
-        print(err3)   # shown with -s / on failure: the traceback and the hint a user would see
+        print(err3)  # shown with -s / on failure: the traceback and the hint a user would see
         lines = err3.splitlines()
-        exc_line = next(i for i, line in enumerate(lines)
-                        if line.startswith("AttributeError: module 'packaging.version'"))
+        exc_line = next(
+            i for i, line in enumerate(lines) if line.startswith("AttributeError: module 'packaging.version'")
+        )
         hint_at = [i for i, line in enumerate(lines) if line.startswith("[corp-error-agent] ")]
         assert hint_at and hint_at[0] > exc_line, "no hint under the traceback:\n" + err3
         hint = lines[hint_at[0]]
-        fix = next((line for line in lines[hint_at[0]:] if line.startswith("  fix:")), "")
+        fix = next((line for line in lines[hint_at[0] :] if line.startswith("  fix:")), "")
         works = re.compile(r'packaging==21\.3|packaging\s*<\s*22')
         assert "packaging" in hint and ("21.3" in hint or "<22" in hint.replace(" ", "")), err3
         assert works.search(fix), "the fix does not pin a working packaging:\n" + err3
         assert 'pip install "packaging==21.3"' in fix or "pip install" in fix
-        assert new_version in hint                                   # what this env has ...
-        assert "observed fix" in hint or "succeeds in" in hint       # ... and the evidence
+        assert new_version in hint  # what this env has ...
+        assert "observed fix" in hint or "succeeds in" in hint  # ... and the evidence
         assert re.search(r"confidence: \d+%", err3)
 
         # the server's view agrees: both runs counted, the observed fix is the evidence

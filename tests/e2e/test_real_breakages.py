@@ -13,6 +13,7 @@ the agent copied into copies of them, the reference server as a subprocess. The 
 then the printed command is followed in a copy of the failing venv (for `use Python X`, a venv of
 that interpreter with the failing venv's packages) and the script must now succeed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,48 +42,93 @@ _TOOLS = {"pip", "setuptools", "wheel", "distribute"}
 class Breakage:
     name: str
     script: str
-    broken: Tuple[str, Tuple[str, ...]]        # (interpreter "3.X", requirements)
+    broken: Tuple[str, Tuple[str, ...]]  # (interpreter "3.X", requirements)
     fixed: Tuple[str, Tuple[str, ...]]
-    error: str                                 # the exception line of the traceback, its start
-    output: str                                # what a clean run prints
-    fix: str                                   # regex the printed `fix:` line must match
+    error: str  # the exception line of the traceback, its start
+    output: str  # what a clean run prints
+    fix: str  # regex the printed `fix:` line must match
     broken_vars: Dict[str, str] = field(default_factory=dict)
     fixed_vars: Dict[str, str] = field(default_factory=dict)
 
 
 CASES = [
-    Breakage("jinja2-markup", 'from jinja2 import Markup\n\nprint("rendered", Markup("<b>%s</b>") % "ok")\n',
-             ("3.11", ("jinja2==3.1.4", "markupsafe==2.1.5")), ("3.11", ("jinja2==3.0.3", "markupsafe==2.1.5")),
-             "ImportError: cannot import name 'Markup' from 'jinja2'", "rendered <b>ok</b>",
-             r'pip install "?jinja2(==3\.0\.3|<3\.1)"?'),
-    Breakage("markupsafe-soft-unicode", 'from markupsafe import soft_unicode\n\nprint("escaped", soft_unicode(1))\n',
-             ("3.9", ("markupsafe==2.1.5",)), ("3.9", ("markupsafe==2.0.1",)),
-             "ImportError: cannot import name 'soft_unicode' from 'markupsafe'", "escaped 1",
-             r'pip install "?markupsafe(==2\.0\.1|<2\.1)"?'),
-    Breakage("werkzeug-url-quote", 'from werkzeug.urls import url_quote\n\nprint("quoted", url_quote("a b"))\n',
-             ("3.11", ("werkzeug==3.0.6", "markupsafe==2.1.5")), ("3.11", ("werkzeug==2.3.8", "markupsafe==2.1.5")),
-             "ImportError: cannot import name 'url_quote' from 'werkzeug.urls'", "quoted a%20b",
-             r'pip install "?werkzeug(==2\.3\.8|<3)"?'),
-    Breakage("tomllib-3.10", 'import tomllib\n\nprint("parsed", tomllib.loads("a = 1"))\n',
-             ("3.10", ()), ("3.11", ()), "ModuleNotFoundError: No module named 'tomllib'", "parsed {'a': 1}",
-             r"use Python 3\.1[1-9]"),
-    Breakage("distutils-3.12", 'from distutils.version import LooseVersion\n\n'
-                               'print("compared", LooseVersion("1.2") < LooseVersion("1.10"))\n',
-             ("3.12", ()), ("3.11", ()), "ModuleNotFoundError: No module named 'distutils'", "compared True",
-             r"use Python 3\.(8|9|10|11)\b|pip install \"?setuptools"),
-    Breakage("collections-abc-3.10", 'from collections import Mapping\n\nprint("mapping", issubclass(dict, Mapping))\n',
-             ("3.10", ()), ("3.9", ()), "ImportError: cannot import name 'Mapping' from 'collections'",
-             "mapping True", r"use Python 3\.[89]\b"),
-    Breakage("env-app-mode", 'import os\n\nmode = os.environ.get("APP_MODE", "dev")\nif mode == "prod":\n'
-                             '    raise PermissionError("the report bucket is read-only for this host")\n'
-                             'print("report written in", mode, "mode")\n',
-             ("3.11", ()), ("3.11", ()), "PermissionError: the report bucket is read-only", "report written in",
-             r"export APP_MODE=(?!prod\b)\S+|unset APP_MODE", {"APP_MODE": "prod"}, {"APP_MODE": "dev"}),
-    Breakage("pandas-append-numpy", 'import pandas as pd\n\nframe = pd.DataFrame({"a": [1]})\n'
-                                    'frame = frame.append({"a": 2}, ignore_index=True)\nprint("rows", len(frame))\n',
-             ("3.11", ("pandas==2.2.3", "numpy==2.1.3")), ("3.11", ("pandas==1.5.3", "numpy==1.26.4")),
-             "AttributeError: 'DataFrame' object has no attribute 'append'", "rows 2",
-             r'(?=.*pandas(==1\.5\.3|<2))(?=.*numpy(==1\.26\.4|<2))pip install'),
+    Breakage(
+        "jinja2-markup",
+        'from jinja2 import Markup\n\nprint("rendered", Markup("<b>%s</b>") % "ok")\n',
+        ("3.11", ("jinja2==3.1.4", "markupsafe==2.1.5")),
+        ("3.11", ("jinja2==3.0.3", "markupsafe==2.1.5")),
+        "ImportError: cannot import name 'Markup' from 'jinja2'",
+        "rendered <b>ok</b>",
+        r'pip install "?jinja2(==3\.0\.3|<3\.1)"?',
+    ),
+    Breakage(
+        "markupsafe-soft-unicode",
+        'from markupsafe import soft_unicode\n\nprint("escaped", soft_unicode(1))\n',
+        ("3.9", ("markupsafe==2.1.5",)),
+        ("3.9", ("markupsafe==2.0.1",)),
+        "ImportError: cannot import name 'soft_unicode' from 'markupsafe'",
+        "escaped 1",
+        r'pip install "?markupsafe(==2\.0\.1|<2\.1)"?',
+    ),
+    Breakage(
+        "werkzeug-url-quote",
+        'from werkzeug.urls import url_quote\n\nprint("quoted", url_quote("a b"))\n',
+        ("3.11", ("werkzeug==3.0.6", "markupsafe==2.1.5")),
+        ("3.11", ("werkzeug==2.3.8", "markupsafe==2.1.5")),
+        "ImportError: cannot import name 'url_quote' from 'werkzeug.urls'",
+        "quoted a%20b",
+        r'pip install "?werkzeug(==2\.3\.8|<3)"?',
+    ),
+    Breakage(
+        "tomllib-3.10",
+        'import tomllib\n\nprint("parsed", tomllib.loads("a = 1"))\n',
+        ("3.10", ()),
+        ("3.11", ()),
+        "ModuleNotFoundError: No module named 'tomllib'",
+        "parsed {'a': 1}",
+        r"use Python 3\.1[1-9]",
+    ),
+    Breakage(
+        "distutils-3.12",
+        'from distutils.version import LooseVersion\n\nprint("compared", LooseVersion("1.2") < LooseVersion("1.10"))\n',
+        ("3.12", ()),
+        ("3.11", ()),
+        "ModuleNotFoundError: No module named 'distutils'",
+        "compared True",
+        r"use Python 3\.(8|9|10|11)\b|pip install \"?setuptools",
+    ),
+    Breakage(
+        "collections-abc-3.10",
+        'from collections import Mapping\n\nprint("mapping", issubclass(dict, Mapping))\n',
+        ("3.10", ()),
+        ("3.9", ()),
+        "ImportError: cannot import name 'Mapping' from 'collections'",
+        "mapping True",
+        r"use Python 3\.[89]\b",
+    ),
+    Breakage(
+        "env-app-mode",
+        'import os\n\nmode = os.environ.get("APP_MODE", "dev")\nif mode == "prod":\n'
+        '    raise PermissionError("the report bucket is read-only for this host")\n'
+        'print("report written in", mode, "mode")\n',
+        ("3.11", ()),
+        ("3.11", ()),
+        "PermissionError: the report bucket is read-only",
+        "report written in",
+        r"export APP_MODE=(?!prod\b)\S+|unset APP_MODE",
+        {"APP_MODE": "prod"},
+        {"APP_MODE": "dev"},
+    ),
+    Breakage(
+        "pandas-append-numpy",
+        'import pandas as pd\n\nframe = pd.DataFrame({"a": [1]})\n'
+        'frame = frame.append({"a": 2}, ignore_index=True)\nprint("rows", len(frame))\n',
+        ("3.11", ("pandas==2.2.3", "numpy==2.1.3")),
+        ("3.11", ("pandas==1.5.3", "numpy==1.26.4")),
+        "AttributeError: 'DataFrame' object has no attribute 'append'",
+        "rows 2",
+        r'(?=.*pandas(==1\.5\.3|<2))(?=.*numpy(==1\.26\.4|<2))pip install',
+    ),
 ]
 
 ###############################################################################
@@ -129,8 +175,14 @@ def _packages(venv: support.Venv) -> List[str]:
     proc = run(venv.python, ["-m", "pip", "freeze", "--all", "--disable-pip-version-check"], support.clean_env())
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.decode().split()
-    return [line for line in lines if "==" in line and line.split("==")[0].lower() not in _TOOLS
-            and not line.lower().startswith("corp-error-agent")]
+    return [
+        line
+        for line in lines
+        if "==" in line
+        and line.split("==")[0].lower() not in _TOOLS
+        and not line.lower().startswith("corp-error-agent")
+    ]
+
 
 ###############################################################################
 # Following the printed command ###############################################
@@ -176,10 +228,13 @@ def _hint(stderr: str, error: str, server_view: str) -> Tuple[str, str]:
     assert exc_line is not None, "no %r in:\n%s" % (error, stderr)
     hint_at = [i for i, line in enumerate(lines) if line.startswith("[corp-error-agent] ")]
     assert hint_at and hint_at[0] > exc_line, "no hint under the traceback:\n%s\nthe server's suggestion: %s" % (
-        stderr, server_view)
-    fix = next((line for line in lines[hint_at[0]:] if line.startswith("  fix:")), "")
+        stderr,
+        server_view,
+    )
+    fix = next((line for line in lines[hint_at[0] :] if line.startswith("  fix:")), "")
     assert fix, "the hint names no command:\n" + stderr
     return lines[hint_at[0]], fix.split(":", 1)[1].strip()
+
 
 ###############################################################################
 # The tests ###################################################################
@@ -231,8 +286,11 @@ def test_real_breakage_and_its_fix(case: Breakage, tmp_path, sandbox):
         followed, followed_env = follow(command, broken, tmp_path, broken_env)
         after = run(followed.python, [script], followed_env, cwd=sandbox.work, timeout=support.PROC_TIMEOUT * 2)
         out = after.stdout.decode("utf-8", "replace")
-        assert after.returncode == 0 and case.output in out, (
-            "after `%s` the script still fails:\n%s%s" % (command, out, after.stderr.decode("utf-8", "replace")))
+        assert after.returncode == 0 and case.output in out, "after `%s` the script still fails:\n%s%s" % (
+            command,
+            out,
+            after.stderr.decode("utf-8", "replace"),
+        )
     finally:
         server.stop()
 

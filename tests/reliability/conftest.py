@@ -1,4 +1,5 @@
 """Fixtures of the reliability suite: the 3.11 agent venv the fault matrix runs on."""
+
 from __future__ import annotations
 
 from pathlib import Path

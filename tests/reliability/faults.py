@@ -5,6 +5,7 @@ TLS-only listener with a certificate made by the openssl CLI, a port where nothi
 that cannot resolve), the host scripts run in real subprocesses, and "recovered" is a fresh
 RecordingBackend that `python -m corp_error_agent flush` delivers to.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,7 +36,8 @@ SCRIPTS: Dict[str, str] = {
         "def load(path):\n"
         "    raise FileNotFoundError(2, 'No such file or directory', path)\n"
         "\n"
-        "load('/srv/data/input-main.csv')\n"),
+        "load('/srv/data/input-main.csv')\n"
+    ),
     "thread": (
         "import threading\n"
         "\n"
@@ -45,13 +47,15 @@ SCRIPTS: Dict[str, str] = {
         "t = threading.Thread(target=work, name='worker')\n"
         "t.start()\n"
         "t.join()\n"
-        "print('main thread finished')\n"),
+        "print('main thread finished')\n"
+    ),
     "child": (
         "import subprocess, sys, os\n"
         "child = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'child_fails.py')\n"
         "rc = subprocess.call([sys.executable, child])\n"
         "print('child exited with', rc)\n"
-        "sys.exit(rc)\n"),
+        "sys.exit(rc)\n"
+    ),
 }
 CHILD = "import sys\nsys.stdout.write('child running\\n')\nraise KeyError('boom-in-child')\n"
 
@@ -70,6 +74,7 @@ def write_scripts(directory: Path) -> Dict[str, Path]:
 # TLS ##########################################################################
 ###############################################################################
 
+
 def make_cert(directory: Path) -> Optional[tuple]:
     """(certfile, keyfile) of a self-signed cert for 127.0.0.1 made by the openssl CLI, or None."""
     openssl = shutil.which("openssl")
@@ -78,10 +83,28 @@ def make_cert(directory: Path) -> Optional[tuple]:
     cert, key = directory / "cert.pem", directory / "key.pem"
     if not cert.exists():
         directory.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                               "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                               "-keyout", str(key), "-out", str(cert)],
-                              capture_output=True, timeout=60)
+        proc = subprocess.run(
+            [
+                openssl,
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            capture_output=True,
+            timeout=60,
+        )
         if proc.returncode != 0:
             return None
     return cert, key
@@ -182,6 +205,7 @@ def fault_backend(fault: str, tmp: Path) -> Iterator[tuple]:
 # The matrix ###################################################################
 ###############################################################################
 
+
 def spool_ids(cache: Path) -> List[str]:
     """event_ids of every beacon in the spool, claimed ones included."""
     ids = []
@@ -204,8 +228,9 @@ def baseline(python: Path, script: Path, sandbox: Sandbox) -> subprocess.Complet
     return run(python, [script], env, cwd=script.parent, timeout=CELL_TIMEOUT)
 
 
-def run_cell(python: Path, fault: str, script: Path, base: subprocess.CompletedProcess, tmp: Path,
-             expected: int = 1) -> dict:
+def run_cell(
+    python: Path, fault: str, script: Path, base: subprocess.CompletedProcess, tmp: Path, expected: int = 1
+) -> dict:
     """Run ``script`` against ``fault``, then flush to a recovered backend, and account for every beacon.
 
     A beacon is delivered when a backend answered its POST with a 2xx status line: the recovered
@@ -222,8 +247,13 @@ def run_cell(python: Path, fault: str, script: Path, base: subprocess.CompletedP
         at_fault = beacon_ids(fault_server) if fault_server is not None else []
     waiting = spool_ids(sandbox.cache)
     with RecordingBackend() as recovered:
-        flush = run(python, ["-m", "corp_error_agent", "flush", "--json"], sandbox.env(recovered.url),
-                    cwd=sandbox.work, timeout=CELL_TIMEOUT)
+        flush = run(
+            python,
+            ["-m", "corp_error_agent", "flush", "--json"],
+            sandbox.env(recovered.url),
+            cwd=sandbox.work,
+            timeout=CELL_TIMEOUT,
+        )
         recovered.settle()
         arrived = beacon_ids(recovered)
     accepted = set(at_fault) if fault in ACCEPTING + ("reset",) else set()
@@ -234,24 +264,47 @@ def run_cell(python: Path, fault: str, script: Path, base: subprocess.CompletedP
     seen = set(waiting) | set(at_fault) | set(arrived)
     same = (proc.returncode, proc.stdout, proc.stderr) == (base.returncode, base.stdout, base.stderr)
     return {
-        "fault": fault, "script": script.name, "same": same, "expected": expected, "generated": len(seen),
-        "delivered": len(delivered), "duplicated": duplicated, "ids": sorted(seen),
+        "fault": fault,
+        "script": script.name,
+        "same": same,
+        "expected": expected,
+        "generated": len(seen),
+        "delivered": len(delivered),
+        "duplicated": duplicated,
+        "ids": sorted(seen),
         "left_in_spool": sorted(p.name for p in (sandbox.cache / "spool").glob("*"))
-        if (sandbox.cache / "spool").is_dir() else [],
-        "proc": proc, "flush": flush,
+        if (sandbox.cache / "spool").is_dir()
+        else [],
+        "proc": proc,
+        "flush": flush,
     }
 
 
 def cell_ok(cell: dict) -> bool:
-    return (cell["same"] and cell["generated"] == cell["expected"] == cell["delivered"]
-            and cell["duplicated"] == 0 and not cell["left_in_spool"])
+    return (
+        cell["same"]
+        and cell["generated"] == cell["expected"] == cell["delivered"]
+        and cell["duplicated"] == 0
+        and not cell["left_in_spool"]
+    )
 
 
 def describe(cell: dict, base: subprocess.CompletedProcess) -> str:
     proc, flush = cell["proc"], cell["flush"]
-    return ("fault=%s script=%s\n exit %s (baseline %s)\n stderr:\n%s\n baseline stderr:\n%s\n"
-            " flush exit %s: %s %s\n ids=%s left_in_spool=%s" % (
-                cell["fault"], cell["script"], proc.returncode, base.returncode,
-                proc.stderr.decode("utf-8", "replace")[-3000:], base.stderr.decode("utf-8", "replace")[-3000:],
-                flush.returncode, flush.stdout.decode("utf-8", "replace"), flush.stderr.decode("utf-8", "replace"),
-                cell["ids"], cell["left_in_spool"]))
+    return (
+        "fault=%s script=%s\n exit %s (baseline %s)\n stderr:\n%s\n baseline stderr:\n%s\n"
+        " flush exit %s: %s %s\n ids=%s left_in_spool=%s"
+        % (
+            cell["fault"],
+            cell["script"],
+            proc.returncode,
+            base.returncode,
+            proc.stderr.decode("utf-8", "replace")[-3000:],
+            base.stderr.decode("utf-8", "replace")[-3000:],
+            flush.returncode,
+            flush.stdout.decode("utf-8", "replace"),
+            flush.stderr.decode("utf-8", "replace"),
+            cell["ids"],
+            cell["left_in_spool"],
+        )
+    )

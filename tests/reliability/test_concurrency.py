@@ -1,5 +1,6 @@
 """Fifty processes failing at once with the backend down, then up: all fifty beacons delivered once,
 and no file in the spool is ever torn (every *.json parses whenever we look)."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,17 @@ class SpoolWatcher(threading.Thread):
 
 
 def _popen_all(python, script, env, cwd, count):
-    return [subprocess.Popen([str(python), str(script), str(i)], env=env, cwd=str(cwd), stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(count)]
+    return [
+        subprocess.Popen(
+            [str(python), str(script), str(i)],
+            env=env,
+            cwd=str(cwd),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(count)
+    ]
 
 
 def _wait_all(procs):
@@ -64,9 +74,17 @@ def test_fifty_failing_processes_then_concurrent_flushes(venv311, sandbox):
         spooled = {json.loads(p.read_text())["beacon"]["event_id"] for p in sandbox.spool()}
         assert len(spooled) == N
         with RecordingBackend() as backend:
-            flushes = [subprocess.Popen([str(venv311.python), "-m", "corp_error_agent", "flush", "--json"],
-                                        env=sandbox.env(backend.url), cwd=str(sandbox.work), stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL) for _ in range(4)]
+            flushes = [
+                subprocess.Popen(
+                    [str(venv311.python), "-m", "corp_error_agent", "flush", "--json"],
+                    env=sandbox.env(backend.url),
+                    cwd=str(sandbox.work),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    stdin=subprocess.DEVNULL,
+                )
+                for _ in range(4)
+            ]
             outs = [json.loads(p.communicate(timeout=PROC_TIMEOUT)[0]) for p in flushes]
             backend.settle()
             ids = [b["event_id"] for b in backend.bodies("/beacon")]
@@ -91,11 +109,12 @@ def test_fifty_failing_processes_while_the_backend_comes_back(venv311, sandbox):
         env = sandbox.env(backend.url, {"ERROR_AGENT_SUGGEST_TIMEOUT": "30"})
         results = _wait_all(_popen_all(venv311.python, script, env, sandbox.work, N // 2))
         assert all(rc == 1 for rc, _ in results)
-        flush = run(venv311.python, ["-m", "corp_error_agent", "flush", "--json"], sandbox.env(backend.url),
-                    cwd=sandbox.work)
+        flush = run(
+            venv311.python, ["-m", "corp_error_agent", "flush", "--json"], sandbox.env(backend.url), cwd=sandbox.work
+        )
         assert json.loads(flush.stdout)["remaining"] == 0, flush.stdout
         backend.settle()
         ids = [b["event_id"] for b in backend.bodies("/beacon") if b.get("kind") == "error"]
     messages = {b["trace"].strip().rsplit(" ", 1)[-1] for b in backend.bodies("/beacon") if b.get("kind") == "error"}
     assert len(ids) == len(set(ids)) == N, sorted({i for i in ids if ids.count(i) > 1})
-    assert len(messages) == N // 2   # each index ran twice: once down, once up
+    assert len(messages) == N // 2  # each index ran twice: once down, once up

@@ -4,6 +4,7 @@ locale, sys.stderr = None, -S, -I, PYTHONSAFEPATH, a read-only script directory.
 The tests run as whatever user CI uses (often root, for whom permission bits do not stop writes), so
 "cannot be written" is made with a path that goes through a regular file: no user can create that.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,9 @@ def _pair(venv, sandbox, args, env, cwd):
 
 def _same(base, proc):
     assert (proc.returncode, proc.stdout, proc.stderr) == (base.returncode, base.stdout, base.stderr), (
-        proc.stderr.decode("utf-8", "replace")[-2000:], base.stderr.decode("utf-8", "replace")[-2000:])
+        proc.stderr.decode("utf-8", "replace")[-2000:],
+        base.stderr.decode("utf-8", "replace")[-2000:],
+    )
 
 
 def _blocked(sandbox, name):
@@ -56,7 +59,7 @@ def test_home_missing_or_unwritable(home, venv311, sandbox, backend):
         env.pop(name)
     if home == "missing":
         env.pop("HOME")
-        env["XDG_CACHE_HOME"] = str(sandbox.cache_home)   # keep the real user's home out of it
+        env["XDG_CACHE_HOME"] = str(sandbox.cache_home)  # keep the real user's home out of it
         env["XDG_CONFIG_HOME"] = str(sandbox.config_home)
     elif home == "file":
         env["HOME"] = str(_blocked(sandbox, "home").parent)
@@ -87,8 +90,9 @@ def _fake_entries(spool, template, count, start_ts, prefix):
 
 
 def _status(venv, sandbox):
-    proc = run(venv.python, ["-m", "corp_error_agent", "status", "--json"], sandbox.env(closed_port_url()),
-               cwd=sandbox.work)
+    proc = run(
+        venv.python, ["-m", "corp_error_agent", "status", "--json"], sandbox.env(closed_port_url()), cwd=sandbox.work
+    )
     assert proc.returncode == 1 and b"Traceback" not in proc.stderr, proc.stderr  # 1: the backend is down
     return json.loads(proc.stdout)["spool"]
 
@@ -108,9 +112,9 @@ def test_full_spool_keeps_the_bound_drops_the_oldest_and_counts(venv311, sandbox
     ids = [json.loads(p.read_text())["beacon"]["event_id"] for p in entries]
     assert len(entries) == 500
     newest = [i for i in ids if not i.startswith(("aa", "ee"))]
-    assert len(newest) == 2 and template["beacon"]["event_id"] in newest   # both real failures kept
+    assert len(newest) == 2 and template["beacon"]["event_id"] in newest  # both real failures kept
     assert not set(expired) & set(ids)
-    assert ids[:498] == kept[-498:]                                        # the oldest were dropped
+    assert ids[:498] == kept[-498:]  # the oldest were dropped
     summary = _status(venv311, sandbox)
     assert summary["count"] == 500
     assert sum(summary["dropped"].values()) == 3 + 520 - 498, summary
@@ -154,8 +158,11 @@ def test_no_site_means_no_agent(venv311, sandbox, backend):
     assert not (sandbox.cache / "spool").exists() or sandbox.spool() == []
 
 
-@pytest.mark.parametrize("flags, extra", [(["-I"], {}), ([], {"PYTHONSAFEPATH": "1"}), (["-E", "-s"], {})],
-                         ids=["isolated", "safepath", "E-s"])
+@pytest.mark.parametrize(
+    "flags, extra",
+    [(["-I"], {}), ([], {"PYTHONSAFEPATH": "1"}), (["-E", "-s"], {})],
+    ids=["isolated", "safepath", "E-s"],
+)
 def test_isolated_and_safe_path(flags, extra, venv311, sandbox, backend):
     script = sandbox.script("app.py", failing_source("boom-flags"))
     base, proc = _pair(venv311, sandbox, flags + [script], sandbox.env(backend.url, extra), sandbox.work)

@@ -3,6 +3,7 @@ recovers every beacon arrives exactly once (counted by event_id).
 
 The whole matrix runs on CPython 3.11; a smoke of two cells runs on every other interpreter.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,14 @@ def test_fault_matrix(fault, venv311, matrix_scripts, baselines, tmp_path):
     if fault in faults.TLS_FAULTS:
         _tls_available(tmp_path)
     with ThreadPoolExecutor(3) as pool:
-        cells = list(pool.map(lambda name: faults.run_cell(
-            venv311.python, fault, matrix_scripts[name], baselines[name], tmp_path / name), matrix_scripts))
+        cells = list(
+            pool.map(
+                lambda name: faults.run_cell(
+                    venv311.python, fault, matrix_scripts[name], baselines[name], tmp_path / name
+                ),
+                matrix_scripts,
+            )
+        )
     for cell, name in zip(cells, matrix_scripts):
         base = baselines[name]
         assert cell["same"], faults.describe(cell, base)
@@ -91,8 +98,9 @@ def test_4xx_is_dropped_and_counted_never_retried(code, venv311, sandbox):
         backend.settle()
         assert sandbox.spool() == []
         assert _status(venv311, sandbox, backend.url)["spool"]["dropped"] == {"rejected-%d" % code: 1}
-        flush = run(venv311.python, ["-m", "corp_error_agent", "flush", "--json"], sandbox.env(backend.url),
-                    cwd=sandbox.work)
+        flush = run(
+            venv311.python, ["-m", "corp_error_agent", "flush", "--json"], sandbox.env(backend.url), cwd=sandbox.work
+        )
         assert json.loads(flush.stdout) == {"delivered": 0, "rejected": 0, "remaining": 0}
         # a second failure sends its own beacon once; the dropped one never comes back
         run(venv311.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
@@ -105,7 +113,7 @@ def test_4xx_is_dropped_and_counted_never_retried(code, venv311, sandbox):
 
 def test_429_keeps_the_beacon_and_honours_retry_after(venv311, sandbox):
     with RecordingBackend() as backend:
-        backend.set_fault("429")   # Retry-After: 120
+        backend.set_fault("429")  # Retry-After: 120
         script = sandbox.script("app.py", failing_source("boom-429"))
         proc = run(venv311.python, [script], sandbox.env(backend.url), cwd=sandbox.work)
         assert proc.returncode == 1
@@ -114,7 +122,7 @@ def test_429_keeps_the_beacon_and_honours_retry_after(venv311, sandbox):
         [breaker_file] = sandbox.breakers()
         breaker = json.loads(breaker_file.read_text())
         beacon_ts = json.loads(entry.read_text())["beacon"]["ts"]
-        assert 100 <= breaker["until"] - beacon_ts <= 130, breaker   # 120 s, not the default 180
+        assert 100 <= breaker["until"] - beacon_ts <= 130, breaker  # 120 s, not the default 180
         assert "429" in breaker["reason"]
         # while the breaker is open, the next failure does not contact the backend at all
         before = len(backend.settle())
@@ -122,8 +130,9 @@ def test_429_keeps_the_beacon_and_honours_retry_after(venv311, sandbox):
         assert len(backend.settle()) == before
         assert len(sandbox.spool()) == 2
         backend.set_fault(None)
-        flush = run(venv311.python, ["-m", "corp_error_agent", "flush", "--json"], sandbox.env(backend.url),
-                    cwd=sandbox.work)
+        flush = run(
+            venv311.python, ["-m", "corp_error_agent", "flush", "--json"], sandbox.env(backend.url), cwd=sandbox.work
+        )
         assert json.loads(flush.stdout)["delivered"] == 2 and sandbox.spool() == []
 
 
@@ -141,15 +150,16 @@ def test_drain_is_bounded_per_contact(venv311, sandbox):
         entry["beacon"]["event_id"] = "%032x" % (i + 1)
         entry["beacon"]["ts"] = template["beacon"]["ts"] - 1000 + i
         (spool / ("%020d-%s.json" % (int(entry["beacon"]["ts"] * 1e6), entry["beacon"]["event_id"]))).write_text(
-            json.dumps(entry))
+            json.dumps(entry)
+        )
     assert sandbox.reset_breakers() == 1
     with RecordingBackend() as backend:
-        run(venv311.python, [script], sandbox.env(backend.url, {"ERROR_AGENT_SUGGEST_TIMEOUT": "20"}),
-            cwd=sandbox.work)
+        run(venv311.python, [script], sandbox.env(backend.url, {"ERROR_AGENT_SUGGEST_TIMEOUT": "20"}), cwd=sandbox.work)
         first = [r.json["event_id"] for r in backend.settle() if r.path == "/beacon"]
         assert 1 <= len(first) <= 50
-        flush = run(venv311.python, ["-m", "corp_error_agent", "flush", "--json"], sandbox.env(backend.url),
-                    cwd=sandbox.work)
+        flush = run(
+            venv311.python, ["-m", "corp_error_agent", "flush", "--json"], sandbox.env(backend.url), cwd=sandbox.work
+        )
         assert json.loads(flush.stdout)["remaining"] == 0
         ids = [r.json["event_id"] for r in backend.settle() if r.path == "/beacon"]
     assert len(ids) == len(set(ids)) == 121

@@ -1,5 +1,6 @@
 """The real server process under hostile input: generated requests on every route, SQL-shaped values,
 oversized bodies, idle and trickling connections, the token on every route, loopback-only binding."""
+
 from __future__ import annotations
 
 import http.client
@@ -24,11 +25,15 @@ class Server:
 
     def __init__(self, db: Path, *args: str, env=None):
         self.db = db
-        self.proc = subprocess.Popen([sys.executable, "-m", "corp_error_server", "--port", "0", "--db", str(db)]
-                                     + list(args), cwd=str(ROOT), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env=clean_env(dict({"PYTHONPATH": str(ROOT), "ERROR_AGENT_ENABLED": "0"},
-                                                        **(env or {}))))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "corp_error_server", "--port", "0", "--db", str(db)] + list(args),
+            cwd=str(ROOT),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(dict({"PYTHONPATH": str(ROOT), "ERROR_AGENT_ENABLED": "0"}, **(env or {}))),
+        )
         self.log = []
         lines: queue.Queue[str] = queue.Queue()
 
@@ -37,6 +42,7 @@ class Server:
                 self.log.append(line)
                 lines.put(line)
             lines.put("")
+
         threading.Thread(target=pump, daemon=True).start()
         deadline = time.monotonic() + 60
         while True:
@@ -62,6 +68,7 @@ def start(tmp_path):
     def make(*args, env=None):
         servers.append(Server(tmp_path / ("db%d.sqlite" % len(servers)), *args, env=env))
         return servers[-1]
+
     yield make
     for server in servers:
         server.stop()
@@ -84,18 +91,34 @@ def test_sql_shaped_values_are_stored_verbatim_and_inert(start):
     server = start()
     t = server.target
     evil = server_fuzz.SQLI
-    env = {"env_hash": "5e11", "packages": ["numpy==1.0"], "python_ver": "3.11.7", "os_info": evil[0][:120],
-           "machine_arch": "x86_64", "env_vars": {"LANG": evil[1], "X'); DROP TABLE envs;--": evil[2]}}
+    env = {
+        "env_hash": "5e11",
+        "packages": ["numpy==1.0"],
+        "python_ver": "3.11.7",
+        "os_info": evil[0][:120],
+        "machine_arch": "x86_64",
+        "env_vars": {"LANG": evil[1], "X'); DROP TABLE envs;--": evil[2]},
+    }
     assert t.send("POST", "/env", json.dumps(env).encode(), [("Content-Type", "application/json")])[0] in (200, 201)
     for i, value in enumerate(evil):
-        beacon = {"kind": "error", "env_hash": "5e11", "script_id": "s%d" % i, "ts": 1.7e9,
-                  "script_name": value[:100], "event_id": "%032x" % i,
-                  "error_sig": "ValueError: %s @ m.f" % value,
-                  "trace": "Traceback (most recent call last):\nValueError: %s\n" % value}
+        beacon = {
+            "kind": "error",
+            "env_hash": "5e11",
+            "script_id": "s%d" % i,
+            "ts": 1.7e9,
+            "script_name": value[:100],
+            "event_id": "%032x" % i,
+            "error_sig": "ValueError: %s @ m.f" % value,
+            "trace": "Traceback (most recent call last):\nValueError: %s\n" % value,
+        }
         status, payload = t.send("POST", "/beacon", json.dumps(beacon).encode(), [("Content-Type", "application/json")])
         assert status in (200, 204), payload
-        status, payload = t.send("POST", "/suggest", json.dumps({"error_sig": value, "env_hash": "5e11"}).encode(),
-                                 [("Content-Type", "application/json")])
+        status, payload = t.send(
+            "POST",
+            "/suggest",
+            json.dumps({"error_sig": value, "env_hash": "5e11"}).encode(),
+            [("Content-Type", "application/json")],
+        )
         assert status == 200, payload
     groups = json.loads(t.send("GET", "/api/errors?limit=500")[1])["groups"]
     assert sum(g["count"] for g in groups) == len(evil)
@@ -134,9 +157,14 @@ def test_body_over_the_limit_is_refused_without_waiting_for_it(route, start):
     """Content-Length of 1 GB and 10 bytes sent: a 413 comes back while the client still holds the
     rest (the server's own read timeout is 120 s; the client gives up after WAIT_TIMEOUT)."""
     server = start("--timeout", "120")
-    answer = _raw(server.port, ("POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                                "Content-Length: 1000000000\r\n\r\n{\"kind\": " % route).encode(),
-                  timeout=min(WAIT_TIMEOUT, 60))
+    answer = _raw(
+        server.port,
+        (
+            "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 1000000000\r\n\r\n{\"kind\": " % route
+        ).encode(),
+        timeout=min(WAIT_TIMEOUT, 60),
+    )
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
     assert server.proc.poll() is None
 
@@ -168,15 +196,16 @@ def test_trickling_connections_cannot_hold_every_worker(start):
                 sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
             except OSError:
                 pass
-        while not stop.wait(0.2):    # the attacker's pace, not a synchronisation
+        while not stop.wait(0.2):  # the attacker's pace, not a synchronisation
             for sock in socks:
                 try:
                     sock.sendall(b"a")
                 except OSError:
                     pass
             rounds[0] += 1
-            if rounds[0] >= 20:         # 4 s: twice the server's per-read timeout
+            if rounds[0] >= 20:  # 4 s: twice the server's per-read timeout
                 established.set()
+
     thread = threading.Thread(target=trickle, daemon=True)
     thread.start()
     try:
@@ -195,34 +224,58 @@ def _answer_eventually(port, timeout: float = WAIT_TIMEOUT) -> bytes:
     last = b""
     while time.monotonic() < deadline:
         try:
-            last = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                        timeout=max(0.5, deadline - time.monotonic()))
+            last = _raw(
+                port,
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                timeout=max(0.5, deadline - time.monotonic()),
+            )
         except OSError as error:
             last = repr(error).encode()
         if last.startswith(b"HTTP/1.1 "):
             return last
-        threading.Event().wait(0.05)   # poll interval of a bounded retry
+        threading.Event().wait(0.05)  # poll interval of a bounded retry
     return last
 
 
-ROUTES = [("POST", "/beacon"), ("POST", "/env"), ("POST", "/suggest"), ("GET", "/api/errors"),
-          ("GET", "/api/errors/1"), ("GET", "/openapi.json"), ("PUT", "/beacon"), ("DELETE", "/api/errors")]
+ROUTES = [
+    ("POST", "/beacon"),
+    ("POST", "/env"),
+    ("POST", "/suggest"),
+    ("GET", "/api/errors"),
+    ("GET", "/api/errors/1"),
+    ("GET", "/openapi.json"),
+    ("PUT", "/beacon"),
+    ("DELETE", "/api/errors"),
+]
 
 
 def test_token_is_enforced_on_every_route_and_never_logged(start):
     token = "tok-Sekr1t-%s" % os.urandom(6).hex()
     server = start(env={"CORP_ERROR_SERVER_TOKEN": token})
     t = server.target
-    body = json.dumps({"kind": "error", "env_hash": "a1", "script_id": "b2", "ts": 1.7e9,
-                       "error_sig": "ValueError: x"}).encode()
+    body = json.dumps(
+        {"kind": "error", "env_hash": "a1", "script_id": "b2", "ts": 1.7e9, "error_sig": "ValueError: x"}
+    ).encode()
     for method, path in ROUTES:
-        for auth in (None, "Bearer wrong", "Bearer " + token.upper(), "Basic " + token, token, "Bearer",
-                     "Bearer " + token + "x", "Bearer  " + token[:-1]):
+        for auth in (
+            None,
+            "Bearer wrong",
+            "Bearer " + token.upper(),
+            "Basic " + token,
+            token,
+            "Bearer",
+            "Bearer " + token + "x",
+            "Bearer  " + token[:-1],
+        ):
             headers = [("Content-Type", "application/json")] + ([("Authorization", auth)] if auth else [])
             status, _ = t.send(method, path, body if method == "POST" else b"", headers)
             assert status == 401, (method, path, auth, status)
-        status, _ = t.send(method, path, body if method == "POST" else b"",
-                           [("Content-Type", "application/json"), ("Authorization", "Bearer " + token)])
+        status, _ = t.send(
+            method,
+            path,
+            body if method == "POST" else b"",
+            [("Content-Type", "application/json"), ("Authorization", "Bearer " + token)],
+        )
         assert status != 401, (method, path)
     assert t.send("GET", "/healthz")[0] == 200
     server.stop()
@@ -252,7 +305,7 @@ def test_listens_on_loopback_only_by_default(start):
     server = start()
     addresses = _listening(server.port)
     assert addresses, "server port not found in /proc/net/tcp"
-    loopback = {"0100007F", "00000000000000000000000001000000"}   # 127.0.0.1, ::1
+    loopback = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1, ::1
     assert set(addresses) <= loopback, addresses
     assert server.host == "127.0.0.1"
 
@@ -261,17 +314,22 @@ def test_a_log_stream_nobody_reads_neither_grows_nor_holds_the_shutdown(tmp_path
     """stderr a pipe whose reader reads the first line and stops: the log's writer blocks in write,
     requests are still answered, and SIGTERM still ends the process."""
     read_end, write_end = os.pipe()
-    proc = subprocess.Popen([sys.executable, "-m", "corp_error_server", "--port", "0", "--db", str(tmp_path / "e.db")],
-                            cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=write_end,
-                            env=clean_env({"PYTHONPATH": str(ROOT), "ERROR_AGENT_ENABLED": "0"}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corp_error_server", "--port", "0", "--db", str(tmp_path / "e.db")],
+        cwd=str(ROOT),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=write_end,
+        env=clean_env({"PYTHONPATH": str(ROOT), "ERROR_AGENT_ENABLED": "0"}),
+    )
     os.close(write_end)
     try:
         first = b""
         while not first.endswith(b"\n"):
             first += os.read(read_end, 1)
-        host, port = first.decode().split()[-1][len("http://"):].rsplit(":", 1)
+        host, port = first.decode().split()[-1][len("http://") :].rsplit(":", 1)
         connection = http.client.HTTPConnection(host, int(port), timeout=30)
-        for _ in range(3000):   # ~200 KB of access-log lines: more than a pipe holds
+        for _ in range(3000):  # ~200 KB of access-log lines: more than a pipe holds
             connection.request("GET", "/healthz?" + "x" * 40)
             assert connection.getresponse().read()
         connection.close()

@@ -1,6 +1,7 @@
 """Storage under faults, with real server processes under load: PostgreSQL stopped and started again,
 a server SIGKILLed, two servers on one PostgreSQL, concurrent purges. The invariant everywhere: a
 beacon the server acknowledged (2xx) is stored."""
+
 from __future__ import annotations
 
 import http.client
@@ -34,7 +35,7 @@ class Load:
         self.acked: Set[str] = set()
         self.statuses: Dict[int, int] = {}
         self.retry_after: Set[Optional[str]] = set()
-        self.failures = 0                     # connections refused or dropped
+        self.failures = 0  # connections refused or dropped
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(_THREADS)]
@@ -46,11 +47,20 @@ class Load:
         i = 0
         while not self._stop.is_set():
             url = self._urls[(n + i) % len(self._urls)]
-            host, port = url[len("http://"):].rsplit(":", 1)
+            host, port = url[len("http://") :].rsplit(":", 1)
             event_id = "%s%d-%d" % (self._prefix, n, i)
-            body = json.dumps({"kind": "error", "env_hash": "env%d" % (i % 3), "script_id": "s%d" % n, "ts": 1.7e9,
-                               "error_sig": SIG, "trace": "Traceback:\nValueError: burst", "event_id": event_id,
-                               "handled": i % 5 == 0})
+            body = json.dumps(
+                {
+                    "kind": "error",
+                    "env_hash": "env%d" % (i % 3),
+                    "script_id": "s%d" % n,
+                    "ts": 1.7e9,
+                    "error_sig": SIG,
+                    "trace": "Traceback:\nValueError: burst",
+                    "event_id": event_id,
+                    "handled": i % 5 == 0,
+                }
+            )
             i += 1
             try:
                 if conn is None or len(self._urls) > 1:
@@ -96,9 +106,11 @@ def _stored(target: str) -> Set[str]:
 
 def _consistent(target: str) -> None:
     """The group's totals are what its beacons say."""
-    (errors, handled, stored, stored_handled), = db_rows(
-        target, "SELECT g.errors, g.handled, (SELECT COUNT(*) FROM beacons b WHERE b.group_id = g.id), "
-                "(SELECT COUNT(*) FROM beacons b WHERE b.group_id = g.id AND b.handled = 1) FROM groups g")
+    ((errors, handled, stored, stored_handled),) = db_rows(
+        target,
+        "SELECT g.errors, g.handled, (SELECT COUNT(*) FROM beacons b WHERE b.group_id = g.id), "
+        "(SELECT COUNT(*) FROM beacons b WHERE b.group_id = g.id AND b.handled = 1) FROM groups g",
+    )
     assert (errors, handled) == (stored, stored_handled)
 
 
@@ -118,7 +130,7 @@ def test_postgresql_stopped_and_started_under_load(own_cluster):
         server.stop()
     assert load.retry_after == {"1"}
     assert set(load.statuses) <= {200, 204, 503}, load.statuses
-    assert load.failures == 0          # the server stayed up and answered every request
+    assert load.failures == 0  # the server stayed up and answered every request
     assert load.acked <= _stored(target)
     _consistent(target)
     assert any("storage unavailable: PostgreSQL" in line for line in server.log)
@@ -136,9 +148,9 @@ def test_sigkill_of_a_server_under_load_loses_nothing_acknowledged(db_target):
         load.stop()
     assert load.acked <= _stored(db_target)
     _consistent(db_target)
-    again = ServerProcess(db_target)   # and the database opens and takes beacons after the crash
+    again = ServerProcess(db_target)  # and the database opens and takes beacons after the crash
     try:
-        group, = again.get("/api/errors")["groups"]
+        (group,) = again.get("/api/errors")["groups"]
         assert group["count"] >= len(load.acked)
     finally:
         again.stop()
@@ -152,13 +164,14 @@ def test_two_servers_on_one_postgresql_behave_as_one(pg_cluster, tmp_path):
         loads = [Load([first.url, second.url], prefix="x"), Load([second.url, first.url], prefix="x")]
         for load in loads:
             load.wait_for(lambda load=load: len(load.acked) >= 150, "150 beacons acknowledged")
-        for env in ("env0", "env1", "env2"):   # environments arrive while beacons of them keep coming
+        for env in ("env0", "env1", "env2"):  # environments arrive while beacons of them keep coming
             status = _post(first.url if env != "env1" else second.url, "/env", _env_body(env))
             assert status in (200, 201), "".join(first.log[-30:] + second.log[-30:])
         for load in loads:
             acked = len(load.acked)
-            load.wait_for(lambda load=load, acked=acked: len(load.acked) >= acked + 150,
-                          "more beacons after the environments")
+            load.wait_for(
+                lambda load=load, acked=acked: len(load.acked) >= acked + 150, "more beacons after the environments"
+            )
     finally:
         for load in loads:
             load.stop()
@@ -168,13 +181,13 @@ def test_two_servers_on_one_postgresql_behave_as_one(pg_cluster, tmp_path):
         assert acked <= stored
         assert db_rows(target, "SELECT COUNT(*), COUNT(DISTINCT event_id) FROM beacons") == [(len(stored),) * 2]
         assert first.get("/api/errors") == second.get("/api/errors")
-        group, = first.get("/api/errors")["groups"]
+        (group,) = first.get("/api/errors")["groups"]
         assert group["count"] == len(stored)
         _consistent(target)
         # every beacon whose environment is known is counted, in whichever process either arrived
         assert db_rows(target, "SELECT COUNT(*) FROM beacons WHERE counted = 0") == [(0,)]
         assert group["failing_runs"] == len(stored)
-        (python_fails,), = db_rows(target, "SELECT SUM(fails) FROM counts WHERE feature = 'python'")
+        ((python_fails,),) = db_rows(target, "SELECT SUM(fails) FROM counts WHERE feature = 'python'")
         assert python_fails == len(stored)
     finally:
         first.stop()
@@ -182,12 +195,17 @@ def test_two_servers_on_one_postgresql_behave_as_one(pg_cluster, tmp_path):
 
 
 def _env_body(env_hash: str) -> dict:
-    return {"env_hash": env_hash, "packages": ["six==1.16"], "python_ver": "3.11.7", "os_info": "Linux",
-            "machine_arch": "x86_64"}
+    return {
+        "env_hash": env_hash,
+        "packages": ["six==1.16"],
+        "python_ver": "3.11.7",
+        "os_info": "Linux",
+        "machine_arch": "x86_64",
+    }
 
 
 def _post(url: str, path: str, body: dict) -> int:
-    host, port = url[len("http://"):].rsplit(":", 1)
+    host, port = url[len("http://") :].rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
         conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
@@ -201,16 +219,30 @@ def _post(url: str, path: str, body: dict) -> int:
 def test_concurrent_purges_delete_each_beacon_once(db_target):
     storages = [open_storage(db_target) for _ in range(3)]
     storages[0].add_env(Env("e1", {"packages": {}}, {"python": "3.11", "pkg:a": "1"}))
-    beacon = Beacon(kind="error", env_hash="e1", script_id="s1", group_key="valueerror: x", signature="ValueError: x",
-                    trace=None, ts=1.7e9, event_id=None, script_name=None, agent=None, test=False, prev_env_hash=None,
-                    prev_group_key=None, mentions=frozenset())
-    storages[0].add_beacons([(beacon._replace(event_id="p%d" % i), None) for i in range(1500)])   # 2 batches
+    beacon = Beacon(
+        kind="error",
+        env_hash="e1",
+        script_id="s1",
+        group_key="valueerror: x",
+        signature="ValueError: x",
+        trace=None,
+        ts=1.7e9,
+        event_id=None,
+        script_name=None,
+        agent=None,
+        test=False,
+        prev_env_hash=None,
+        prev_group_key=None,
+        mentions=frozenset(),
+    )
+    storages[0].add_beacons([(beacon._replace(event_id="p%d" % i), None) for i in range(1500)])  # 2 batches
     deleted: List[int] = []
     barrier = threading.Barrier(len(storages))
 
     def purge(storage) -> None:
         barrier.wait()
         deleted.append(storage.purge(time.time() + 86400))
+
     threads = [threading.Thread(target=purge, args=(s,)) for s in storages]
     for thread in threads:
         thread.start()
@@ -227,9 +259,9 @@ def test_concurrent_purges_delete_each_beacon_once(db_target):
 
 def test_pool_opened_after_fork(pg_cluster):
     storage = open_storage(pg_cluster.database())
-    storage.add_env(Env("e1", {"packages": {}}, {"python": "3.11"}))   # the parent's pool is in use
+    storage.add_env(Env("e1", {"packages": {}}, {"python": "3.11"}))  # the parent's pool is in use
     pid = os.fork()
-    if pid == 0:   # the child uses the storage it inherited: it must open connections of its own
+    if pid == 0:  # the child uses the storage it inherited: it must open connections of its own
         try:
             storage.add_env(Env("e2", {"packages": {}}, {"python": "3.12"}))
             os._exit(0 if storage.env_features("e1") == {"python": "3.11"} else 3)
@@ -262,11 +294,18 @@ def test_gunicorn_with_four_workers_on_postgresql(pg_cluster, tmp_path):
         pytest.skip("CPython 3.11 %s" % python)
     venv = support.package_venv(python, "3.11", ["gunicorn", "psycopg[binary]", "psycopg_pool"])
     target = pg_cluster.database()
-    env = support.clean_env({"PYTHONPATH": str(support.ROOT), "ERROR_AGENT_ENABLED": "0",
-                             "CORP_ERROR_SERVER_DB": target})
-    proc = subprocess.Popen([str(venv.python), "-m", "gunicorn", "-w", "4", "-b", "127.0.0.1:0",
-                             "corp_error_server:app"], cwd=str(tmp_path), env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = support.clean_env(
+        {"PYTHONPATH": str(support.ROOT), "ERROR_AGENT_ENABLED": "0", "CORP_ERROR_SERVER_DB": target}
+    )
+    proc = subprocess.Popen(
+        [str(venv.python), "-m", "gunicorn", "-w", "4", "-b", "127.0.0.1:0", "corp_error_server:app"],
+        cwd=str(tmp_path),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log: List[str] = []
     try:
         url = None
@@ -277,12 +316,12 @@ def test_gunicorn_with_four_workers_on_postgresql(pg_cluster, tmp_path):
                 break
         assert url, "".join(log)
         threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()
-        loads = [Load([url], prefix="g"), Load([url], prefix="g")]   # the same event ids, twice at once
+        loads = [Load([url], prefix="g"), Load([url], prefix="g")]  # the same event ids, twice at once
         for load in loads:
             load.wait_for(lambda load=load: len(load.acked) >= 200, "200 beacons acknowledged")
         workers = _children(proc.pid)
         assert len(workers) == 4, workers
-        os.kill(workers[0], signal.SIGKILL)   # gunicorn starts another; its clients reconnect
+        os.kill(workers[0], signal.SIGKILL)  # gunicorn starts another; its clients reconnect
         for load in loads:
             acked = len(load.acked)
             load.wait_for(lambda load=load, acked=acked: len(load.acked) >= acked + 200, "beacons after the kill")
@@ -293,9 +332,9 @@ def test_gunicorn_with_four_workers_on_postgresql(pg_cluster, tmp_path):
         assert acked <= stored
         assert db_rows(target, "SELECT COUNT(*), COUNT(DISTINCT event_id) FROM beacons") == [(len(stored),) * 2]
         _consistent(target)
-        answers = {json.dumps(_get(url, "/api/errors"), sort_keys=True) for _ in range(8)}   # whichever worker
+        answers = {json.dumps(_get(url, "/api/errors"), sort_keys=True) for _ in range(8)}  # whichever worker
         assert len(answers) == 1
-        group, = json.loads(answers.pop())["groups"]
+        (group,) = json.loads(answers.pop())["groups"]
         assert group["count"] == len(stored)
     finally:
         for load in loads:
@@ -305,7 +344,7 @@ def test_gunicorn_with_four_workers_on_postgresql(pg_cluster, tmp_path):
 
 
 def _get(url: str, path: str):
-    host, port = url[len("http://"):].rsplit(":", 1)
+    host, port = url[len("http://") :].rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
         conn.request("GET", path)
@@ -315,7 +354,7 @@ def _get(url: str, path: str):
 
 
 def _health(url: str):
-    host, port = url[len("http://"):].rsplit(":", 1)
+    host, port = url[len("http://") :].rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
     try:
         conn.request("GET", "/healthz")
@@ -340,6 +379,7 @@ def test_healthz_says_503_while_postgresql_is_down(own_cluster):
 
 def test_gunicorn_started_with_postgresql_down_answers_503_then_serves(own_cluster, tmp_path):
     from gunicorn_support import Gunicorn
+
     target = own_cluster.database()
     own_cluster.stop("fast")
     server = Gunicorn(["--workers", "1"], {"CORP_ERROR_SERVER_DB": target}, tmp_path / "gunicorn.log")

@@ -1,4 +1,5 @@
 """A real corp-error-server process on a free loopback port, on each backend (``db_target``)."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,13 @@ class Server:
         self.db = db
         env = dict(os.environ, PYTHONPATH=str(REPO))
         env.pop("CORP_ERROR_SERVER_TOKEN", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "corp_error_server", "--port", "0", "--db", str(self.db),
-                                      *args], cwd=str(REPO), env=env, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "corp_error_server", "--port", "0", "--db", str(self.db), *args],
+            cwd=str(REPO),
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list = []
         threading.Thread(target=self._pump, daemon=True).start()
@@ -47,8 +53,16 @@ class Server:
         self.stop()
         raise RuntimeError("server did not start: %s" % "".join(self.log))
 
-    def request(self, method: str, path: str, body=None, *, raw: Optional[bytes] = None, token: Optional[str] = None,
-                headers: Optional[dict] = None):
+    def request(
+        self,
+        method: str,
+        path: str,
+        body=None,
+        *,
+        raw: Optional[bytes] = None,
+        token: Optional[str] = None,
+        headers: Optional[dict] = None,
+    ):
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         request = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
@@ -92,14 +106,24 @@ def make_server(db_target):
 
 
 def env_body(env_hash: str, packages: dict, python: str = "3.11.7", **env_vars) -> dict:
-    return {"env_hash": env_hash, "packages": ["%s==%s" % kv for kv in packages.items()], "python_ver": python,
-            "os_info": "Linux-6.1.0-x86_64-with-glibc2.36", "machine_arch": "x86_64",
-            "env_vars": env_vars or {"LANG": "C.UTF-8"}}
+    return {
+        "env_hash": env_hash,
+        "packages": ["%s==%s" % kv for kv in packages.items()],
+        "python_ver": python,
+        "os_info": "Linux-6.1.0-x86_64-with-glibc2.36",
+        "machine_arch": "x86_64",
+        "env_vars": env_vars or {"LANG": "C.UTF-8"},
+    }
 
 
 def error_beacon(env_hash: str, script_id: str, sig: str, **extra) -> dict:
-    body = {"kind": "error", "env_hash": env_hash, "script_id": script_id, "ts": 1700000000.0,
-            "trace": "Traceback (most recent call last):\n  File \"x.py\", line 1\n" + sig.split(" @ ")[0],
-            "error_sig": sig}
+    body = {
+        "kind": "error",
+        "env_hash": env_hash,
+        "script_id": script_id,
+        "ts": 1700000000.0,
+        "trace": "Traceback (most recent call last):\n  File \"x.py\", line 1\n" + sig.split(" @ ")[0],
+        "error_sig": sig,
+    }
     body.update(extra)
     return body

@@ -3,6 +3,7 @@
 Wheels are cached under the repository's .cache/ (gitignored); from nothing the test downloads
 them. It is skipped, saying why, only when the package index cannot be reached.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,13 +23,16 @@ WHEELS = CACHE / "wheels"
 OUR_SIG = "AttributeError: module 'requests' has no attribute 'LegacyAPI' @ __main__.<module>"
 SCRIPT = "import os, requests\nif os.environ.get('BROKEN'):\n    requests.LegacyAPI\n"
 # what our agent sends for the same script on another machine: the trace names the file (job.py)
-OUR_TRACE = ("Traceback (most recent call last):\n  File \"~/work/job.py\", line 3, in <module>\n"
-             "    requests.LegacyAPI\n" + OUR_SIG.split(" @ ")[0] + "\n")
+OUR_TRACE = (
+    "Traceback (most recent call last):\n  File \"~/work/job.py\", line 3, in <module>\n"
+    "    requests.LegacyAPI\n" + OUR_SIG.split(" @ ")[0] + "\n"
+)
 
 
 def _pip(python: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([python, "-m", "pip", "--disable-pip-version-check", "-q", *args],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [python, "-m", "pip", "--disable-pip-version-check", "-q", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def _index_reachable() -> str:
@@ -60,19 +64,30 @@ def old_client(tmp_path_factory) -> str:
 
 def _version(python: str, module: str) -> str:
     # (not with ERROR_AGENT_ENABLED=0: the 0.4.2 client then calls sys.exit(0) inside site.py, fatally)
-    return subprocess.run([python, "-c", "import %s; print(%s.__version__)" % (module, module)], capture_output=True,
-                          text=True, check=True, timeout=60,
-                          cwd=os.path.dirname(python)).stdout.strip()   # away from this repo's agent module
+    return subprocess.run(
+        [python, "-c", "import %s; print(%s.__version__)" % (module, module)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=os.path.dirname(python),
+    ).stdout.strip()  # away from this repo's agent module
 
 
 def _run(python: str, tmp_path, url: str, broken: bool) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ERROR_AGENT_", "PYTHON"))}
-    env.update(ERROR_AGENT_URL=url, ERROR_AGENT_SUGGEST_TIMEOUT="10", HOME=str(tmp_path),
-               XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.update(
+        ERROR_AGENT_URL=url,
+        ERROR_AGENT_SUGGEST_TIMEOUT="10",
+        HOME=str(tmp_path),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+    )
     if broken:
         env["BROKEN"] = "1"
-    return subprocess.run([python, str(tmp_path / "job.py")], cwd=str(tmp_path), env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [python, str(tmp_path / "job.py")], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def _group(server) -> dict:
@@ -97,8 +112,18 @@ def test_old_client_groups_with_our_agent_and_gets_the_fix_it_observed(old_clien
         server.request("POST", "/env", env_body(before, {"requests": requests_version, "urllib3": "2.%d.0" % i}))
         server.request("POST", "/env", env_body(after, {"requests": "2.0.0", "urllib3": "2.%d.0" % i}))
         server.request("POST", "/beacon", error_beacon(before, "ours%d" % i, OUR_SIG, trace=OUR_TRACE))
-        server.request("POST", "/beacon", {"kind": "success", "env_hash": after, "script_id": "ours%d" % i,
-                                           "ts": time.time(), "prev_env_hash": before, "prev_error_sig": OUR_SIG})
+        server.request(
+            "POST",
+            "/beacon",
+            {
+                "kind": "success",
+                "env_hash": after,
+                "script_id": "ours%d" % i,
+                "ts": time.time(),
+                "prev_env_hash": before,
+                "prev_error_sig": OUR_SIG,
+            },
+        )
     (tmp_path / "job.py").write_text(SCRIPT)
 
     first = _run(old_client, tmp_path, server.url, broken=True)
@@ -122,7 +147,8 @@ def test_old_client_groups_with_our_agent_and_gets_the_fix_it_observed(old_clien
     clean = _run(old_client, tmp_path, server.url, broken=False)
     assert clean.returncode == 0, clean.stderr
     script_id = detail["recent"][0]["script_id"]
-    status = server.request("POST", "/beacon", {"kind": "success", "env_hash": old_env, "script_id": script_id,
-                                                "ts": time.time()})[0]
+    status = server.request(
+        "POST", "/beacon", {"kind": "success", "env_hash": old_env, "script_id": script_id, "ts": time.time()}
+    )[0]
     assert status == 200
     assert _group(server)["succeeding_runs"] >= 4

@@ -1,4 +1,5 @@
 """The deployment files under deploy/ and the commands in docs/deployment.md match the real CLIs."""
+
 from __future__ import annotations
 
 import configparser
@@ -21,7 +22,7 @@ DOC = ROOT / "docs" / "deployment.md"
 
 def _unit(name: str) -> configparser.ConfigParser:
     unit = configparser.ConfigParser(interpolation=None, strict=False)
-    unit.optionxform = str   # systemd keys are case-sensitive
+    unit.optionxform = str  # systemd keys are case-sensitive
     unit.read_string((DEPLOY / name).read_text())
     assert {"Unit", "Service", "Install"} <= set(unit.sections()), name
     assert unit["Install"]["WantedBy"] == "multi-user.target"
@@ -43,7 +44,7 @@ def test_the_embedded_server_unit_runs_a_valid_command_on_its_state_directory():
     unit = _unit("corp-error-server.service")
     argv = _exec_start("corp-error-server.service")
     assert Path(argv[0]).name == "corp-error-server"
-    args = _parser().parse_args(argv[1:])          # an unknown option would exit here
+    args = _parser().parse_args(argv[1:])  # an unknown option would exit here
     assert args.db.startswith("/var/lib/%s/" % unit["Service"]["StateDirectory"])
     assert args.host == "127.0.0.1"
 
@@ -52,23 +53,32 @@ def test_the_documented_server_commands_parse():
     commands = _doc_commands("corp-error-server")
     assert commands
     for argv in commands:
-        if argv[1:2] and not argv[1].startswith("-"):   # a subcommand: it must exist and take these options
-            result = subprocess.run(["python3", "-m", "corp_error_server", *argv[1:], "--help"], cwd=str(ROOT),
-                                    env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
+        if argv[1:2] and not argv[1].startswith("-"):  # a subcommand: it must exist and take these options
+            result = subprocess.run(
+                ["python3", "-m", "corp_error_server", *argv[1:], "--help"],
+                cwd=str(ROOT),
+                env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                capture_output=True,
+                text=True,
+            )
             assert result.returncode == 0, (argv, result.stderr)
         else:
             _parser().parse_args(argv[1:])
-    assert _exec_start("corp-error-server.service")[1:] in [a[1:] for a in commands]   # the doc shows the unit's
+    assert _exec_start("corp-error-server.service")[1:] in [a[1:] for a in commands]  # the doc shows the unit's
 
 
 def test_the_gunicorn_unit_is_a_valid_gunicorn_command_for_the_app(tmp_path):
     argv = _exec_start("corp-error-server-gunicorn.service")
     assert Path(argv[0]).name == "gunicorn" and argv[-1] == "corp_error_server:app"
-    assert argv[1:] in [a[1:] for a in _doc_commands("gunicorn")]     # the doc shows the unit's command
+    assert argv[1:] in [a[1:] for a in _doc_commands("gunicorn")]  # the doc shows the unit's command
     # gunicorn itself checks every option and imports the app (which opens no database until a request)
-    check = subprocess.run([str(gunicorn_python()), "-m", "gunicorn", "--check-config", *argv[1:]], cwd=str(tmp_path),
-                           env=dict(os.environ, PYTHONPATH=str(ROOT), CORP_ERROR_SERVER_DB=str(tmp_path / "x.db")),
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [str(gunicorn_python()), "-m", "gunicorn", "--check-config", *argv[1:]],
+        cwd=str(tmp_path),
+        env=dict(os.environ, PYTHONPATH=str(ROOT), CORP_ERROR_SERVER_DB=str(tmp_path / "x.db")),
+        capture_output=True,
+        text=True,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     assert not (tmp_path / "x.db").exists()
 

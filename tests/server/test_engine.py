@@ -1,4 +1,5 @@
 """The analysis engine on hand-made populations: answers, ties, abstentions, commands."""
+
 from __future__ import annotations
 
 import pytest
@@ -56,14 +57,17 @@ def test_more_runs_raise_confidence():
         good = [_features({"packaging": "21.3", "rich": "13.%d" % (i % 2)}) for i in range(n_good)]
         answer = engine.suggest(_group(bad, good), bad[0])
         return answer["evidence"]["posterior"] if answer["match"] else 0.0
+
     assert posterior(2, 2) < posterior(4, 3) < posterior(8, 6) <= 1
 
 
 def test_tie_between_packages_that_changed_together_is_broken_by_the_trace():
     bad = [_features({"packaging": "23.2", "pyparsing": "3.1.1"}) for _ in range(8)]
     good = [_features({"packaging": "21.3", "pyparsing": "2.4.7"}) for _ in range(6)]
-    trace = ("Traceback (most recent call last):\n  File \"/venv/lib/python3.11/site-packages/setuptools/x.py\"\n"
-             "AttributeError: module 'packaging.version' has no attribute 'LegacyVersion'")
+    trace = (
+        "Traceback (most recent call last):\n  File \"/venv/lib/python3.11/site-packages/setuptools/x.py\"\n"
+        "AttributeError: module 'packaging.version' has no attribute 'LegacyVersion'"
+    )
     mentions = engine.mentioned_packages(trace)
     assert {"packaging", "setuptools"} <= mentions and "pyparsing" not in mentions
     answer = engine.suggest(_group(bad, good, mentions), bad[0])
@@ -96,7 +100,7 @@ def test_one_observed_fix_changing_one_package_is_enough():
 
 def test_bystanders_riding_along_in_fixes_are_left_out():
     pairs, bad, good = [], [], []
-    for i in range(4):   # every fix downgrades packaging; each also upgraded some other package
+    for i in range(4):  # every fix downgrades packaging; each also upgraded some other package
         before = _features({"packaging": "23.2", "rich": "13.0", "tqdm": "4.0", "click": "8.0"})
         after = dict(before, **{"pkg:packaging": "21.3", ["pkg:rich", "pkg:tqdm", "pkg:click", "pkg:rich"][i]: "9.9"})
         pairs.append(FixPair(before, after, False))
@@ -122,14 +126,14 @@ def test_presence_python_and_env_var_commands():
 
 def test_abstains_when_the_data_does_not_separate():
     mixed = [_features({"packaging": v}) for v in ("23.2", "21.3") * 4]
-    assert not engine.suggest(_group(mixed, mixed[:4]), mixed[0])["match"]          # fails everywhere
-    assert not engine.suggest(_group(mixed, []), mixed[0])["match"]                 # nothing ever succeeded
+    assert not engine.suggest(_group(mixed, mixed[:4]), mixed[0])["match"]  # fails everywhere
+    assert not engine.suggest(_group(mixed, []), mixed[0])["match"]  # nothing ever succeeded
     one_bad, one_good = [_features({"packaging": "23.2"})], [_features({"packaging": "21.3"})]
-    assert not engine.suggest(_group(one_bad, one_good), one_bad[0])["match"]       # too few runs
+    assert not engine.suggest(_group(one_bad, one_good), one_bad[0])["match"]  # too few runs
     bad = [_features({"packaging": "23.2"})] * 7
     good = [_features({"packaging": "21.3"})] * 5
-    assert not engine.suggest(_group(bad, good), good[0])["match"]                  # requester is fine already
-    assert not engine.suggest(_group(bad, good), None)["match"]                     # unknown requester
+    assert not engine.suggest(_group(bad, good), good[0])["match"]  # requester is fine already
+    assert not engine.suggest(_group(bad, good), None)["match"]  # unknown requester
 
 
 def test_per_machine_values_are_not_causes():
@@ -139,11 +143,14 @@ def test_per_machine_values_are_not_causes():
 
 
 def test_mentions_map_import_names_to_distributions():
-    text = ("File \"/usr/lib/python3/dist-packages/yaml/__init__.py\"\nModuleNotFoundError: No module named 'PIL'\n"
-            "ImportError: cannot import name 'x' from 'Typing_Extensions' @ requests.sessions.Session.send < a.b")
+    text = (
+        "File \"/usr/lib/python3/dist-packages/yaml/__init__.py\"\nModuleNotFoundError: No module named 'PIL'\n"
+        "ImportError: cannot import name 'x' from 'Typing_Extensions' @ requests.sessions.Session.send < a.b"
+    )
     assert {"pyyaml", "pillow", "typing-extensions", "requests"} <= engine.mentioned_packages(text)
-    assert engine.canonical_name("Typing_Extensions") == engine.canonical_name("typing.extensions") == \
-        "typing-extensions"
+    assert (
+        engine.canonical_name("Typing_Extensions") == engine.canonical_name("typing.extensions") == "typing-extensions"
+    )
     assert engine.command("pkg:x", ABSENT) == "pip uninstall x"
 
 
@@ -162,13 +169,16 @@ def test_inconsistent_fixes_are_not_evidence():
 
 # -- noise: many features, few runs, flaky failures ------------------------------------------------
 
+
 def test_two_hundred_features_against_six_runs_produce_no_chance_winner():
     import random
+
     rng = random.Random(4)
     names = ["dep%03d" % i for i in range(200)]
 
     def env():
         return _features({n: rng.choice(["1.0", "2.0"]) for n in names if rng.random() < 0.7})
+
     bad, good = [env() for _ in range(3)], [env() for _ in range(3)]
     assert not engine.suggest(_group(bad, good), bad[0])["match"]
 
@@ -176,23 +186,24 @@ def test_two_hundred_features_against_six_runs_produce_no_chance_winner():
 def test_a_bug_that_fails_in_the_environments_that_also_pass_gets_no_fix():
     envs = [_features({"packaging": v, "rich": r}) for v in ("23.2", "21.3") for r in ("13.0", "12.0")]
     failing = envs * 3
-    succeeding = envs * 2        # the same environments pass on a re-run
+    succeeding = envs * 2  # the same environments pass on a re-run
     assert not engine.suggest(_group(failing, succeeding), envs[0])["match"]
 
 
 def test_flaky_failures_in_good_environments_do_not_hide_the_cause():
     bad = [_features({"packaging": "23.2", "rich": "13.%d" % (i % 3)}) for i in range(8)]
     good = [_features({"packaging": "21.3", "rich": "13.%d" % (i % 3)}) for i in range(8)]
-    answer = engine.suggest(_group(bad + good[:1], good[1:], {"packaging"}), bad[0])   # one good env failed too
+    answer = engine.suggest(_group(bad + good[:1], good[1:], {"packaging"}), bad[0])  # one good env failed too
     assert answer["match"] and answer["solution"] == 'pip install "packaging==21.3"'
 
 
 # -- version ranges, packages that move together, packaging tools ----------------------------------
 
+
 def test_version_range_proposes_the_newest_good_version_below_it():
     bad = [_features({"urllib3": v}) for v in ("2.0.2", "2.0.7", "2.1.0", "2.2.1", "2.0.2")]
     good = [_features({"urllib3": v}) for v in ("1.26.5", "1.26.18", "1.25.11", "1.26.18")]
-    asking = _features({"urllib3": "2.3.0"})          # a bad version nobody reported failing
+    asking = _features({"urllib3": "2.3.0"})  # a bad version nobody reported failing
     answer = engine.suggest(_group(bad, good, {"urllib3"}), asking)
     assert answer["match"] and answer["solution"] == 'pip install "urllib3==1.26.18"'
     assert "every version seen from 2.0.2 on fails" in answer["hint"]
@@ -201,8 +212,11 @@ def test_version_range_proposes_the_newest_good_version_below_it():
 
 def test_packages_moving_together_go_to_a_combination_seen_succeeding():
     bad = [_features({"pandas": "2.2.3", "numpy": n}) for n in ("2.0.1", "2.1.0", "2.0.1", "2.1.0")]
-    good_envs = [_features({"pandas": "1.5.3", "numpy": "1.26.4"}), _features({"pandas": "1.5.2", "numpy": "1.24.0"}),
-                 _features({"pandas": "1.5.3", "numpy": "1.26.4"})]
+    good_envs = [
+        _features({"pandas": "1.5.3", "numpy": "1.26.4"}),
+        _features({"pandas": "1.5.2", "numpy": "1.24.0"}),
+        _features({"pandas": "1.5.3", "numpy": "1.26.4"}),
+    ]
     group = _group(bad, good_envs, {"pandas"})._replace(good_envs=lambda: good_envs)
     answer = engine.suggest(group, bad[0])
     assert answer["match"] and answer["solution"] == 'pip install "pandas==1.5.3" "numpy==1.26.4"'
@@ -216,7 +230,8 @@ def test_a_cause_the_trace_names_is_answered_however_many_packages_moved_with_it
     answer = engine.suggest(_group(bad, good, {"pandas"}), bad[0])
     assert answer["match"] and answer["evidence"]["candidates"][0]["feature"] == "pkg:pandas"
     assert answer["solution"].startswith('pip install "pandas==1.5.3"') and all(
-        '"%s==1.0"' % name in answer["solution"] for name in others)
+        '"%s==1.0"' % name in answer["solution"] for name in others
+    )
     # nothing in the trace: six features alike are chance
     assert not engine.suggest(_group(bad, good), bad[0])["match"]
 
@@ -225,7 +240,8 @@ def test_packaging_tools_are_bystanders_of_an_interpreter_change():
     before = _features({"pip": "23.0.1", "setuptools": "65.5.0"}, "3.10.13")
     after = _features({"pip": "23.2.1", "setuptools": "68.0.0"}, "3.11.7")
     group = _group([before], [after], pairs=[FixPair(before, after, True)])._replace(
-        message="modulenotfounderror: no module named 'tomllib'")
+        message="modulenotfounderror: no module named 'tomllib'"
+    )
     answer = engine.suggest(group, before)
     assert answer["match"] and answer["solution"] == "use Python 3.11"
     assert "standard-library module of Python from 3.11" in answer["hint"]
@@ -233,17 +249,21 @@ def test_packaging_tools_are_bystanders_of_an_interpreter_change():
 
 def test_setuptools_is_the_cause_when_the_trace_names_pkg_resources():
     assert "setuptools" in engine.mentioned_packages(
-        'File "/venv/lib/python3.12/site-packages/pkg_resources/__init__.py", line 3, in <module>')
+        'File "/venv/lib/python3.12/site-packages/pkg_resources/__init__.py", line 3, in <module>'
+    )
 
 
 # -- what the traceback says about Python --------------------------------------------------------
+
 
 def test_python_requirement_table():
     assert engine.python_requirement("modulenotfounderror: no module named 'tomllib'") == ("min", (3, 11))
     assert engine.python_requirement("ModuleNotFoundError: No module named 'distutils.util'") == ("max", (3, 12))
     assert engine.python_requirement("modulenotfounderror: no module named 'telnetlib'") == ("max", (3, 13))
-    assert engine.python_requirement("importerror: cannot import name 'mapping' from 'collections' (<path>)") == \
-        ("max", (3, 10))
+    assert engine.python_requirement("importerror: cannot import name 'mapping' from 'collections' (<path>)") == (
+        "max",
+        (3, 10),
+    )
     assert engine.python_requirement("modulenotfounderror: no module named 'numpy'") is None
 
 
@@ -252,17 +272,19 @@ def test_stdlib_table_agrees_with_the_interpreters_here():
     import subprocess
 
     import support
+
     names = {}
     import glob
+
     for version in ("3.10", "3.11", "3.12", "3.13"):
         found = sorted(glob.glob(str(support.pyenv_root() / "versions" / (version + ".*") / "bin" / "python3")))
         if found:
             code = "import sys, json; print(json.dumps(sorted(sys.stdlib_module_names)))"
-            out = subprocess.run([found[0], "-c", code], capture_output=True, text=True, check=True,
-                                 timeout=60).stdout
+            out = subprocess.run([found[0], "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
             names[tuple(int(n) for n in version.split("."))] = set(json.loads(out))
     if len(names) < 2:
         import pytest
+
         pytest.skip("fewer than two CPython 3.10+ interpreters under pyenv")
     for module, since in engine.STDLIB_ADDED.items():
         for version, present in names.items():
@@ -285,6 +307,7 @@ def test_no_module_on_an_old_python_without_any_success_still_names_the_version(
 
 # -- environment variables: not collected is unknown, not unset ------------------------------------
 
+
 def test_an_env_var_counts_only_in_runs_that_collected_it():
     collected = [engine.env_features({}, "3.11.7", "CPython", "Linux", "x86_64", {"APP_MODE": "prod"})] * 4
     blind = [engine.env_features({}, "3.11.7", "CPython", "Linux", "x86_64", {})] * 4
@@ -292,7 +315,7 @@ def test_an_env_var_counts_only_in_runs_that_collected_it():
     group = _group(collected + blind, good)._replace(message="valueerror: app_mode 'prod' is not supported")
     answer = engine.suggest(group, collected[0])
     assert answer["match"] and answer["solution"] == "export APP_MODE=dev"
-    assert "fails in 4/4 environments with APP_MODE prod" in answer["hint"]      # not "8 runs with unset APP_MODE"
+    assert "fails in 4/4 environments with APP_MODE prod" in answer["hint"]  # not "8 runs with unset APP_MODE"
     runs = answer["evidence"]["candidates"][0]["runs"]
     assert engine.UNSET not in runs and engine.ABSENT not in runs
     assert engine.env_features({}, "", "", "", "", {"X": "MISSING"}) == {"env:X": engine.UNSET}
@@ -308,7 +331,8 @@ def test_one_fix_that_changed_only_an_env_var_names_it():
     before = _env(APP_MODE="prod", LANG="C.UTF-8", TZ="MISSING", PYTHONPATH="MISSING", NO_PROXY="MISSING")
     after = dict(before, **{"env:APP_MODE": "dev"})
     group = _group([before], [after], pairs=[FixPair(before, after, True)])._replace(
-        message="permissionerror: the report bucket is read-only for this host")
+        message="permissionerror: the report bucket is read-only for this host"
+    )
     answer = engine.suggest(group, before)
     assert answer["match"] and answer["solution"] == "export APP_MODE=dev", answer
     # the same runs without the fix: two runs that differ in one variable are not enough
@@ -349,27 +373,36 @@ def test_an_unset_variable_is_one_of_two_hypotheses_whatever_the_values_that_wor
     # named by the exception line, "unset fails" is one of two hypotheses; "/x fails" one of fourteen
     as_unset = engine.separation("env:DATA_DIR", runs, named=True)
     assert as_unset.log_bf > engine.separation("env:DATA_DIR", runs).log_bf
-    assert as_unset.log_bf > engine.separation("env:DATA_DIR", dict(runs, **{"/x": runs.pop(engine.UNSET)}),
-                                               named=True).log_bf
+    assert (
+        as_unset.log_bf
+        > engine.separation("env:DATA_DIR", dict(runs, **{"/x": runs.pop(engine.UNSET)}), named=True).log_bf
+    )
 
 
 # -- where a bug is raised -----------------------------------------------------------------------
 
-_LIB_TRACE = ('Traceback (most recent call last):\n  File "/home/u/jobs/%s.py", line 3, in <module>\n    main()\n'
-              '  File "/home/u/jobs/%s.py", line 9, in main\n    df.append(row)\n'
-              '  File "/venv/lib/python3.11/site-packages/pandas/core/generic.py", line 6299, in __getattr__\n'
-              '    return object.__getattribute__(self, name)\n'
-              "AttributeError: 'DataFrame' object has no attribute 'append'\n")
+_LIB_TRACE = (
+    'Traceback (most recent call last):\n  File "/home/u/jobs/%s.py", line 3, in <module>\n    main()\n'
+    '  File "/home/u/jobs/%s.py", line 9, in main\n    df.append(row)\n'
+    '  File "/venv/lib/python3.11/site-packages/pandas/core/generic.py", line 6299, in __getattr__\n'
+    '    return object.__getattribute__(self, name)\n'
+    "AttributeError: 'DataFrame' object has no attribute 'append'\n"
+)
 
 
 def test_a_library_bug_is_one_place_whichever_script_hits_it():
-    assert engine.where_raised("x", _LIB_TRACE % ("a", "a")) == engine.where_raised("x", _LIB_TRACE % ("b", "b")) \
+    assert (
+        engine.where_raised("x", _LIB_TRACE % ("a", "a"))
+        == engine.where_raised("x", _LIB_TRACE % ("b", "b"))
         == "lib:pandas"
+    )
 
 
 def test_user_code_places_tell_scripts_apart_and_both_clients_agree():
-    trace = ('Traceback (most recent call last):\n  File "/srv/jobs/orders.py", line 12, in <module>\n    main()\n'
-             '  File "/srv/jobs/orders.py", line 8, in load\n    row["id"]\nKeyError: \'id\'\n')
+    trace = (
+        'Traceback (most recent call last):\n  File "/srv/jobs/orders.py", line 12, in <module>\n    main()\n'
+        '  File "/srv/jobs/orders.py", line 8, in load\n    row["id"]\nKeyError: \'id\'\n'
+    )
     ours = engine.where_raised("KeyError: 'id' @ __main__.load < __main__.<module>", trace)
     theirs = engine.where_raised("keyerror: 'id'", trace)
     assert ours == theirs == "orders.load"
@@ -378,16 +411,20 @@ def test_user_code_places_tell_scripts_apart_and_both_clients_agree():
 
 
 def test_numbers_in_a_library_message_tell_callers_apart():
-    trace = ('Traceback (most recent call last):\n  File "/srv/a.py", line 1, in <module>\n'
-             '  File "/venv/lib/python3.11/site-packages/pipeline/runner.py", line 5, in run_step\n'
-             'RuntimeError: step %d failed\n')
+    trace = (
+        'Traceback (most recent call last):\n  File "/srv/a.py", line 1, in <module>\n'
+        '  File "/venv/lib/python3.11/site-packages/pipeline/runner.py", line 5, in run_step\n'
+        'RuntimeError: step %d failed\n'
+    )
     assert engine.where_raised("x", trace % 12) == "lib:pipeline [12]"
     assert engine.where_raised("x", trace % 12) != engine.where_raised("x", trace % 13)
 
 
 def test_import_errors_are_about_the_module_not_the_place():
-    trace = 'Traceback (most recent call last):\n  File "/srv/a.py", line 1, in <module>\n' \
-            "ModuleNotFoundError: No module named 'tomllib'\n"
+    trace = (
+        'Traceback (most recent call last):\n  File "/srv/a.py", line 1, in <module>\n'
+        "ModuleNotFoundError: No module named 'tomllib'\n"
+    )
     assert engine.where_raised("ModuleNotFoundError: No module named 'tomllib' @ __main__.<module>", trace) == ""
 
 
@@ -403,6 +440,7 @@ def test_where_raised_takes_any_text():
         engine.places_match(first, signature)
         engine.mentioned_packages(trace + signature)
         engine.python_requirement(signature)
+
     check()
     garbage = "".join(chr(33 + (i * 7919) % 90) for i in range(25_000))
     assert engine.where_raised(garbage, garbage) == engine.where_raised(garbage, garbage)
@@ -412,13 +450,17 @@ def test_where_raised_takes_any_text():
 
 # -- over the wire: grouping by where the bug is raised, bad traces ---------------------------------
 
+
 def _trace(path: str, function: str, line: str) -> str:
-    return ('Traceback (most recent call last):\n  File "%s", line 40, in <module>\n    main()\n'
-            '  File "%s", line 12, in %s\n    do_it()\n%s\n' % (path, path, function, line))
+    return (
+        'Traceback (most recent call last):\n  File "%s", line 40, in <module>\n    main()\n'
+        '  File "%s", line 12, in %s\n    do_it()\n%s\n' % (path, path, function, line)
+    )
 
 
 def _post_error(server, env_hash, script_id, sig, trace, ours=True):
     from conftest import error_beacon
+
     body = error_beacon(env_hash, script_id, sig if ours else sig.split(" @ ")[0].lower(), trace=trace)
     status, answer = server.request("POST", "/beacon", body)
     assert status in (200, 204), answer
@@ -426,6 +468,7 @@ def _post_error(server, env_hash, script_id, sig, trace, ours=True):
 
 def test_unrelated_scripts_sharing_a_generic_message_do_not_pollute_each_other(server):
     from conftest import env_body
+
     # two scripts raise KeyError: 'id' in their own code; each has its own cause
     for i in range(6):
         server.request("POST", "/env", env_body("o%d" % i, {"orders-lib": "2.0" if i < 4 else "1.0", "rich": "1"}))
@@ -436,44 +479,71 @@ def test_unrelated_scripts_sharing_a_generic_message_do_not_pollute_each_other(s
         _post_error(server, "b%d" % i, "sb%d" % i, sig, _trace("/srv/billing.py", "load", "KeyError: 'id'"), i % 2 == 1)
     for i in range(4, 6):
         for prefix in "ob":
-            server.request("POST", "/beacon", {"kind": "success", "env_hash": "%s%d" % (prefix, i),
-                                               "script_id": "s%s%d" % (prefix, i - 4), "ts": 1.7e9})
+            server.request(
+                "POST",
+                "/beacon",
+                {
+                    "kind": "success",
+                    "env_hash": "%s%d" % (prefix, i),
+                    "script_id": "s%s%d" % (prefix, i - 4),
+                    "ts": 1.7e9,
+                },
+            )
     groups = server.request("GET", "/api/errors")[1]["groups"]
     assert sorted(g["where"] for g in groups) == ["billing.load", "orders.load"]
     assert all(g["group_key"] == "keyerror: 'id'" and g["failing_runs"] == 4 for g in groups)
     # each asker is answered from its own script's bug, whichever client asks
-    for env_hash, script_id, fix in (("o0", "so0", 'pip install "orders-lib==1.0"'),
-                                     ("b1", "sb1", 'pip install "billing-lib==4.0"')):
-        for request in ({"error_sig": sig, "env_hash": env_hash, "script_id": script_id},
-                        {"error_sig": "keyerror: 'id'", "env_hash": env_hash}):
+    for env_hash, script_id, fix in (
+        ("o0", "so0", 'pip install "orders-lib==1.0"'),
+        ("b1", "sb1", 'pip install "billing-lib==4.0"'),
+    ):
+        for request in (
+            {"error_sig": sig, "env_hash": env_hash, "script_id": script_id},
+            {"error_sig": "keyerror: 'id'", "env_hash": env_hash},
+        ):
             answer = server.request("POST", "/suggest", request)[1]
             assert answer.get("solution") == fix, (request, answer)
 
 
 def test_one_library_bug_from_several_scripts_and_both_clients_is_one_group(server):
     from conftest import env_body
+
     line = "AttributeError: 'DataFrame' object has no attribute 'append'"
-    lib = ('Traceback (most recent call last):\n  File "/home/u/%s.py", line 3, in <module>\n    main()\n'
-           '  File "/venv/lib/python3.11/site-packages/pandas/core/generic.py", line 6299, in __getattr__\n'
-           '    return object.__getattribute__(self, name)\n' + line + "\n")
+    lib = (
+        'Traceback (most recent call last):\n  File "/home/u/%s.py", line 3, in <module>\n    main()\n'
+        '  File "/venv/lib/python3.11/site-packages/pandas/core/generic.py", line 6299, in __getattr__\n'
+        '    return object.__getattribute__(self, name)\n' + line + "\n"
+    )
     for i, script in enumerate(["report", "export", "daily"]):
         server.request("POST", "/env", env_body("e%d" % i, {"pandas": "2.2.3"}))
-        _post_error(server, "e%d" % i, "s%d" % i, line + " @ pandas.core.generic.NDFrame.__getattr__ < __main__.main",
-                    lib % script, ours=i != 1)
+        _post_error(
+            server,
+            "e%d" % i,
+            "s%d" % i,
+            line + " @ pandas.core.generic.NDFrame.__getattr__ < __main__.main",
+            lib % script,
+            ours=i != 1,
+        )
     groups = server.request("GET", "/api/errors")[1]["groups"]
     assert [(g["where"], g["count"], g["scripts"]) for g in groups] == [("lib:pandas", 3, 3)]
 
 
-@pytest.mark.parametrize("trace,sig", [
-    ("", "ValueError: no frames at all"),
-    ('  File "/srv/a.py", line 1, in main\n' * 300, None),                              # frames only
-    ("".join(chr(33 + (i * 7919) % 90) for i in range(25_000)), None),                  # garbage
-    ("Traceback (most recent call last):\n  File \"/srv/a.py\", line 1, in <module>\nValueError: x\n",
-     "valueerror: x"),                                                                    # the 0.4.2 client's form
-    ("\x00\x01 \u202e\ufeff", "  \n  Error @ @ @ < < .. .\n"),
-])
+@pytest.mark.parametrize(
+    "trace,sig",
+    [
+        ("", "ValueError: no frames at all"),
+        ('  File "/srv/a.py", line 1, in main\n' * 300, None),  # frames only
+        ("".join(chr(33 + (i * 7919) % 90) for i in range(25_000)), None),  # garbage
+        (
+            "Traceback (most recent call last):\n  File \"/srv/a.py\", line 1, in <module>\nValueError: x\n",
+            "valueerror: x",
+        ),  # the 0.4.2 client's form
+        ("\x00\x01 \u202e\ufeff", "  \n  Error @ @ @ < < .. .\n"),
+    ],
+)
 def test_any_trace_or_signature_is_grouped_deterministically(server, trace, sig):
     from conftest import env_body
+
     server.request("POST", "/env", env_body("e1", {"x": "1"}))
     body = {"kind": "error", "env_hash": "e1", "script_id": "s1", "ts": 1.7e9, "trace": trace}
     if sig is not None:
@@ -488,6 +558,7 @@ def test_any_trace_or_signature_is_grouped_deterministically(server, trace, sig)
 
 
 def test_a_beacon_with_neither_signature_nor_exception_line_is_a_4xx(server):
-    status, answer = server.request("POST", "/beacon", {"kind": "error", "env_hash": "e", "script_id": "s",
-                                                         "ts": 1.7e9, "trace": "   \n\n"})
+    status, answer = server.request(
+        "POST", "/beacon", {"kind": "error", "env_hash": "e", "script_id": "s", "ts": 1.7e9, "trace": "   \n\n"}
+    )
     assert status == 400 and "error_sig" in answer["error"]

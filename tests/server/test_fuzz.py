@@ -1,4 +1,5 @@
 """Generated hostile requests against the WSGI application in-process: never a 5xx, store consistent."""
+
 from __future__ import annotations
 
 import io
@@ -11,18 +12,40 @@ from pgsupport import db_rows
 
 _PATHS = ["/beacon", "/env", "/suggest", "/healthz", "/api/errors", "/api/errors/1", "/openapi.json", "/x", ""]
 _METHODS = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "BREW"]
-_FIELDS = ["kind", "env_hash", "script_id", "trace", "ts", "error_sig", "event_id", "script_name", "agent", "test",
-           "prev_env_hash", "prev_error_sig", "env", "packages", "python_ver", "os_info", "machine_arch", "env_vars",
-           "python_impl"]
+_FIELDS = [
+    "kind",
+    "env_hash",
+    "script_id",
+    "trace",
+    "ts",
+    "error_sig",
+    "event_id",
+    "script_name",
+    "agent",
+    "test",
+    "prev_env_hash",
+    "prev_error_sig",
+    "env",
+    "packages",
+    "python_ver",
+    "os_info",
+    "machine_arch",
+    "env_vars",
+    "python_impl",
+]
 
 
 def _value(rng: random.Random, depth: int = 0):
     choice = rng.randrange(12 if depth < 3 else 8)
     return [
-        lambda: None, lambda: rng.random() < 0.5, lambda: rng.randint(-2 ** 63, 2 ** 63), lambda: rng.random() * 1e12,
+        lambda: None,
+        lambda: rng.random() < 0.5,
+        lambda: rng.randint(-(2**63), 2**63),
+        lambda: rng.random() * 1e12,
         lambda: rng.choice(["error", "success", "", "e1", "s1", "2024-01-01T00:00:00Z", "a==1", "MISSING"]),
-        lambda: "".join(chr(rng.choice([0, 10, 27, 0x41, 0xe9, 0x2028, 0xd800, 0x1f600]))
-                        for _ in range(rng.randint(1, 9))),
+        lambda: "".join(
+            chr(rng.choice([0, 10, 27, 0x41, 0xE9, 0x2028, 0xD800, 0x1F600])) for _ in range(rng.randint(1, 9))
+        ),
         lambda: "x" * rng.choice([11, 12, 13, 21, 121, 3000]),
         lambda: "'; DROP TABLE beacons; --",
         lambda: [_value(rng, depth + 1) for _ in range(rng.randint(0, 4))],
@@ -38,9 +61,17 @@ def _body(rng: random.Random) -> bytes:
         return bytes(rng.randrange(256) for _ in range(rng.randint(0, 40)))
     if kind == 1:
         return json.dumps(_value(rng)).encode()
-    base = {"kind": rng.choice(["error", "success"]), "env_hash": "e%d" % rng.randrange(5), "script_id": "s1",
-            "ts": 1.7e9, "error_sig": "ValueError: boom", "packages": ["a==1"], "python_ver": "3.11.7",
-            "os_info": "Linux", "machine_arch": "x86_64"}
+    base = {
+        "kind": rng.choice(["error", "success"]),
+        "env_hash": "e%d" % rng.randrange(5),
+        "script_id": "s1",
+        "ts": 1.7e9,
+        "error_sig": "ValueError: boom",
+        "packages": ["a==1"],
+        "python_ver": "3.11.7",
+        "os_info": "Linux",
+        "machine_arch": "x86_64",
+    }
     for _ in range(rng.randint(0, 3)):
         base[rng.choice(_FIELDS)] = _value(rng)
     text = json.dumps(base, ensure_ascii=rng.random() < 0.5)
@@ -56,11 +87,15 @@ def test_generated_requests_never_get_a_server_error(db_target):
     for _ in range(4000):
         body = _body(rng)
         length = rng.choice([str(len(body)), str(len(body)), "", "-1", "abc", "99999999"])
-        environ = {"REQUEST_METHOD": rng.choice(_METHODS if rng.random() < 0.2 else ["POST"]),
-                   "PATH_INFO": rng.choice(_PATHS if rng.random() < 0.3 else ["/beacon", "/env", "/suggest"]),
-                   "QUERY_STRING": rng.choice(["", "limit=5", "limit=x", "offset=-1"]),
-                   "CONTENT_TYPE": rng.choice(["application/json", "", "text/plain"]),
-                   "CONTENT_LENGTH": length, "wsgi.input": io.BytesIO(body), "wsgi.errors": io.StringIO()}
+        environ = {
+            "REQUEST_METHOD": rng.choice(_METHODS if rng.random() < 0.2 else ["POST"]),
+            "PATH_INFO": rng.choice(_PATHS if rng.random() < 0.3 else ["/beacon", "/env", "/suggest"]),
+            "QUERY_STRING": rng.choice(["", "limit=5", "limit=x", "offset=-1"]),
+            "CONTENT_TYPE": rng.choice(["application/json", "", "text/plain"]),
+            "CONTENT_LENGTH": length,
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": io.StringIO(),
+        }
         seen = []
         chunks = app(environ, lambda status, headers, exc=None: seen.append(status))  # noqa: B023 (called at once)
         payload = b"".join(chunks)
@@ -71,11 +106,15 @@ def test_generated_requests_never_get_a_server_error(db_target):
         statuses[code] = statuses.get(code, 0) + 1
     storage.close()
     print("fuzz statuses:", statuses)
-    assert statuses.get(200, 0) + statuses.get(204, 0) > 100   # the generator reaches the stores too
+    assert statuses.get(200, 0) + statuses.get(204, 0) > 100  # the generator reaches the stores too
     if sqlite:
         assert db_rows(db_target, "PRAGMA integrity_check") == [("ok",)]
     # every counted run has a python feature: the counts agree with the group totals
-    python_counts = dict((g, (a, b)) for g, a, b in db_rows(
-        db_target, "SELECT group_id, SUM(fails), SUM(oks) FROM counts WHERE feature = 'python' GROUP BY group_id"))
+    python_counts = dict(
+        (g, (a, b))
+        for g, a, b in db_rows(
+            db_target, "SELECT group_id, SUM(fails), SUM(oks) FROM counts WHERE feature = 'python' GROUP BY group_id"
+        )
+    )
     for group_id, fails, oks in db_rows(db_target, "SELECT id, fails, oks FROM groups"):
         assert tuple(python_counts.get(group_id, (0, 0))) == (fails, oks)

@@ -6,6 +6,7 @@ The database is held still by the test itself — on SQLite a second connection 
 committer waits on it and the requests pile up behind it: their number is read from /healthz, no
 timing involved. Both backends.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,9 @@ SIG = "ValueError: bad record @ etl.load < etl.main"
 
 
 def _post(url: str, body: dict):
-    request = urllib.request.Request(url + "/beacon", json.dumps(body).encode(), {"Content-Type": "application/json"},
-                                     method="POST")
+    request = urllib.request.Request(
+        url + "/beacon", json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, dict(response.headers), response.read()
@@ -40,7 +42,7 @@ def _wait_waiting(server, count: int) -> None:
     deadline = time.monotonic() + 30
     while _ingest(server)["waiting"] < count:
         assert time.monotonic() < deadline, _ingest(server)
-        time.sleep(0.01)   # poll interval of a bounded wait
+        time.sleep(0.01)  # poll interval of a bounded wait
 
 
 class _Locked:
@@ -49,8 +51,9 @@ class _Locked:
     def __init__(self, db: str) -> None:
         if "://" in db:
             import psycopg
+
             self.conn = psycopg.connect(db)
-            self.conn.execute("LOCK TABLE beacons IN EXCLUSIVE MODE")   # reads pass, writes wait
+            self.conn.execute("LOCK TABLE beacons IN EXCLUSIVE MODE")  # reads pass, writes wait
         else:
             self.conn = sqlite3.connect(db, isolation_level=None, timeout=30)
             self.conn.execute("BEGIN IMMEDIATE")
@@ -62,8 +65,7 @@ class _Locked:
 
 def _send_all(url: str, bodies) -> tuple:
     answers: dict = {}
-    threads = [threading.Thread(target=lambda b=b: answers.__setitem__(b["event_id"], _post(url, b)))
-               for b in bodies]
+    threads = [threading.Thread(target=lambda b=b: answers.__setitem__(b["event_id"], _post(url, b))) for b in bodies]
     for thread in threads:
         thread.start()
     return threads, answers
@@ -76,11 +78,11 @@ def test_concurrent_beacons_share_one_transaction_and_are_answered_after_it(make
     bodies = [error_beacon("e%d" % i, "s1", SIG, event_id="ev-%02d" % i) for i in range(12)]
     threads, answers = _send_all(server.url, bodies)
     _wait_waiting(server, len(bodies))
-    assert answers == {}                       # nothing is acknowledged before its commit
+    assert answers == {}  # nothing is acknowledged before its commit
     locked.release()
     for thread in threads:
         thread.join(timeout=60)
-    assert sorted(status for status, _, _ in answers.values()) == [204] * 12   # stored; environments unknown
+    assert sorted(status for status, _, _ in answers.values()) == [204] * 12  # stored; environments unknown
     after = _ingest(server)
     # the first beacon's transaction waited on the lock alone; the other 11 gathered behind it: 2 commits
     assert after["writes"] - before["writes"] == 12

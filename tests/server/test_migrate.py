@@ -1,4 +1,5 @@
 """`corp-error-server migrate SRC DST`: a SQLite database into PostgreSQL, answering as before."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,14 @@ SIG = "ModuleNotFoundError: No module named 'yaml' @ __main__.main"
 
 
 def _migrate(src: str, dst: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "corp_error_server", "migrate", src, dst], capture_output=True,
-                          text=True, timeout=300, cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)))
+    return subprocess.run(
+        [sys.executable, "-m", "corp_error_server", "migrate", src, dst],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(REPO),
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
 
 
 def _answers(server: Server) -> list:
@@ -30,11 +37,22 @@ def _fill(server: Server) -> None:
     for i in range(6):
         server.request("POST", "/env", env_body("bad%d" % i, {"pyyaml": "missing" if i else "5.1", "six": "1.16"}))
         server.request("POST", "/env", env_body("ok%d" % i, {"pyyaml": "6.0.1", "six": "1.16"}))
-        server.request("POST", "/beacon", error_beacon("bad%d" % i, "s%d" % i, SIG, event_id="ev%d" % i,
-                                                       handled=i == 0))
-        server.request("POST", "/beacon", {"kind": "success", "env_hash": "ok%d" % i, "script_id": "s%d" % i,
-                                           "ts": 1.7e9, "prev_env_hash": "bad%d" % i, "prev_error_sig": SIG})
-    server.request("POST", "/beacon", error_beacon("late", "s9", "KeyError: 'x' @ app.run"))   # env never sent
+        server.request(
+            "POST", "/beacon", error_beacon("bad%d" % i, "s%d" % i, SIG, event_id="ev%d" % i, handled=i == 0)
+        )
+        server.request(
+            "POST",
+            "/beacon",
+            {
+                "kind": "success",
+                "env_hash": "ok%d" % i,
+                "script_id": "s%d" % i,
+                "ts": 1.7e9,
+                "prev_env_hash": "bad%d" % i,
+                "prev_error_sig": SIG,
+            },
+        )
+    server.request("POST", "/beacon", error_beacon("late", "s9", "KeyError: 'x' @ app.run"))  # env never sent
 
 
 def test_a_migrated_database_answers_as_the_original(tmp_path, pg_cluster):
@@ -68,22 +86,40 @@ def test_an_interrupted_migration_leaves_nothing_and_a_rerun_completes(tmp_path,
     src, dst = str(tmp_path / "big.db"), pg_cluster.database()
     storage = open_storage(src)
     storage.add_env(Env("e1", {"packages": {}}, {"python": "3.11", "pkg:a": "1"}))
-    beacon = Beacon(kind="error", env_hash="e1", script_id="s1", group_key=corp_error_agent.group_key(SIG),
-                    signature=SIG, trace=None, ts=1.7e9, event_id=None, script_name=None, agent=None, test=False,
-                    prev_env_hash=None, prev_group_key=None, mentions=frozenset())
+    beacon = Beacon(
+        kind="error",
+        env_hash="e1",
+        script_id="s1",
+        group_key=corp_error_agent.group_key(SIG),
+        signature=SIG,
+        trace=None,
+        ts=1.7e9,
+        event_id=None,
+        script_name=None,
+        agent=None,
+        test=False,
+        prev_env_hash=None,
+        prev_group_key=None,
+        mentions=frozenset(),
+    )
     for start in range(0, 20000, 2000):
         storage.add_beacons([(beacon._replace(event_id="b%d" % i), None) for i in range(start, start + 2000)])
     storage.close()
 
-    proc = subprocess.Popen([sys.executable, "-m", "corp_error_server", "migrate", src, dst], stdout=subprocess.PIPE,
-                            text=True, cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corp_error_server", "migrate", src, dst],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(REPO),
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     for line in proc.stdout:
         if line.strip() == "copying beacons":
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=60)
     proc.stdout.close()
-    assert db_rows(dst, "SELECT COUNT(*) FROM beacons")[0][0] in (0, 20000)   # all or nothing
+    assert db_rows(dst, "SELECT COUNT(*) FROM beacons")[0][0] in (0, 20000)  # all or nothing
 
     result = _migrate(src, dst)
     assert result.returncode == 0, result.stderr

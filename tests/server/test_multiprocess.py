@@ -1,6 +1,7 @@
 """Two server processes on one PostgreSQL: concurrent batches (group commit) over the same environments
 and groups must neither deadlock into a 4xx (the agent deletes a beacon answered 4xx) nor lose a beacon
 acknowledged 200."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,9 @@ SIGS = ["KeyError: 'col%d' @ etl.load < etl.main" % i for i in range(6)]
 
 
 def _post(url: str, path: str, body: dict) -> int:
-    request = urllib.request.Request(url + path, json.dumps(body).encode(), {"Content-Type": "application/json"},
-                                     method="POST")
+    request = urllib.request.Request(
+        url + path, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status
@@ -45,6 +47,7 @@ def test_two_servers_on_one_postgresql_never_refuse_nor_lose_a_beacon(pg_cluster
                 statuses.append(status)
                 if status == 200:
                     acknowledged.append(event_id)
+
         threads = [threading.Thread(target=send, args=(c,)) for c in range(24)]
         for thread in threads:
             thread.start()
@@ -64,13 +67,17 @@ def test_beacons_are_answered_while_the_retention_purge_waits(pg_cluster):
     import psycopg
 
     from corp_error_server.storage import open_storage
+
     target = pg_cluster.database()
     open_storage(target).close()
     db_rows(target, "INSERT INTO envs(env_hash, received, snapshot, features) VALUES('old', 0, '{}', '{}')")
-    db_rows(target, "INSERT INTO beacons(event_id, kind, env_hash, script_id, ts, received, counted, test, handled)"
-                    " VALUES('old-1', 'success', 'old', 's0', 0, 0, 1, 0, 0)")
+    db_rows(
+        target,
+        "INSERT INTO beacons(event_id, kind, env_hash, script_id, ts, received, counted, test, handled)"
+        " VALUES('old-1', 'success', 'old', 's0', 0, 0, 1, 0, 0)",
+    )
     with psycopg.connect(target) as holder:
-        holder.execute("SELECT id FROM beacons WHERE event_id = 'old-1' FOR UPDATE")   # the purge queues on it
+        holder.execute("SELECT id FROM beacons WHERE event_id = 'old-1' FOR UPDATE")  # the purge queues on it
         server = Server(target)
         try:
             assert _post(server.url, "/env", env_body(ENVS[0], {"numpy": "1.0.0"})) == 201

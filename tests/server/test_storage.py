@@ -1,4 +1,5 @@
 """Storage on its own: schema versions and migrations, its own exceptions, choosing a backend."""
+
 from __future__ import annotations
 
 import os
@@ -25,15 +26,28 @@ from corp_error_server.storage_schema import MIGRATIONS
 from pgsupport import db_rows
 
 # The schema the 0.5.0 server created, versioned in meta only.
-_SCHEMA_050 = [statement for statement in MIGRATIONS[0].sql.replace("{ID}", "INTEGER PRIMARY KEY")
-               .replace("{BIGINT}", "INTEGER").replace("{FLOAT}", "REAL").replace("{NOROWID}", " WITHOUT ROWID")
-               .split(";") if statement.strip()]
+_SCHEMA_050 = [
+    statement
+    for statement in MIGRATIONS[0]
+    .sql.replace("{ID}", "INTEGER PRIMARY KEY")
+    .replace("{BIGINT}", "INTEGER")
+    .replace("{FLOAT}", "REAL")
+    .replace("{NOROWID}", " WITHOUT ROWID")
+    .split(";")
+    if statement.strip()
+]
 
 
 def _serve(*args: str, cwd=None, python=(sys.executable,)) -> subprocess.CompletedProcess:
     """The server's command line, for runs that end before it listens."""
-    return subprocess.run([*python, "-m", "corp_error_server", "--port", "0", *args], capture_output=True,
-                          text=True, timeout=60, cwd=str(cwd or REPO), env=dict(os.environ, PYTHONPATH=str(REPO)))
+    return subprocess.run(
+        [*python, "-m", "corp_error_server", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(cwd or REPO),
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
 
 
 def test_migrations_are_numbered_in_order():
@@ -45,9 +59,10 @@ def test_a_new_database_has_every_migration(db_target):
     storage = open_storage(db_target)
     assert storage.schema_version() == SCHEMA_VERSION
     storage.close()
-    open_storage(db_target).close()   # opening again applies nothing twice
-    assert db_rows(db_target, "SELECT version FROM schema_version ORDER BY version") == \
-        [(v,) for v in range(1, SCHEMA_VERSION + 1)]
+    open_storage(db_target).close()  # opening again applies nothing twice
+    assert db_rows(db_target, "SELECT version FROM schema_version ORDER BY version") == [
+        (v,) for v in range(1, SCHEMA_VERSION + 1)
+    ]
     assert db_rows(db_target, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
 
 
@@ -88,7 +103,7 @@ def test_an_unsupported_scheme_is_one_line_and_exit_2(tmp_path, url):
     result = _serve("--db", url, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "unsupported database URL scheme" in result.stderr
-    assert list(tmp_path.iterdir()) == []   # no directory named after the scheme
+    assert list(tmp_path.iterdir()) == []  # no directory named after the scheme
 
 
 def test_postgresql_without_its_driver_is_one_line_and_exit_2(tmp_path):
@@ -115,17 +130,39 @@ def test_the_password_of_a_url_is_never_printed():
     assert describe("postgresql://app:s3cret@db.example:5432/errors") == "postgresql://app:***@db.example:5432/errors"
     assert describe("postgresql://app@db/errors") == "postgresql://app@db/errors"
     assert describe("/var/lib/errors.db") == "/var/lib/errors.db"
-    assert (describe("postgresql://app@db/errors?sslmode=require&password=s3cret&PassWord=x")
-            == "postgresql://app@db/errors?sslmode=require&password=***&PassWord=***")
-    assert describe("postgresql:///errors?host=/run/pg&sslpassword=k3y") == "postgresql:///errors?host=/run/pg&sslpassword=***"
-    assert describe("postgresql://app:s3cret@db/errors?sslmode=require") == "postgresql://app:***@db/errors?sslmode=require"
+    assert (
+        describe("postgresql://app@db/errors?sslmode=require&password=s3cret&PassWord=x")
+        == "postgresql://app@db/errors?sslmode=require&password=***&PassWord=***"
+    )
+    assert (
+        describe("postgresql:///errors?host=/run/pg&sslpassword=k3y")
+        == "postgresql:///errors?host=/run/pg&sslpassword=***"
+    )
+    assert (
+        describe("postgresql://app:s3cret@db/errors?sslmode=require")
+        == "postgresql://app:***@db/errors?sslmode=require"
+    )
 
 
 def _beacon(event_id, env_hash="e1", sig="ValueError: boom", **fields) -> Beacon:
     import corp_error_agent
-    values = dict(kind="error", env_hash=env_hash, script_id="s1", group_key=corp_error_agent.group_key(sig),
-                  signature=sig, trace=None, ts=1.7e9, event_id=event_id, script_name=None, agent=None, test=False,
-                  prev_env_hash=None, prev_group_key=None, mentions=frozenset())
+
+    values = dict(
+        kind="error",
+        env_hash=env_hash,
+        script_id="s1",
+        group_key=corp_error_agent.group_key(sig),
+        signature=sig,
+        trace=None,
+        ts=1.7e9,
+        event_id=event_id,
+        script_name=None,
+        agent=None,
+        test=False,
+        prev_env_hash=None,
+        prev_group_key=None,
+        mentions=frozenset(),
+    )
     values.update(fields)
     return Beacon(**values)
 
@@ -133,11 +170,24 @@ def _beacon(event_id, env_hash="e1", sig="ValueError: boom", **fields) -> Beacon
 def test_add_beacons_stores_a_batch_in_one_go_each_item_isolated(db_target):
     storage = open_storage(db_target)
     env = Env("e1", {"packages": {}}, {"python": "3.11", "pkg:a": "1"})
-    results = storage.add_beacons([(_beacon("a"), None), (_beacon("a"), None), (None, None), (_beacon("b"), env),
-                                   (_beacon(None, handled=True), None), (None, env)])
+    results = storage.add_beacons(
+        [
+            (_beacon("a"), None),
+            (_beacon("a"), None),
+            (None, None),
+            (_beacon("b"), env),
+            (_beacon(None, handled=True), None),
+            (None, env),
+        ]
+    )
     assert [(r.env_known, r.duplicate, type(r.error)) for r in results] == [
-        (False, False, type(None)), (False, True, type(None)), (False, False, ValueError),
-        (True, False, type(None)), (True, False, type(None)), (True, True, type(None))]
+        (False, False, type(None)),
+        (False, True, type(None)),
+        (False, False, ValueError),
+        (True, False, type(None)),
+        (True, False, type(None)),
+        (True, True, type(None)),
+    ]
     total, (group,) = storage.find_groups(GroupQuery())
     data = storage.group_states([group["id"]])[group["id"]].data
     # the beacon stored before its environment in the same batch is counted when the environment arrives
@@ -150,31 +200,45 @@ def _ingest_state(target: str) -> dict:
     """What ingest wrote, by group key rather than row id (ids differ between two databases); a group
     row without errors (one-by-one storing makes one for a repeated beacon's group) is no group."""
     key = "(SELECT key FROM groups WHERE id = %s)"
-    return {name: sorted(db_rows(target, query), key=repr) for name, query in {
-        "groups": "SELECT key, signature, errors, fails, oks, handled, mentions, status, latest_env FROM groups "
-                  "WHERE errors > 0",
-        "beacons": "SELECT event_id, %s, env_hash, script_id, counted, handled, host, trace FROM beacons"
-                   % (key % "group_id"),
-        "counts": "SELECT %s, feature, value, fails, oks FROM counts" % (key % "group_id"),
-        "days": "SELECT %s, day, fails, oks FROM group_days" % (key % "group_id"),
-        "sources": "SELECT %s, script_id, env_hash, host, script_name, fails, oks FROM group_sources"
-                   % (key % "group_id"),
-        "scripts": "SELECT %s, script_id FROM group_scripts" % (key % "group_id"),
-        "contributions": "SELECT b.event_id, %s FROM contributions c JOIN beacons b ON b.id = c.beacon_id"
-                         % (key % "c.group_id"),
-    }.items()}
+    return {
+        name: sorted(db_rows(target, query), key=repr)
+        for name, query in {
+            "groups": "SELECT key, signature, errors, fails, oks, handled, mentions, status, latest_env FROM groups "
+            "WHERE errors > 0",
+            "beacons": "SELECT event_id, %s, env_hash, script_id, counted, handled, host, trace FROM beacons"
+            % (key % "group_id"),
+            "counts": "SELECT %s, feature, value, fails, oks FROM counts" % (key % "group_id"),
+            "days": "SELECT %s, day, fails, oks FROM group_days" % (key % "group_id"),
+            "sources": "SELECT %s, script_id, env_hash, host, script_name, fails, oks FROM group_sources"
+            % (key % "group_id"),
+            "scripts": "SELECT %s, script_id FROM group_scripts" % (key % "group_id"),
+            "contributions": "SELECT b.event_id, %s FROM contributions c JOIN beacons b ON b.id = c.beacon_id"
+            % (key % "c.group_id"),
+        }.items()
+    }
 
 
 def test_a_burst_of_errors_is_stored_as_one_by_one(db_target, tmp_path):
     """add_beacons stores a batch of plain errors with a few statements per table: what it stores and
     answers is what storing each beacon alone stores and answers."""
-    envs = [Env("e%d" % i, {"packages": {}}, {"python": "3.1%d" % (i % 2), "pkg:a": str(i), "pkg:b": "2"})
-            for i in range(3)]
+    envs = [
+        Env("e%d" % i, {"packages": {}}, {"python": "3.1%d" % (i % 2), "pkg:a": str(i), "pkg:b": "2"}) for i in range(3)
+    ]
     before = [_beacon("old", "e0", "KeyError: 'x'"), _beacon("gone", "e1", "OSError: disk")]
-    burst = [_beacon("k%d" % i, "e%d" % (i % 3), ("KeyError: 'x'", "TypeError: t", "OSError: disk")[i % 3],
-                     script_id="s%d" % (i % 2), script_name=("a.py", None)[i % 2], host=("h1", None)[i % 3 > 1],
-                     handled=i % 4 == 0, trace="Traceback %d" % i, mentions=frozenset({"pkg%d" % (i % 5)}))
-             for i in range(12)]
+    burst = [
+        _beacon(
+            "k%d" % i,
+            "e%d" % (i % 3),
+            ("KeyError: 'x'", "TypeError: t", "OSError: disk")[i % 3],
+            script_id="s%d" % (i % 2),
+            script_name=("a.py", None)[i % 2],
+            host=("h1", None)[i % 3 > 1],
+            handled=i % 4 == 0,
+            trace="Traceback %d" % i,
+            mentions=frozenset({"pkg%d" % (i % 5)}),
+        )
+        for i in range(12)
+    ]
     burst += [_beacon("old", "e0"), _beacon("k3", "e0"), _beacon(None, "e2", "TypeError: t")]
     alone_target = str(tmp_path / "alone.db")
     answers = []
@@ -192,8 +256,11 @@ def test_a_burst_of_errors_is_stored_as_one_by_one(db_target, tmp_path):
         answers.append([(r.env_known, r.duplicate, r.new_group, r.regressed, r.error) for r in results])
         storage.close()
     assert answers[0] == answers[1]
-    assert [a[:4] for a in answers[0][:3]] == [(True, False, False, False), (True, False, True, False),
-                                               (True, False, False, True)]
+    assert [a[:4] for a in answers[0][:3]] == [
+        (True, False, False, False),
+        (True, False, True, False),
+        (True, False, False, True),
+    ]
     assert answers[0][-3:] == [(True, True, False, False, None)] * 2 + [(True, False, False, False, None)]
     burst_state, alone_state = _ingest_state(db_target), _ingest_state(alone_target)
     assert burst_state == alone_state

@@ -1,4 +1,5 @@
 """The agent file itself: its two parts fit together, and what it installs is what the repo ships."""
+
 from __future__ import annotations
 
 import ast
@@ -21,8 +22,8 @@ def test_the_whole_view_is_the_agent_s_own_split():
     proper = agent._agent_source().split("\n")
     first = next(i for i, line in enumerate(proper) if line)
     assert len(whole) == len(lines) and whole[first - 1] == whole[len(proper) - 1] == ""
-    assert whole[first:len(proper) - 1] == proper[first:-1]
-    assert whole[:first - 1] == lines[:first - 1] and whole[len(proper):] == lines[len(proper):]
+    assert whole[first : len(proper) - 1] == proper[first:-1]
+    assert whole[: first - 1] == lines[: first - 1] and whole[len(proper) :] == lines[len(proper) :]
     names = {node.name for node in ast.parse(whole_source(text)).body if isinstance(node, ast.FunctionDef)}
     assert set(agent.__all__) - {"__version__"} <= names
 
@@ -34,6 +35,7 @@ def test_agent_file_lints_clean_whole():
     api = pytest.importorskip("pyflakes.api", reason="pyflakes is not installed (run_tests.sh installs it)")
     reporter = pytest.importorskip("pyflakes.reporter")
     import io
+
     out = io.StringIO()
     path = ROOT / "corp_error_agent.py"
     found = api.check(whole_source(path.read_text(encoding="utf-8")), str(path), reporter.Reporter(out, out))
@@ -51,8 +53,9 @@ def test_start_up_byte_code_holds_no_code_of_the_agent_proper():
     # What every Python process loads: the start-up part only, not even the agent proper's text.
     code = compile((ROOT / "corp_error_agent.py").read_text(encoding="utf-8"), "corp_error_agent.py", "exec")
     at_start_up = {c.co_name for c in code.co_consts if hasattr(c, "co_name")}
-    proper = {node.name for node in ast.parse(agent._agent_source()).body
-              if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    proper = {
+        node.name for node in ast.parse(agent._agent_source()).body if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+    }
     assert "activate" in at_start_up and len(proper) > 50
     assert at_start_up & proper == set()
     assert not [c for c in code.co_consts if isinstance(c, str) and "def error_signature" in c]
@@ -74,7 +77,8 @@ def test_an_upgrade_under_a_running_process_is_not_mixed_in(tmp_path, monkeypatc
     spec.loader.exec_module(running)
     assert "def error_signature(" in running._agent_source()
     upgraded = copy.read_text(encoding="utf-8").replace(
-        '__version__ = "%s"' % running.__version__, '__version__ = "99.0"', 1)
+        '__version__ = "%s"' % running.__version__, '__version__ = "99.0"', 1
+    )
     copy.write_text(upgraded, encoding="utf-8")
     with pytest.raises(ImportError, match="another version"):
         running._agent_source()

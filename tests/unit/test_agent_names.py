@@ -6,6 +6,7 @@ just stops reporting), and a start-up function using a global that only the load
 proper defines raises a NameError inside a hook, where it is swallowed too. Names are found in the
 source, so entries added later are checked too.
 """
+
 from __future__ import annotations
 
 import ast
@@ -18,8 +19,8 @@ from agent_whole import whole_source
 
 AGENT_FILE = Path(agent.__file__)
 WHOLE = ast.parse(whole_source(AGENT_FILE.read_text(encoding="utf-8")))
-START_UP = AGENT_FILE.read_text(encoding="utf-8")   # as Python compiles it: the agent proper is a string
-REACHING = {"_call_agent", "_reach_agent"}           # they call the agent function named by their first argument
+START_UP = AGENT_FILE.read_text(encoding="utf-8")  # as Python compiles it: the agent proper is a string
+REACHING = {"_call_agent", "_reach_agent"}  # they call the agent function named by their first argument
 
 
 def _string(node):
@@ -76,13 +77,22 @@ def _start_up_functions() -> set:
 
 
 def test_every_function_reached_by_name_is_defined_in_the_agent_proper():
-    proper = ast.parse(agent._agent_source())   # the loader and the rest of the agent proper
+    proper = ast.parse(agent._agent_source())  # the loader and the rest of the agent proper
     defined = {node.name for node in proper.body if isinstance(node, ast.FunctionDef)}
     reached = names_reached_by_string()
     # the search finds what is known to be there: the hooks, the patches, the workers, the loader
-    assert {"_on_exception", "_on_thread_exception", "_patch_asyncio", "_patch_multiprocessing",
-            "_patch_traceback", "_at_exit", "_drain", "_ask_for_hint",
-            "_on_error", "_attribute"} <= set(reached)
+    assert {
+        "_on_exception",
+        "_on_thread_exception",
+        "_patch_asyncio",
+        "_patch_multiprocessing",
+        "_patch_traceback",
+        "_at_exit",
+        "_drain",
+        "_ask_for_hint",
+        "_on_error",
+        "_attribute",
+    } <= set(reached)
     # the logging patch is the one entry of _PATCHES the start-up part applies itself (it is cheap
     # and every program imports logging), so it is a start-up function instead
     start_up = _start_up_functions()
@@ -108,8 +118,15 @@ def test_start_up_functions_find_every_global_they_use_in_the_start_up_part():
     # start-up part itself binds; and `os` is not among it (see the start-up part's why).
     module = symtable.symtable(START_UP, str(AGENT_FILE), "exec")
     start_up = _start_up_functions()
-    assert {"activate", "_chain", "_find_spec", "_reach_agent", "_patch_logging", "_cache_dir",
-            "__getattr__"} <= start_up
+    assert {
+        "activate",
+        "_chain",
+        "_find_spec",
+        "_reach_agent",
+        "_patch_logging",
+        "_cache_dir",
+        "__getattr__",
+    } <= start_up
     bound = {s.get_name() for s in module.get_symbols() if s.is_assigned() or s.is_imported()}
     assert start_up <= bound and "os" not in bound
     tops = [t for t in module.get_children() if t.get_name() in start_up]
@@ -118,5 +135,6 @@ def test_start_up_functions_find_every_global_they_use_in_the_start_up_part():
     assert {t.get_name() for t in tables} >= {"hook", "exec_and_patch", "callHandlers"}
     available = bound | set(vars(builtins)) | {"__file__", "__name__"}
     missing = {t.get_name(): sorted(set(t.get_globals()) - available) for t in tables}
-    assert {name: names for name, names in missing.items() if names} == {}, \
+    assert {name: names for name, names in missing.items() if names} == {}, (
         "globals the start-up functions use that the start-up part does not bind"
+    )

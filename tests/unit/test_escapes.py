@@ -1,5 +1,6 @@
 """Terminal escape codes never leave the machine: IPython colours its tracebacks, nbconvert puts
 them in CellExecutionError's message, loggers colour their lines."""
+
 from __future__ import annotations
 
 import corp_error_agent as agent

@@ -1,4 +1,5 @@
 """Unit tests of the pure event functions in corp_error_agent (imported from the repo root)."""
+
 from __future__ import annotations
 
 import sys
@@ -24,21 +25,27 @@ def home(tmp_path, monkeypatch):
 
 # -- scrub -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, secret", [
-    ("connect https://bob:s3cr3tpw@db.example.com/x", "s3cr3tpw"),
-    ("postgresql://admin:pa55word@10.0.0.1:5432/db", "pa55word"),
-    ("login password=hunter2xyz failed", "hunter2xyz"),
-    ("config {'api_key': 'abcd1234efgh'}", "abcd1234efgh"),
-    ('SECRET_TOKEN="zz-top-secret"', "zz-top-secret"),
-    ("Authorization: Bearer tok-very-secret-42", "tok-very-secret-42"),
-    ("Authorization: Basic dXNlcjpwYXNz", "dXNlcjpwYXNz"),
-    ("aws key AKIAIOSFODNN7EXAMPLE in env", "AKIAIOSFODNN7EXAMPLE"),
-    ("token ghp_0123456789abcdefghijklmnopqrstuvwxyzAB used", "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB"),
-    ("slack xoxb-1234567890-abcdefghij", "xoxb-1234567890-abcdefghij"),
-    ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
-     "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"),
-    ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\n-----END RSA PRIVATE KEY-----", "MIIEowIBAAKCAQEA7"),
-])
+
+@pytest.mark.parametrize(
+    "text, secret",
+    [
+        ("connect https://bob:s3cr3tpw@db.example.com/x", "s3cr3tpw"),
+        ("postgresql://admin:pa55word@10.0.0.1:5432/db", "pa55word"),
+        ("login password=hunter2xyz failed", "hunter2xyz"),
+        ("config {'api_key': 'abcd1234efgh'}", "abcd1234efgh"),
+        ('SECRET_TOKEN="zz-top-secret"', "zz-top-secret"),
+        ("Authorization: Bearer tok-very-secret-42", "tok-very-secret-42"),
+        ("Authorization: Basic dXNlcjpwYXNz", "dXNlcjpwYXNz"),
+        ("aws key AKIAIOSFODNN7EXAMPLE in env", "AKIAIOSFODNN7EXAMPLE"),
+        ("token ghp_0123456789abcdefghijklmnopqrstuvwxyzAB used", "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB"),
+        ("slack xoxb-1234567890-abcdefghij", "xoxb-1234567890-abcdefghij"),
+        (
+            "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        ),
+        ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\n-----END RSA PRIVATE KEY-----", "MIIEowIBAAKCAQEA7"),
+    ],
+)
 def test_scrub_removes_secrets(text, secret):
     out = agent.scrub(text)
     assert secret not in out
@@ -62,17 +69,19 @@ def test_scrub_root_home_is_not_replaced(monkeypatch):
 
 # -- group_key -----------------------------------------------------------------------------------
 
+
 def test_group_key_contract_example():
     ours = "AttributeError: module 'packaging.version' has no attribute 'LegacyVersion' @ __main__.main"
-    theirs = ("attributeerror: module 'packaging.version' has no attribute 'legacyversion'. "
-              "did you mean: 'version'?")
+    theirs = "attributeerror: module 'packaging.version' has no attribute 'legacyversion'. did you mean: 'version'?"
     expected = "attributeerror: module 'packaging.version' has no attribute 'legacyversion'"
     assert agent.group_key(ours) == agent.group_key(theirs) == expected
 
 
 def test_group_key_takes_last_exception_line_of_a_trace():
-    trace = ('Traceback (most recent call last):\n  File "/home/u/app.py", line 3, in <module>\n'
-             "    main()\nKeyError: 'user_id'\n")
+    trace = (
+        'Traceback (most recent call last):\n  File "/home/u/app.py", line 3, in <module>\n'
+        "    main()\nKeyError: 'user_id'\n"
+    )
     assert agent.group_key(trace) == "keyerror: 'user_id'"
 
 
@@ -81,7 +90,8 @@ def test_group_key_normalises_paths_numbers_and_addresses():
     b = agent.group_key("FileNotFoundError: [Errno 2] No such file or directory: '/srv/bob/x/77.csv' @ m.f")
     assert a == b
     assert agent.group_key("ValueError: <Foo object at 0x7f3a2b1c>") == agent.group_key(
-        "valueerror: <foo object at 0xdeadbeef>")
+        "valueerror: <foo object at 0xdeadbeef>"
+    )
 
 
 def test_group_key_distinguishes_bugs():
@@ -95,6 +105,7 @@ def test_group_key_bounded():
 
 # -- error_signature -----------------------------------------------------------------------------
 
+
 def _capture(func):
     try:
         func()
@@ -106,6 +117,7 @@ def _capture(func):
 def _outer(path):
     def inner():
         raise FileNotFoundError("cannot open %s (object %r, try 3)" % (path, object()))
+
     return inner()
 
 
@@ -141,6 +153,7 @@ def test_error_signature_type_names():
 
     def boom():
         raise LocalError("x")
+
     sig = agent.error_signature(*_capture(boom))
     assert sig.startswith(__name__ + ".test_error_signature_type_names.<locals>.LocalError: x @ ")
     assert agent.error_signature(*_capture(lambda: 1 / 0)).startswith("ZeroDivisionError: division by zero @ ")
@@ -153,6 +166,7 @@ def test_error_signature_bounded_and_hostile_str():
 
     def boom():
         raise Hostile()
+
     assert agent.error_signature(*_capture(boom)).startswith(__name__)
     sig = agent.error_signature(*_capture(lambda: (_ for _ in ()).throw(ValueError("y" * 5000))))
     assert len(sig) <= 400
@@ -161,6 +175,7 @@ def test_error_signature_bounded_and_hostile_str():
 def test_agent_and_published_client_group_together():
     """group_key(our error_sig) == group_key(the 0.4.2 client's sig: last traceback line, lower-cased)."""
     import traceback
+
     info = _capture(lambda: _outer("/home/alice/cfg.toml"))
     theirs = "".join(traceback.format_exception(*info)).strip().splitlines()[-1].lower()
     assert agent.group_key(agent.error_signature(*info)) == agent.group_key(theirs)
@@ -168,14 +183,20 @@ def test_agent_and_published_client_group_together():
 
 if given is not None:
     words = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_'", min_size=1, max_size=8)
-    pieces = st.one_of(words, st.integers(0, 10 ** 6).map(str), st.just("/home/user/x.py"),
-                       st.integers(0, 2 ** 48).map(hex), st.just("'/tmp/tmp_x1/y'"))
+    pieces = st.one_of(
+        words,
+        st.integers(0, 10**6).map(str),
+        st.just("/home/user/x.py"),
+        st.integers(0, 2**48).map(hex),
+        st.just("'/tmp/tmp_x1/y'"),
+    )
 
     @settings(max_examples=150, deadline=None)
     @given(st.lists(pieces, min_size=1, max_size=8).map(" ".join))
     def test_group_key_agrees_across_clients(message):
         info = _capture(lambda: (_ for _ in ()).throw(ValueError(message)))
         import traceback
+
         theirs = "".join(traceback.format_exception(*info)).strip().splitlines()[-1].lower()
         assert agent.group_key(agent.error_signature(*info)) == agent.group_key(theirs)
 

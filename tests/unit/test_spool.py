@@ -1,4 +1,5 @@
 """Unit tests of the spool's claims: who may take an entry back from a process that claimed it."""
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ def test_only_an_ended_process_of_this_pid_space_loses_its_claim(entry):
     assert not agent._claimant_gone("%s.%d.%s.claimed" % (entry.name, os.getppid(), space))
     # another machine or container sharing the cache dir: its pids mean nothing here
     assert not agent._claimant_gone("%s.%d.%s.claimed" % (entry.name, _ended_pid(), "elsewhere"))
-    assert not agent._claimant_gone("%s.%d.%s.claimed" % (entry.name, 10 ** 30, space))
+    assert not agent._claimant_gone("%s.%d.%s.claimed" % (entry.name, 10**30, space))
 
 
 def test_recovery_returns_the_entries_of_ended_claimants_only(entry, tmp_path):
