@@ -85,6 +85,6 @@ def test_hint_not_shown(agent_venv, plain_venv, backend, sandbox, answer, extra)
 def test_hint_names_the_docs(agent_venv, plain_venv, backend, sandbox):
     backend.set_reply("/suggest", Reply(200, dict(MATCH, docs="https://numpy.org/devdocs/numpy_2_0_migration_guide")))
     with_agent, without = _runs(agent_venv, plain_venv, backend, sandbox)
-    assert with_agent.stderr[len(without.stderr) :] == BLOCK.replace(
+    assert with_agent.stderr[len(without.stderr) :] == (BLOCK % str(agent_venv.python).encode()).replace(
         b"  confidence", b"  docs:       https://numpy.org/devdocs/numpy_2_0_migration_guide\n  confidence"
     )

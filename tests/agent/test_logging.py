@@ -84,19 +84,18 @@ def test_logging_off(agent_venv, backend, sandbox):
 
 
 def test_nothing_logged_by_the_agents_own_threads(agent_venv, backend, sandbox):
-    """A host whose urllib handler logs what it sees: the agent's deliveries go through it too."""
+    """A host whose audit hook logs every connection made: the agent's deliveries make them too."""
     script = sandbox.script(
         "audited.py",
         (
-            "import logging, threading, urllib.request\n"
-            "class Audit(urllib.request.BaseHandler):\n"
-            "    def http_request(self, request):\n"
+            "import logging, sys, threading\n"
+            "def audit(event, args):\n"
+            "    if event == 'socket.connect':\n"
             "        try:\n"
             "            raise RuntimeError('audit-in-' + threading.current_thread().name)\n"
             "        except RuntimeError:\n"
             "            logging.getLogger('audit').exception('audited')\n"
-            "        return request\n"
-            "urllib.request.install_opener(urllib.request.build_opener(Audit))\n"
+            "sys.addaudithook(audit)\n"
             "raise SystemError('boom-audited')\n"
         ),
     )
