@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import random
 import sqlite3
-import sys
 
-from conftest import REPO
+from _bulk import Population  # (bench/ is on pytest's pythonpath)
 from corp_error_server.app import parse_env
 from corp_error_server.storage import Beacon, SQLiteStorage
-
-sys.path.insert(0, str(REPO / "bench"))
-from _bulk import Population  # noqa: E402
 
 # the columns that hold the arrival time, which differs between the two databases
 _TABLES = {
