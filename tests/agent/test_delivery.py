@@ -185,6 +185,10 @@ class SilentBackend:
                 self.held.append(conn)
                 self.peers.append(peer)
                 self.cond.notify_all()
+            self._took(conn)
+
+    def _took(self, conn):
+        """What happens to an accepted connection: here, nothing (it is held open, unanswered)."""
 
     def connections(self) -> int:
         """Connections made before this call, by anyone but this method (the accept queue is FIFO)."""
@@ -232,18 +236,8 @@ class TricklingBackend(SilentBackend):
     """Reads each request, then answers one byte of a never-ending header every 0.5 s: no single
     read ever waits long enough for the client's socket timeout."""
 
-    def _accept(self):
-        while not self.stopping.is_set():
-            try:
-                conn, peer = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with self.cond:
-                self.held.append(conn)
-                self.peers.append(peer)
-            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+    def _took(self, conn):
+        threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
 
     def _trickle(self, conn):
         try:
