@@ -9,30 +9,10 @@ import random
 from corp_error_server import create_app
 from corp_error_server.storage import SQLiteStorage, open_storage
 from pgsupport import db_rows
+from reliability.server_fuzz import FIELDS as _FIELDS  # the wire fields, as the fuzzer of a real server knows them
 
 _PATHS = ["/beacon", "/env", "/suggest", "/healthz", "/api/errors", "/api/errors/1", "/openapi.json", "/x", ""]
 _METHODS = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "BREW"]
-_FIELDS = [
-    "kind",
-    "env_hash",
-    "script_id",
-    "trace",
-    "ts",
-    "error_sig",
-    "event_id",
-    "script_name",
-    "agent",
-    "test",
-    "prev_env_hash",
-    "prev_error_sig",
-    "env",
-    "packages",
-    "python_ver",
-    "os_info",
-    "machine_arch",
-    "env_vars",
-    "python_impl",
-]
 
 
 def _value(rng: random.Random, depth: int = 0):
