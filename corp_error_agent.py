@@ -17,8 +17,6 @@ after a failure, a command, or any use of its names), and loads the rest.
 import sys
 
 __version__ = "0.5.0"
-__all__ = ("activate", "capture", "main", "group_key", "scrub", "snapshot", "error_signature", "format_trace",
-           "__version__")
 
 _APP = "corp_error_agent"
 
@@ -27,168 +25,170 @@ _APP = "corp_error_agent"
 ###############################################################################
 # Every Python process runs this part, so it holds only what every start needs: the hooks, the
 # finder that patches modules at their first import, the patch of logging (most programs import
-# it, and compiling it then would cost more than loading it always), the agent's directory for the
-# pending check, and the way into the rest of the file (__getattr__). Each function, name and
-# string here is loaded at every start and freed at every exit, and each object it keeps can tip
-# the garbage collector into one more collection (bench/startup.py counts the instructions).
+# it, and compiling it then would cost more than loading it always), the pending check, and the
+# way into the rest of the file (__getattr__). All of them are one function, _entry, told apart by
+# the arguments it is called with. Each function a start keeps is four objects (itself, its
+# constants, its names, its locals), and the garbage collector counts objects: on CPython 3.12 the
+# third object beyond what an empty module on a .pth line keeps costs every `python -c pass` one
+# collection, half of the agent's allowance (bench/startup.py counts the instructions). For the
+# same reason nothing here keeps a tuple, dict or function made at start: state is in strings and
+# module globals, and no call takes keywords (their names would be a tuple of constants).
 # Installing costs a few attribute assignments and one access(): has a script of this name a
 # failure waiting for its first clean run? Only then is an exit hook needed. Each hook calls the
 # hook that was installed before it first, so the user sees the traceback at once and unchanged,
-# and only then loads the agent. No function here has `os` as a global: the hooks live as long as
-# the interpreter, and a global of theirs would keep it alive into finalization, which then clears
-# it the slow way (~1% of a `python -c pass`).
-
-# Per-process state: the keys the start-up part uses. The agent proper declares the others when it
-# is loaded: each key here would cost every Python start (bench/startup.py).
-_process = {"error_seen": False, "loaded": False, "pending": None, "started": None, "pending_dir": None}  # type: dict
+# and only then loads the agent. No global here is `os`: the hooks live as long as the
+# interpreter, and a global of theirs would keep it alive into finalization, which then clears it
+# the slow way (~1% of a `python -c pass`).
 
 # Errors that never reach a hook: asyncio task exceptions nobody retrieved, multiprocessing
 # children, whose bootstrap prints the traceback itself, cells of IPython and Jupyter, which print
 # their own tracebacks, and errors a program logs and carries on. The agent patches those modules
 # when they are imported, so that processes which never use them never pay for it. (Patching
-# multiprocessing adds traceback, for the same reason.) An entry goes once its module is patched.
-_PATCHES = {"asyncio.base_events": "_patch_asyncio", "multiprocessing.process": "_patch_multiprocessing",
-            "IPython.core.interactiveshell": "_patch_ipython", "logging": "_patch_logging"}
+# multiprocessing adds traceback, for the same reason.) Entries are "module=patch function"; an
+# entry goes once its module is patched.
+_PATCHES = "asyncio.base_events=_patch_asyncio multiprocessing.process=_patch_multiprocessing " \
+           "IPython.core.interactiveshell=_patch_ipython logging=_patch_logging"
+_API = "activate capture main group_key scrub snapshot error_signature format_trace __version__"
+_started = _pending_dir = None  # when activate() ran; where this script's failures wait (_pending_path)
+_excepthook = _thread_excepthook = _call_handlers = None  # the hooks installed before ours
 
 
-def activate():
-    # Install the hooks (idempotent): the entry point of corp_error_agent.pth and .start.
-    try:
-        import os
-        if getattr(sys.excepthook, "__qualname__", "") == "_chain.<locals>.hook" or \
-                os.environ.get("ERROR_AGENT_ENABLED", "1").strip().lower() in ("0", "false", "no", "off"):
-            return
-        import _thread
-        import time  # (both imported by Python's own start-up already)
-        sys.excepthook = _chain(sys.excepthook, "_on_exception")
-        # threading copies _thread._excepthook when it is first imported, so patching the builtin
-        # covers threads without paying for threading in processes that never use it.
-        _thread._excepthook = _chain(_thread._excepthook, "_on_thread_exception")
-        if "threading" in sys.modules:
-            sys.modules["threading"].excepthook = _thread._excepthook
-        for name in tuple(_PATCHES):
-            if name in sys.modules:
-                _reach_agent(_PATCHES.pop(name), sys.modules[name])
-        # The finder is the function itself: a module object to hold it would be more objects at
-        # every start. After the builtin and frozen importers, before the path.
-        _find_spec.find_spec = _find_spec
-        sys.meta_path.insert(2, _find_spec)
-        _process["started"] = time.time()
-        # where failures of scripts of this file name wait for their first clean run (_pending_path)
-        name = os.path.basename(sys.argv[0] if sys.argv else "") or "-"  # "-c", "-m", a script
-        pending = _process["pending_dir"] = os.path.join(_cache_dir(), "pending", name.strip(".") or "-")
-        if os.access(pending, os.F_OK) or \
-                os.environ.get("ERROR_AGENT_SUCCESS", "").strip().lower() == "always":
-            import atexit
-            atexit.register(_reach_agent, "_at_exit")
-            sys.modules[__name__]._watch_exit()  # (the loader's: the rest waits for the exit)
-    except Exception:
-        pass
-
-
-def _chain(previous, handler):
-    # (keyword defaults, not a closure: its cells would be more objects at every start)
-    def hook(*args, previous=previous, handler=handler):
-        try:
-            previous(*args)
-        finally:
-            if not (isinstance(args[0], type) and issubclass(args[0], (KeyboardInterrupt, SystemExit))):
-                _reach_agent(handler, *args)
-    return hook  # (known by its __qualname__: an attribute would cost a dict)
-
-
-def _reach_agent(name, *args):
-    # Run an agent function from a hook, found under the name the module was imported as (gone once
-    # the interpreter is shutting down); an agent that cannot be loaded stays out of the way.
-    try:
-        if name == "_patch_logging":  # most programs import logging: its patch loads nothing
-            return _patch_logging(*args)
-        return sys.modules[__name__]._call_agent(name, *args)
-    except Exception:
-        return None
-
-
-def _find_spec(name, path=None, target=None):
-    # Import-system finder (on sys.meta_path, see activate), asked about every import: None,
-    # meaning "not mine", unless the module is in _PATCHES; then the module's spec, found by the
-    # finders after this one, with a loader that patches the module once it ran.
-    if name not in _PATCHES:
-        return None
-    patch = _PATCHES.pop(name)
-    spec = None
-    for finder in sys.meta_path:  # this one says "not mine" to the module by now
-        spec = finder.find_spec(name, path, target) if hasattr(finder, "find_spec") else None
-        if spec is not None:
-            break
-    loader = getattr(spec, "loader", None)
-    if loader is not None and hasattr(loader, "exec_module"):
-        # (defaults, not a closure: a closure's cells would be made at every import)
-        def exec_and_patch(module, loader=loader, exec_module=loader.exec_module, patch=patch):
-            exec_module(module)
+def _entry(*args):
+    # Called as:
+    #   activate()                    by the .pth line: install the hooks (idempotent)
+    #   sys.excepthook(type, value, traceback), and _thread._excepthook(args), which threading
+    #                                 copies when it is first imported: threads are covered without
+    #                                 paying for threading in processes that never use it
+    #   find_spec(name, path[, target])  the module itself is on sys.meta_path, after the builtin
+    #                                 and frozen importers: None ("not mine") unless the module is
+    #                                 in _PATCHES; then its spec, found by the finders after this
+    #                                 one, with this function as its loader's exec_module
+    #   exec_module(module)           a patched module's loader: run the module, then patch it
+    #   Logger.callHandlers(logger, record)  report records at ERROR or above with an exception
+    #   __getattr__(name)             PEP 562: the first use of a name that the start-up part lacks
+    #                                 compiles the loader, the first section of the agent proper
+    #                                 (read from this file, at its line numbers); the loader's
+    #                                 _attribute() answers from then on
+    #   (None, platform, environ)     the agent's directory (the loader's _cache_dir)
+    global _PATCHES, _started, _pending_dir, _excepthook, _thread_excepthook, _call_handlers
+    first = args[0] if args else _entry
+    if type(first) is str and len(args) == 1:  # __getattr__
+        if first == "__all__":
+            return tuple(_API.split())
+        if first[:2] == "__" or first in "find_distributions invalidate_caches find_module iter_modules".split():
+            # what is asked of every finder on sys.meta_path (importlib.metadata, pkgutil) loads nothing
+            raise AttributeError("module %r has no attribute %r" % (__name__, first))
+        if "_attribute" not in globals():
             try:
-                del loader.exec_module  # nothing of the agent stays referenced by the loader
-            except Exception:
+                with open(__file__, "rb") as f:
+                    text = f.read().decode("utf-8").replace("\r\n", "\n")  # a copy checked out with CRLF
+                start = text.index("\nr'''\n") + 5
+                if '\n__version__ = "%s"\n' % __version__ not in text[:start]:
+                    raise ImportError("%s is another version than this process started with" % __file__)
+                exec(compile("\n" * text.count("\n", 0, start) + text[start:text.index("\n# (the loader ends", start)],
+                             __file__, "exec"), globals())
+            except Exception as error:
+                raise AttributeError("module %r has no attribute %r (%s)" % (__name__, first, error)) from None
+        return globals()["_attribute"](first)
+    import os
+    if first is None:  # the cache directory: ERROR_AGENT_CACHE_DIR, else the per-user cache
+        # directory, where platformdirs would put it (the loader's _user_dir has the config one)
+        platform, environ = args[1], os.environ if args[2] is None else args[2]
+        chosen = environ.get("ERROR_AGENT_CACHE_DIR", "").strip()
+        if chosen:
+            return chosen
+        home = os.path.expanduser("~")
+        if platform == "win32":
+            local = environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
+            return os.path.join(local, _APP, _APP, "Cache")
+        if platform == "darwin":
+            return os.path.join(home, "Library", "Caches", _APP)
+        xdg = environ.get("XDG_CACHE_HOME", "").strip()
+        return os.path.join(xdg if os.path.isabs(xdg) else os.path.join(home, ".cache"), _APP)
+    if type(first) is str:  # find_spec
+        if " %s=" % first not in " " + _PATCHES:
+            return None
+        spec = None
+        for finder in sys.meta_path:
+            if getattr(finder, "find_spec", _entry) is not _entry:  # (this one, and finders without it)
+                spec = finder.find_spec(*args)
+                if spec is not None:
+                    break
+        loader = getattr(spec, "loader", None)
+        if loader is not None and hasattr(loader, "exec_module"):
+            try:
+                loader.exec_module = _entry
+            except Exception:  # a loader that takes no attributes: the module stays unpatched
                 pass
-            _reach_agent(patch, module)
+        return spec
+    if first is _entry:  # activate()
         try:
-            loader.exec_module = exec_and_patch
-        except Exception:  # a loader that takes no attributes: the module stays unpatched
+            if getattr(sys.excepthook, "__qualname__", "") == "_entry" or \
+                    os.environ.get("ERROR_AGENT_ENABLED", "1").strip().lower() in "0 false no off".split():
+                return None
+            import _thread
+            import time  # (both imported by Python's own start-up already)
+            _excepthook, _thread_excepthook = sys.excepthook, _thread._excepthook
+            sys.excepthook = _thread._excepthook = _entry
+            if "threading" in sys.modules:
+                sys.modules["threading"].excepthook = _entry
+            for entry in _PATCHES.split():
+                if entry.split("=")[0] in sys.modules:
+                    _entry(sys.modules[entry.split("=")[0]])
+            sys.meta_path.insert(2, sys.modules[__name__])
+            _started = time.time()
+            # where failures of scripts of this file name wait for their first clean run
+            name = os.path.basename(sys.argv[0] if sys.argv else "") or "-"  # "-c", "-m", a script
+            _pending_dir = os.path.join(_entry(None, sys.platform, None), "pending", name.strip(".") or "-")
+            if os.access(_pending_dir, os.F_OK) or \
+                    os.environ.get("ERROR_AGENT_SUCCESS", "").strip().lower() == "always":
+                import atexit
+                agent = sys.modules[__name__]
+                agent._watch_exit()  # (the loader's: the rest waits for the exit)
+                atexit.register(agent._call_agent, "_at_exit")
+        except Exception:
             pass
-    return spec
-
-
-def _patch_logging(logging):
-    # Report records at ERROR or above that carry an exception (``logger.exception``), as handled.
-    # The wrapper only looks at a record's level and exception, and reaches the agent for an error
-    # that carries one.
-    import os
-    if os.environ.get("ERROR_AGENT_LOGGING", "1").strip().lower() in ("0", "false", "no", "off"):
-        return
-    call_handlers = logging.Logger.callHandlers
-
-    def callHandlers(self, record):
-        call_handlers(self, record)
-        if record.levelno >= 40 and record.exc_info and record.exc_info[0] is not None:
-            _reach_agent("_on_logged_error", record)
-    logging.Logger.callHandlers = callHandlers
-
-
-def _cache_dir(platform=sys.platform, environ=None):
-    # Where the agent keeps its files: ERROR_AGENT_CACHE_DIR, else the per-user cache directory,
-    # where platformdirs would put it (_user_dir has the config directory too).
-    import os
-    environ = os.environ if environ is None else environ
-    chosen = environ.get("ERROR_AGENT_CACHE_DIR", "").strip()
-    if chosen:
-        return chosen
-    home = os.path.expanduser("~")
-    if platform == "win32":
-        local = environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
-        return os.path.join(local, _APP, _APP, "Cache")
-    if platform == "darwin":
-        return os.path.join(home, "Library", "Caches", _APP)
-    xdg = environ.get("XDG_CACHE_HOME", "").strip()
-    return os.path.join(xdg if os.path.isabs(xdg) else os.path.join(home, ".cache"), _APP)
-
-
-def __getattr__(name):
-    # PEP 562: the first use of a name that the start-up part lacks compiles the loader, the first
-    # section of the agent proper (read from this file, at its line numbers), into this module;
-    # the loader's _attribute() answers from then on.
-    if "_attribute" not in globals() and not name.startswith("__"):
+        return None
+    previous = handler = None
+    if type(first) is type(sys):  # a patched module: run it first, if its loader is ours
+        loader = getattr(first.__spec__, "loader", None)
+        if getattr(loader, "exec_module", None) is _entry:
+            del loader.exec_module  # nothing of the agent stays referenced by the loader
+            loader.exec_module(first)  # (an error in the module fails its import as without the agent)
+        for entry in _PATCHES.split():
+            if entry.split("=")[0] == first.__name__:
+                _PATCHES = (" %s " % _PATCHES).replace(" %s " % entry, " ").strip()
+                handler = entry.split("=")[1]
+    elif len(args) == 2:
+        previous, handler = _call_handlers, "_on_logged_error"
+    elif len(args) == 3:
+        previous, handler = _excepthook, "_on_exception"
+    else:
+        previous, handler = _thread_excepthook, "_on_thread_exception"
+    try:
+        if previous is not None:
+            previous(*args)
+    finally:
         try:
-            with open(__file__, "rb") as f:
-                text = f.read().decode("utf-8").replace("\r\n", "\n")  # a copy checked out with CRLF
-            start = text.index("\nr'''\n") + 5
-            if '\n__version__ = "%s"\n' % __version__ not in text[:start]:
-                raise ImportError("%s is another version than this process started with" % __file__)
-            exec(compile("\n" * text.count("\n", 0, start) + text[start:text.index("\n# (the loader ends", start)],
-                         __file__, "exec"), globals())
-        except Exception as error:
-            raise AttributeError("module %r has no attribute %r (%s)" % (__name__, name, error)) from None
-    if "_attribute" in globals():
-        return globals()["_attribute"](name)
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+            if handler == "_patch_logging":  # most programs import logging: its patch loads nothing
+                handler = None
+                if os.environ.get("ERROR_AGENT_LOGGING", "1").strip().lower() not in "0 false no off".split():
+                    _call_handlers = first.Logger.callHandlers
+                    first.Logger.callHandlers = _entry
+            elif handler == "_on_logged_error":
+                args = args[1:]  # the record
+                if not (args[0].levelno >= 40 and args[0].exc_info and args[0].exc_info[0] is not None):
+                    handler = None
+            elif isinstance(first, type) and issubclass(first, (KeyboardInterrupt, SystemExit)):
+                handler = None
+            if handler is not None:
+                sys.modules[__name__]._call_agent(handler, *args)
+        except Exception:  # an agent that cannot be loaded stays out of the way
+            pass
+    return None
+
+
+activate = find_spec = __getattr__ = _entry  # (what the .pth line, importlib and PEP 562 call)
 
 
 ###############################################################################
@@ -208,6 +208,16 @@ r'''
 # process ~19 M instructions (12.7 M of them compile() making the ast module's types); as byte
 # code it would cost every Python start ~0.4% (bench/startup.py --instructions).
 import os  # noqa: E402  (imported by Python's own start-up already)
+
+# Per-process state: the loader's keys and the hooks'. The agent proper declares the others when it
+# is loaded; its source holds this section again, which then keeps what the loader has noted.
+_process = globals().get("_process") or {"error_seen": False, "loaded": False, "pending": None}  # type: dict
+
+
+def _cache_dir(platform=sys.platform, environ=None):
+    """The agent's directory: ERROR_AGENT_CACHE_DIR, else the per-user cache directory, where
+    platformdirs would put it (the start-up part's, which its pending check needs)."""
+    return _entry(None, platform, environ)
 
 
 def _user_dir(kind, platform=sys.platform, environ=None):
@@ -519,15 +529,14 @@ def _launched(tool: str, args: list):
 def _pending_path():
     """Where a failure of this script waits for its first clean run, named without hashing; "" where
     none is tracked."""
-    if _process["pending"] is None and _process["pending_dir"] is not None:  # (set by activate)
+    if _process["pending"] is None and _pending_dir is not None:  # (set by activate)
         source = _script_source()
         if source is None:
             return None
         key = "".join(c if c.isalnum() or c in "._-" else "_" for c in " ".join(source))
         key = key if len(key) <= 120 else key[:60] + key[-60:]
         # a notebook's kernel and its launcher (nbconvert) share where the notebook's failure waits
-        directory = _process["pending_dir"] if source[0] != "notebook" else \
-            os.path.join(os.path.dirname(_process["pending_dir"]), "notebook")
+        directory = _pending_dir if source[0] != "notebook" else os.path.join(os.path.dirname(_pending_dir), "notebook")
         _process["pending"] = os.path.join(directory, key + ".json")
     return _process["pending"]
 
@@ -539,8 +548,7 @@ def _pending_path():
 
 def _hooks_active() -> bool:
     import _thread
-    return any(getattr(hook, "__qualname__", "") == "_chain.<locals>.hook" for hook in (sys.excepthook,
-                                                                                       _thread._excepthook))
+    return any(getattr(hook, "__qualname__", "") == "_entry" for hook in (sys.excepthook, _thread._excepthook))
 
 
 def _on_exception(exc_type, exc, tb) -> None:
@@ -569,12 +577,13 @@ def _patch_multiprocessing(process) -> None:
 
     _bootstrap prints the error with traceback.print_exc(): the exception is recorded there, where
     no frame of ours can show in the traceback the child prints."""
+    global _PATCHES
     bootstrap = process.BaseProcess._bootstrap
     _process["bootstrap_code"] = bootstrap.__code__
     if "traceback" in sys.modules:
         _patch_traceback(sys.modules["traceback"])
     else:  # import it only when a child fails, as _bootstrap does: _PATCHES patches it then
-        _PATCHES["traceback"] = "_patch_traceback"
+        _PATCHES += " traceback=_patch_traceback"
 
     def reporting_bootstrap(self, *args, **kwargs):
         # A child is not a script of its own: its failures and clean exits take no part in the
@@ -636,7 +645,7 @@ class _Reporting:
 
 
 def _on_logged_error(record) -> None:
-    """A log record at ERROR or above with exception info (see _patch_logging)."""
+    """A log record at ERROR or above with exception info (the start-up part patches logging)."""
     import threading
     if threading.current_thread().name.startswith(_APP) or threading.get_ident() in _process.get("reporting", ()):
         return  # logged by the agent's own threads, or while the agent reports
@@ -788,7 +797,7 @@ def _on_cell_execution_error(exc, settings: _Settings) -> None:
     import time
     path = _pending_path()
     failure = _read_json(path) if path else None
-    started = _process["started"] or time.time()
+    started = _started or time.time()
     if isinstance(failure, dict) and _float(failure.get("ts"), 0.0) >= started and failure.get("cell"):
         _ask_hint_only(settings, failure["env_hash"], failure["error_sig"])
         return

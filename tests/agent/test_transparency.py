@@ -222,3 +222,18 @@ def test_an_agent_upgraded_under_a_running_process_stays_out_of_it(fresh_venv, p
     assert upgraded.stderr.endswith(b"ValueError: boom-upgraded\n")
     assert b"corp-error-agent" not in upgraded.stderr
     assert backend.settle() == [] and sandbox.spool() == []
+
+
+def test_what_importlib_asks_every_finder_loads_nothing(agent_venv, sandbox):
+    # The agent's module is itself on sys.meta_path (its finder): importlib.metadata, pkgutil and
+    # invalidate_caches() ask each finder for more than find_spec, and must not load the agent.
+    code = (
+        "import sys, importlib, importlib.metadata, pkgutil, json; agent = sys.modules['corp_error_agent'];"
+        "dists = len(list(importlib.metadata.distributions())); importlib.invalidate_caches();"
+        "modules = len(list(pkgutil.iter_modules()));"
+        "print(json.dumps([agent in sys.meta_path, dists > 0, modules > 0, '_attribute' in vars(agent),"
+        " hasattr(agent, 'find_distributions'), 'capture' in agent.__all__]))"
+    )
+    proc = run(agent_venv.python, ["-c", code], sandbox.env("http://127.0.0.1:9"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().strip() == "[true, true, true, false, false, true]"

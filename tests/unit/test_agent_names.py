@@ -20,11 +20,16 @@ from agent_whole import whole_source
 AGENT_FILE = Path(agent.__file__)
 WHOLE = ast.parse(whole_source(AGENT_FILE.read_text(encoding="utf-8")))
 START_UP = AGENT_FILE.read_text(encoding="utf-8")  # as Python compiles it: the agent proper is a string
-REACHING = {"_call_agent", "_reach_agent"}  # they call the agent function named by their first argument
+REACHING = {"_call_agent"}  # it calls the agent function named by its first argument
 
 
 def _string(node):
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _patch_entries(text) -> list:
+    """The "module=function" entries of a _PATCHES string, as (module, function)."""
+    return [tuple(entry.split("=")) for entry in text.split()]
 
 
 def _callee(node: ast.Call) -> str:
@@ -36,20 +41,19 @@ def _is_globals_call(node) -> bool:
 
 
 def names_reached_by_string() -> dict:
-    """{function name: where it is named} for every name handed to _chain, _call_agent,
-    _reach_agent (directly, or as a thread's target with args), stored in _PATCHES, or looked up
-    in globals() by a constant (the start-up part reaching the loader)."""
+    """{function name: where it is named} for every name handed to _call_agent (directly, as a
+    thread's target with args, or to atexit), chosen as the start-up part's handler, stored in
+    _PATCHES, or looked up in globals() by a constant (the start-up part reaching the loader)."""
     found = {}
     for node in ast.walk(WHOLE):
         names = []
         if isinstance(node, ast.Call):
             callee = _callee(node)
-            if callee == "_chain" and len(node.args) >= 2:
-                names.append(_string(node.args[1]))
-            elif callee in REACHING and node.args:
+            if callee in REACHING and node.args:
                 names.append(_string(node.args[0]))
-            elif len(node.args) >= 2 and isinstance(node.args[0], ast.Name) and node.args[0].id in REACHING:
-                names.append(_string(node.args[1]))  # handed on with its name: atexit.register(_reach_agent, "...")
+            elif len(node.args) >= 2 and getattr(node.args[0], "attr", getattr(node.args[0], "id", "")) in REACHING:
+                # handed on with its name: atexit.register(agent._call_agent, "...")
+                names.append(_string(node.args[1]))
             keywords = {k.arg: k.value for k in node.keywords}
             target, args = keywords.get("target"), keywords.get("args")
             if isinstance(target, ast.Name) and target.id in REACHING and isinstance(args, ast.Tuple) and args.elts:
@@ -58,12 +62,15 @@ def names_reached_by_string() -> dict:
             names.append(_string(getattr(node.slice, "value", node.slice)))  # (3.8 wraps it in ast.Index)
         elif isinstance(node, ast.Compare) and any(_is_globals_call(c) for c in node.comparators):
             names.append(_string(node.left))
-        elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_PATCHES" for t in node.targets):
-            names += [_string(value) for value in node.value.values] if isinstance(node.value, ast.Dict) else []
-        elif isinstance(node, ast.Assign):
-            for target in node.targets:
-                if isinstance(target, ast.Subscript) and getattr(target.value, "id", None) == "_PATCHES":
-                    names.append(_string(node.value))
+        elif isinstance(node, (ast.Assign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            targets = [e for t in targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]
+            values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+            named = {t.id for t in targets if isinstance(t, ast.Name)}
+            if "_PATCHES" in named and _string(node.value) is not None:
+                names += [function for _, function in _patch_entries(_string(node.value))]
+            elif "handler" in named:  # the start-up part's: the hook's agent function
+                names += [_string(v) for v in values if (_string(v) or "").startswith("_on")]
         for name in names:
             if name is not None and not name.startswith("__"):
                 found.setdefault(name, "line %d" % node.lineno)
@@ -93,17 +100,19 @@ def test_every_function_reached_by_name_is_defined_in_the_agent_proper():
         "_on_error",
         "_attribute",
     } <= set(reached)
+    assert "_on_logged_error" in reached
     # the logging patch is the one entry of _PATCHES the start-up part applies itself (it is cheap
-    # and every program imports logging), so it is a start-up function instead
-    start_up = _start_up_functions()
-    missing = {name: where for name, where in reached.items() if name not in defined and name not in start_up}
-    assert missing == {}, "reached by name but not defined in the agent proper: %r" % missing
-    assert {name for name in reached if name in start_up} == {"_patch_logging"}
+    # and every program imports logging), so the agent proper has no function of that name
+    missing = {name: where for name, where in reached.items() if name not in defined}
+    assert set(missing) == {"_patch_logging"}, "reached by name but not defined in the agent proper: %r" % missing
+    assert '"_patch_logging"' in START_UP[: START_UP.index("\nr" + "'" * 3)]
 
 
 def test_patches_name_functions_of_the_agent_proper_at_run_time():
     agent._load()
-    assert all(callable(getattr(agent, name, None)) for name in agent._PATCHES.values())
+    patches = dict(_patch_entries(agent._PATCHES))
+    assert "asyncio.base_events" in patches
+    assert all(callable(getattr(agent, name, None)) for name in patches.values() if name != "_patch_logging")
 
 
 def _function_tables(table):
@@ -118,21 +127,11 @@ def test_start_up_functions_find_every_global_they_use_in_the_start_up_part():
     # start-up part itself binds; and `os` is not among it (see the start-up part's why).
     module = symtable.symtable(START_UP, str(AGENT_FILE), "exec")
     start_up = _start_up_functions()
-    assert {
-        "activate",
-        "_chain",
-        "_find_spec",
-        "_reach_agent",
-        "_patch_logging",
-        "_cache_dir",
-        "__getattr__",
-    } <= start_up
+    assert start_up == {"_entry"}  # one function: see the start-up part's why
     bound = {s.get_name() for s in module.get_symbols() if s.is_assigned() or s.is_imported()}
-    assert start_up <= bound and "os" not in bound
-    tops = [t for t in module.get_children() if t.get_name() in start_up]
-    assert {t.get_name() for t in tops} == start_up
-    tables = tops + [nested for t in tops for nested in _function_tables(t)]
-    assert {t.get_name() for t in tables} >= {"hook", "exec_and_patch", "callHandlers"}
+    assert {"activate", "find_spec", "__getattr__"} <= bound and "os" not in bound
+    tables = [t for t in module.get_children() if t.get_name() in start_up]
+    assert [nested.get_name() for t in tables for nested in _function_tables(t)] == []
     available = bound | set(vars(builtins)) | {"__file__", "__name__"}
     missing = {t.get_name(): sorted(set(t.get_globals()) - available) for t in tables}
     assert {name: names for name, names in missing.items() if names} == {}, (
