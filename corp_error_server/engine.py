@@ -906,7 +906,7 @@ def suggest(group: GroupData, requester: Optional[Features]) -> dict:
         "evidence": {
             "failing_runs": group.fails,
             "succeeding_runs": group.oks,
-            "observed_fixes": len(group.pairs),
+            "observed_fixes": sum(1 for pair in group.pairs if pair.failing != pair.fixed),
             "posterior": round(raw, 4),
             "candidates": [_candidate_evidence(h, current[h.feature], posterior[h.feature]) for h in shown],
         },

@@ -931,7 +931,9 @@ class Storage:
         for failing, fixed, sid in fixes:
             failing_features = self._features_of(cur, failing)
             fixed_features = self._features_of(cur, fixed)
-            if failing_features is not None and fixed_features is not None and failing != fixed:
+            # a pass of the failing environment itself is kept: nothing visible changed, which is
+            # evidence against every feature it shows (the engine's fix pairs)
+            if failing_features is not None and fixed_features is not None:
                 pairs.append(FixPair(failing_features, fixed_features, False))
                 fix_scripts.append(sid)
         # distinct environments among the latest failing runs, scaled to all of them (bounded work)
