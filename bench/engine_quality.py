@@ -88,7 +88,8 @@ DIFFICULTIES = [
     "wide-none",
 ]
 _NO_CAUSE = ("none", "flaky-none", "wide-none")
-_OLD_CLIENT_ENV = ("LANG", "TZ")  # of the env vars here, what the 0.4.2 client collects (ERROR_AGENT_ENV_ALLOW it ignores)
+# of the env vars here, what the 0.4.2 client collects (it ignores ERROR_AGENT_ENV_ALLOW)
+_OLD_CLIENT_ENV = ("LANG", "TZ")
 _DATA_DIRS = ["/srv/data", "/mnt/shared/data", "/data"]
 
 
@@ -207,15 +208,15 @@ class Scenario:
             env_vars["DATA_DIR"] = data or "MISSING"
         return _sealed(
             {
-            "packages": packages,
-            "python_ver": python,
-            "os_info": "Linux-6.1.0-x86_64-with-glibc2.36",
-            "machine_arch": "x86_64",
-            "python_impl": "CPython",
-            "env_vars": env_vars,
-            "_mode": mode,
-            "_data": data,
-            "_ours": ours,
+                "packages": packages,
+                "python_ver": python,
+                "os_info": "Linux-6.1.0-x86_64-with-glibc2.36",
+                "machine_arch": "x86_64",
+                "python_impl": "CPython",
+                "env_vars": env_vars,
+                "_mode": mode,
+                "_data": data,
+                "_ours": ours,
             }
         )
 

@@ -27,6 +27,8 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, TypeVar
 
+import corp_error_agent
+
 ABSENT = "<absent>"  # a package the environment does not have
 UNSET = "<unset>"  # an environment variable the agent collected and found unset
 MIN_CONFIDENCE = 0.95  # below this (calibrated) confidence the engine abstains (docs/engine.md)
@@ -36,6 +38,9 @@ _NO_CAUSE_PRIOR = 0.35  # prior share of bugs that fail whatever the environment
 _NO_CAUSE_STDLIB = 0.01  # the same when the asker's Python lacks the module the exception line names
 _MENTIONED = 25.0  # prior weight of a package the traceback names, against 1 for others
 _PYTHON_PRIOR = 3.0  # the interpreter version is a common cause: more than one package's share
+# a variable collected because the team listed it (ERROR_AGENT_ENV_ALLOW) is one they suspect of
+# mattering to their jobs, unlike the locale and proxy variables every agent collects
+_ALLOWED_PRIOR = 3.0
 _PACKAGING_TOOL = 0.1  # pip, setuptools, wheel ride along with interpreters and venvs
 _STDLIB_PRIOR = 3000.0  # the traceback names a module the requester's Python lacks
 _FLAKE = 0.1  # share of failing runs a flaky bug adds on good values
@@ -45,7 +50,7 @@ _MAX_TOGETHER = 3  # more features than this splitting the runs alike is chance,
 _PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
 # Platt calibration (slope, offset on the logit) of the posterior: bench/engine_quality.py --fit, seeds 101-110
 # (never the seeds reported, 1-5)
-_CALIBRATION = (2.26, 0.55)
+_CALIBRATION = (2.09, 0.66)
 
 Features = Dict[str, str]
 Counts = Dict[str, Dict[str, Tuple[float, float]]]  # feature -> value -> (failing runs, succeeding runs)
@@ -528,6 +533,8 @@ def _prior(feature: str, mentions: Set[str], python_need, message: str) -> float
         return _MENTIONED  # "APP_MODE 'prod' is not supported"
     if feature in _PACKAGING_TOOLS:
         return _PACKAGING_TOOL
+    if feature.startswith("env:") and feature[4:] not in corp_error_agent.ENV_ALLOW:
+        return _ALLOWED_PRIOR
     if feature == "python":
         return _STDLIB_PRIOR if python_need else _PYTHON_PRIOR
     return 1.0
