@@ -190,6 +190,24 @@ def test_a_bug_that_fails_in_the_environments_that_also_pass_gets_no_fix():
     assert not engine.suggest(_group(failing, succeeding), envs[0])["match"]
 
 
+def test_a_failing_environment_that_passed_unchanged_is_evidence_against_what_it_shows():
+    bad = [_features({"packaging": "23.2", "requests": "2.%d" % (i % 3), "rich": "13.%d" % (i % 2)}) for i in range(7)]
+    good = [_features({"packaging": "21.3", "requests": "2.%d" % (i % 3), "rich": "13.%d" % (i % 2)}) for i in range(5)]
+    rerun = _group(bad, good + [bad[0]])  # one failing environment also passed
+    assert engine.suggest(rerun, bad[1])["match"]
+    # ... and the pass named that failure (our agent's prev_env_hash): nothing visible changed
+    assert not engine.suggest(rerun._replace(pairs=[FixPair(bad[0], bad[0], False)]), bad[1])["match"]
+
+
+def test_a_variable_the_team_listed_weighs_more_than_one_every_agent_collects():
+    # split alike, nothing tells them apart but that someone chose to collect APP_MODE
+    bad = [_env(APP_MODE="prod", LANG="C")] * 4
+    good = [_env(APP_MODE="dev", LANG="C.UTF-8")] * 3
+    hypotheses, log_none = engine._hypotheses(_group(bad, good), bad[0])
+    posterior = dict(zip((h.feature for h in hypotheses), engine._posteriors(hypotheses, log_none)))
+    assert posterior["env:APP_MODE"] > 2 * posterior["env:LANG"]
+
+
 def test_flaky_failures_in_good_environments_do_not_hide_the_cause():
     bad = [_features({"packaging": "23.2", "rich": "13.%d" % (i % 3)}) for i in range(8)]
     good = [_features({"packaging": "21.3", "rich": "13.%d" % (i % 3)}) for i in range(8)]
