@@ -912,6 +912,23 @@ class Storage:
 
         return self._read(work)
 
+    def script_groups(self, keys: List[str], script_id: str) -> List[str]:
+        """Of these groups, those an error of this script went to, from any environment."""
+
+        def work(cur: Cursor) -> List[str]:
+            found = []
+            for key in keys:
+                row = cur.execute(
+                    "SELECT 1 FROM group_scripts s JOIN groups g ON g.id = s.group_id "
+                    "WHERE s.script_id = ? AND g.key = ?",
+                    (script_id, key),
+                ).fetchone()
+                if row is not None:
+                    found.append(key)
+            return found
+
+        return self._read(work)
+
     def _group_state(self, cur: Cursor, group_id: int) -> GroupState:
         key, fails, oks, mentions, revision = cur.execute(
             "SELECT key, fails, oks, mentions, revision FROM groups WHERE id = ?", (group_id,)

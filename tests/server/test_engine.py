@@ -521,6 +521,11 @@ def test_unrelated_scripts_sharing_a_generic_message_do_not_pollute_each_other(s
         ):
             answer = server.request("POST", "/suggest", request)[1]
             assert answer.get("solution") == fix, (request, answer)
+    # an environment with no error stored yet: our agent's script_id (the script's content) tells
+    server.request("POST", "/env", env_body("new", {"orders-lib": "2.0", "billing-lib": "5.0", "rich": "1"}))
+    for script_id, fix in (("so1", 'pip install "orders-lib==1.0"'), ("sb0", 'pip install "billing-lib==4.0"')):
+        answer = server.request("POST", "/suggest", {"error_sig": sig, "env_hash": "new", "script_id": script_id})[1]
+        assert answer.get("solution") == fix, (script_id, answer)
 
 
 def test_one_library_bug_from_several_scripts_and_both_clients_is_one_group(server):
