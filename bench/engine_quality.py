@@ -414,12 +414,15 @@ def run_scenario(app, scenario: Scenario, rng: random.Random) -> tuple:
             after = before  # a bug without an environment cause: the re-run of the same environment passes
         else:
             after = scenario.fixed_env(before) if scenario.pairs and ours else draw(False, ours)
+        last = before
         if scenario.flake and not flaky_none and rng.random() < scenario.flake:
             send_failure(after, i % scripts, sid, 1)  # a good environment failing now and then
+            last = after
         _call(app, "POST", "/env", _body(after))
         beacon = {"kind": "success", "env_hash": after["env_hash"], "script_id": sid, "ts": 1.7e9}
-        if ours and (scenario.pairs or after is before):  # our agent names the failure a success follows
-            beacon.update(prev_env_hash=before["env_hash"], prev_error_sig=scenario.signature(i % scripts)[2])
+        if ours and (scenario.pairs or after is before or last is after):
+            # our agent names the script's last failure, which a flaky one in this environment is
+            beacon.update(prev_env_hash=last["env_hash"], prev_error_sig=scenario.signature(i % scripts)[2])
         _call(app, "POST", "/beacon", beacon)
     requester = failing_envs[rng.randrange(len(failing_envs))]
     if scenario.base == "range":  # the asker has a bad version nobody reported failing

@@ -46,6 +46,10 @@ _STDLIB_PRIOR = 3000.0  # the traceback names a module the requester's Python la
 _FLAKE = 0.1  # share of failing runs a flaky bug adds on good values
 _MISS = 0.02  # share of succeeding runs on failing values (a cause rarely lets a run pass)
 _FIX_NOISE = 0.12  # chance that an observed "fix" did not touch the cause (a flaky pass)
+# one environment failing, then passing: under "f is the cause" (1 - miss) * miss on a failing
+# value of f, flake * (1 - flake) on a working one; without a cause at most 1/2 * 1/2
+_RERUN_ON_BAD = math.log((1 - _MISS) * _MISS / 0.25)
+_RERUN_ON_GOOD = math.log(_FLAKE * (1 - _FLAKE) / 0.25)
 _MAX_TOGETHER = 3  # more features than this splitting the runs alike is chance, not a cause
 _PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
 # Platt calibration (slope, offset on the logit) of the posterior: bench/engine_quality.py --fit, seeds 101-110
@@ -485,15 +489,18 @@ def _pair_diff(pair: FixPair) -> Dict[str, Tuple[str, str]]:
 
 
 def _pair_evidence(
-    pairs: Sequence[FixPair], universe: int, env_vars: Set[str]
+    pairs: Sequence[FixPair], universe: int, env_vars: Set[str], failing_values: Callable[[], Dict[str, Set[str]]]
 ) -> Tuple[Dict[str, float], float, Dict[str, Dict[str, int]]]:
     """Per feature: log likelihood ratio of the observed fixes, and the values fixes moved it to.
 
     Under "feature f is the cause" a fix changes f (unless it was a flaky pass); under "no cause"
     a fix changes f as often as a random feature of an environment that changed |diff| of them.
     A fix that left f alone counts against f; one whose runs did not both collect an env var says
-    nothing about it. Returns (log LR of the features some fix changed or could not see, log LR of
-    every other feature, moved_to).
+    nothing about it. A fix that changed nothing visible (a pass of the failing environment itself)
+    is one environment failing and passing: under "f is the cause" a rare pass on a failing value
+    of f, or a flaky failure on a working one; without a cause, a coin (_RERUN_ON_*).
+    Returns (log LR of the features some fix changed or could not see, log LR of every other
+    feature, moved_to).
     """
     log_lr: Dict[str, float] = {}
     moved_to: Dict[str, Dict[str, int]] = {}
@@ -502,6 +509,12 @@ def _pair_evidence(
         diff = _pair_diff(pair)
         chance = min(0.5, max(len(diff), 1) / max(universe, 2))
         miss = math.log(_FIX_NOISE / (1 - chance))
+        if not diff:
+            for feature, bad in failing_values().items():
+                value = pair.failing.get(feature, ABSENT if feature.startswith("pkg:") else None)
+                if value is not None:  # (an env var the runs did not collect has no value: nothing said)
+                    log_lr[feature] = log_lr.get(feature, 0.0) + (_RERUN_ON_BAD if value in bad else _RERUN_ON_GOOD)
+            continue
         missed += miss
         hit = math.log((1 - _FIX_NOISE) / chance) - miss
         for feature, (_, after) in diff.items():
@@ -625,7 +638,18 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
         python_need = None  # it also fails on Pythons that have the module: something else is missing
     universe = max(len(requester), 1)
     env_vars = {feature for feature in group.counts if feature.startswith("env:")}
-    log_lr, log_lr_unchanged, moved_to = _kept(group, universe, lambda: _pair_evidence(group.pairs, universe, env_vars))
+
+    @functools.lru_cache(maxsize=None)
+    def failing_values() -> Dict[str, Set[str]]:
+        leaning = {}
+        for feature in group.counts:
+            sep = separation(feature, _table(feature, group, scale))
+            leaning[feature] = set(sep.bad)
+        return leaning
+
+    log_lr, log_lr_unchanged, moved_to = _kept(
+        group, universe, lambda: _pair_evidence(group.pairs, universe, env_vars, failing_values)
+    )
 
     def separations() -> Tuple[Dict[str, Separation], Dict[str, float]]:
         features = set(group.counts) | set(moved_to)  # (the features fixes moved: the same whatever the universe)

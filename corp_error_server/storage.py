@@ -944,12 +944,22 @@ class Storage:
             "AND kind = 'success' AND prev_env_hash IS NOT NULL AND test = 0 ORDER BY id DESC LIMIT ?",
             (group_id, _PAIRS_READ),
         ).fetchall()
+        fixes = [(failing, fixed, sid) for failing, fixed, sid in fixes if failing != fixed]
+        # a pass of a failing environment itself, whichever client sent it (0.4.2 names no previous
+        # environment, and its env_hash covers packages only): a fix that changed nothing visible,
+        # evidence against every feature it shows; once per script, environment and host
+        fixes += [
+            (env_hash, env_hash, sid)
+            for env_hash, sid in cur.execute(
+                "SELECT env_hash, script_id FROM group_sources WHERE group_id = ? AND fails > 0 AND oks > 0 "
+                "ORDER BY last_seen DESC LIMIT ?",
+                (group_id, _PAIRS_READ),
+            ).fetchall()
+        ]
         self._read_features(cur, [env for failing, fixed, _ in fixes for env in (failing, fixed)])
         for failing, fixed, sid in fixes:
             failing_features = self._features_of(cur, failing)
             fixed_features = self._features_of(cur, fixed)
-            # a pass of the failing environment itself is kept: nothing visible changed, which is
-            # evidence against every feature it shows (the engine's fix pairs)
             if failing_features is not None and fixed_features is not None:
                 pairs.append(FixPair(failing_features, fixed_features, False))
                 fix_scripts.append(sid)

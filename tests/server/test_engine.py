@@ -197,6 +197,9 @@ def test_a_failing_environment_that_passed_unchanged_is_evidence_against_what_it
     assert engine.suggest(rerun, bad[1])["match"]
     # ... and the pass named that failure (our agent's prev_env_hash): nothing visible changed
     assert not engine.suggest(rerun._replace(pairs=[FixPair(bad[0], bad[0], False)]), bad[1])["match"]
+    # a working environment's flaky failure and its re-run's pass say little against the cause
+    flaky = _group(bad + [good[0]], good + [good[0]], pairs=[FixPair(good[0], good[0], False)])
+    assert engine.suggest(flaky, bad[1])["solution"] == 'pip install "packaging==21.3"'
 
 
 def test_a_variable_the_team_listed_weighs_more_than_one_every_agent_collects():
