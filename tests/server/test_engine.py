@@ -588,3 +588,27 @@ def test_a_beacon_with_neither_signature_nor_exception_line_is_a_4xx(server):
         "POST", "/beacon", {"kind": "error", "env_hash": "e", "script_id": "s", "ts": 1.7e9, "trace": "   \n\n"}
     )
     assert status == 400 and "error_sig" in answer["error"]
+
+
+def test_a_re_run_that_passes_without_naming_its_failure_is_seen_as_one(server):
+    from conftest import env_body, error_beacon
+
+    def success(env_hash: str, script_id: str) -> None:
+        server.request(
+            "POST", "/beacon", {"kind": "success", "env_hash": env_hash, "script_id": script_id, "ts": 1.7e9}
+        )
+
+    # the 0.4.2 client: no prev_env_hash (and its env_hash covers the packages only)
+    sig = "runtimeerror: export failed"
+    for i in range(12):
+        server.request(
+            "POST", "/env", env_body("e%d" % i, {"packaging": "23.2" if i < 7 else "21.3", "rich": "13.%d" % (i % 2)})
+        )
+    for i in range(7):
+        server.request("POST", "/beacon", error_beacon("e%d" % i, "s%d" % i, sig))
+    for i in range(7, 12):
+        success("e%d" % i, "s%d" % (i - 7))  # the same scripts, passing on other machines
+    asking = {"error_sig": sig, "env_hash": "e1"}
+    assert server.request("POST", "/suggest", asking)[1]["match"]
+    success("e0", "s0")  # a failing machine's re-run passes, nothing changed
+    assert not server.request("POST", "/suggest", asking)[1]["match"]
