@@ -639,13 +639,18 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
     universe = max(len(requester), 1)
     env_vars = {feature for feature in group.counts if feature.startswith("env:")}
 
-    @functools.lru_cache(maxsize=None)
-    def failing_values() -> Dict[str, Set[str]]:
-        leaning = {}
+    def leaning() -> Dict[str, Set[str]]:
+        """Per feature, its failure-leaning values (as separation() splits them)."""
+        found = {}
         for feature in group.counts:
-            sep = separation(feature, _table(feature, group, scale))
-            leaning[feature] = set(sep.bad)
-        return leaning
+            values = _table(feature, group, scale)
+            fails = sum(a for a, _ in values.values()) or 1.0
+            oks = sum(b for _, b in values.values()) or 1.0
+            found[feature] = {v for v, (a, b) in values.items() if a and b / oks <= a / fails}
+        return found
+
+    def failing_values() -> Dict[str, Set[str]]:
+        return _kept(group, "failing values", leaning)  # the same whatever the universe
 
     log_lr, log_lr_unchanged, moved_to = _kept(
         group, universe, lambda: _pair_evidence(group.pairs, universe, env_vars, failing_values)

@@ -947,12 +947,12 @@ class Storage:
         fixes = [(failing, fixed, sid) for failing, fixed, sid in fixes if failing != fixed]
         # a pass of a failing environment itself, whichever client sent it (0.4.2 names no previous
         # environment, and its env_hash covers packages only): a fix that changed nothing visible,
-        # evidence against every feature it shows; once per script, environment and host
+        # evidence against every feature it shows; once per script, environment and host (the first
+        # found: sorting a busy group's thousands of sources costs more than which ones says)
         fixes += [
             (env_hash, env_hash, sid)
             for env_hash, sid in cur.execute(
-                "SELECT env_hash, script_id FROM group_sources WHERE group_id = ? AND fails > 0 AND oks > 0 "
-                "ORDER BY last_seen DESC LIMIT ?",
+                "SELECT env_hash, script_id FROM group_sources WHERE group_id = ? AND fails > 0 AND oks > 0 LIMIT ?",
                 (group_id, _PAIRS_READ),
             ).fetchall()
         ]
