@@ -4,10 +4,14 @@ Each scenario is one bug: failing and succeeding runs over environments in which
 Python versions and env vars vary at random; in cause scenarios one feature (a package version or
 range, a package's presence, the Python version, an env var's value -- collected by every agent
 or by some only --, an env var left unset, two packages that move together) decides failure;
-no-cause scenarios fail anywhere. Runs come from both client kinds (our agent: signature with
-frames, observed fixes; the 0.4.2 client: a lower-cased last line, no fixes), all scenarios of a
-seed share one server (so generic messages of unrelated scripts meet), and the WSGI application
-is driven in-process over its real routes.
+no-cause scenarios fail anywhere (among 200 packages in wide-none) and re-runs of a failing
+environment pass. Runs come from both client kinds as each reports them (our agent: signature
+with frames, observed fixes naming the script's last failure, the variables it was told to
+collect, env_hash over what it sends, script_id of the content; the 0.4.2 client: a lower-cased
+last line, no fixes, its own nine variables only, env_hash over the packages, script_id per
+machine, no script_id in /suggest). All scenarios of a seed share one server (so generic messages
+of unrelated scripts meet; in those difficulties half the askers have no error stored yet), and
+the WSGI application is driven in-process over its real routes.
 
 An answer is judged by following it: the `solution` command is applied to the asking environment
 and the scenario's rule says whether that environment still fails. Metrics, per difficulty and
