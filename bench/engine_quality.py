@@ -4,10 +4,14 @@ Each scenario is one bug: failing and succeeding runs over environments in which
 Python versions and env vars vary at random; in cause scenarios one feature (a package version or
 range, a package's presence, the Python version, an env var's value -- collected by every agent
 or by some only --, an env var left unset, two packages that move together) decides failure;
-no-cause scenarios fail anywhere. Runs come from both client kinds (our agent: signature with
-frames, observed fixes; the 0.4.2 client: a lower-cased last line, no fixes), all scenarios of a
-seed share one server (so generic messages of unrelated scripts meet), and the WSGI application
-is driven in-process over its real routes.
+no-cause scenarios fail anywhere (among 200 packages in wide-none) and re-runs of a failing
+environment pass. Runs come from both client kinds as each reports them (our agent: signature
+with frames, observed fixes naming the script's last failure, the variables it was told to
+collect, env_hash over what it sends, script_id of the content; the 0.4.2 client: a lower-cased
+last line, no fixes, its own nine variables only, env_hash over the packages, script_id per
+machine, no script_id in /suggest). All scenarios of a seed share one server (so generic messages
+of unrelated scripts meet; in those difficulties half the askers have no error stored yet), and
+the WSGI application is driven in-process over its real routes.
 
 An answer is judged by following it: the `solution` command is applied to the asking environment
 and the scenario's rule says whether that environment still fails. Metrics, per difficulty and
@@ -25,6 +29,7 @@ Bar: correct@1 >= 95%, false <= 2%, ECE <= 10%, over all seeds.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -84,8 +89,12 @@ DIFFICULTIES = [
     "generic",
     "numbers",
     "unset",
+    "wide-none",
 ]
-_NO_CAUSE = ("none", "flaky-none")
+_NO_CAUSE = ("none", "flaky-none", "wide-none")
+_GROUPING = ("scripts", "generic", "numbers")  # several groups share the exception line
+# of the env vars here, what the 0.4.2 client collects (it ignores ERROR_AGENT_ENV_ALLOW)
+_OLD_CLIENT_ENV = ("LANG", "TZ")
 _DATA_DIRS = ["/srv/data", "/mnt/shared/data", "/data"]
 
 
@@ -123,7 +132,7 @@ class Scenario:
         self.rng = rng
         self.index = index
         self.difficulty = difficulty
-        wide = difficulty == "wide"
+        wide = difficulty in ("wide", "wide-none")
         pool = _NOISE_PACKAGES if wide else _NOISE_PACKAGES[:19] + _NOISE_PACKAGES[19:40]
         count = 200 if wide else rng.randint(8, 24)
         self.packages = {
@@ -150,6 +159,7 @@ class Scenario:
             "scripts": "version",
             "generic": "version",
             "numbers": "version",
+            "wide-none": "none",
         }.get(difficulty, difficulty)
         self.pairs = rng.random() < (0.9 if difficulty in ("bystanders", "stdlib") else 0.45)
 
@@ -164,7 +174,8 @@ class Scenario:
             return rng.choice(self.bad if failing else self.good)
         return rng.choice(self.bad + self.good)
 
-    def env(self, failing: bool) -> dict:
+    def env(self, failing: bool, ours: bool) -> dict:
+        """An environment as its client (ours or 0.4.2) reports it (``_``-keys: the truth behind it)."""
         rng = self.rng
         packages = {
             name: rng.choice(versions) for name, versions in self.packages.items() if rng.random() < self.presence
@@ -194,23 +205,25 @@ class Scenario:
         pip, setuptools = _TOOLS[python[:4].rstrip(".")]
         packages.update(pip=pip, setuptools=setuptools)
         env_vars = {"LANG": rng.choice(["C.UTF-8", "en_US.UTF-8", "MISSING"]), "TZ": rng.choice(["UTC", "MISSING"])}
-        if base != "uncollected" or rng.random() < 0.5:
+        if base != "uncollected" or rng.random() < 0.7:
             env_vars[self.var] = mode
         # "unset": the job needs DATA_DIR set, to any of its paths; some agents collect it, some not
         data = None if base == "unset" and failing else rng.choice(_DATA_DIRS)
         if base == "unset" and rng.random() < 0.7:
             env_vars["DATA_DIR"] = data or "MISSING"
-        return {
-            "env_hash": "%012x" % rng.getrandbits(48),
-            "packages": packages,
-            "python_ver": python,
-            "os_info": "Linux-6.1.0-x86_64-with-glibc2.36",
-            "machine_arch": "x86_64",
-            "python_impl": "CPython",
-            "env_vars": env_vars,
-            "_mode": mode,
-            "_data": data,
-        }
+        return _sealed(
+            {
+                "packages": packages,
+                "python_ver": python,
+                "os_info": "Linux-6.1.0-x86_64-with-glibc2.36",
+                "machine_arch": "x86_64",
+                "python_impl": "CPython",
+                "env_vars": env_vars,
+                "_mode": mode,
+                "_data": data,
+                "_ours": ours,
+            }
+        )
 
     def fails(self, env: dict) -> bool:
         """The rule: does this environment fail (leaving flakiness aside)?"""
@@ -241,10 +254,8 @@ class Scenario:
     def fixed_env(self, env: dict) -> dict:
         """The failing environment after its owner fixed it: the cause changed, bystanders too sometimes."""
         rng = self.rng
-        fixed = dict(
-            env, env_hash="%012x" % rng.getrandbits(48), packages=dict(env["packages"]), env_vars=dict(env["env_vars"])
-        )
-        good = self.env(False)
+        fixed = dict(env, packages=dict(env["packages"]), env_vars=dict(env["env_vars"]))
+        good = self.env(False, env["_ours"])
         base = self.base
         if base in ("version", "absent"):
             fixed["packages"][self.target] = rng.choice(self.good)
@@ -269,7 +280,7 @@ class Scenario:
         riders = rng.randint(1, 5) if self.difficulty == "bystanders" else (1 if rng.random() < 0.3 else 0)
         for name in rng.sample(sorted(self.packages), min(riders, len(self.packages))):
             fixed["packages"][name] = rng.choice(self.packages[name])
-        return fixed
+        return _sealed(fixed)
 
     # -- what the clients send ----------------------------------------------------------------
 
@@ -311,6 +322,22 @@ class Scenario:
         return line, trace, ours
 
 
+def _body(env: dict) -> dict:
+    """What the environment's client posts to /env. Its env_hash is a hash of it as the clients compute
+    one (ours: of everything it sends; 0.4.2: of the package list only), so what the client does not
+    see -- an env var it did not collect -- leaves the hash alone: a fix of that alone is a success of
+    the failing environment itself."""
+    body = {k: v for k, v in env.items() if not k.startswith("_") and k != "env_hash"}
+    if not env["_ours"]:
+        body["env_vars"] = {k: v for k, v in env["env_vars"].items() if k in _OLD_CLIENT_ENV}
+    hashed = body if env["_ours"] else body["packages"]
+    return dict(body, env_hash=hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:12])
+
+
+def _sealed(env: dict) -> dict:
+    return dict(env, env_hash=_body(env)["env_hash"])
+
+
 def _apply(command: str, env: dict) -> dict:
     """The asking environment after following the command (the forms TEAM.md lists)."""
     env = dict(env, packages=dict(env["packages"]), env_vars=dict(env["env_vars"]))
@@ -346,12 +373,9 @@ def run_scenario(app, scenario: Scenario, rng: random.Random) -> tuple:
     flaky_none = scenario.difficulty in _NO_CAUSE
     scripts = 3 if scenario.difficulty == "scripts" else 1
 
-    def send_failure(env: dict, script: int, script_id: str, ours: bool, times: int) -> None:
+    def send_failure(env: dict, script: int, script_id: str, times: int) -> None:
         line, trace, our_sig = scenario.signature(script)
-        body = {k: v for k, v in env.items() if not k.startswith("_")}
-        if not ours:  # the 0.4.2 client knows no env var it was not told to collect
-            body = dict(body, env_vars={k: v for k, v in body["env_vars"].items() if k != "TZ"})
-        _call(app, "POST", "/env", body)
+        _call(app, "POST", "/env", _body(env))
         for _ in range(times):
             _call(
                 app,
@@ -363,51 +387,61 @@ def run_scenario(app, scenario: Scenario, rng: random.Random) -> tuple:
                     "script_id": script_id,
                     "ts": 1.7e9,
                     "trace": trace,
-                    "error_sig": our_sig if ours else line.lower(),
+                    "error_sig": our_sig if env["_ours"] else line.lower(),
                 },
             )
 
-    def draw(failing: bool) -> dict:
-        if scenario.flake and not failing and flaky_none:
-            return scenario.env(rng.random() < 0.5)
+    def draw(failing: bool, ours: bool) -> dict:
+        if flaky_none:
+            return scenario.env(rng.random() < 0.5, ours)
         while True:
-            env = scenario.env(failing)
-            if scenario.fails(env) == failing or (not failing and flaky_none):
+            env = scenario.env(failing, ours)
+            if scenario.fails(env) == failing:
                 return env
+
+    def script_id(env: dict, script: int, run: str) -> str:
+        # ours: a hash of the script's content, the same on every machine; 0.4.2's hashes the file's
+        # modification time in, so it differs between machines
+        return "s%d-%d" % (scenario.index, script) if env["_ours"] else "%s%d-%d" % (run, scenario.index, script)
 
     failing_envs = []
     for i in range(rng.randint(2, 8)):
-        env = draw(True) if not flaky_none else scenario.env(rng.random() < 0.5)
+        env = draw(True, rng.random() < 0.5)
         failing_envs.append(env)
-        send_failure(env, i % scripts, "f%d-%d" % (scenario.index, i), rng.random() < 0.5, rng.randint(1, 3))
+        send_failure(env, i % scripts, script_id(env, i % scripts, "f%d." % i), rng.randint(1, 3))
     for i in range(rng.randint(2, 8)):
-        script_id = "k%d-%d" % (scenario.index, i)
         ours = rng.random() < 0.6
-        before = draw(True) if not flaky_none else scenario.env(rng.random() < 0.5)
-        send_failure(before, i % scripts, script_id, ours, 1)
+        before = draw(True, ours)
+        sid = script_id(before, i % scripts, "k%d." % i)
+        send_failure(before, i % scripts, sid, 1)
         if flaky_none and rng.random() < 0.5:
             after = before  # a bug without an environment cause: the re-run of the same environment passes
         else:
-            after = scenario.fixed_env(before) if scenario.pairs and ours else draw(False)
+            after = scenario.fixed_env(before) if scenario.pairs and ours else draw(False, ours)
+        last = before
         if scenario.flake and not flaky_none and rng.random() < scenario.flake:
-            send_failure(after, i % scripts, script_id + "x", ours, 1)  # a good environment failing now and then
-        _call(app, "POST", "/env", {k: v for k, v in after.items() if not k.startswith("_")})
-        beacon = {"kind": "success", "env_hash": after["env_hash"], "script_id": script_id, "ts": 1.7e9}
-        if scenario.pairs and ours and after is not before:
-            beacon.update(prev_env_hash=before["env_hash"], prev_error_sig=scenario.signature(i % scripts)[2])
+            send_failure(after, i % scripts, sid, 1)  # a good environment failing now and then
+            last = after
+        _call(app, "POST", "/env", _body(after))
+        beacon = {"kind": "success", "env_hash": after["env_hash"], "script_id": sid, "ts": 1.7e9}
+        if ours and (scenario.pairs or after is before or last is after):
+            # our agent names the script's last failure, which a flaky one in this environment is
+            beacon.update(prev_env_hash=last["env_hash"], prev_error_sig=scenario.signature(i % scripts)[2])
         _call(app, "POST", "/beacon", beacon)
     requester = failing_envs[rng.randrange(len(failing_envs))]
     if scenario.base == "range":  # the asker has a bad version nobody reported failing
         unseen = "7.%d" % rng.randint(0, 5)
-        requester = dict(
-            requester,
-            packages=dict(requester["packages"], **{scenario.target: unseen}),
-            env_hash="%012x" % rng.getrandbits(48),
-        )
-        _call(app, "POST", "/env", {k: v for k, v in requester.items() if not k.startswith("_")})
-    ours = rng.random() < 0.5
+        requester = _sealed(dict(requester, packages=dict(requester["packages"], **{scenario.target: unseen})))
+        _call(app, "POST", "/env", _body(requester))
+    elif scenario.difficulty in _GROUPING and rng.random() < 0.5:
+        # an asker whose failure is not stored yet (0.4.2 asks while its beacon is still on the way):
+        # only its script, when its client names one, tells which of the message's groups it hit
+        requester = draw(True, rng.random() < 0.5)
+        _call(app, "POST", "/env", _body(requester))
     line, _, our_sig = scenario.signature(0)
-    request = {"error_sig": our_sig if ours else line.lower(), "env_hash": requester["env_hash"]}
+    request = {"error_sig": our_sig if requester["_ours"] else line.lower(), "env_hash": requester["env_hash"]}
+    if requester["_ours"]:  # the 0.4.2 client sends no script_id
+        request["script_id"] = script_id(requester, 0, "")
     return _call(app, "POST", "/suggest", request)[1], requester
 
 
@@ -505,7 +539,7 @@ def run_seed(seed: int, scenarios: int, verbose: bool, dump) -> dict:
                     )
             elif verbose and scenario.difficulty not in _NO_CAUSE:
                 print("MISS  seed %d %s #%d: %s" % (seed, scenario.difficulty, index, answer.get("reason")))
-        storage.close()
+        app.close()  # its ahead thread too, before the directory goes
     return tally
 
 

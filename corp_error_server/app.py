@@ -261,8 +261,10 @@ def resolve_group(storage: Storage, signature: str, env_hash: str, script_id: Op
     """The group a signature without its trace belongs to (/suggest, a success's previous failure).
 
     A 0.4.2 signature has no frames and ours names modules, not files: the group the same
-    environment's (and script's) last error of that exception line went to says it best; then a
-    group whose place the signature's frames fit; then the busiest group of that line.
+    environment's (and script's) last error of that exception line went to says it best; then the
+    group the script's errors went to from other environments (our agent's script_id hashes the
+    script's content: the same script anywhere); then a group whose place the signature's frames
+    fit; then the busiest group of that line.
     """
     message = corp_error_agent.group_key(signature)
     heads = storage.group_heads(message) if message else []
@@ -273,6 +275,9 @@ def resolve_group(storage: Storage, signature: str, env_hash: str, script_id: Op
         key = storage.last_error_group(keys, env_hash, script)
         if key:
             return heads[keys.index(key)]
+    scripts = storage.script_groups(keys, script_id) if script_id else []
+    if scripts:
+        return heads[keys.index(scripts[0])]  # the busiest of them
     fitting = [head for head in heads if engine.places_match(head.key.partition(" @ ")[2], signature)]
     return (fitting or heads)[0]
 

@@ -27,6 +27,8 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, TypeVar
 
+import corp_error_agent
+
 ABSENT = "<absent>"  # a package the environment does not have
 UNSET = "<unset>"  # an environment variable the agent collected and found unset
 MIN_CONFIDENCE = 0.95  # below this (calibrated) confidence the engine abstains (docs/engine.md)
@@ -36,16 +38,23 @@ _NO_CAUSE_PRIOR = 0.35  # prior share of bugs that fail whatever the environment
 _NO_CAUSE_STDLIB = 0.01  # the same when the asker's Python lacks the module the exception line names
 _MENTIONED = 25.0  # prior weight of a package the traceback names, against 1 for others
 _PYTHON_PRIOR = 3.0  # the interpreter version is a common cause: more than one package's share
+# a variable collected because the team listed it (ERROR_AGENT_ENV_ALLOW) is one they suspect of
+# mattering to their jobs, unlike the locale and proxy variables every agent collects
+_ALLOWED_PRIOR = 3.0
 _PACKAGING_TOOL = 0.1  # pip, setuptools, wheel ride along with interpreters and venvs
 _STDLIB_PRIOR = 3000.0  # the traceback names a module the requester's Python lacks
 _FLAKE = 0.1  # share of failing runs a flaky bug adds on good values
 _MISS = 0.02  # share of succeeding runs on failing values (a cause rarely lets a run pass)
 _FIX_NOISE = 0.12  # chance that an observed "fix" did not touch the cause (a flaky pass)
+# one environment failing, then passing: under "f is the cause" (1 - miss) * miss on a failing
+# value of f, flake * (1 - flake) on a working one; without a cause at most 1/2 * 1/2
+_RERUN_ON_BAD = math.log((1 - _MISS) * _MISS / 0.25)
+_RERUN_ON_GOOD = math.log(_FLAKE * (1 - _FLAKE) / 0.25)
 _MAX_TOGETHER = 3  # more features than this splitting the runs alike is chance, not a cause
 _PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
 # Platt calibration (slope, offset on the logit) of the posterior: bench/engine_quality.py --fit, seeds 101-110
 # (never the seeds reported, 1-5)
-_CALIBRATION = (2.26, 0.55)
+_CALIBRATION = (2.80, 0.15)
 
 Features = Dict[str, str]
 Counts = Dict[str, Dict[str, Tuple[float, float]]]  # feature -> value -> (failing runs, succeeding runs)
@@ -480,15 +489,18 @@ def _pair_diff(pair: FixPair) -> Dict[str, Tuple[str, str]]:
 
 
 def _pair_evidence(
-    pairs: Sequence[FixPair], universe: int, env_vars: Set[str]
+    pairs: Sequence[FixPair], universe: int, env_vars: Set[str], failing_values: Callable[[], Dict[str, Set[str]]]
 ) -> Tuple[Dict[str, float], float, Dict[str, Dict[str, int]]]:
     """Per feature: log likelihood ratio of the observed fixes, and the values fixes moved it to.
 
     Under "feature f is the cause" a fix changes f (unless it was a flaky pass); under "no cause"
     a fix changes f as often as a random feature of an environment that changed |diff| of them.
     A fix that left f alone counts against f; one whose runs did not both collect an env var says
-    nothing about it. Returns (log LR of the features some fix changed or could not see, log LR of
-    every other feature, moved_to).
+    nothing about it. A fix that changed nothing visible (a pass of the failing environment itself)
+    is one environment failing and passing: under "f is the cause" a rare pass on a failing value
+    of f, or a flaky failure on a working one; without a cause, a coin (_RERUN_ON_*).
+    Returns (log LR of the features some fix changed or could not see, log LR of every other
+    feature, moved_to).
     """
     log_lr: Dict[str, float] = {}
     moved_to: Dict[str, Dict[str, int]] = {}
@@ -497,6 +509,12 @@ def _pair_evidence(
         diff = _pair_diff(pair)
         chance = min(0.5, max(len(diff), 1) / max(universe, 2))
         miss = math.log(_FIX_NOISE / (1 - chance))
+        if not diff:
+            for feature, bad in failing_values().items():
+                value = pair.failing.get(feature, ABSENT if feature.startswith("pkg:") else None)
+                if value is not None:  # (an env var the runs did not collect has no value: nothing said)
+                    log_lr[feature] = log_lr.get(feature, 0.0) + (_RERUN_ON_BAD if value in bad else _RERUN_ON_GOOD)
+            continue
         missed += miss
         hit = math.log((1 - _FIX_NOISE) / chance) - miss
         for feature, (_, after) in diff.items():
@@ -528,6 +546,8 @@ def _prior(feature: str, mentions: Set[str], python_need, message: str) -> float
         return _MENTIONED  # "APP_MODE 'prod' is not supported"
     if feature in _PACKAGING_TOOLS:
         return _PACKAGING_TOOL
+    if feature.startswith("env:") and feature[4:] not in corp_error_agent.ENV_ALLOW:
+        return _ALLOWED_PRIOR
     if feature == "python":
         return _STDLIB_PRIOR if python_need else _PYTHON_PRIOR
     return 1.0
@@ -618,7 +638,23 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
         python_need = None  # it also fails on Pythons that have the module: something else is missing
     universe = max(len(requester), 1)
     env_vars = {feature for feature in group.counts if feature.startswith("env:")}
-    log_lr, log_lr_unchanged, moved_to = _kept(group, universe, lambda: _pair_evidence(group.pairs, universe, env_vars))
+
+    def leaning() -> Dict[str, Set[str]]:
+        """Per feature, its failure-leaning values (as separation() splits them)."""
+        found = {}
+        for feature in group.counts:
+            values = _table(feature, group, scale)
+            fails = sum(a for a, _ in values.values()) or 1.0
+            oks = sum(b for _, b in values.values()) or 1.0
+            found[feature] = {v for v, (a, b) in values.items() if a and b / oks <= a / fails}
+        return found
+
+    def failing_values() -> Dict[str, Set[str]]:
+        return _kept(group, "failing values", leaning)  # the same whatever the universe
+
+    log_lr, log_lr_unchanged, moved_to = _kept(
+        group, universe, lambda: _pair_evidence(group.pairs, universe, env_vars, failing_values)
+    )
 
     def separations() -> Tuple[Dict[str, Separation], Dict[str, float]]:
         features = set(group.counts) | set(moved_to)  # (the features fixes moved: the same whatever the universe)
@@ -906,7 +942,7 @@ def suggest(group: GroupData, requester: Optional[Features]) -> dict:
         "evidence": {
             "failing_runs": group.fails,
             "succeeding_runs": group.oks,
-            "observed_fixes": len(group.pairs),
+            "observed_fixes": sum(1 for pair in group.pairs if pair.failing != pair.fixed),
             "posterior": round(raw, 4),
             "candidates": [_candidate_evidence(h, current[h.feature], posterior[h.feature]) for h in shown],
         },

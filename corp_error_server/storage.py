@@ -912,6 +912,23 @@ class Storage:
 
         return self._read(work)
 
+    def script_groups(self, keys: List[str], script_id: str) -> List[str]:
+        """Of these groups, those an error of this script went to, from any environment."""
+
+        def work(cur: Cursor) -> List[str]:
+            found = []
+            for key in keys:
+                row = cur.execute(
+                    "SELECT 1 FROM group_scripts s JOIN groups g ON g.id = s.group_id "
+                    "WHERE s.script_id = ? AND g.key = ?",
+                    (script_id, key),
+                ).fetchone()
+                if row is not None:
+                    found.append(key)
+            return found
+
+        return self._read(work)
+
     def _group_state(self, cur: Cursor, group_id: int) -> GroupState:
         key, fails, oks, mentions, revision = cur.execute(
             "SELECT key, fails, oks, mentions, revision FROM groups WHERE id = ?", (group_id,)
@@ -927,11 +944,23 @@ class Storage:
             "AND kind = 'success' AND prev_env_hash IS NOT NULL AND test = 0 ORDER BY id DESC LIMIT ?",
             (group_id, _PAIRS_READ),
         ).fetchall()
+        fixes = [(failing, fixed, sid) for failing, fixed, sid in fixes if failing != fixed]
+        # a pass of a failing environment itself, whichever client sent it (0.4.2 names no previous
+        # environment, and its env_hash covers packages only): a fix that changed nothing visible,
+        # evidence against every feature it shows; once per script, environment and host (the first
+        # found: sorting a busy group's thousands of sources costs more than which ones says)
+        fixes += [
+            (env_hash, env_hash, sid)
+            for env_hash, sid in cur.execute(
+                "SELECT env_hash, script_id FROM group_sources WHERE group_id = ? AND fails > 0 AND oks > 0 LIMIT ?",
+                (group_id, _PAIRS_READ),
+            ).fetchall()
+        ]
         self._read_features(cur, [env for failing, fixed, _ in fixes for env in (failing, fixed)])
         for failing, fixed, sid in fixes:
             failing_features = self._features_of(cur, failing)
             fixed_features = self._features_of(cur, fixed)
-            if failing_features is not None and fixed_features is not None and failing != fixed:
+            if failing_features is not None and fixed_features is not None:
                 pairs.append(FixPair(failing_features, fixed_features, False))
                 fix_scripts.append(sid)
         # distinct environments among the latest failing runs, scaled to all of them (bounded work)

@@ -190,6 +190,27 @@ def test_a_bug_that_fails_in_the_environments_that_also_pass_gets_no_fix():
     assert not engine.suggest(_group(failing, succeeding), envs[0])["match"]
 
 
+def test_a_failing_environment_that_passed_unchanged_is_evidence_against_what_it_shows():
+    bad = [_features({"packaging": "23.2", "requests": "2.%d" % (i % 3), "rich": "13.%d" % (i % 2)}) for i in range(7)]
+    good = [_features({"packaging": "21.3", "requests": "2.%d" % (i % 3), "rich": "13.%d" % (i % 2)}) for i in range(5)]
+    rerun = _group(bad, good + [bad[0]])  # one failing environment also passed
+    assert engine.suggest(rerun, bad[1])["match"]
+    # ... and the pass named that failure (our agent's prev_env_hash): nothing visible changed
+    assert not engine.suggest(rerun._replace(pairs=[FixPair(bad[0], bad[0], False)]), bad[1])["match"]
+    # a working environment's flaky failure and its re-run's pass say little against the cause
+    flaky = _group(bad + [good[0]], good + [good[0]], pairs=[FixPair(good[0], good[0], False)])
+    assert engine.suggest(flaky, bad[1])["solution"] == 'pip install "packaging==21.3"'
+
+
+def test_a_variable_the_team_listed_weighs_more_than_one_every_agent_collects():
+    # split alike, nothing tells them apart but that someone chose to collect APP_MODE
+    bad = [_env(APP_MODE="prod", LANG="C")] * 4
+    good = [_env(APP_MODE="dev", LANG="C.UTF-8")] * 3
+    hypotheses, log_none = engine._hypotheses(_group(bad, good), bad[0])
+    posterior = dict(zip((h.feature for h in hypotheses), engine._posteriors(hypotheses, log_none)))
+    assert posterior["env:APP_MODE"] > 2 * posterior["env:LANG"]
+
+
 def test_flaky_failures_in_good_environments_do_not_hide_the_cause():
     bad = [_features({"packaging": "23.2", "rich": "13.%d" % (i % 3)}) for i in range(8)]
     good = [_features({"packaging": "21.3", "rich": "13.%d" % (i % 3)}) for i in range(8)]
@@ -503,6 +524,11 @@ def test_unrelated_scripts_sharing_a_generic_message_do_not_pollute_each_other(s
         ):
             answer = server.request("POST", "/suggest", request)[1]
             assert answer.get("solution") == fix, (request, answer)
+    # an environment with no error stored yet: our agent's script_id (the script's content) tells
+    server.request("POST", "/env", env_body("new", {"orders-lib": "2.0", "billing-lib": "5.0", "rich": "1"}))
+    for script_id, fix in (("so1", 'pip install "orders-lib==1.0"'), ("sb0", 'pip install "billing-lib==4.0"')):
+        answer = server.request("POST", "/suggest", {"error_sig": sig, "env_hash": "new", "script_id": script_id})[1]
+        assert answer.get("solution") == fix, (script_id, answer)
 
 
 def test_one_library_bug_from_several_scripts_and_both_clients_is_one_group(server):
@@ -562,3 +588,27 @@ def test_a_beacon_with_neither_signature_nor_exception_line_is_a_4xx(server):
         "POST", "/beacon", {"kind": "error", "env_hash": "e", "script_id": "s", "ts": 1.7e9, "trace": "   \n\n"}
     )
     assert status == 400 and "error_sig" in answer["error"]
+
+
+def test_a_re_run_that_passes_without_naming_its_failure_is_seen_as_one(server):
+    from conftest import env_body, error_beacon
+
+    def success(env_hash: str, script_id: str) -> None:
+        server.request(
+            "POST", "/beacon", {"kind": "success", "env_hash": env_hash, "script_id": script_id, "ts": 1.7e9}
+        )
+
+    # the 0.4.2 client: no prev_env_hash (and its env_hash covers the packages only)
+    sig = "runtimeerror: export failed"
+    for i in range(12):
+        server.request(
+            "POST", "/env", env_body("e%d" % i, {"packaging": "23.2" if i < 7 else "21.3", "rich": "13.%d" % (i % 2)})
+        )
+    for i in range(7):
+        server.request("POST", "/beacon", error_beacon("e%d" % i, "s%d" % i, sig))
+    for i in range(7, 12):
+        success("e%d" % i, "s%d" % (i - 7))  # the same scripts, passing on other machines
+    asking = {"error_sig": sig, "env_hash": "e1"}
+    assert server.request("POST", "/suggest", asking)[1]["match"]
+    success("e0", "s0")  # a failing machine's re-run passes, nothing changed
+    assert not server.request("POST", "/suggest", asking)[1]["match"]
