@@ -20,6 +20,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple, TypeVar
 
@@ -813,15 +814,16 @@ class Storage:
 
     def _roll_up_burst(self, cur: Cursor, rows: List[tuple], day: int, now: float) -> None:
         """Counts and rollups of the burst's beacon ``rows``: one row per key, each summed over the burst."""
-        counts: Dict[Tuple[int, str, str], int] = {}
+        # per group, runs by (feature, value): counted in C, and only a group's few hundred keys sorted
+        counts: Dict[int, Counter] = {}
         sources: Dict[Tuple[int, str, str, str], List] = {}
         days: Dict[int, int] = {}
         scripts: Set[Tuple[str, int]] = set()
         for row in rows:
             env_hash, script_id, group_id, script_name, host = row[3], row[4], row[5], row[10], row[17]
-            for feature, value in (self._features_of(cur, env_hash) or {}).items():
-                key = (group_id, feature, value)
-                counts[key] = counts.get(key, 0) + 1
+            features = self._features_of(cur, env_hash)
+            if features:
+                counts.setdefault(group_id, Counter()).update(features.items())
             source = sources.setdefault((group_id, script_id, env_hash, host or ""), [0, None])
             source[0] += 1
             source[1] = script_name or source[1]
@@ -843,7 +845,7 @@ class Storage:
         cur.insert_rows(
             "INSERT INTO counts(group_id, feature, value, fails, oks)",
             5,
-            [key + (runs, 0) for key, runs in sorted(counts.items())],
+            [(g, f, v, runs, 0) for g in sorted(counts) for (f, v), runs in sorted(counts[g].items())],
             _COUNTS_CONFLICT,
         )
 
