@@ -852,12 +852,13 @@ class Storage:
         )
 
     def fold_counts(self) -> None:
-        """Move the runs waiting in pending_counts into the counts (one process at a time)."""
+        """Move the runs waiting in pending_counts into the counts. One process at a time, the others
+        waiting rather than skipping: a caller that folds before reading the counts alone (a filter, a
+        purge) must find nothing pending that another process was folding."""
         self._write(self._fold)
 
     def _fold(self, cur: Cursor) -> None:
-        if not cur.try_lock(LOCK_FOLD):
-            return
+        cur.lock(LOCK_FOLD)
         rows = cur.execute(
             "SELECT group_id, env_hash, fails FROM pending_counts ORDER BY group_id, env_hash" + cur.for_update
         ).fetchall()
