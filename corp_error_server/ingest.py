@@ -18,6 +18,10 @@ cohorts taking turns at half the batch each. A leader therefore holds its batch 
 writes wait as were in flight during the last commit, for at most half that commit's time (and
 never more than ``_GATHER_MAX``): a lone client never waits, and a burst fills each commit.
 
+Every ``_FOLD_EVERY`` seconds (or ``_FOLD_WRITES`` writes, so that what a reader adds up stays
+small), a request whose batch committed also has the storage fold the counts its bursts left
+pending (``Storage.fold_counts``): after its own answer is decided, and while the next batch gathers.
+
 What waits is bounded: past ``max_waiting`` a request is refused at once with ``Busy`` (the app
 answers 503 with Retry-After, the agent keeps the beacon in its spool) rather than queueing without
 bound. A forked child (a gunicorn worker) starts with an empty queue of its own.
@@ -31,13 +35,15 @@ import time
 import weakref
 from typing import List, Optional, Tuple
 
-from .storage import Beacon, BeaconResult, Env, Storage
+from .storage import Beacon, BeaconResult, Env, Storage, StorageError
 
 DEFAULT_MAX_WAITING = 1024  # writes accepted and not yet committed, per process
 _MAX_BATCH = 256  # writes in one transaction: bounds how long one commit holds the lock
 _ANSWER_TIMEOUT = 60.0  # a request waits no longer for its commit (then 503: not acknowledged)
 RETRY_AFTER = 1  # seconds a refused client waits; one batch commits in milliseconds
 _GATHER_MAX = 0.002  # seconds a leader waits, at most, for the last commit's writes to come back
+_FOLD_EVERY = 0.5  # seconds between folds of the pending counts: a fold writes each count row once
+_FOLD_WRITES = 1000  # ... or writes committed since the last fold, whichever comes first
 
 
 class Busy(Exception):
@@ -77,6 +83,8 @@ class Committer:
         self._in_flight = 0  # the most writes waiting at once since the last batch was taken
         self._gather_for = 0  # a leader holding its batch back waits for this many queued writes
         self._last_commit = 0.0  # seconds the last commit took
+        self._next_fold = 0.0  # monotonic time of the next fold of the pending counts
+        self._fold_at = 0  # ... or the count of stored writes at which it is due
         self.transactions = 0
         self.stored = 0
 
@@ -137,6 +145,18 @@ class Committer:
                 raise
             self._last_commit = time.monotonic() - started
             self._finish(batch, own, carried)
+        self._fold()
+
+    def _fold(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next_fold and self.stored < self._fold_at:
+                return
+            self._next_fold, self._fold_at = now + _FOLD_EVERY, self.stored + _FOLD_WRITES
+        try:
+            self._storage.fold_counts()
+        except StorageError:  # readers add what is pending: the next fold takes it
+            pass
 
     def _gather(self) -> None:
         """With the lock held: wait (boundedly) until as many writes are queued as were in flight."""

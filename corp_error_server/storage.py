@@ -7,6 +7,10 @@ column types, locks, fetching a new row's id). ``SQLiteStorage`` is below; ``Pos
 
 Counts per (group, feature, value) are updated when a run becomes countable (its beacon and its
 environment are both known), so ``/suggest`` reads a few hundred rows instead of rescanning beacons.
+A burst's errors are counted per (group, environment) in ``pending_counts`` instead, and folded
+into the counts later (``fold_counts``): the few values a fleet has make each count row move many
+times a second in a burst, and a fold writes it once. Readers add what is pending, so what they
+see is the same either way.
 Every public write is one transaction: a request stores everything or nothing. Storage answers
 queries and never decides: the engine turns what it returns into suggestions, the app joins them.
 Storage raises only its own exceptions, never its driver's.
@@ -20,6 +24,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple, TypeVar
 
@@ -36,7 +41,7 @@ _PURGE_BATCH = 1000  # beacons deleted per transaction, so a purge never holds w
 _ATTEMPTS = 5  # a transaction the database aborted for a conflict (deadlock) is run again
 
 # Lock name spaces for backends whose writers run concurrently (PostgreSQL advisory locks).
-LOCK_ENV, LOCK_PURGE, LOCK_SCHEMA = 1, 2, 3
+LOCK_ENV, LOCK_PURGE, LOCK_SCHEMA, LOCK_FOLD = 1, 2, 3, 4
 
 _MAX_PARAMS = 999  # parameters in one statement: SQLite's oldest limit
 _UPSERT_ROWS = 190  # count rows in one upsert: 5 parameters each, within _MAX_PARAMS
@@ -56,6 +61,7 @@ _COUNTS_CONFLICT = (
     " ON CONFLICT(group_id, feature, value) DO UPDATE"
     " SET fails = counts.fails + excluded.fails, oks = counts.oks + excluded.oks"
 )
+_PENDING_CONFLICT = " ON CONFLICT(group_id, env_hash) DO UPDATE SET fails = pending_counts.fails + excluded.fails"
 _DAYS_CONFLICT = (
     " ON CONFLICT(group_id, day) DO UPDATE SET fails = group_days.fails + excluded.fails, "
     "oks = group_days.oks + excluded.oks"
@@ -813,15 +819,13 @@ class Storage:
 
     def _roll_up_burst(self, cur: Cursor, rows: List[tuple], day: int, now: float) -> None:
         """Counts and rollups of the burst's beacon ``rows``: one row per key, each summed over the burst."""
-        counts: Dict[Tuple[int, str, str], int] = {}
+        pending: Dict[Tuple[int, str], int] = {}
         sources: Dict[Tuple[int, str, str, str], List] = {}
         days: Dict[int, int] = {}
         scripts: Set[Tuple[str, int]] = set()
         for row in rows:
             env_hash, script_id, group_id, script_name, host = row[3], row[4], row[5], row[10], row[17]
-            for feature, value in (self._features_of(cur, env_hash) or {}).items():
-                key = (group_id, feature, value)
-                counts[key] = counts.get(key, 0) + 1
+            pending[(group_id, env_hash)] = pending.get((group_id, env_hash), 0) + 1
             source = sources.setdefault((group_id, script_id, env_hash, host or ""), [0, None])
             source[0] += 1
             source[1] = script_name or source[1]
@@ -841,11 +845,39 @@ class Storage:
             _SOURCES_CONFLICT,
         )
         cur.insert_rows(
+            "INSERT INTO pending_counts(group_id, env_hash, fails)",
+            3,
+            [key + (runs,) for key, runs in sorted(pending.items())],
+            _PENDING_CONFLICT,
+        )
+
+    def fold_counts(self) -> None:
+        """Move the runs waiting in pending_counts into the counts. One process at a time, the others
+        waiting rather than skipping: a caller that folds before reading the counts alone (a filter, a
+        purge) must find nothing pending that another process was folding."""
+        self._write(self._fold)
+
+    def _fold(self, cur: Cursor) -> None:
+        cur.lock(LOCK_FOLD)
+        rows = cur.execute(
+            "SELECT group_id, env_hash, fails FROM pending_counts ORDER BY group_id, env_hash" + cur.for_update
+        ).fetchall()
+        if not rows:
+            return
+        self._read_features(cur, [env_hash for _, env_hash, _ in rows])
+        counts: Dict[int, Counter] = {}  # per group, runs by (feature, value)
+        for group_id, env_hash, runs in rows:
+            tally = counts.setdefault(group_id, Counter())
+            for item in (self._features_of(cur, env_hash) or {}).items():
+                tally[item] += runs
+        cur.insert_rows(
             "INSERT INTO counts(group_id, feature, value, fails, oks)",
             5,
-            [key + (runs, 0) for key, runs in sorted(counts.items())],
+            [(g, f, v, runs, 0) for g in sorted(counts) for (f, v), runs in sorted(counts[g].items())],
             _COUNTS_CONFLICT,
         )
+        # by key, not all: a process's burst may have added a row since the SELECT
+        cur.executemany("DELETE FROM pending_counts WHERE group_id = ? AND env_hash = ?", [(g, e) for g, e, _ in rows])
 
     def _store_item(self, cur: Cursor, beacon: Optional[Beacon], env: Optional[Env], now: float) -> BeaconResult:
         if beacon is not None:
@@ -938,6 +970,13 @@ class Storage:
             "SELECT feature, value, fails, oks FROM counts WHERE group_id = ?", (group_id,)
         ):
             counts.setdefault(feature, {})[value] = (a, b)
+        pending = cur.execute("SELECT env_hash, fails FROM pending_counts WHERE group_id = ?", (group_id,)).fetchall()
+        self._read_features(cur, [env_hash for env_hash, _ in pending])
+        for env_hash, runs in pending:
+            for feature, value in (self._features_of(cur, env_hash) or {}).items():
+                values = counts.setdefault(feature, {})
+                a, b = values.get(value, (0, 0))
+                values[value] = (a + runs, b)
         pairs, fix_scripts = [], []
         fixes = cur.execute(
             "SELECT prev_env_hash, env_hash, script_id FROM beacons WHERE prev_group_id = ? "
@@ -1008,6 +1047,8 @@ class Storage:
 
     def find_groups(self, query: GroupQuery) -> Tuple[int, List[dict]]:
         """(how many groups match, the page of them asked for)."""
+        if query.features:
+            self.fold_counts()  # the filter reads the counts in SQL: nothing of them may be pending
         where: List[str] = ["g.errors > 0"]
         params: List[object] = []
         if query.search:
@@ -1273,6 +1314,8 @@ class Storage:
         """Delete beacons received before ``older_than`` and take them out of the counts, a batch per
         transaction; returns how many this process deleted. One process purges at a time: a batch
         another process is purging makes this one stop (it would find nothing left to do)."""
+        # runs are taken out of the counts: none of them may still be pending there
+        self.fold_counts()
         deleted = 0
         while True:
             batch = self._write(lambda cur: self._purge_batch(cur, older_than))

@@ -19,6 +19,9 @@ _BATCH = 2000
 
 def copy_database(src: Storage, dst: Storage, source_name: str, progress=lambda table: None) -> Dict[str, int]:
     """Copy every table of ``src`` into ``dst``; returns the rows copied per table."""
+    # counts are copied as the source has them, over the destination's: with none pending in the source,
+    # each count row a fold in the destination made is one the source has too (a rerun copies it anew)
+    src.fold_counts()
 
     def work(d: Cursor) -> Dict[str, int]:
         _claim(d, source_name)

@@ -117,6 +117,16 @@ GROUP BY group_id, script_id, env_hash
 ALTER TABLE groups ADD COLUMN revision {BIGINT} NOT NULL DEFAULT 0
 """,
     ),
+    Migration(
+        5,
+        "a burst's errors wait per group and environment until folded into the counts (a commit wrote some "
+        "35 count rows per error; a fold of many bursts writes each row once)",
+        """
+CREATE TABLE pending_counts(
+    group_id {BIGINT} NOT NULL, env_hash TEXT NOT NULL, fails INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY(group_id, env_hash)){NOROWID}
+""",
+    ),
 ]
 
 
@@ -129,6 +139,7 @@ COPIED_TABLES = [
     ("group_scripts", ("script_id", "group_id")),
     ("contributions", ("beacon_id", "group_id")),
     ("counts", ("group_id", "feature", "value")),
+    ("pending_counts", ("group_id", "env_hash")),
     ("group_days", ("group_id", "day")),
     ("group_sources", ("group_id", "script_id", "env_hash", "host")),
 ]

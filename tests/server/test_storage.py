@@ -218,6 +218,30 @@ def _ingest_state(target: str) -> dict:
     }
 
 
+def test_the_counts_a_burst_leaves_pending_are_read_as_if_folded(db_target):
+    """A burst's errors wait in pending_counts: the engine's input is the same before and after the fold."""
+    storage = open_storage(db_target)
+    for i in range(3):
+        storage.add_env(Env("e%d" % i, {"packages": {}}, {"python": "3.1%d" % (i % 2), "pkg:a": "1"}))
+    storage.add_beacon(_beacon("alone", "e0"))  # counted at once
+    storage.add_beacons([(_beacon("k%d" % i, "e%d" % (i % 3)), None) for i in range(7)])
+    group_id = storage.group_id_of(_beacon("x", "e0").group_key or "")
+    assert group_id is not None
+    pending = storage.group_states([group_id])[group_id].data
+    assert db_rows(db_target, "SELECT SUM(fails) FROM pending_counts") == [(7,)]
+    storage.fold_counts()
+    assert db_rows(db_target, "SELECT COUNT(*) FROM pending_counts") == [(0,)]
+    folded = storage.group_states([group_id])[group_id].data
+    assert pending.counts == folded.counts
+    assert folded.counts["pkg:a"] == {"1": (8, 0)} and folded.counts["python"] == {"3.10": (6, 0), "3.11": (2, 0)}
+    assert pending.fails == folded.fails == 8
+    # a filter on a feature sees the pending runs too
+    storage.add_beacons([(_beacon("late", "e1", "OSError: late"), None)])
+    total, _ = storage.find_groups(GroupQuery(features=(("python", "3.11"),)))
+    assert total == 2
+    storage.close()
+
+
 def test_a_burst_of_errors_is_stored_as_one_by_one(db_target, tmp_path):
     """add_beacons stores a batch of plain errors with a few statements per table: what it stores and
     answers is what storing each beacon alone stores and answers."""
@@ -254,6 +278,7 @@ def test_a_burst_of_errors_is_stored_as_one_by_one(db_target, tmp_path):
         else:
             results = [storage.add_beacon(b) for b in burst]
         answers.append([(r.env_known, r.duplicate, r.new_group, r.regressed, r.error) for r in results])
+        storage.fold_counts()  # the burst's counts wait to be folded; one by one counts them at once
         storage.close()
     assert answers[0] == answers[1]
     assert [a[:4] for a in answers[0][:3]] == [
