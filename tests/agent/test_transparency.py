@@ -281,9 +281,10 @@ print(multiprocessing.current_process().name)
 agent = sys.modules.get("corp_error_agent")
 if agent is not None:
     import asyncio.base_events
-    patched = [asyncio.base_events.BaseEventLoop.default_exception_handler, multiprocessing.process.BaseProcess._bootstrap]
-    assert [f.__qualname__.split(".")[0] for f in patched] == ["_patch_asyncio", "_patch_multiprocessing"], patched
-    assert logging.Logger.callHandlers.__qualname__ == "_entry" and agent._PATCHES == "IPython.core.interactiveshell=_patch_ipython"
+    patched = [asyncio.base_events.BaseEventLoop.default_exception_handler,
+               multiprocessing.process.BaseProcess._bootstrap, logging.Logger.callHandlers]
+    assert [f.__qualname__.split(".")[0] for f in patched] == ["_patch_asyncio", "_patch_multiprocessing", "_entry"]
+    assert agent._PATCHES == "IPython.core.interactiveshell=_patch_ipython", agent._PATCHES
 """
 
 
