@@ -311,3 +311,18 @@ def test_activating_again_chains_no_hook_to_itself(agent_venv, plain_venv, backe
     with_agent = run(agent_venv.python, [script], sandbox.env(backend.url, FAST), cwd=sandbox.work)
     wait_error(backend, "boom-again")
     same_outcome(with_agent, run(plain_venv.python, [script], sandbox.env(backend.url, FAST), cwd=sandbox.work))
+
+
+def test_thread_errors_after_a_hook_put_in_by_an_earlier_pth(fresh_venv, plain_venv, backend, sandbox):
+    # site reads a venv's .pth files twice where lib64 links to lib: the agent is activated again,
+    # after the earlier .pth replaced sys.excepthook; the thread hook must stay chained to Python's.
+    venv = fresh_venv("copy")
+    (venv.site_packages / "aaa_hook.pth").write_text("import sys; sys.excepthook = sys.__excepthook__\n")
+    script = sandbox.script(
+        "thread.py",
+        "import threading\ndef work():\n    raise ValueError('boom-pth-thread')\n"
+        "thread = threading.Thread(target=work, name='worker')\nthread.start()\nthread.join()\n",
+    )
+    proc = run(venv.python, [script], sandbox.env(backend.url, FAST), cwd=sandbox.work)
+    wait_error(backend, "boom-pth-thread")
+    same_outcome(proc, run(plain_venv.python, [script], sandbox.env(backend.url, FAST), cwd=sandbox.work))
