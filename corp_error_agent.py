@@ -62,8 +62,11 @@ def _entry(*args):
     #   find_spec(name, path[, target])  the module itself is on sys.meta_path, after the builtin
     #                                 and frozen importers: None ("not mine") unless the module is
     #                                 in _PATCHES; then its spec, found by the finders after this
-    #                                 one, with this function as its loader's exec_module
-    #   exec_module(module)           a patched module's loader: run the module, then patch it
+    #                                 one, with this function bound to its loader as exec_module
+    #   exec_module(loader, module)   a patched module's loader: run the module, then patch it. The
+    #                                 loader comes bound, not from module.__spec__: a finder in
+    #                                 front may have wrapped it there (ddtrace's ModuleWatchdog)
+    #   (module)                      a module imported before activate(): patch it
     #   Logger.callHandlers(logger, record)  report records at ERROR or above with an exception
     #   __getattr__(name)             PEP 562: the first use of a name that the start-up part lacks
     #                                 compiles the loader, the first section of the agent proper
@@ -72,7 +75,7 @@ def _entry(*args):
     #   (None, platform, environ)     the agent's directory (the loader's _cache_dir)
     global _PATCHES, _started, _pending_dir, _excepthook, _thread_excepthook, _call_handlers
     first = args[0] if args else _entry
-    if type(first) is str and len(args) == 1:  # __getattr__
+    if isinstance(first, str) and len(args) == 1:  # __getattr__ (a name may be a str subclass)
         if first == "__all__":
             return tuple(_API.split())
         if first[:2] == "__" or first in "find_distributions invalidate_caches find_module iter_modules".split():
@@ -105,7 +108,7 @@ def _entry(*args):
             return os.path.join(home, "Library", "Caches", _APP)
         xdg = environ.get("XDG_CACHE_HOME", "").strip()
         return os.path.join(xdg if os.path.isabs(xdg) else os.path.join(home, ".cache"), _APP)
-    if type(first) is str:  # find_spec
+    if isinstance(first, str):  # find_spec
         if " %s=" % first not in " " + _PATCHES:
             return None
         spec = None
@@ -117,7 +120,7 @@ def _entry(*args):
         loader = getattr(spec, "loader", None)
         if loader is not None and hasattr(loader, "exec_module"):
             try:
-                loader.exec_module = _entry
+                loader.exec_module = _entry.__get__(loader)
             except Exception:  # a loader that takes no attributes: the module stays unpatched
                 pass
         return spec
@@ -128,8 +131,9 @@ def _entry(*args):
                 return None
             import _thread
             import time  # (both imported by Python's own start-up already)
-            _excepthook, _thread_excepthook = sys.excepthook, _thread._excepthook
-            sys.excepthook = _thread._excepthook = _entry
+            _excepthook, sys.excepthook = sys.excepthook, _entry
+            if _thread._excepthook is not _entry:  # (activated again, after sys.excepthook was replaced:
+                _thread_excepthook, _thread._excepthook = _thread._excepthook, _entry  # no loop to itself)
             if "threading" in sys.modules:
                 sys.modules["threading"].excepthook = _entry
             for entry in _PATCHES.split():
@@ -150,11 +154,11 @@ def _entry(*args):
             pass
         return None
     previous = handler = None
-    if type(first) is type(sys):  # a patched module: run it first, if its loader is ours
-        loader = getattr(first.__spec__, "loader", None)
-        if getattr(loader, "exec_module", None) is _entry:
-            del loader.exec_module  # nothing of the agent stays referenced by the loader
-            loader.exec_module(first)  # (an error in the module fails its import as without the agent)
+    if isinstance(args[-1], type(sys)) and len(args) <= 2:  # a patched module (lazy ones are subclasses)
+        if len(args) == 2:  # its loader's exec_module: run it first
+            del first.exec_module  # nothing of the agent stays referenced by the loader
+            first.exec_module(args[1])  # (an error in the module fails its import as without the agent)
+            first, args = args[1], args[1:]
         for entry in _PATCHES.split():
             if entry.split("=")[0] == first.__name__:
                 _PATCHES = (" %s " % _PATCHES).replace(" %s " % entry, " ").strip()

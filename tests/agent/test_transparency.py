@@ -237,3 +237,92 @@ def test_what_importlib_asks_every_finder_loads_nothing(agent_venv, sandbox):
     proc = run(agent_venv.python, ["-c", code], sandbox.env("http://127.0.0.1:9"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode().strip() == "[true, true, true, false, false, true]"
+
+
+# A finder in front that wraps the loader of the spec the finders behind it found, as ddtrace's
+# ModuleWatchdog does (ddtrace-run, and its pytest plugin once installed); LazyLoader, which on
+# 3.13 runs the module while it is still of a ModuleType subclass; a name that is a str subclass.
+_IMPORTERS = """
+import importlib.util, sys
+
+class Chained:
+    def __init__(self, loader):
+        self.loader = loader
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+
+class Watchdog:
+    finding = set()
+    def find_spec(self, name, path=None, target=None):
+        if name in self.finding:
+            return None
+        self.finding.add(name)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self.finding.discard(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = Chained(spec.loader)
+        return spec
+
+class Name(str):
+    pass
+print(__import__(Name("colorsys")).__name__)
+spec = importlib.util.find_spec("logging")
+spec.loader = importlib.util.LazyLoader(spec.loader)
+logging = sys.modules["logging"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(logging)
+print(logging.getLogger("lazy").name)
+sys.meta_path.insert(0, Watchdog())
+import multiprocessing
+print(multiprocessing.current_process().name)
+agent = sys.modules.get("corp_error_agent")
+if agent is not None:
+    import asyncio.base_events
+    patched = [asyncio.base_events.BaseEventLoop.default_exception_handler,
+               multiprocessing.process.BaseProcess._bootstrap, logging.Logger.callHandlers]
+    assert [f.__qualname__.split(".")[0] for f in patched] == ["_patch_asyncio", "_patch_multiprocessing", "_entry"]
+    assert agent._PATCHES == "IPython.core.interactiveshell=_patch_ipython", agent._PATCHES
+"""
+
+
+def test_modules_imported_through_other_importers_run_and_are_patched(agent_venv, plain_venv, sandbox):
+    script = sandbox.script("importers.py", _IMPORTERS)
+    env = sandbox.env("http://127.0.0.1:9")
+    with_agent = run(agent_venv.python, [script], env, cwd=sandbox.work)
+    assert with_agent.stdout == b"colorsys\nlazy\nMainProcess\n", with_agent.stderr
+    same_outcome(with_agent, run(plain_venv.python, [script], env, cwd=sandbox.work))
+
+
+def test_activating_again_chains_no_hook_to_itself(agent_venv, plain_venv, backend, sandbox):
+    # A program that put its own sys.excepthook in, then activate()s the agent again, so that it
+    # reports after that hook: the thread hook, still the agent's, must not become its own previous.
+    script = sandbox.script(
+        "again.py",
+        "import sys, threading\n"
+        "try:\n    import corp_error_agent\nexcept ImportError:\n    corp_error_agent = None\n"
+        "sys.excepthook = sys.__excepthook__\n"
+        "if corp_error_agent:\n    corp_error_agent.activate()\n"
+        "def work():\n    raise ValueError('boom-again')\n"
+        "thread = threading.Thread(target=work, name='worker')\nthread.start()\nthread.join()\n",
+    )
+    with_agent = run(agent_venv.python, [script], sandbox.env(backend.url, FAST), cwd=sandbox.work)
+    wait_error(backend, "boom-again")
+    same_outcome(with_agent, run(plain_venv.python, [script], sandbox.env(backend.url, FAST), cwd=sandbox.work))
+
+
+def test_thread_errors_after_a_hook_put_in_by_an_earlier_pth(fresh_venv, plain_venv, backend, sandbox):
+    # site reads a venv's .pth files twice where lib64 links to lib: the agent is activated again,
+    # after the earlier .pth replaced sys.excepthook; the thread hook must stay chained to Python's.
+    venv = fresh_venv("copy")
+    (venv.site_packages / "aaa_hook.pth").write_text("import sys; sys.excepthook = sys.__excepthook__\n")
+    script = sandbox.script(
+        "thread.py",
+        "import threading\ndef work():\n    raise ValueError('boom-pth-thread')\n"
+        "thread = threading.Thread(target=work, name='worker')\nthread.start()\nthread.join()\n",
+    )
+    proc = run(venv.python, [script], sandbox.env(backend.url, FAST), cwd=sandbox.work)
+    wait_error(backend, "boom-pth-thread")
+    same_outcome(proc, run(plain_venv.python, [script], sandbox.env(backend.url, FAST), cwd=sandbox.work))
