@@ -49,8 +49,13 @@ _APP = "corp_error_agent"
 _PATCHES = "asyncio.base_events=_patch_asyncio multiprocessing.process=_patch_multiprocessing " \
            "IPython.core.interactiveshell=_patch_ipython logging=_patch_logging"
 _API = "activate capture main group_key scrub snapshot error_signature format_trace __version__"
-_started = _pending_dir = None  # when activate() ran; where this script's failures wait (_pending_path)
-_excepthook = _thread_excepthook = _call_handlers = None  # the hooks installed before ours
+# When activate() ran, where this script's failures wait (_pending_path), and the hooks that were
+# there before ours; a reload of this module keeps them, as the hooks it installed still use them.
+_started = globals().get("_started")
+_pending_dir = globals().get("_pending_dir")
+_excepthook = globals().get("_excepthook")
+_thread_excepthook = globals().get("_thread_excepthook")
+_call_handlers = globals().get("_call_handlers")
 
 
 def _entry(*args):
@@ -94,8 +99,8 @@ def _entry(*args):
                 raise AttributeError("module %r has no attribute %r (%s)" % (__name__, first, error)) from None
         return globals()["_attribute"](first)
     import os
-    if first is None:  # the cache directory: ERROR_AGENT_CACHE_DIR, else the per-user cache
-        # directory, where platformdirs would put it (the loader's _user_dir has the config one)
+    if first is None and isinstance(args[1], str):  # the cache directory: ERROR_AGENT_CACHE_DIR, else the
+        # per-user cache directory, where platformdirs would put it (the loader's _user_dir has the config one)
         platform, environ = args[1], os.environ if args[2] is None else args[2]
         chosen = environ.get("ERROR_AGENT_CACHE_DIR", "").strip()
         if chosen:
@@ -139,7 +144,8 @@ def _entry(*args):
             for entry in _PATCHES.split():
                 if entry.split("=")[0] in sys.modules:
                     _entry(sys.modules[entry.split("=")[0]])
-            sys.meta_path.insert(2, sys.modules[__name__])
+            if sys.modules[__name__] not in sys.meta_path:
+                sys.meta_path.insert(2, sys.modules[__name__])
             _started = time.time()
             # where failures of scripts of this file name wait for their first clean run
             name = os.path.basename(sys.argv[0] if sys.argv else "") or "-"  # "-c", "-m", a script
@@ -169,6 +175,16 @@ def _entry(*args):
         previous, handler = _excepthook, "_on_exception"
     else:
         previous, handler = _thread_excepthook, "_on_thread_exception"
+    if handler == "_on_exception" or handler == "_on_thread_exception":
+        # Called from within the chain this function started: a hook installed after ours calls ours,
+        # and activate() ran again and put ours in front of it. Python's own hook ends the chain
+        # (not the hook ours calls, which is that one) and the outer call reports.
+        caller = sys._getframe(0).f_back
+        while caller is not None and caller.f_code is not _entry.__code__:
+            caller = caller.f_back
+        if caller is not None:
+            handler = None
+            previous = sys.__excepthook__ if len(args) == 3 else sys.modules["threading"].__excepthook__
     try:
         if previous is not None:
             previous(*args)

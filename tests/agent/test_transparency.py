@@ -234,7 +234,9 @@ def test_what_importlib_asks_every_finder_loads_nothing(agent_venv, sandbox):
         "print(json.dumps([agent in sys.meta_path, dists > 0, modules > 0, '_attribute' in vars(agent),"
         " hasattr(agent, 'find_distributions'), 'capture' in agent.__all__]))"
     )
-    proc = run(agent_venv.python, ["-c", code], sandbox.env("http://127.0.0.1:9"))
+    env = sandbox.env("http://127.0.0.1:9")
+    env.pop("COVERAGE_PROCESS_START", None)  # coverage.py measuring the agent loads it itself
+    proc = run(agent_venv.python, ["-c", code], env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode().strip() == "[true, true, true, false, false, true]"
 
@@ -326,3 +328,39 @@ def test_thread_errors_after_a_hook_put_in_by_an_earlier_pth(fresh_venv, plain_v
     proc = run(venv.python, [script], sandbox.env(backend.url, FAST), cwd=sandbox.work)
     wait_error(backend, "boom-pth-thread")
     same_outcome(proc, run(plain_venv.python, [script], sandbox.env(backend.url, FAST), cwd=sandbox.work))
+
+
+def test_a_hook_calling_ours_then_activate_again_prints_once(agent_venv, plain_venv, backend, sandbox):
+    # The program's hook calls the agent's, then activate() puts the agent's in front of it again:
+    # the one function on both ends of that chain must not call itself round (RecursionError).
+    script = sandbox.script(
+        "chain.py",
+        "import sys\n"
+        "try:\n    import corp_error_agent\nexcept ImportError:\n    corp_error_agent = None\n"
+        "ours = sys.excepthook\n"
+        "def mine(t, v, tb):\n    sys.stderr.write('MY-HOOK\\n')\n    ours(t, v, tb)\n"
+        "sys.excepthook = mine\n"
+        "if corp_error_agent:\n    corp_error_agent.activate()\n"
+        "raise ValueError('boom-chain')\n",
+    )
+    with_agent = run(agent_venv.python, [script], sandbox.env(backend.url, FAST), cwd=sandbox.work)
+    assert with_agent.stderr.count(b"MY-HOOK") == 1 and b"RecursionError" not in with_agent.stderr
+    same_outcome(with_agent, run(plain_venv.python, [script], sandbox.env(backend.url, FAST), cwd=sandbox.work))
+    wait_error(backend, "boom-chain")
+
+
+def test_reloading_the_agent_keeps_the_hooks_working(agent_venv, plain_venv, backend, sandbox):
+    # importlib.reload (IPython's %autoreload after an upgrade) runs the module again in its own
+    # namespace, where the hooks it installed keep looking up the hooks before them.
+    script = sandbox.script(
+        "reload.py",
+        "import importlib, logging, sys\n"
+        "try:\n    import corp_error_agent\n    importlib.reload(corp_error_agent)\nexcept ImportError:\n    pass\n"
+        "logging.basicConfig(format='LOG %(message)s')\n"
+        "logging.warning('after reload')\n"
+        "raise ValueError('boom-reload')\n",
+    )
+    with_agent = run(agent_venv.python, [script], sandbox.env(backend.url, FAST), cwd=sandbox.work)
+    assert b"LOG after reload" in with_agent.stderr and b"ValueError: boom-reload" in with_agent.stderr
+    same_outcome(with_agent, run(plain_venv.python, [script], sandbox.env(backend.url, FAST), cwd=sandbox.work))
+    wait_error(backend, "boom-reload")
