@@ -417,12 +417,10 @@ def _table(feature: str, group: GroupData, scale: float) -> Dict[str, Tuple[floa
     return with_absent(raw, group.fails * scale, float(group.oks)) if feature.startswith("pkg:") else raw
 
 
-def separation(feature: str, values: Mapping[str, Tuple[float, float]], named: bool = False) -> Separation:
-    """How the feature's values split failing from succeeding runs.
-
-    A value leans to success when its share of the succeeding runs is above its share of the
-    failing runs (shares, not counts: a script fails many times and reports one success).
-    """
+def _leaning(values: Mapping[str, Tuple[float, float]]) -> Tuple[List[str], List[str]]:
+    """(failure-leaning, success-leaning) values. A value leans to success when its share of the
+    succeeding runs is above its share of the failing runs (shares, not counts: a script fails many
+    times and reports one success)."""
     fails = sum(a for a, _ in values.values()) or 1.0
     oks = sum(b for _, b in values.values()) or 1.0
     bad, good = [], []
@@ -431,6 +429,12 @@ def separation(feature: str, values: Mapping[str, Tuple[float, float]], named: b
             good.append(value)
         elif a:
             bad.append(value)
+    return bad, good
+
+
+def separation(feature: str, values: Mapping[str, Tuple[float, float]], named: bool = False) -> Separation:
+    """How the feature's values split failing from succeeding runs (_leaning)."""
+    bad, good = _leaning(values)
     # best good value: the purest, then the best supported, then the newest
     good.sort(key=lambda v: (values[v][0] > 0, -values[v][1], tuple(-n for n in version_key(v) or ())))
     range_from = _failing_range(values, good, bad)
@@ -640,14 +644,8 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
     env_vars = {feature for feature in group.counts if feature.startswith("env:")}
 
     def leaning() -> Dict[str, Set[str]]:
-        """Per feature, its failure-leaning values (as separation() splits them)."""
-        found = {}
-        for feature in group.counts:
-            values = _table(feature, group, scale)
-            fails = sum(a for a, _ in values.values()) or 1.0
-            oks = sum(b for _, b in values.values()) or 1.0
-            found[feature] = {v for v, (a, b) in values.items() if a and b / oks <= a / fails}
-        return found
+        """Per feature, its failure-leaning values."""
+        return {feature: set(_leaning(_table(feature, group, scale))[0]) for feature in group.counts}
 
     def failing_values() -> Dict[str, Set[str]]:
         return _kept(group, "failing values", leaning)  # the same whatever the universe
