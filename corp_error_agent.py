@@ -1413,7 +1413,6 @@ def _close_breaker(state_dir: str, settings: _Settings) -> None:
 
 def _deliver(settings: _Settings, state_dir: str, claimed: str, timeout: float) -> str:
     """Send one claimed spool entry: ``delivered``, ``rejected`` (4xx, dropped) or ``kept``."""
-    import time
     entry = _read_json(claimed)
     if not isinstance(entry, dict) or not isinstance(entry.get("beacon"), dict):
         _spool_release(claimed, keep=False)  # a torn entry cannot be written by _write_atomic; be safe anyway
@@ -1431,10 +1430,16 @@ def _deliver(settings: _Settings, state_dir: str, claimed: str, timeout: float) 
         _count_dropped(state_dir, "rejected-%d" % status, entry["beacon"])
         return "rejected"
     _spool_release(claimed, keep=False)
+    _note_delivery(state_dir, settings, status)
+    return "delivered"
+
+
+def _note_delivery(state_dir: str, settings: _Settings, status: int) -> None:
+    """A beacon the backend took: ``status`` shows it, and the breaker closes (the backend is back)."""
+    import time
     _write_atomic(os.path.join(state_dir, "last_delivery.json"),
                   {"ts": time.time(), "url": settings.url, "status": status})
     _close_breaker(state_dir, settings)
-    return "delivered"
 
 
 def _drain(settings: _Settings, state_dir: str, first=None, limit: int = _SPOOL_DRAIN_BATCH,
@@ -2045,6 +2050,8 @@ def _cmd_test(args) -> int:
             status, body = _post(settings, path, payload, timeout)
             if step == "beacon" and status == 204:
                 _post(settings, "/env", env, _CONNECT_TIMEOUT)
+            if step == "beacon" and 200 <= status < 300:
+                _note_delivery(_state_dir(), settings, status)
             try:
                 answer = json.loads(body.decode("utf-8")) if body else None
             except ValueError:

@@ -319,6 +319,8 @@ def test_test_command(agent_venv, backend, sandbox):
     assert proc.returncode == 0, proc.stderr
     [beacon] = backend.wait_for("/beacon", where=lambda b: b.get("test") is True)
     backend.wait_for("/suggest")
+    status = json.loads(cli(agent_venv, ["status", "--json"], sandbox.env(backend.url)).stdout)
+    assert status["last_delivery"]["url"] == backend.url and status["last_delivery"]["status"] == 204
     down = cli(agent_venv, ["test"], sandbox.env(closed_port_url()))
     assert down.returncode != 0
 
