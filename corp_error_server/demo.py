@@ -292,7 +292,7 @@ class EmbeddedServer:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=10)
-        self.app.storage.close()
+        self.app.close()  # its suggest-ahead thread too: it would open the database again after it is removed
         self._log.close()
 
 

@@ -1384,6 +1384,8 @@ class SQLiteStorage(Storage):
                 conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None, timeout=30)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=" + self._synchronous)
+                # a batch's savepoint journal past 64 KB would be a temporary file created per commit
+                conn.execute("PRAGMA temp_store=MEMORY")
             except sqlite3.Error as error:
                 raise self.dialect.translate(error) from None
             self._conn, self._pid, self._lock = conn, os.getpid(), threading.RLock()

@@ -64,6 +64,7 @@ def test_demo_quick(sandbox):
     ]
     assert steps == sorted(steps), out
     assert "1 failing run(s), 1 succeeding run(s)" in out
+    assert "suggest-ahead" not in proc.stderr  # its thread stopped with the server, not after the removal
     # nothing of the user's was read or written, nothing was left behind
     assert tree(sandbox.tmp) == before
     assert not sandbox.cache.exists()

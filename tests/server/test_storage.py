@@ -86,6 +86,13 @@ def test_a_050_database_is_migrated_keeping_its_rows(tmp_path):
     assert db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
 
 
+def test_sqlite_keeps_a_batch_savepoint_journal_in_memory(tmp_path):
+    # a batch past 64 KB of savepoint journal would otherwise create a temporary file on every commit
+    storage = SQLiteStorage(str(tmp_path / "errors.db"))
+    assert storage._connection().execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY
+    storage.close()
+
+
 def test_a_database_from_a_newer_server_is_refused(db_target):
     open_storage(db_target).close()
     db_rows(db_target, "INSERT INTO schema_version VALUES(%d, 'from the future', 0)" % (SCHEMA_VERSION + 1))
