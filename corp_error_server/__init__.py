@@ -15,7 +15,7 @@ import threading
 from typing import Callable, Optional
 
 from .app import DEFAULT_MAX_BODY, DEFAULT_RETENTION_DAYS, create_app
-from .storage import StorageUnavailable
+from .storage import StorageUnavailable, UnsupportedDatabase
 
 __all__ = ["create_app", "app", "default_db_path", "DEFAULT_MAX_BODY", "DEFAULT_RETENTION_DAYS"]
 
@@ -47,17 +47,33 @@ class _LazyApp:
                     try:
                         self._app = create_app(default_db_path(), token=token, webhooks=hooks)
                     except StorageUnavailable as error:  # down at the first request: the next one tries again
-                        body = json.dumps({"error": "storage unavailable: %s" % error}).encode()
-                        start_response(
-                            "503 Service Unavailable",
-                            [
-                                ("Content-Type", "application/json"),
-                                ("Content-Length", str(len(body))),
-                                ("Retry-After", "1"),
-                            ],
-                        )
-                        return [body]
+                        return _unavailable(start_response, "storage unavailable: %s" % error)
+                    except UnsupportedDatabase as error:
+                        # a scheme or a driver missing: the operator's to fix, said in the server's log
+                        # and to the agents, which keep their beacons until it is fixed
+                        message = "the server cannot open its database: %s" % error
+                        _log_once(environ, message)
+                        return _unavailable(start_response, message)
         return self._app(environ, start_response)
+
+
+_logged_messages: set = set()
+
+
+def _log_once(environ, message: str) -> None:
+    if message not in _logged_messages:
+        _logged_messages.add(message)
+        environ["wsgi.errors"].write("corp-error-server: %s\n" % message)
+        environ["wsgi.errors"].flush()
+
+
+def _unavailable(start_response, message: str) -> list:
+    body = json.dumps({"error": message}).encode()
+    start_response(
+        "503 Service Unavailable",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Retry-After", "1")],
+    )
+    return [body]
 
 
 app = _LazyApp()

@@ -108,8 +108,9 @@ class PostgresStorage(Storage):
     def __init__(self, url: str) -> None:
         if _MISSING is not None:
             raise UnsupportedDatabase(
+                # the extra's own packages: PyPI's corp-error-agent is the 0.4.2 client, without it
                 "PostgreSQL needs psycopg 3 and psycopg_pool "
-                "(pip install \"corp-error-agent[postgres]\"): %s" % _MISSING
+                "(pip install \"psycopg[binary]>=3.1\" \"psycopg-pool>=3.2\"): %s" % _MISSING
             )
         super().__init__()
         self.dialect = PostgresDialect()

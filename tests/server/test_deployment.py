@@ -100,3 +100,13 @@ def test_nginx_proxies_to_where_the_units_listen(unit):
         assert "%s:%d" % (args.host, args.port) == backend
     size = re.search(r"client_max_body_size (\d+)m;", code).group(1)
     assert int(size) * 1024 * 1024 == DEFAULT_MAX_BODY
+
+
+def test_the_documented_wheel_is_the_one_this_repo_builds():
+    # PyPI's corp-error-agent is the 0.4.2 client: an install command naming another wheel installs no server
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    documents = [ROOT / "README.md", DOC, ROOT / "docs" / "storage.md", *sorted(DEPLOY.glob("*.service"))]
+    named = {name for path in documents for name in re.findall(r"corp_error_agent-[^\s\"`\[]+\.whl", path.read_text())}
+    assert named == {"corp_error_agent-%s-py3-none-any.whl" % version}
+    for path in documents:
+        assert not re.search(r"pip install \"?corp-error-agent\b", path.read_text()), path

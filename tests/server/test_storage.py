@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -66,6 +68,12 @@ def test_a_new_database_has_every_migration(db_target):
     assert db_rows(db_target, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
 
 
+def test_the_storage_page_lists_every_schema_version():
+    page = (REPO / "docs" / "storage.md").read_text()
+    listed = [int(number) for number in re.findall(r"^\| (\d+) \|", page, re.M)]
+    assert listed == [migration.version for migration in MIGRATIONS]
+
+
 def test_a_050_database_is_migrated_keeping_its_rows(tmp_path):
     path = str(tmp_path / "old.db")
     db = sqlite3.connect(path)
@@ -118,6 +126,43 @@ def test_postgresql_without_its_driver_is_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "pip install" in result.stderr and "psycopg" in result.stderr
     assert "s3cret" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url, python",
+    [("mysql://u@h/db", (sys.executable,)), ("postgresql://app:s3cret@127.0.0.1:1/errors", (sys.executable, "-S"))],
+)
+def test_the_wsgi_app_on_an_unusable_database_url_answers_503_json_and_logs_it_once(tmp_path, url, python):
+    # gunicorn's workers load `corp_error_server:app`, which opens its database on the first request
+    script = """
+import io, json, sys
+from wsgiref.util import setup_testing_defaults
+import corp_error_server
+log = io.StringIO()
+for _ in range(2):
+    environ = {"wsgi.errors": log}
+    setup_testing_defaults(environ)
+    answer = []
+    body = b"".join(corp_error_server.app(environ, lambda status, headers: answer.append((status, dict(headers)))))
+    print(json.dumps([answer[0][0], answer[0][1]["Content-Type"], answer[0][1]["Retry-After"], json.loads(body)]))
+print(json.dumps(log.getvalue()))
+"""
+    result = subprocess.run(
+        [*python, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(tmp_path),
+        env=dict(os.environ, PYTHONPATH=str(REPO), CORP_ERROR_SERVER_DB=url),
+    )
+    assert result.returncode == 0, result.stderr
+    *answers, log = [json.loads(line) for line in result.stdout.splitlines()]
+    for status, content_type, retry_after, body in answers:
+        assert (status, content_type, retry_after) == ("503 Service Unavailable", "application/json", "1")
+        assert body["error"].startswith("the server cannot open its database: ")
+        assert "s3cret" not in body["error"]
+    assert log.count("\n") == 1 and log.startswith("corp-error-server: the server cannot open its database: ")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_unreachable_postgresql_is_one_line_and_exit_1(pg_cluster):
