@@ -1805,11 +1805,29 @@ def _emit(args, data, text: str) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n" if getattr(args, "json", False) else text)
 
 
-def _validate_url(url: str) -> str:
+def _url_problem(url: str) -> str:
+    """Why ``url`` cannot be a backend's address ("" when it can)."""
     from urllib.parse import urlsplit
-    parts = urlsplit(url.strip())
+    url = url.strip()
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "a URL has no spaces or control characters"
+    try:
+        parts = urlsplit(url)  # an unclosed [IPv6 bracket: ValueError
+    except ValueError:
+        return "expected http(s)://host[:port]"
+    try:
+        port = parts.port  # out of 0-65535, or not a number: ValueError
+    except ValueError:
+        port = 0
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _UsageError("invalid --url %r: expected http(s)://host[:port]" % url)
+        return "expected http(s)://host[:port]"
+    return "the port must be a number from 1 to 65535" if port == 0 else ""
+
+
+def _validate_url(url: str) -> str:
+    problem = _url_problem(url)
+    if problem:
+        raise _UsageError("invalid --url %r: %s" % (url, problem))
     return url.strip().rstrip("/")
 
 
@@ -1952,6 +1970,8 @@ def _unreachable_words(error: _Unreachable, url: str, timeout: float, request: s
     from urllib.parse import urlsplit
     if error.status is not None:
         return _status_words(error.status, request, False)
+    if _url_problem(url):  # set by hand, in ERROR_AGENT_URL or a config file (configure checks its own)
+        return "%s is not a backend URL: %s" % (_sanitize(url, 200), _url_problem(url))
     where = urlsplit(url).netloc or url
     cause = getattr(error.cause, "reason", error.cause)  # URLError wraps what the socket raised
     if isinstance(cause, ConnectionRefusedError):
@@ -2122,6 +2142,8 @@ def _cmd_install(args) -> int:
     import importlib.util
     import py_compile
     import shutil
+    if sys.version_info < (3, 8):  # noqa: UP036 -- the bare file reaches older Pythons, which pip would refuse
+        raise _UsageError("the agent needs Python 3.8 or newer; this is %s" % sys.version.split()[0])
     target = _install_target(args)
     source = os.path.abspath(sys.modules[__name__].__file__)
     module = os.path.join(target, _INSTALLED_FILES[0])

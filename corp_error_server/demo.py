@@ -449,6 +449,11 @@ def _steps(args: argparse.Namespace, base: Path, out: _Out, server: EmbeddedServ
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    python = shutil.which(args.python)  # a path, or a name on PATH such as python3.12
+    if python is None:
+        sys.stderr.write("corp-error-server demo: error: --python %s: no such interpreter\n" % args.python)
+        return 2
+    args.python = python
     out = _Out()
     base = Path(tempfile.mkdtemp(prefix="corp-error-demo-")).resolve()
     out.say("corp-error-agent demo: a throw-away server, two venvs and a made-up library, all in %s" % base)

@@ -25,6 +25,7 @@ from support import (
     clean_env,
     closed_port_url,
     failing_source,
+    pyenv_root,
     run,
     tree,
     wait_error,
@@ -398,6 +399,25 @@ def test_configure_leaves_a_config_file_that_is_not_an_object_alone(agent_venv, 
     assert user_file.read_text() == '["http://127.0.0.1:1"]'
 
 
+def test_configure_refuses_a_url_no_client_can_use_and_test_says_why_a_set_one_fails(agent_venv, sandbox):
+    refused = {
+        "errors.example": "expected http(s)://host[:port]",
+        "http://a b": "a URL has no spaces or control characters",
+        "http://errors.example:99999": "the port must be a number from 1 to 65535",
+        "http://errors.example:0": "the port must be a number from 1 to 65535",
+        "http://[::1": "expected http(s)://host[:port]",
+    }
+    for url, words in refused.items():
+        proc = cli(agent_venv, ["configure", "--url", url], sandbox.env())
+        lines = proc.stderr.decode().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].endswith(": " + words), (url, lines)
+    assert not (sandbox.config_home / "corp_error_agent").exists()
+    env = dict(sandbox.env(), ERROR_AGENT_URL="errors.example")  # set by hand, not by configure
+    proc = cli(agent_venv, ["test"], env)
+    assert proc.returncode == 1
+    assert "errors.example is not a backend URL: expected http(s)://host[:port]" in proc.stdout.decode()
+
+
 def test_configure_says_why_it_cannot_write(agent_venv, sandbox):
     (sandbox.config_home / "corp_error_agent").write_text("a file where the directory goes")
     proc = cli(agent_venv, ["configure", "--no-hints"], sandbox.env())
@@ -409,6 +429,18 @@ def test_uninstall_leaves_an_agent_pip_installed_to_pip(agent_venv, sandbox):
     proc = cli(agent_venv, ["uninstall"], sandbox.env())
     _one_line_failure(proc, "was installed by pip: run pip uninstall corp-error-agent")
     assert tree(agent_venv.site_packages) == before
+
+
+def test_install_refuses_a_python_older_than_3_8(sandbox, tmp_path):
+    olds = sorted((pyenv_root() / "versions").glob("3.7.*/bin/python"))
+    if not olds:
+        pytest.skip("no CPython 3.7 under %s/versions" % pyenv_root())
+    target = tmp_path / "site"
+    target.mkdir()
+    proc = run(olds[-1], [str(bare_copy(tmp_path)), "install", "--target", str(target)], sandbox.env())
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "the agent needs Python 3.8 or newer; this is 3.7." in lines[0]
+    assert list(target.iterdir()) == []
 
 
 def test_install_for_the_user_is_refused_in_a_venv(agent_venv, sandbox):

@@ -89,3 +89,21 @@ def test_demo_from_installed_wheel(agent_venv, sandbox):
     proc = _demo([script, "demo", "--quick"], env, sandbox.work)
     assert FIX in proc.stdout
     assert list(tmp.iterdir()) == []
+
+
+def test_demo_with_no_such_interpreter_is_one_line_and_exit_2(sandbox):
+    env, tmp = _user(sandbox)
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "corp_error_server", "demo", "--python", str(tmp / "no-such-python")],
+        env=env,
+        cwd=str(sandbox.work),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "corp-error-server demo: error: --python %s: no such interpreter" % (tmp / "no-such-python")
+    ]
+    assert list(tmp.iterdir()) == []  # nothing made before the check
