@@ -1852,13 +1852,16 @@ def _cmd_configure(args) -> int:
     if not isinstance(existing, dict):
         raise _Failure(_unreadable_config(path) + "; fix or remove it first")
     config = dict(existing, **updates)
+    if updates.get("token") == "":  # --token "": no token from this file (a key kept empty would still override)
+        del config["token"]
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         _write_atomic(path, config)
         os.chmod(path, 0o600 if config.get("token") else 0o644)
     except OSError as error:
         raise _Failure("cannot write %s: %s" % (path, error.strerror or error)) from error
-    shown = ", ".join("%s=%s" % (k, "***" if k == "token" else v) for k, v in sorted(updates.items()))
+    shown = ", ".join("token removed" if (k, v) == ("token", "") else "%s=%s" % (k, "***" if k == "token" else v)
+                      for k, v in sorted(updates.items()))
     sys.stdout.write("wrote %s configuration %s (%s)\n" % (args.scope, path, shown))
     return 0
 
@@ -1996,6 +1999,17 @@ def _local_time(ts) -> str:
 
 
 def _unreadable_config(path: str) -> str:
+    """What is wrong with the config file at ``path``, which the agent cannot use."""
+    import json
+    try:
+        with open(path, "rb") as f:
+            json.loads(f.read(_RESPONSE_LIMIT).decode("utf-8"))
+    except OSError as error:
+        return "cannot read %s: %s" % (path, error.strerror or error)
+    except json.JSONDecodeError as error:
+        return "%s is not valid JSON (line %d, column %d: %s)" % (path, error.lineno, error.colno, error.msg)
+    except ValueError:
+        return "%s is not UTF-8 text" % path
     return "%s is not a JSON object" % path
 
 

@@ -418,6 +418,24 @@ def test_configure_refuses_a_url_no_client_can_use_and_test_says_why_a_set_one_f
     assert "errors.example is not a backend URL: expected http(s)://host[:port]" in proc.stdout.decode()
 
 
+def test_configure_says_where_a_config_file_is_not_json_and_status_shows_it(agent_venv, sandbox):
+    user_file = sandbox.config_home / "corp_error_agent" / "config.json"
+    user_file.parent.mkdir(parents=True)
+    user_file.write_text('{"hints": nope}')
+    proc = cli(agent_venv, ["configure", "--no-hints"], sandbox.env())
+    _one_line_failure(proc, "%s is not valid JSON (line 1, column 11: Expecting value)" % user_file)
+    status = cli(agent_venv, ["status"], sandbox.env()).stdout.decode()
+    assert "PROBLEM: %s is not valid JSON (line 1, column 11: Expecting value)" % user_file in status
+
+
+def test_configure_token_empty_removes_the_token(agent_venv, sandbox):
+    user_file = sandbox.config_home / "corp_error_agent" / "config.json"
+    assert cli(agent_venv, ["configure", "--token", "s3cret", "--no-hints"], sandbox.env()).returncode == 0
+    proc = cli(agent_venv, ["configure", "--token", ""], sandbox.env())
+    assert proc.returncode == 0 and proc.stdout.decode().endswith("(token removed)\n")
+    assert json.loads(user_file.read_text()) == {"hints": False}
+
+
 def test_configure_says_why_it_cannot_write(agent_venv, sandbox):
     (sandbox.config_home / "corp_error_agent").write_text("a file where the directory goes")
     proc = cli(agent_venv, ["configure", "--no-hints"], sandbox.env())
