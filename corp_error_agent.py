@@ -375,6 +375,7 @@ _SPOOL_DRAIN_BATCH = 50        # spooled beacons delivered per contact, oldest f
 _PENDING_MAX_AGE = 7 * 86400   # a failure not followed by a success within this is forgotten
 _BREAKER_SECONDS = 180         # a backend that failed is not waited on again for this long
 _CONNECT_TIMEOUT = 2.0         # seconds; beacons in the background never wait longer per request
+_STATUS_TIMEOUT = 5.0          # `status` outwaits a server's wait for its database (3 s), to show its 503
 
 
 def _debug(error: BaseException) -> None:
@@ -1893,7 +1894,7 @@ _PROBE = {"error_sig": "CorpErrorAgentStatus: probe from corp-error-agent status
           "script_id": "000000000000"}
 
 
-def _backend_health(settings: _Settings, timeout: float = 2.0) -> dict:
+def _backend_health(settings: _Settings, timeout: float = _STATUS_TIMEOUT) -> dict:
     """What answers at the URL, with the problem in words (None when there is none).
 
     ``GET /healthz`` says whether it is our server (it needs no token); then a valid suggestion

@@ -225,9 +225,10 @@ def test_status_says_a_config_file_is_ignored(agent_venv, backend, sandbox):
     config.write_text('{"backend_url": ')
     proc = cli(agent_venv, ["status"], sandbox.env(backend.url))
     assert proc.returncode == 1, proc.stdout
-    assert "config:         PROBLEM: %s is not a JSON object (ignored)" % config in proc.stdout.decode()
+    problem = "%s is not valid JSON (line 1, column 17: Expecting value) (ignored)" % config
+    assert "config:         PROBLEM: " + problem in proc.stdout.decode()
     data = json.loads(cli(agent_venv, ["status", "--json"], sandbox.env(backend.url)).stdout)
-    assert data["ok"] is False and data["config_problems"] == ["%s is not a JSON object (ignored)" % config]
+    assert data["ok"] is False and data["config_problems"] == [problem]
 
 
 def test_status_fails_in_words_when_nothing_listens(agent_venv, sandbox):
@@ -418,14 +419,13 @@ def test_configure_refuses_a_url_no_client_can_use_and_test_says_why_a_set_one_f
     assert "errors.example is not a backend URL: expected http(s)://host[:port]" in proc.stdout.decode()
 
 
-def test_configure_says_where_a_config_file_is_not_json_and_status_shows_it(agent_venv, sandbox):
+def test_configure_says_where_a_config_file_is_not_json(agent_venv, sandbox):
     user_file = sandbox.config_home / "corp_error_agent" / "config.json"
     user_file.parent.mkdir(parents=True)
     user_file.write_text('{"hints": nope}')
     proc = cli(agent_venv, ["configure", "--no-hints"], sandbox.env())
     _one_line_failure(proc, "%s is not valid JSON (line 1, column 11: Expecting value)" % user_file)
-    status = cli(agent_venv, ["status"], sandbox.env()).stdout.decode()
-    assert "PROBLEM: %s is not valid JSON (line 1, column 11: Expecting value)" % user_file in status
+    assert user_file.read_text() == '{"hints": nope}'
 
 
 def test_configure_token_empty_removes_the_token(agent_venv, sandbox):
@@ -582,7 +582,7 @@ def test_status_says_in_words_why_a_backend_gives_no_answer(agent_venv, backend,
     assert problem.startswith(
         {
             "tls": "unreachable: TLS with %s failed: " % where,
-            "silent": "unreachable: no answer from %s within 2s" % where,
+            "silent": "unreachable: no answer from %s within 5s" % where,
         }[failure]
     ), problem
 
