@@ -73,7 +73,8 @@ class Population:
         self._group_scripts: Dict[str, List[int]] = {}  # script -> the groups it failed in, in order
         self._beacons: List[tuple] = []
         self._contributions: List[Tuple[int, int]] = []
-        self._runs: Dict[int, Dict[str, List[int]]] = {}  # group -> env -> [failing, succeeding] runs
+        # group -> env -> [failing, succeeding, succeeding without variables] runs
+        self._runs: Dict[int, Dict[str, List[int]]] = {}
         self._days: Dict[Tuple[int, int], List[int]] = {}
         self._sources: Dict[Tuple[int, str, str, str], list] = {}
         self._next_beacon = 1
@@ -111,6 +112,8 @@ class Population:
         group = self._group(beacon.group_key, beacon.signature or beacon.group_key) if beacon.group_key else None
         previous = self._group(beacon.prev_group_key, beacon.prev_group_key) if beacon.prev_group_key else None
         beacon_id, self._next_beacon = self._next_beacon, self._next_beacon + 1
+        # a 0.4.2 success (no agent) of a stored environment counts without its variables, as storage counts it
+        partial = beacon.kind == "success" and beacon.agent is None
         self._beacons.append(
             (
                 beacon_id,
@@ -128,7 +131,7 @@ class Population:
                 0,
                 beacon.prev_env_hash,
                 previous[0] if previous else None,
-                1,
+                2 if partial else 1,
                 int(beacon.handled),
                 beacon.host,
             )
@@ -156,7 +159,9 @@ class Population:
             row = self._group_rows[group_id]
             row[6 + column] += 1
             row[11] += 1
-            self._runs.setdefault(group_id, {}).setdefault(beacon.env_hash, [0, 0])[column] += 1
+            runs = self._runs.setdefault(group_id, {}).setdefault(beacon.env_hash, [0, 0, 0])
+            runs[column] += 1
+            runs[2] += partial
             if column:
                 self._roll_up(group_id, beacon, 1)
             self._contributions.append((beacon_id, group_id))
@@ -209,13 +214,14 @@ class Population:
     def _counts(self):
         for group_id, envs in self._runs.items():
             totals: Dict[Tuple[str, str], List[int]] = {}
-            for env_hash, (fails, oks) in envs.items():
+            for env_hash, (fails, oks, partial) in envs.items():
                 for item in self._features[env_hash].items():
                     total = totals.setdefault(item, [0, 0])
                     total[0] += fails
-                    total[1] += oks
+                    total[1] += oks - partial if item[0].startswith("env:") else oks
             for item, total in totals.items():
-                yield group_id, item, total
+                if total != [0, 0]:
+                    yield group_id, item, total
 
 
 def copy_to_postgres(sqlite_path: str, url: str) -> None:

@@ -373,6 +373,10 @@ def run_scenario(app, scenario: Scenario, rng: random.Random) -> tuple:
     flaky_none = scenario.difficulty in _NO_CAUSE
     scripts = 3 if scenario.difficulty == "scripts" else 1
 
+    def client_fields(env: dict, script: int) -> dict:
+        """What only our agent adds to a beacon: it names itself and the script (0.4.2 does neither)."""
+        return {"agent": "corp-error-agent/0.5.0", "script_name": "job_%d.py" % script} if env["_ours"] else {}
+
     def send_failure(env: dict, script: int, script_id: str, times: int) -> None:
         line, trace, our_sig = scenario.signature(script)
         _call(app, "POST", "/env", _body(env))
@@ -388,6 +392,7 @@ def run_scenario(app, scenario: Scenario, rng: random.Random) -> tuple:
                     "ts": 1.7e9,
                     "trace": trace,
                     "error_sig": our_sig if env["_ours"] else line.lower(),
+                    **client_fields(env, script),
                 },
             )
 
@@ -422,12 +427,13 @@ def run_scenario(app, scenario: Scenario, rng: random.Random) -> tuple:
         if scenario.flake and not flaky_none and rng.random() < scenario.flake:
             send_failure(after, i % scripts, sid, 1)  # a good environment failing now and then
             last = after
-        _call(app, "POST", "/env", _body(after))
         beacon = {"kind": "success", "env_hash": after["env_hash"], "script_id": sid, "ts": 1.7e9}
+        beacon.update(client_fields(after, i % scripts))
         if ours and (scenario.pairs or after is before or last is after):
             # our agent names the script's last failure, which a flaky one in this environment is
             beacon.update(prev_env_hash=last["env_hash"], prev_error_sig=scenario.signature(i % scripts)[2])
-        _call(app, "POST", "/beacon", beacon)
+        if _call(app, "POST", "/beacon", beacon)[0] == 204:  # both clients post /env only when it is unknown
+            _call(app, "POST", "/env", _body(after))
     requester = failing_envs[rng.randrange(len(failing_envs))]
     if scenario.base == "range":  # the asker has a bad version nobody reported failing
         unseen = "7.%d" % rng.randint(0, 5)

@@ -516,7 +516,9 @@ def _pair_evidence(
         if not diff:
             for feature, bad in failing_values().items():
                 value = pair.failing.get(feature, ABSENT if feature.startswith("pkg:") else None)
-                if value is not None:  # (an env var the runs did not collect has no value: nothing said)
+                if feature.startswith("env:") and feature not in pair.fixed:
+                    value = None
+                if value is not None:  # (an env var either run did not collect has no value: nothing said)
                     log_lr[feature] = log_lr.get(feature, 0.0) + (_RERUN_ON_BAD if value in bad else _RERUN_ON_GOOD)
             continue
         missed += miss

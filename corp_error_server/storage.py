@@ -88,6 +88,18 @@ GROUP_SORTS = {"last_seen": "g.last_seen DESC", "first_seen": "g.first_seen DESC
 T = TypeVar("T")
 
 
+def _without_variables(features: Dict[str, str]) -> Dict[str, str]:
+    """A run's features when its variables are unknown.
+
+    The published 0.4.2 client (it sends no ``agent`` nor ``script_name``) hashes its environment over
+    the package list only and posts /env only when the server does not know that hash: its success
+    on a known hash names an environment some earlier run of those packages posted, whose
+    variables this run may not have had (the fix may have been exactly setting one). This run did
+    not collect them, so they are unknown, not counted.
+    """
+    return {f: v for f, v in features.items() if not f.startswith("env:")}
+
+
 ###############################################################################
 # What storage raises #########################################################
 ###############################################################################
@@ -495,7 +507,7 @@ class Storage:
             (env.env_hash,),
         ).fetchall()
         for beacon_id, kind, script_id, group_id, prev_group_id in waiting:
-            self._count(cur, beacon_id, kind, script_id, group_id, prev_group_id, env.features)
+            self._count(cur, beacon_id, kind, script_id, group_id, prev_group_id, env.features, own_env=True)
         return True
 
     def add_env(self, env: Env) -> bool:
@@ -566,8 +578,10 @@ class Storage:
         group_id: Optional[int],
         prev_group_id: Optional[int],
         features: Dict[str, str],
+        own_env: bool = False,
     ) -> None:
-        """Fold one run into the counts of the group(s) it is evidence for."""
+        """Fold one run into the counts of the group(s) it is evidence for (``own_env``: the environment
+        was posted for this run; counted = 2: without its variables, _without_variables)."""
         groups: List[int]
         if kind == "error":
             groups = [group_id] if group_id is not None else []
@@ -575,18 +589,21 @@ class Storage:
             groups = [g for (g,) in cur.execute("SELECT group_id FROM group_scripts WHERE script_id = ?", (script_id,))]
             if prev_group_id is not None and prev_group_id not in groups:
                 groups.append(prev_group_id)
-        self._apply(cur, groups, kind, features, +1)
+        agent = None
         if kind == "success":
-            env_hash, host, script_name, received = cur.execute(
-                "SELECT env_hash, host, script_name, received FROM beacons WHERE id = ?", (beacon_id,)
+            env_hash, host, script_name, received, agent = cur.execute(
+                "SELECT env_hash, host, script_name, received, agent FROM beacons WHERE id = ?", (beacon_id,)
             ).fetchone()
+        partial = kind == "success" and agent is None and not own_env
+        self._apply(cur, groups, kind, _without_variables(features) if partial else features, +1)
+        if kind == "success":
             for group in sorted(g for g in groups if g is not None):
                 self._roll_up(cur, group, kind, script_id, env_hash, host, script_name, received)
         cur.executemany(
             "INSERT INTO contributions(beacon_id, group_id) VALUES(?, ?) ON CONFLICT DO NOTHING",
             [(beacon_id, g) for g in groups],
         )
-        cur.execute("UPDATE beacons SET counted = 1 WHERE id = ?", (beacon_id,))
+        cur.execute("UPDATE beacons SET counted = ? WHERE id = ?", (2 if partial else 1, beacon_id))
 
     @staticmethod
     def _apply(cur: Cursor, groups: Iterable[int], kind: str, features: Dict[str, str], sign: int) -> None:
@@ -987,18 +1004,22 @@ class Storage:
         # a pass of a failing environment itself, whichever client sent it (0.4.2 names no previous
         # environment, and its env_hash covers packages only): a fix that changed nothing visible,
         # evidence against every feature it shows; once per script, environment and host (the first
-        # found: sorting a busy group's thousands of sources costs more than which ones says)
-        fixes += [
-            (env_hash, env_hash, sid)
-            for env_hash, sid in cur.execute(
-                "SELECT env_hash, script_id FROM group_sources WHERE group_id = ? AND fails > 0 AND oks > 0 LIMIT ?",
-                (group_id, _PAIRS_READ),
-            ).fetchall()
-        ]
+        # found: sorting a busy group's thousands of sources costs more than which ones says). A
+        # source without a script name is the 0.4.2 client's (ours always sends one): what variables
+        # its passing run had is unknown (_without_variables)
+        reruns = cur.execute(
+            "SELECT env_hash, script_id, script_name FROM group_sources WHERE group_id = ? AND fails > 0 AND oks > 0 "
+            "LIMIT ?",
+            (group_id, _PAIRS_READ),
+        ).fetchall()
+        fixes += [(env_hash, env_hash, sid) for env_hash, sid, _ in reruns]
+        unnamed = {(env_hash, sid) for env_hash, sid, name in reruns if name is None}
         self._read_features(cur, [env for failing, fixed, _ in fixes for env in (failing, fixed)])
         for failing, fixed, sid in fixes:
             failing_features = self._features_of(cur, failing)
             fixed_features = self._features_of(cur, fixed)
+            if fixed_features is not None and failing == fixed and (fixed, sid) in unnamed:
+                fixed_features = _without_variables(fixed_features)
             if failing_features is not None and fixed_features is not None:
                 pairs.append(FixPair(failing_features, fixed_features, False))
                 fix_scripts.append(sid)
@@ -1337,6 +1358,8 @@ class Storage:
         ).fetchall()
         for beacon_id, kind, env_hash, counted in old:
             features = self._features_of(cur, env_hash) if counted else None
+            if features is not None and counted == 2:
+                features = _without_variables(features)
             groups = [g for (g,) in cur.execute("SELECT group_id FROM contributions WHERE beacon_id = ?", (beacon_id,))]
             if features is not None and groups:
                 self._apply(cur, groups, kind, features, -1)

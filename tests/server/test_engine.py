@@ -612,3 +612,41 @@ def test_a_re_run_that_passes_without_naming_its_failure_is_seen_as_one(server):
     assert server.request("POST", "/suggest", asking)[1]["match"]
     success("e0", "s0")  # a failing machine's re-run passes, nothing changed
     assert not server.request("POST", "/suggest", asking)[1]["match"]
+
+
+def test_a_0_4_2_pass_on_a_known_environment_says_nothing_about_its_variables(server):
+    """The 0.4.2 client hashes the package list only and posts no /env after a success: its pass on
+    the failing machine's packages may be exactly the variable fixed, so the variables the failure
+    posted are not counted for the pass, nor held against as a re-run (our agent's are)."""
+    from conftest import env_body, error_beacon
+
+    sig = "runtimeerror: export failed"
+    ours = {"agent": "corp-error-agent/0.5.0", "script_name": "export.py"}
+    for i in range(4):
+        server.request("POST", "/env", env_body("bad%d" % i, {"rich": "13.%d" % i}, APP_MODE="prod"))
+        server.request("POST", "/beacon", error_beacon("bad%d" % i, "old%d" % i, sig))  # 0.4.2: no agent
+    for i in range(3):
+        server.request("POST", "/env", env_body("good%d" % i, {"rich": "13.%d" % i}, APP_MODE="dev"))
+        server.request(
+            "POST", "/beacon", dict(kind="success", env_hash="good%d" % i, script_id="new", ts=1.7e9, **ours)
+        )
+        server.request("POST", "/beacon", error_beacon("bad%d" % (i + 1), "new", sig, **ours))
+    for i in range(2):  # the 0.4.2 machines set APP_MODE=dev and passed: the same package list, the same hash
+        server.request(
+            "POST", "/beacon", {"kind": "success", "env_hash": "bad%d" % i, "script_id": "old%d" % i, "ts": 1.7e9}
+        )
+    answer = server.request("POST", "/suggest", {"error_sig": sig, "env_hash": "bad3"})[1]
+    assert answer["match"] and answer["solution"] == "export APP_MODE=dev", answer
+    runs = answer["evidence"]["candidates"][0]["runs"]
+    assert runs["prod"]["succeeding"] == 0
+
+
+def test_a_re_run_whose_pass_did_not_collect_a_variable_says_nothing_about_it():
+    bad = [_env(APP_MODE="prod", LANG=lang) for lang in ("C", "C.UTF-8") * 2]
+    good = [_env(APP_MODE="dev", LANG=lang) for lang in ("C", "C.UTF-8") * 2]
+    group = _group(bad, good)._replace(message="valueerror: unsupported mode")
+    unknown = dict(bad[0])
+    unknown.pop("env:APP_MODE")
+    with_pass = engine.suggest(group._replace(pairs=[FixPair(bad[0], unknown, False)]), bad[1])
+    assert with_pass["match"] and with_pass["solution"] == "export APP_MODE=dev"
+    assert with_pass["confidence"] >= engine.suggest(group, bad[1])["confidence"]
