@@ -7,10 +7,10 @@ and waits; everything waiting is stored in one ``Storage.add_beacons`` call and 
 woken only after that transaction committed, so a 2xx still means durable. While one transaction
 runs, the next batch gathers: the busier the server, the more each commit carries.
 
-No thread of its own does the committing: the request that finds nobody committing commits the
-batch holding its write, then passes the lead to a request of the next batch, which is woken
-anyway. A lone request thus commits on its own thread with no hand-off at all, and a busy server
-wakes each request once.
+For requests that wait (``add``), no thread of its own does the committing: the request that
+finds nobody committing commits the batch holding its write, then passes the lead to a request of
+the next batch, which is woken anyway. A lone request thus commits on its own thread with no
+hand-off at all, and a busy server wakes each request once.
 
 Keep-alive clients send their next beacon as soon as the last one is answered, so the requests a
 commit releases come back a moment after the next commit has started, and would split into two

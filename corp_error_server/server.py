@@ -244,9 +244,9 @@ class _Server:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """Serve until ``shutdown``; ``poll_interval`` is accepted for socketserver's signature (the
-        loop is woken by whatever it waits for, and checks its deadlines every ``_SWEEP``)."""
+    def serve_forever(self) -> None:
+        """Serve until ``shutdown``: the loop wakes for what it waits on, and checks the deadlines
+        every ``_SWEEP`` seconds."""
         self._loop_thread = threading.current_thread()
         self._stopped.clear()
         selector = self._selector
@@ -262,10 +262,14 @@ class _Server:
                     elif connection is self._wake_read:
                         self._drain_wake()
                     else:
-                        if mask & selectors.EVENT_WRITE:
-                            self._write(connection)
-                        if mask & selectors.EVENT_READ and connection.events:  # (not closed by the write)
-                            self._read(connection)
+                        try:
+                            if mask & selectors.EVENT_WRITE:
+                                self._write(connection)
+                            if mask & selectors.EVENT_READ and connection.events:  # (not closed by the write)
+                                self._read(connection)
+                        except Exception:  # a fault with one connection must not end the others'
+                            self._log_error(traceback.format_exc())
+                            self._close(connection)
                 self._take_answered()
                 now = time.monotonic()
                 if now >= next_sweep:
@@ -753,7 +757,7 @@ def serve(server: _Server) -> bool:
     host, port = str(server.server_address[0]), server.server_address[1]
     server.log("listening on http://%s:%d" % ("[%s]" % host if ":" in host else host, port))
     try:
-        server.serve_forever(poll_interval=0.1)
+        server.serve_forever()
     finally:
         server.server_close()
     return server.close_log(wait=1.0)
