@@ -105,7 +105,7 @@ class _Request:
 
 class _Connection:
     """One client connection's state; only the loop thread changes it, but for ``answer``, which the
-    thread answering its request sets before handing it back to the loop."""
+    thread answering its request sets before handing the connection back to the loop."""
 
     __slots__ = (
         "sock",
@@ -130,7 +130,7 @@ class _Connection:
         self.deadline = deadline  # for the whole head, or for the body's next bytes
         self.request: Optional[_Request] = None  # its head parsed, its body being received
         self.busy = False  # a request of it is in the app, or its answer still being sent
-        self.answer: Tuple[bytes, bool] = (b"", False)  # (bytes the socket did not take, close after)
+        self.answer: Tuple[bytes, bool] = (b"", False)  # (an answer to send, close after it)
         self.out = b""  # the loop's: answer bytes still to write
         self.close_after = False
         self.lingering = 0  # bytes still to discard after the last answer (closing, see _linger)
@@ -236,6 +236,7 @@ class _Server:
         self._wake_write.setblocking(False)
         self._answered: List[_Connection] = []  # handed back by the threads that answered them
         self._answered_lock = threading.Lock()
+        self._wake_owed = False  # answers were handed over since the loop last found none
         self._loop_thread: Optional[threading.Thread] = None
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._workers: List[threading.Thread] = []
@@ -611,7 +612,9 @@ class _Server:
         method: str,
         path: str,
     ) -> None:
-        """Send an answer from whichever thread has it; the loop takes the connection back after."""
+        """Hand an answer over to the loop, from whichever thread has it. The loop sends it: a send
+        from the committing thread would release the GIL once per answer, and take it back from the
+        loop each time, where the loop sends a whole batch of answers in one go."""
         lines = [
             "HTTP/1.1 " + (status or "%d %s" % (code, _reason(code))),
             "Server: corp-error-server",
@@ -627,13 +630,7 @@ class _Server:
         answer = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         if method != "HEAD" and code != 204:
             answer += payload
-        try:
-            sent = connection.sock.send(answer)
-        except BlockingIOError:
-            sent = 0
-        except OSError:  # the client went away: nothing more to send it
-            sent, keep_alive = len(answer), False
-        connection.answer = (answer[sent:], not keep_alive)
+        connection.answer = (answer, not keep_alive)
         self.log(
             "%s \"%s %s\" %d %d %.1fms"
             % (
@@ -647,8 +644,8 @@ class _Server:
         )
         with self._answered_lock:
             self._answered.append(connection)
-            first = len(self._answered) == 1
-        if first and threading.current_thread() is not self._loop_thread:  # one wake-up for a batch
+            wake, self._wake_owed = not self._wake_owed, True
+        if wake and threading.current_thread() is not self._loop_thread:
             self._wake()
 
     def _take_answered(self) -> None:
@@ -657,11 +654,21 @@ class _Server:
         while True:
             with self._answered_lock:
                 answered, self._answered = self._answered, []
-            if not answered:
-                return
+                if not answered:
+                    # answers handed over from now on wake the loop; until now it was taking them anyway
+                    # (a wake-up per answer would hand the GIL to the loop and back for each one)
+                    self._wake_owed = False
+                    return
             for connection in answered:
                 connection.out, connection.close_after = connection.answer
                 connection.answer = (b"", False)
+                try:
+                    connection.out = connection.out[connection.sock.send(connection.out) :]
+                except BlockingIOError:
+                    pass
+                except OSError:  # the client went away
+                    self._close(connection)
+                    continue
                 if connection.out:
                     self._interest(connection)
                 else:
