@@ -303,8 +303,7 @@ class _Server:
 
     def _drain_wake(self) -> None:
         try:
-            while self._wake_read.recv(4096):
-                pass
+            self._wake_read.recv(4096)  # (any left wake the next select at once)
         except OSError:
             pass
 
