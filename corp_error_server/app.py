@@ -9,8 +9,8 @@ write committed. A server may offer ``environ["corp_error_server.defer"]`` (the 
 see server.py): a callable that, called, returns ``respond(status, headers, body)`` and makes the
 server ignore what the app call returns; the request is then answered by calling ``respond`` from
 any thread, once. The app uses it for ``/beacon`` and ``/env`` (``INLINE_PATHS``): the write is
-handed to the committer with a callback, and the thread that committed it answers, so no thread
-waits on a commit per request.
+handed to the committer with a callback, and the thread that committed it hands the answer over,
+so no thread waits on a commit per request.
 """
 
 from __future__ import annotations

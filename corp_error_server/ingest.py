@@ -25,8 +25,8 @@ pending (``Storage.fold_counts``): after its own answer is decided, and while th
 A server that answers requests from an event loop (server.py) must not block its one thread on
 a commit: it hands a write over with ``submit`` and a callback instead. Such a write never leads:
 a committer thread of its own (started on the first one) commits for it, and the callback, on
-that thread, answers the request once the transaction committed. So a batch's requests are
-answered by the thread that committed them, and no thread is woken per request.
+that thread, answers the request once the transaction committed. So no thread is woken per
+request.
 
 What waits is bounded: past ``max_waiting`` a request is refused at once with ``Busy`` (the app
 answers 503 with Retry-After, the agent keeps the beacon in its spool) rather than queueing without

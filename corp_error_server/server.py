@@ -9,9 +9,9 @@ every socket through ``selectors``: it reads, splits the request head by hand, b
 and calls the WSGI app. The app may take the answer off that thread: the server offers
 ``environ["corp_error_server.defer"]``, a callable returning ``respond(status, headers, body)``;
 once the app called it, what the app call returns is ignored and the request is answered when
-``respond`` is called, once, from any thread. The app does that for beacons (app.py), whose
-answers the thread that committed them sends, a whole batch in a row, so a commit wakes no
-request thread at all.
+``respond`` is called, once, from any thread. The app does that for beacons (app.py): the thread
+that committed a batch hands its answers over, the loop sends them, and a commit wakes no request
+thread at all.
 
 Paths named ``inline`` (quick to answer: the app's beacon and environment writes) are called on
 the loop thread. Every other request (pages, ``/suggest``, anything that may read for a while) is
@@ -29,7 +29,9 @@ timeout (trickling bytes does not reset it), a body waits at most the timeout pe
 app reads a stalled body and answers 408), heads and header counts are limited, a body over
 ``max_body`` is not read at all (the app, seeing its Content-Length, answers 413), and past a cap
 on connections new ones are closed at once. A client that stops reading holds its own answer's
-bytes, not a thread; one that pipelines ahead is not read beyond a bound until it is answered.
+bytes, not a thread; one that pipelines ahead is not read beyond a bound until it is answered. A
+connection closed after an answer first reads and discards what its client still sends, for a
+bounded time and amount, so that the client reads the answer rather than a reset.
 """
 
 from __future__ import annotations
