@@ -135,6 +135,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     from . import create_app
     from .alerts import parse_webhook
+    from .app import INLINE_PATHS
     from .server import make_server, serve
     from .storage import UnsupportedDatabase, describe
 
@@ -159,7 +160,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("corp-error-server: cannot open database %s: %s" % (describe(args.db), error), file=sys.stderr)
         return 1
     try:
-        server = make_server(app, args.host, args.port, request_timeout=args.timeout)
+        server = make_server(
+            app, args.host, args.port, request_timeout=args.timeout, inline=INLINE_PATHS, max_body=args.max_body
+        )
     except OSError as error:
         print("corp-error-server: cannot listen on %s:%d: %s" % (args.host, args.port, error), file=sys.stderr)
         return 1

@@ -3,6 +3,14 @@
 Every input is validated before anything is stored, so bad input is a 4xx naming the problem and
 never reaches the database half-way. Column limits are those of the published Django server, so a
 payload one server takes the other takes too.
+
+The app is plain blocking WSGI (gunicorn runs it as it is): a beacon's request returns once its
+write committed. A server may offer ``environ["corp_error_server.defer"]`` (the embedded one does,
+see server.py): a callable that, called, returns ``respond(status, headers, body)`` and makes the
+server ignore what the app call returns; the request is then answered by calling ``respond`` from
+any thread, once. The app uses it for ``/beacon`` and ``/env`` (``INLINE_PATHS``): the write is
+handed to the committer with a callback, and the thread that committed it hands the answer over,
+so no thread waits on a commit per request.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from .storage import (
     GROUP_SORTS,
     GROUP_STATUSES,
     Beacon,
+    BeaconResult,
     Env,
     GroupHead,
     GroupQuery,
@@ -69,6 +78,9 @@ _REASONS = {
 }
 
 
+_DEFERRED = object()  # a handler's answer: given later, through the server's defer extension
+
+
 class HTTPError(Exception):
     def __init__(self, status: int, message: str, headers: Iterable[Tuple[str, str]] = ()) -> None:
         super().__init__(message)
@@ -99,6 +111,8 @@ _STATIC = {
     "/static/app.css": Page(pages.APP_CSS, "text/css; charset=utf-8"),
     "/static/app.js": Page(pages.APP_JS, "text/javascript; charset=utf-8"),
 }
+INLINE_PATHS = frozenset(("/beacon", "/env"))  # quick to answer: validation, then a deferred write
+DEFER = "corp_error_server.defer"
 _MACHINE_PATHS = ("/beacon", "/env", "/suggest", "/healthz", "/openapi.json")
 
 
@@ -402,9 +416,20 @@ class _App:
 
     def __call__(self, environ: dict, start_response) -> List[bytes]:
         path = environ.get("PATH_INFO") or "/"
+        answer = self._answer(environ, path, lambda: self._dispatch(environ, path))
+        if answer is None:  # answered through the server's defer extension
+            return []
+        start_response(answer[0], answer[1])
+        return [answer[2]]
+
+    def _answer(self, environ: dict, path: str, compute: Callable) -> Optional[Tuple[str, list, bytes]]:
+        """(status line, headers, body) of what ``compute()`` gives or raises; None when deferred."""
         is_page = not _for_machines(path)
         try:
-            status, payload, headers = self._dispatch(environ, path)
+            computed = compute()
+            if computed is _DEFERRED:
+                return None
+            status, payload, headers = computed
         except HTTPError as error:
             status, payload, headers = error.status, {"error": error.message}, error.headers
         except ingest.Busy as error:
@@ -436,8 +461,7 @@ class _App:
             body = b"" if status in (204, 303) else json.dumps(payload).encode("utf-8")
             if status not in (204, 303):
                 headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-        start_response("%d %s" % (status, _REASONS.get(status, "Error")), headers)
-        return [body]
+        return "%d %s" % (status, _REASONS.get(status, "Error")), headers, body
 
     def _dispatch(self, environ: dict, path: str) -> Tuple[int, Any, List[Tuple[str, str]]]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -461,7 +485,9 @@ class _App:
             raise HTTPError(
                 405, "method %s not allowed on %s" % (method[:20], path), [("Allow", ", ".join(sorted(routes)))]
             )
-        if path in ("/beacon", "/env", "/suggest"):
+        if path in INLINE_PATHS:
+            return handler(self._json_body(environ), environ)
+        if path == "/suggest":
             return handler(self._json_body(environ))
         return handler(environ, *args)
 
@@ -580,10 +606,37 @@ class _App:
 
     # -- wire routes ------------------------------------------------------------------------
 
-    def _beacon(self, body: dict):
+    def _store(self, environ: dict, beacon: Optional[Beacon], env: Optional[Env], answer: Callable):
+        """``answer(result)`` once the write committed: now, or, when the server can defer the
+        request's answer, from the committing thread (``_DEFERRED`` now)."""
+        defer = environ.get(DEFER)
+        if defer is None:
+            return answer(self._committer.add(beacon, env))
+        path = environ.get("PATH_INFO") or "/"
+        respond = defer()
+
+        def committed(result: Optional[BeaconResult], error: Optional[BaseException]) -> None:
+            def compute():
+                if error is not None:
+                    raise error
+                return answer(result)
+
+            given = self._answer(environ, path, compute)
+            assert given is not None  # (compute gives an answer, not _DEFERRED)
+            respond(*given)
+
+        try:
+            self._committer.submit(beacon, env, committed)
+        except ingest.Busy as error:
+            committed(None, error)
+        return _DEFERRED
+
+    def _beacon(self, body: dict, environ: dict):
         beacon, env = parse_beacon(body, self.storage)
         self._maybe_purge()
-        result = self._committer.add(beacon, env)
+        return self._store(environ, beacon, env, functools.partial(self._stored_beacon, beacon))
+
+    def _stored_beacon(self, beacon: Beacon, result: BeaconResult):
         moved = beacon.group_key or beacon.prev_group_key
         if moved and not beacon.test and not result.duplicate:
             self._ahead.note(moved)
@@ -596,9 +649,8 @@ class _App:
             return 204, None, []
         return 200, {"ok": True, "duplicate": result.duplicate}, []
 
-    def _env(self, body: dict):
-        created = not self._committer.add(None, parse_env(body)).duplicate
-        return (201 if created else 200), {"ok": True, "created": created}, []
+    def _env(self, body: dict, environ: dict):
+        return self._store(environ, None, parse_env(body), _stored_env)
 
     def _suggest(self, body: dict):
         error_sig = _text(_required(body, "error_sig"), "error_sig", keep=_SUGGEST_KEPT["error_sig"], empty=False)
@@ -1004,6 +1056,11 @@ def _safe_next(target: str) -> str:
 def _here(environ: dict) -> str:
     query = environ.get("QUERY_STRING", "")
     return _safe_next((environ.get("PATH_INFO") or "/") + ("?" + query if query else ""))
+
+
+def _stored_env(result: BeaconResult):
+    created = not result.duplicate
+    return (201 if created else 200), {"ok": True, "created": created}, []
 
 
 def _reject_constant(name: str):

@@ -252,13 +252,14 @@ class EmbeddedServer:
 
     def __init__(self, db: Path, log: Path) -> None:
         from . import create_app
+        from .app import INLINE_PATHS
         from .server import make_server
 
         self.app = create_app(str(db))
         self._log = open(str(log), "a", encoding="utf-8")
-        self.server = make_server(self.app, "127.0.0.1", 0, log_stream=self._log)
+        self.server = make_server(self.app, "127.0.0.1", 0, log_stream=self._log, inline=INLINE_PATHS)
         self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

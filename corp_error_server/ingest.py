@@ -7,10 +7,10 @@ and waits; everything waiting is stored in one ``Storage.add_beacons`` call and 
 woken only after that transaction committed, so a 2xx still means durable. While one transaction
 runs, the next batch gathers: the busier the server, the more each commit carries.
 
-No thread of its own does the committing: the request that finds nobody committing commits the
-batch holding its write, then passes the lead to a request of the next batch, which is woken
-anyway. A lone request thus commits on its own thread with no hand-off at all, and a busy server
-wakes each request once.
+For requests that wait (``add``), no thread of its own does the committing: the request that
+finds nobody committing commits the batch holding its write, then passes the lead to a request of
+the next batch, which is woken anyway. A lone request thus commits on its own thread with no
+hand-off at all, and a busy server wakes each request once.
 
 Keep-alive clients send their next beacon as soon as the last one is answered, so the requests a
 commit releases come back a moment after the next commit has started, and would split into two
@@ -21,6 +21,12 @@ never more than ``_GATHER_MAX``): a lone client never waits, and a burst fills e
 Every ``_FOLD_EVERY`` seconds (or ``_FOLD_WRITES`` writes, so that what a reader adds up stays
 small), a request whose batch committed also has the storage fold the counts its bursts left
 pending (``Storage.fold_counts``): after its own answer is decided, and while the next batch gathers.
+
+A server that answers requests from an event loop (server.py) must not block its one thread on
+a commit: it hands a write over with ``submit`` and a callback instead. Such a write never leads:
+a committer thread of its own (started on the first one) commits for it, and the callback, on
+that thread, answers the request once the transaction committed. So no thread is woken per
+request.
 
 What waits is bounded: past ``max_waiting`` a request is refused at once with ``Busy`` (the app
 answers 503 with Retry-After, the agent keeps the beacon in its spool) rather than queueing without
@@ -33,7 +39,7 @@ import os
 import threading
 import time
 import weakref
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from .storage import Beacon, BeaconResult, Env, Storage, StorageError
 
@@ -50,11 +56,15 @@ class Busy(Exception):
     """More writes are waiting than the bound allows: try again after ``RETRY_AFTER`` seconds."""
 
 
-class _Write:
-    __slots__ = ("item", "result", "error", "done", "lead", "abandoned")
+Done = Callable[[Optional[BeaconResult], Optional[BaseException]], None]
 
-    def __init__(self, item: Tuple[Optional[Beacon], Optional[Env]]) -> None:
+
+class _Write:
+    __slots__ = ("item", "result", "error", "done", "lead", "abandoned", "callback")
+
+    def __init__(self, item: Tuple[Optional[Beacon], Optional[Env]], callback: Optional[Done] = None) -> None:
         self.item = item
+        self.callback = callback  # submitted: called once committed, where a blocking add is woken
         self.result: Optional[BeaconResult] = None
         self.error: Optional[BaseException] = None
         self.done = threading.Lock()  # held until committed (or led): a bare lock wakes cheaper than an Event
@@ -85,6 +95,9 @@ class Committer:
         self._last_commit = 0.0  # seconds the last commit took
         self._next_fold = 0.0  # monotonic time of the next fold of the pending counts
         self._fold_at = 0  # ... or the count of stored writes at which it is due
+        self._thread_wanted = threading.Condition(self._lock)
+        self._thread_leads = False  # the committer thread is to commit the next batch
+        self._thread: Optional[threading.Thread] = None
         self.transactions = 0
         self.stored = 0
 
@@ -113,6 +126,41 @@ class Committer:
         assert write.result is not None
         return write.result
 
+    def submit(self, beacon: Optional[Beacon], env: Optional[Env], callback: Done) -> None:
+        """Store one beacon (or environment) without waiting: ``callback(result, error)`` is called,
+        on the committing thread, once its transaction committed (or failed). Raises ``Busy`` at once
+        past the bound, as ``add`` does."""
+        write = _Write((beacon, env), callback)
+        with self._lock:
+            if self._waiting >= self._max_waiting:
+                raise Busy("%d writes are waiting for the database" % self._waiting)
+            self._queue.append(write)
+            self._waiting += 1
+            self._in_flight = max(self._in_flight, self._waiting)
+            if self._gather_for and len(self._queue) >= self._gather_for:
+                self._arrived.notify()
+            if not self._leading:
+                self._leading = True
+                self._lead_on_thread()
+
+    def _lead_on_thread(self) -> None:
+        """With the lock held: the committer thread commits the next batch (a submitted write has
+        no thread of its own to lead with)."""
+        self._thread_leads = True
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._committer_thread, name="committer", daemon=True)
+            self._thread.start()
+        else:
+            self._thread_wanted.notify()
+
+    def _committer_thread(self) -> None:
+        while True:
+            with self._lock:
+                while not self._thread_leads:
+                    self._thread_wanted.wait()
+                self._thread_leads = False
+            self._lead(None)
+
     def _wait(self, write: _Write) -> None:
         if write.done.acquire(timeout=_ANSWER_TIMEOUT):
             return
@@ -123,8 +171,9 @@ class Committer:
             raise Busy("the database did not commit within %.0f s" % _ANSWER_TIMEOUT)
         write.done.acquire()  # given the lead as the wait ran out: released at once
 
-    def _lead(self, own: _Write) -> None:
-        """Commit batches until one carried ``own``, then pass the lead on (or leave nobody leading)."""
+    def _lead(self, own: Optional[_Write]) -> None:
+        """Commit batches until one carried ``own`` (the committer thread: one batch), then pass the
+        lead on (or leave nobody leading)."""
         carried = False
         while not carried:
             with self._lock:
@@ -132,12 +181,13 @@ class Committer:
                 batch = self._queue[:_MAX_BATCH]
                 del self._queue[: len(batch)]
                 self._in_flight = self._waiting
-            carried = own in batch
+            carried = own is None or own in batch
             started = time.monotonic()
             try:
                 self._commit(batch)
             except BaseException:
-                own.abandoned = True  # its request leaves with the exception: not to be given the lead
+                if own is not None:
+                    own.abandoned = True  # its request leaves with the exception: not to be given the lead
                 for write in batch:  # (a gevent timeout, SystemExit): the others are not stored either
                     if write.result is None and write.error is None:
                         write.error = Busy("the commit was interrupted")
@@ -174,7 +224,7 @@ class Committer:
         finally:
             self._gather_for = 0
 
-    def _finish(self, batch: List[_Write], own: _Write, pass_lead: bool) -> None:
+    def _finish(self, batch: List[_Write], own: Optional[_Write], pass_lead: bool) -> None:
         successor = None
         with self._lock:
             self._waiting -= len(batch)
@@ -182,12 +232,20 @@ class Committer:
                 successor = next((write for write in self._queue if not write.abandoned), None)
                 if successor is None:
                     self._leading = False
+                elif successor.callback is not None:
+                    successor = None
+                    self._lead_on_thread()
                 else:
                     successor.lead = True
         if successor is not None:  # first: the next commit starts while this batch's requests wake
             successor.done.release()
         for write in batch:
-            if write is not own:
+            if write.callback is not None:
+                try:
+                    write.callback(write.result, write.error)
+                except Exception:  # the app's callback answers its own errors; the others' answers still go
+                    pass
+            elif write is not own:
                 write.done.release()
 
     def _commit(self, batch: List[_Write]) -> None:

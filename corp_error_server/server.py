@@ -1,40 +1,68 @@
-"""The embedded HTTP/1.1 server: a thread per keep-alive connection, a lean parser, bounded clients.
+"""The embedded HTTP/1.1 server: one event-loop thread owns the sockets, a lean parser, bounded clients.
 
 Beacons arrive in bursts over keep-alive connections, and each request's own work (validation and
-a share of a group commit) is small, so what the gateway costs per request matters:
-``http.server`` parses every header block with the ``email`` package and writes a response in
-several system calls. Here a request head is split by hand, the answer leaves in one ``sendall``,
-the Date header is formatted once a second, and the access log is written by a thread of its own
-in one call per 50 ms. A thread per connection keeps the WSGI app
-synchronous while its requests wait together on one commit (see ingest.py); the threads sleep in
-``recv`` or on that commit, so adding connections adds waiting, not work.
+a share of a group commit) is small, so what the gateway costs per request matters. A thread per
+connection, each waiting on its commit, spent about half the CPU of a beacon on waking threads
+and handing the GIL between them: a commit woke a dozen request threads at once, and each woke
+again in ``recv`` for its next request. Here one thread (the one calling ``serve_forever``) owns
+every socket through ``selectors``: it reads, splits the request head by hand, buffers the body
+and calls the WSGI app. The app may take the answer off that thread: the server offers
+``environ["corp_error_server.defer"]``, a callable returning ``respond(status, headers, body)``;
+once the app called it, what the app call returns is ignored and the request is answered when
+``respond`` is called, once, from any thread. The app does that for beacons (app.py): the thread
+that committed a batch hands its answers over, the loop sends them, and a commit wakes no request
+thread at all.
+
+Paths named ``inline`` (quick to answer: the app's beacon and environment writes) are called on
+the loop thread. Every other request (pages, ``/suggest``, anything that may read for a while) is
+called on a small pool of worker threads, so it never holds up the loop, and a slow page holds one
+worker, not the beacons.
+
+A connection has one request at a time in the app: its next (pipelined) request is parsed only
+once the answer before it is sent, so answers leave in request order. An answer leaves in one
+``send`` where the socket takes it (the loop writes the rest when a socket's buffer is full), the
+Date header is formatted once a second, and the access log is written by a thread of its own in
+one call per 50 ms.
 
 What a slow or hostile client can hold is bounded: the whole request head must arrive within the
-timeout (trickling bytes does not reset it), a body read waits at most the timeout per read, heads
-and header counts are limited, and past a cap on connections new ones are closed at once.
+timeout (trickling bytes does not reset it), a body waits at most the timeout per read (then the
+app reads a stalled body and answers 408), heads and header counts are limited, a body over
+``max_body`` is not read at all (the app, seeing its Content-Length, answers 413), and past a cap
+on connections new ones are closed at once. A client that stops reading holds its own answer's
+bytes, not a thread; one that pipelines ahead is not read beyond a bound until it is answered. A
+connection closed after an answer first reads and discards what its client still sends, for a
+bounded time and amount, so that the client reads the answer rather than a reset.
 """
 
 from __future__ import annotations
 
 import json
+import queue
+import selectors
 import signal
 import socket
-import socketserver
 import sys
 import threading
 import time
+import traceback
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 from urllib.parse import unquote
 
-_DRAIN_LIMIT = 64 * 1024  # unread request body we still skip to keep a connection alive
+DEFER = "corp_error_server.defer"
 _LOG_GATHER = 0.05  # seconds the access log gathers lines for one write (a write per line is a system call)
 _LOG_QUEUED = 10_000  # access-log lines kept waiting for a slow log stream; more are counted, not kept
+_LINGER_BYTES = 1024 * 1024  # what a closing connection still reads and discards, at most ...
+_LINGER_TIME = 2.0  # ... for this many seconds at most
+_MAX_BODY = 1024 * 1024  # default body limit: larger bodies are not read
 _MAX_CONNECTIONS = 256  # beyond this, new connections are closed at once
 _MAX_HEAD = 64 * 1024  # request line and headers
 _MAX_HEADERS = 100
+_ACCEPT_BURST = 64  # connections accepted per pass of the loop: a burst of them does not starve the others
 _RECV = 65536
+_WORKERS = 4  # threads calling the app for requests not answered on the loop
+_SWEEP = 0.1  # seconds between the loop's checks of the deadlines (their precision)
 
 
 class _BadRequest(Exception):
@@ -44,22 +72,19 @@ class _BadRequest(Exception):
 
 
 class _Body:
-    """The request body: what is buffered of it first, never more than Content-Length bytes."""
+    """The request body, received before the app is called; a read past what was received raises
+    OSError (the client stalled, or the body was over the limit and never read)."""
 
-    def __init__(self, connection: _Connection, length: int, expect_continue: bool) -> None:
-        self._connection = connection
-        self.remaining = length
-        self._expect_continue = expect_continue
+    def __init__(self, data: bytes, complete: bool) -> None:
+        self._data = data
+        self._complete = complete  # the client sent all it will: a short body ends the stream
 
     def read(self, size: int = -1) -> bytes:
-        size = self.remaining if size is None or size < 0 else min(size, self.remaining)
-        if size <= 0:
-            return b""
-        if self._expect_continue:  # the client waits for this before it sends the body
-            self._expect_continue = False
-            self._connection.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        data = self._connection.take(size)
-        self.remaining -= len(data)
+        if size is None or size < 0:
+            size = len(self._data) if self._complete else len(self._data) + 1
+        if size > len(self._data) and not self._complete:
+            raise OSError("the request body was not received")
+        data, self._data = self._data[:size], self._data[size:]
         return data
 
     def readline(self, size: int = -1) -> bytes:
@@ -67,6 +92,51 @@ class _Body:
 
     def __iter__(self):
         return iter(lambda: self.read(_RECV), b"")
+
+
+class _Request:
+    __slots__ = ("method", "path", "query", "version", "fields", "length", "keep_alive", "started")
+
+    def __init__(self, method, path, query, version, fields, length, keep_alive, started) -> None:
+        self.method, self.path, self.query, self.version = method, path, query, version
+        self.fields: Dict[str, str] = fields
+        self.length: int = length
+        self.keep_alive: bool = keep_alive
+        self.started: float = started
+
+
+class _Connection:
+    """One client connection's state; only the loop thread changes it, but for ``answer``, which the
+    thread answering its request sets before handing the connection back to the loop."""
+
+    __slots__ = (
+        "sock",
+        "address",
+        "buffer",
+        "eof",
+        "deadline",
+        "request",
+        "busy",
+        "answer",
+        "out",
+        "close_after",
+        "lingering",
+        "events",
+    )
+
+    def __init__(self, sock: socket.socket, address, deadline: float) -> None:
+        self.sock = sock
+        self.address = address
+        self.buffer = b""
+        self.eof = False
+        self.deadline = deadline  # for the whole head, or for the body's next bytes
+        self.request: Optional[_Request] = None  # its head parsed, its body being received
+        self.busy = False  # a request of it is in the app, or its answer still being sent
+        self.answer: Tuple[bytes, bool] = (b"", False)  # (an answer to send, close after it)
+        self.out = b""  # the loop's: answer bytes still to write
+        self.close_after = False
+        self.lingering = 0  # bytes still to discard after the last answer (closing, see _linger)
+        self.events = 0
 
 
 def _printable(text: str, limit: int = 200) -> str:
@@ -84,200 +154,442 @@ def _http_date() -> str:
     return _date_cache[1]
 
 
-class _Connection(socketserver.BaseRequestHandler):
-    """One client connection: requests in order until either side closes or the client idles."""
+def _reason(code: int) -> str:
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "Error"
 
-    server: _Server
 
-    def setup(self) -> None:
-        self.sock: socket.socket = self.request
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buffer = b""
-        self.eof = False
+def _parse(head: bytes) -> Tuple[str, str, str, List[Tuple[str, str]]]:
+    lines = head.decode("iso-8859-1").split("\n")
+    words = lines[0].rstrip("\r").split()
+    if not words:
+        raise _BadRequest(400, "empty request line")
+    if len(words) == 3:
+        command, path, version = words
+        if not version.startswith("HTTP/1.") or not version[7:].isdigit():
+            if version.startswith("HTTP/") and version[5:6].isdigit() and version[5:6] != "0":
+                raise _BadRequest(505, "HTTP version %s not supported" % _printable(version, 20))
+            raise _BadRequest(400, "bad request version %s" % _printable(version, 20))
+    elif len(words) == 2:
+        # a request line without a version reads as HTTP/0.9; nobody speaks it: a status line all the same
+        command, path = words
+        if command != "GET":
+            raise _BadRequest(400, "bad HTTP/0.9 request type %s" % _printable(command, 20))
+        version = "HTTP/0.9"
+    else:
+        raise _BadRequest(400, "bad request syntax %s" % _printable(lines[0], 100))
+    headers: List[Tuple[str, str]] = []
+    for line in lines[1:]:
+        line = line.rstrip("\r")
+        if line[:1] in (" ", "\t") and headers:  # obsolete line folding
+            name, value = headers[-1]
+            headers[-1] = (name, value + " " + line.strip())
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            raise _BadRequest(400, "bad header line %s" % _printable(line, 100))
+        headers.append((name, value.strip()))
+    if len(headers) > _MAX_HEADERS:
+        raise _BadRequest(431, "more than %d headers" % _MAX_HEADERS)
+    return command, path, version, headers
 
-    # -- reading ----------------------------------------------------------------------------
 
-    def _fill(self, timeout: float) -> bool:
-        """One recv into the buffer; False at end of stream."""
-        self.sock.settimeout(timeout)
-        data = self.sock.recv(_RECV)
-        if not data:
-            self.eof = True
-            return False
-        self.buffer += data
-        return True
+class _Server:
+    """Listens on ``address`` and serves ``app`` from one loop thread (``serve_forever``)."""
 
-    def take(self, size: int) -> bytes:
-        """Up to ``size`` body bytes; short only at end of stream. Raises OSError on a timeout."""
-        while len(self.buffer) < size and not self.eof:
+    def __init__(
+        self,
+        address,
+        app: Callable,
+        request_timeout: float,
+        log_stream: TextIO,
+        inline: frozenset = frozenset(),
+        max_body: int = _MAX_BODY,
+    ) -> None:
+        self.app = app
+        self.request_timeout = request_timeout
+        self.log_stream = log_stream
+        self.inline = inline
+        self.max_body = max_body
+        self._log_ready = threading.Condition(threading.Lock())
+        self._log_lines: List[str] = []
+        self._log_dropped = 0
+        self._log_writer: Optional[threading.Thread] = None
+        self._log_write_lock = threading.Lock()
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(address)
+            self.socket.listen(1024)  # a burst of new connections waits in the kernel, not refused
+        except OSError:
+            self.socket.close()
+            raise
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+        host, self.server_port = self.server_address[:2]
+        self.server_name = str(host)
+        self._selector = selectors.DefaultSelector()
+        self._connections: Dict[int, _Connection] = {}
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+        self._wake_write.setblocking(False)
+        self._answered: List[_Connection] = []  # handed back by the threads that answered them
+        self._answered_lock = threading.Lock()
+        self._wake_owed = False  # answers were handed over since the loop last found none
+        self._loop_thread: Optional[threading.Thread] = None
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._workers: List[threading.Thread] = []
+        self._stopping = False
+        self._stopped = threading.Event()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Serve until ``shutdown``: the loop wakes for what it waits on, and checks the deadlines
+        every ``_SWEEP`` seconds."""
+        self._loop_thread = threading.current_thread()
+        self._stopped.clear()
+        selector = self._selector
+        selector.register(self.socket, selectors.EVENT_READ, None)
+        selector.register(self._wake_read, selectors.EVENT_READ, self._wake_read)
+        next_sweep = time.monotonic() + _SWEEP
+        try:
+            while not self._stopping:
+                for key, mask in selector.select(max(0.0, next_sweep - time.monotonic())):
+                    connection = key.data
+                    if connection is None:
+                        self._accept()
+                    elif connection is self._wake_read:
+                        self._drain_wake()
+                    else:
+                        try:
+                            if mask & selectors.EVENT_WRITE:
+                                self._write(connection)
+                            if mask & selectors.EVENT_READ and connection.events:  # (not closed by the write)
+                                self._read(connection)
+                        except Exception:  # a fault with one connection must not end the others'
+                            self._log_error(traceback.format_exc())
+                            self._close(connection)
+                self._take_answered()
+                now = time.monotonic()
+                if now >= next_sweep:
+                    next_sweep = now + _SWEEP
+                    self._sweep(now)
+        finally:
+            selector.unregister(self.socket)
+            selector.unregister(self._wake_read)
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop the loop (from another thread) and wait until it stopped."""
+        self._stopping = True
+        self._wake()
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        self.socket.close()
+        for connection in list(self._connections.values()):
+            self._close(connection)
+        self._selector.close()
+        self._wake_read.close()
+        self._wake_write.close()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_write.send(b"\0")
+        except OSError:  # its buffer full: the loop is woken already
+            pass
+
+    def _drain_wake(self) -> None:
+        try:
+            self._wake_read.recv(4096)  # (any left wake the next select at once)
+        except OSError:
+            pass
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BURST):
             try:
-                self._fill(self.server.request_timeout)
-            except OSError:
-                self.eof = True  # a stalled body: answer, then close rather than wait again
-                raise
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data
-
-    def _read_head(self) -> Optional[bytes]:
-        """The next request head (without its blank line), or None when the client is done or too slow."""
-        deadline = time.monotonic() + self.server.request_timeout
-        while True:
-            end = self.buffer.find(b"\r\n\r\n")
-            cut = 4
-            if end < 0:
-                end, cut = self.buffer.find(b"\n\n"), 2
-            if end >= 0:
-                head, self.buffer = self.buffer[:end], self.buffer[end + cut :]
-                return head
-            if len(self.buffer) > _MAX_HEAD:
-                raise _BadRequest(431, "request head over %d bytes" % _MAX_HEAD)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.eof:
-                return None
-            try:
-                if not self._fill(remaining):
-                    return None
-            except OSError:
-                return None
-            if not self.buffer.strip(b"\r\n"):
-                self.buffer = b""  # blank lines between requests are allowed (RFC 9112 2.2)
-
-    # -- one request ------------------------------------------------------------------------
-
-    def handle(self) -> None:
-        self.command, self.path = "", ""
-        while True:
-            started = time.perf_counter()
-            try:
-                head = self._read_head()
-                if head is None:
-                    return
-                keep_alive = self._serve(head, started)
-            except _BadRequest as error:
-                self._error(error.status, str(error), started)
+                sock, address = self.socket.accept()
+            except OSError:  # none waiting (or the client gave up already)
                 return
-            except OSError:  # the client went away or stalled mid-write
-                return
-            if not keep_alive:
-                return
-
-    def _parse(self, head: bytes) -> Tuple[str, str, str, List[Tuple[str, str]]]:
-        lines = head.decode("iso-8859-1").split("\n")
-        words = lines[0].rstrip("\r").split()
-        if not words:
-            raise _BadRequest(400, "empty request line")
-        if len(words) == 3:
-            self.command, self.path, version = words
-            if not version.startswith("HTTP/1.") or not version[7:].isdigit():
-                if version.startswith("HTTP/") and version[5:6].isdigit() and version[5:6] != "0":
-                    raise _BadRequest(505, "HTTP version %s not supported" % _printable(version, 20))
-                raise _BadRequest(400, "bad request version %s" % _printable(version, 20))
-        elif len(words) == 2:
-            # a request line without a version reads as HTTP/0.9; nobody speaks it: a status line all the same
-            self.command, self.path = words
-            if self.command != "GET":
-                raise _BadRequest(400, "bad HTTP/0.9 request type %s" % _printable(self.command, 20))
-            version = "HTTP/0.9"
-        else:
-            raise _BadRequest(400, "bad request syntax %s" % _printable(lines[0], 100))
-        headers: List[Tuple[str, str]] = []
-        for line in lines[1:]:
-            line = line.rstrip("\r")
-            if line[:1] in (" ", "\t") and headers:  # obsolete line folding
-                name, value = headers[-1]
-                headers[-1] = (name, value + " " + line.strip())
+            if len(self._connections) >= _MAX_CONNECTIONS:
+                sock.close()
                 continue
-            name, colon, value = line.partition(":")
-            if not colon or not name or name != name.strip():
-                raise _BadRequest(400, "bad header line %s" % _printable(line, 100))
-            headers.append((name, value.strip()))
-        if len(headers) > _MAX_HEADERS:
-            raise _BadRequest(431, "more than %d headers" % _MAX_HEADERS)
-        return self.command, self.path, version, headers
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connection = _Connection(sock, address, time.monotonic() + self.request_timeout)
+            self._connections[sock.fileno()] = connection
+            self._interest(connection)
 
-    def _serve(self, head: bytes, started: float) -> bool:
-        method, target, version, headers = self._parse(head)
+    def _interest(self, connection: _Connection) -> None:
+        """Wait for what the connection can do next: read unless it is done or pipelining ahead of its
+        answers, write while an answer's bytes wait."""
+        if connection.sock.fileno() < 0:  # closed already
+            return
+        events = 0
+        if not connection.eof and not (connection.busy and len(connection.buffer) > _MAX_HEAD):
+            events |= selectors.EVENT_READ
+        if connection.out:
+            events |= selectors.EVENT_WRITE
+        if events == connection.events:
+            return
+        if not connection.events:
+            self._selector.register(connection.sock, events, connection)
+        elif not events:
+            self._selector.unregister(connection.sock)
+        else:
+            self._selector.modify(connection.sock, events, connection)
+        connection.events = events
+
+    def _linger(self, connection: _Connection) -> None:
+        """Close after an answer, but read what the client still sends first (for a while, and up to
+        a bound): closing a socket with unread bytes resets it, and the client may then lose the
+        answer before it read it (a 413 or 411 for a body it is still sending)."""
+        if connection.eof:
+            self._close(connection)
+            return
+        try:
+            connection.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(connection)
+            return
+        connection.lingering = _LINGER_BYTES
+        connection.deadline = time.monotonic() + min(self.request_timeout, _LINGER_TIME)
+        connection.buffer = b""
+        self._interest(connection)
+
+    def _close(self, connection: _Connection) -> None:
+        if self._connections.pop(connection.sock.fileno(), None) is None:
+            return
+        if connection.events:
+            self._selector.unregister(connection.sock)
+            connection.events = 0
+        connection.sock.close()
+
+    def _read(self, connection: _Connection) -> None:
+        try:
+            data = connection.sock.recv(_RECV)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if connection.lingering:
+            connection.lingering -= len(data)
+            if not data or connection.lingering <= 0:
+                self._close(connection)
+            return
+        if data:
+            connection.buffer += data
+            if connection.request is not None:  # a body's next bytes: the per-read timeout starts again
+                connection.deadline = time.monotonic() + self.request_timeout
+        else:
+            connection.eof = True
+        if connection.busy:
+            self._interest(connection)  # the rest once it is answered
+        else:
+            self._advance(connection)
+
+    def _write(self, connection: _Connection) -> None:
+        try:
+            sent = connection.sock.send(connection.out)
+        except BlockingIOError:
+            return
+        except OSError:  # the client went away
+            self._close(connection)
+            return
+        connection.out = connection.out[sent:]
+        if not connection.out:
+            self._next(connection)
+
+    def _sweep(self, now: float) -> None:
+        for connection in list(self._connections.values()):
+            if now < connection.deadline or (connection.busy and not connection.lingering):
+                continue
+            if connection.lingering:
+                self._close(connection)
+            elif connection.request is not None:  # a stalled body: the app reads what came and answers
+                self._dispatch(connection, connection.buffer[: connection.request.length], False)
+            else:  # the head did not arrive in time (or the connection idled)
+                self._close(connection)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _advance(self, connection: _Connection) -> None:
+        """Take the next request out of the buffer to the app, if it arrived."""
+        while not connection.busy:
+            request = connection.request
+            if request is None:
+                request = self._head(connection)
+                if request is None:
+                    return
+            if request.length > self.max_body:  # not read: the app answers 413 before reading it
+                self._dispatch(connection, b"", False)
+            elif len(connection.buffer) >= request.length:
+                self._dispatch(connection, connection.buffer[: request.length], True)
+            elif connection.eof:  # the client ended the stream short of its body
+                self._dispatch(connection, connection.buffer, True)
+            else:
+                return
+
+    def _head(self, connection: _Connection) -> Optional[_Request]:
+        """The next request head parsed (None: not all of it here yet, or the connection closed)."""
+        buffer = connection.buffer
+        end, cut = buffer.find(b"\r\n\r\n"), 4
+        if end < 0:
+            end, cut = buffer.find(b"\n\n"), 2
+        if end < 0:
+            if len(buffer) > _MAX_HEAD:
+                self._refuse(connection, 431, "request head over %d bytes" % _MAX_HEAD)
+            elif connection.eof:
+                self._close(connection)
+            else:
+                if not buffer.strip(b"\r\n"):
+                    connection.buffer = b""  # blank lines between requests are allowed (RFC 9112 2.2)
+                self._interest(connection)
+            return None
+        head, connection.buffer = buffer[:end], buffer[end + cut :]
+        started = time.perf_counter()
+        try:
+            method, target, version, headers = _parse(head)
+        except _BadRequest as error:
+            self._refuse(connection, error.status, str(error), started)
+            return None
         fields: Dict[str, str] = {}
         for name, value in headers:
             key = name.lower()
             fields[key] = fields[key] + "," + value if key in fields else value
-        connection = fields.get("connection", "").lower()
-        keep_alive = (version == "HTTP/1.1" and "close" not in connection) or (
-            version == "HTTP/1.0" and "keep-alive" in connection
+        token = fields.get("connection", "").lower()
+        keep_alive = (version == "HTTP/1.1" and "close" not in token) or (
+            version == "HTTP/1.0" and "keep-alive" in token
         )
         path, _, query = target.partition("?")
         if path.startswith("//"):
             path = "/" + path.lstrip("/")  # as http.server: no scheme-relative path reaches the app
         if "transfer-encoding" in fields:
-            self._respond(
-                411,
-                [("Content-Type", "application/json")],
-                b'{"error": "chunked request bodies are not supported; send Content-Length"}',
-                False,
-                started,
-                method,
-                path,
+            self._refuse(
+                connection, 411, "chunked request bodies are not supported; send Content-Length", started, method, path
             )
-            return False
+            return None
         declared = fields.get("content-length", "0")  # several headers were joined by "," above
         if not (declared.isascii() and declared.isdigit()):
             # where the body ends is in doubt (a proxy may read it otherwise): no next request on this connection
-            self._respond(
-                400,
-                [("Content-Type", "application/json")],
-                b'{"error": "Content-Length must be one header of digits"}',
-                False,
-                started,
-                method,
-                path,
-            )
-            return False
+            self._refuse(connection, 400, "Content-Length must be one header of digits", started, method, path)
+            return None
         length = int(declared)
-        body = _Body(self, length, version == "HTTP/1.1" and fields.get("expect", "").lower() == "100-continue")
-        environ = self._environ(method, path, query, version, fields, body)
+        request = _Request(method, path, query, version, fields, length, keep_alive, started)
+        connection.request = request
+        connection.deadline = time.monotonic() + self.request_timeout
+        if (
+            version == "HTTP/1.1"
+            and fields.get("expect", "").lower() == "100-continue"
+            and len(connection.buffer) < length <= self.max_body
+        ):
+            # the client waits for this before it sends the body; 25 bytes into an idle socket's buffer
+            try:
+                continued = connection.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except OSError:
+                continued = 0
+            if continued != 25:
+                self._close(connection)
+                return None
+        return request
+
+    def _refuse(self, connection: _Connection, code: int, message: str, started=None, method="", path="") -> None:
+        # malformed requests: the same JSON error shape as the application's, and the connection closes
+        connection.request = None
+        connection.busy = True
+        payload = json.dumps({"error": message}).encode()
+        self._answer(
+            connection,
+            "",
+            code,
+            [("Content-Type", "application/json")],
+            payload,
+            False,
+            time.perf_counter() if started is None else started,
+            method,
+            path,
+        )
+
+    def _dispatch(self, connection: _Connection, body: bytes, complete: bool) -> None:
+        request = connection.request
+        assert request is not None
+        connection.request = None
+        connection.busy = True
+        connection.buffer = connection.buffer[len(body) :] if complete else b""
+        keep_alive = request.keep_alive and complete and len(body) == request.length
+        environ = self._environ(connection, request, _Body(body, complete))
+        if request.path in self.inline:
+            self._call(connection, request, environ, keep_alive)
+        else:
+            if not self._workers:
+                for number in range(_WORKERS):
+                    worker = threading.Thread(target=self._work_loop, name="worker-%d" % number, daemon=True)
+                    worker.start()
+                    self._workers.append(worker)
+            self._work.put((connection, request, environ, keep_alive))
+
+    def _work_loop(self) -> None:
+        while True:
+            self._call(*self._work.get())
+
+    def _call(self, connection: _Connection, request: _Request, environ: dict, keep_alive: bool) -> None:
+        """Call the app for one request (on the loop or a worker) and answer it, now or once the app
+        responds through the defer extension."""
+        deferred = []
+
+        def respond(status: str, headers, body: bytes) -> None:
+            code = int(status.split(" ", 1)[0])
+            self._answer(
+                connection, status, code, headers, body, keep_alive, request.started, request.method, request.path
+            )
+
+        def defer():
+            deferred.append(True)
+            return respond
+
+        environ[DEFER] = defer
         response: List = []
 
         def start_response(status: str, response_headers, exc_info=None):
             response[:] = [status, response_headers]
             return lambda data: None
 
-        result = self.server.app(environ, start_response)
         try:
-            payload = b"".join(result)
-        finally:
-            getattr(result, "close", lambda: None)()
-        code = int(response[0].split(" ", 1)[0])
-        if body.remaining:
-            keep_alive = keep_alive and self._skip(body)
-        self._respond(code, response[1], payload, keep_alive, started, method, path, response[0])
-        return keep_alive
+            result = self.app(environ, start_response)
+            try:
+                payload = b"".join(result)
+            finally:
+                getattr(result, "close", lambda: None)()
+        except Exception:  # a failing app fails its request, not the loop
+            self._log_error(traceback.format_exc())
+            if not deferred:
+                payload = b'{"error": "internal error"}'
+                response[:] = ["500 Internal Server Error", [("Content-Type", "application/json")]]
+                keep_alive = False
+        if not deferred:
+            respond(response[0], response[1], payload)
 
-    def _skip(self, body: _Body) -> bool:
-        """Read what the app left of the body, to reach the next request; False: close instead."""
-        if body.remaining > _DRAIN_LIMIT or self.eof:
-            return False
-        try:
-            body.read()
-        except OSError:
-            return False
-        return not self.eof
-
-    def _environ(self, method: str, path: str, query: str, version: str, fields: Dict[str, str], body: _Body) -> dict:
+    def _environ(self, connection: _Connection, request: _Request, body: _Body) -> dict:
+        fields = request.fields
         environ: Dict[str, Any] = {
-            "REQUEST_METHOD": method,
+            "REQUEST_METHOD": request.method,
             "SCRIPT_NAME": "",
-            "PATH_INFO": unquote(path, "iso-8859-1"),
-            "QUERY_STRING": query,
-            "SERVER_NAME": self.server.server_name,
-            "SERVER_PORT": str(self.server.server_port),
-            "SERVER_PROTOCOL": version,
-            "REMOTE_ADDR": self.client_address[0],
+            "PATH_INFO": unquote(request.path, "iso-8859-1"),
+            "QUERY_STRING": request.query,
+            "SERVER_NAME": self.server_name,
+            "SERVER_PORT": str(self.server_port),
+            "SERVER_PROTOCOL": request.version,
+            "REMOTE_ADDR": connection.address[0],
             "CONTENT_TYPE": fields.get("content-type", ""),
             "CONTENT_LENGTH": fields.get("content-length", ""),
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http",
             "wsgi.input": body,
-            "wsgi.errors": self.server.log_stream,
+            "wsgi.errors": self.log_stream,
             "wsgi.multithread": True,
             "wsgi.multiprocess": False,
             "wsgi.run_once": False,
@@ -289,8 +601,10 @@ class _Connection(socketserver.BaseRequestHandler):
 
     # -- answering --------------------------------------------------------------------------
 
-    def _respond(
+    def _answer(
         self,
+        connection: _Connection,
+        status: str,
         code: int,
         headers,
         payload: bytes,
@@ -298,8 +612,10 @@ class _Connection(socketserver.BaseRequestHandler):
         started: float,
         method: str,
         path: str,
-        status: str = "",
     ) -> None:
+        """Hand an answer over to the loop, from whichever thread has it. The loop sends it: a send
+        from the committing thread would release the GIL once per answer, and take it back from the
+        loop each time, where the loop sends a whole batch of answers in one go."""
         lines = [
             "HTTP/1.1 " + (status or "%d %s" % (code, _reason(code))),
             "Server: corp-error-server",
@@ -315,11 +631,11 @@ class _Connection(socketserver.BaseRequestHandler):
         answer = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         if method != "HEAD" and code != 204:
             answer += payload
-        self.sock.sendall(answer)
-        self.server.log(
+        connection.answer = (answer, not keep_alive)
+        self.log(
             "%s \"%s %s\" %d %d %.1fms"
             % (
-                self.client_address[0],
+                connection.address[0],
                 _printable(method or "-", 20),
                 _printable(path),
                 code,
@@ -327,61 +643,54 @@ class _Connection(socketserver.BaseRequestHandler):
                 (time.perf_counter() - started) * 1000,
             )
         )
+        with self._answered_lock:
+            self._answered.append(connection)
+            wake, self._wake_owed = not self._wake_owed, True
+        if wake and threading.current_thread() is not self._loop_thread:
+            self._wake()
 
-    def _error(self, code: int, message: str, started: float) -> None:
-        # malformed request lines and headers: the same JSON error shape as the application's
-        payload = json.dumps({"error": message}).encode()
+    def _take_answered(self) -> None:
+        """(The loop.) Take back the connections answered since; their next requests may be answered
+        on the loop at once, and are taken back in the next round (not by recursion)."""
+        while True:
+            with self._answered_lock:
+                answered, self._answered = self._answered, []
+                if not answered:
+                    # answers handed over from now on wake the loop; until now it was taking them anyway
+                    # (a wake-up per answer would hand the GIL to the loop and back for each one)
+                    self._wake_owed = False
+                    return
+            for connection in answered:
+                connection.out, connection.close_after = connection.answer
+                connection.answer = (b"", False)
+                try:
+                    connection.out = connection.out[connection.sock.send(connection.out) :]
+                except BlockingIOError:
+                    pass
+                except OSError:  # the client went away
+                    self._close(connection)
+                    continue
+                if connection.out:
+                    self._interest(connection)
+                else:
+                    self._next(connection)
+
+    def _next(self, connection: _Connection) -> None:
+        """(The loop.) An answer is written: the connection's next request."""
+        if connection.close_after:
+            self._linger(connection)
+            return
+        connection.busy = False
+        connection.deadline = time.monotonic() + self.request_timeout
+        self._advance(connection)
+
+    # -- the access log ---------------------------------------------------------------------
+
+    def _log_error(self, text: str) -> None:
         try:
-            self._respond(
-                code, [("Content-Type", "application/json")], payload, False, started, self.command, self.path
-            )
-        except OSError:
+            self.log_stream.write(text)
+        except (OSError, ValueError):
             pass
-
-
-def _reason(code: int) -> str:
-    try:
-        return HTTPStatus(code).phrase
-    except ValueError:
-        return "Error"
-
-
-class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 1024  # a burst of new connections waits in the kernel, not refused
-
-    def __init__(self, address, app: Callable, request_timeout: float, log_stream: TextIO) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.app = app
-        self.request_timeout = request_timeout
-        self.log_stream = log_stream
-        self._log_ready = threading.Condition(threading.Lock())
-        self._log_lines: List[str] = []
-        self._log_dropped = 0
-        self._log_writer: Optional[threading.Thread] = None
-        self._log_write_lock = threading.Lock()
-        self._active = 0
-        self._active_lock = threading.Lock()
-        super().__init__(address, _Connection)
-        host, self.server_port = self.server_address[:2]
-        self.server_name = str(host)
-
-    def process_request(self, request, client_address) -> None:
-        with self._active_lock:
-            if self._active >= _MAX_CONNECTIONS:
-                self.shutdown_request(request)
-                return
-            self._active += 1
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._active_lock:
-                self._active -= 1
 
     def log(self, line: str) -> None:
         """Queue a line for the log stream: written within _LOG_GATHER with the lines queued meanwhile."""
@@ -436,9 +745,13 @@ def make_server(
     *,
     request_timeout: float = 10.0,
     log_stream: Optional[TextIO] = None,
+    inline: frozenset = frozenset(),
+    max_body: int = _MAX_BODY,
 ) -> _Server:
-    """A bound, not yet serving, server for ``app`` (``port=0`` picks a free port)."""
-    return _Server((host, port), app, request_timeout, log_stream or sys.stderr)
+    """A bound, not yet serving, server for ``app`` (``port=0`` picks a free port). Requests for the
+    ``inline`` paths are called on the loop thread (they must not block); bodies over ``max_body``
+    bytes are not read."""
+    return _Server((host, port), app, request_timeout, log_stream or sys.stderr, inline, max_body)
 
 
 def serve(server: _Server) -> bool:
@@ -452,7 +765,7 @@ def serve(server: _Server) -> bool:
     host, port = str(server.server_address[0]), server.server_address[1]
     server.log("listening on http://%s:%d" % ("[%s]" % host if ":" in host else host, port))
     try:
-        server.serve_forever(poll_interval=0.1)
+        server.serve_forever()
     finally:
         server.server_close()
     return server.close_log(wait=1.0)

@@ -1,0 +1,250 @@
+"""The embedded server's event loop, in process over real sockets: what answering beacons from the
+committing thread, and everything else from a worker pool, could get wrong.
+
+The storage's write (``add_beacons``) or a page's read is held on a gate the test opens, so each
+test knows where a request is without timing: an answer is looked for while its commit is held,
+then after the gate opened.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import sqlite3
+import threading
+from typing import List, Optional, Tuple
+
+import pytest
+
+from conftest import error_beacon
+from corp_error_server import create_app
+from corp_error_server.app import INLINE_PATHS
+from corp_error_server.server import make_server
+from corp_error_server.storage import open_storage
+
+SIG = "ValueError: bad record @ etl.load < etl.main"
+WAIT = 30  # seconds any one step may take before the test fails, not a synchronisation
+
+
+class _Gate:
+    """Wraps a storage method: each call announces itself (``entered``), then waits for ``open``."""
+
+    def __init__(self, method) -> None:
+        self._method = method
+        self.entered = threading.Semaphore(0)
+        self._open = threading.Event()
+
+    def __call__(self, *args, **kwargs):
+        self.entered.release()
+        assert self._open.wait(WAIT)
+        return self._method(*args, **kwargs)
+
+    def open(self) -> None:
+        self._open.set()
+
+
+class _Served:
+    def __init__(self, db: str, max_waiting: int = 64) -> None:
+        self.db = db
+        self.storage = open_storage(db)
+        self.app = create_app(db, storage=self.storage, max_waiting=max_waiting)
+        self.log = io.StringIO()
+        self.server = make_server(self.app, port=0, inline=INLINE_PATHS, log_stream=self.log, request_timeout=WAIT)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def gate(self, name: str) -> _Gate:
+        gate = _Gate(getattr(self.storage, name))
+        setattr(self.storage, name, gate)
+        return gate
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=WAIT)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.app.close()
+
+
+@pytest.fixture
+def served(tmp_path):
+    started: List[_Served] = []
+
+    def start(**kwargs) -> _Served:
+        started.append(_Served(str(tmp_path / ("db%d.sqlite" % len(started))), **kwargs))
+        return started[-1]
+
+    yield start
+    for one in started:
+        one.stop()
+
+
+def _request(method: str, path: str, body: Optional[dict] = None) -> bytes:
+    data = b"" if body is None else json.dumps(body).encode()
+    head = "%s %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    return (head % (method, path, len(data))).encode() + data
+
+
+def _beacon(n: int) -> bytes:
+    return _request("POST", "/beacon", error_beacon("e1", "s1", SIG, event_id="ev-%d" % n))
+
+
+class _Reader:
+    """Answers off one connection, in the order they come."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.buffer = sock, b""
+
+    def answer(self) -> Tuple[int, dict, bytes]:
+        while b"\r\n\r\n" not in self.buffer:
+            self._more()
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:])
+        length = int(headers.get("Content-Length", "0"))
+        while len(self.buffer) < length:
+            self._more()
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return int(lines[0].split()[1]), headers, body
+
+    def _more(self) -> None:
+        data = self.sock.recv(65536)
+        assert data, "the server closed the connection"
+        self.buffer += data
+
+    def nothing_yet(self) -> bool:
+        """No byte of an answer has come (nor the connection's end)."""
+        if self.buffer:
+            return False
+        self.sock.setblocking(False)
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True
+        finally:
+            self.sock.settimeout(WAIT)
+        return False
+
+
+def _stored(served: _Served, event_id: str) -> bool:
+    with sqlite3.connect(served.db) as conn:
+        return conn.execute("SELECT count(*) FROM beacons WHERE event_id = ?", (event_id,)).fetchone()[0] == 1
+
+
+def test_a_beacon_is_answered_only_after_its_commit_and_a_held_commit_blocks_nothing_else(served):
+    server = served()
+    commit = server.gate("add_beacons")
+    beacon = server.connect()
+    beacon.sendall(_beacon(1))
+    assert commit.entered.acquire(timeout=WAIT)  # the commit holding it runs, and is held
+    other = server.connect()
+    other.sendall(_request("GET", "/healthz"))
+    status, _, body = _Reader(other).answer()  # the loop and the workers serve on meanwhile
+    assert status == 200 and json.loads(body)["ingest"]["waiting"] == 1
+    reader = _Reader(beacon)
+    assert reader.nothing_yet(), "answered before its transaction committed"
+    commit.open()
+    status, _, body = reader.answer()
+    assert status == 204 and _stored(server, "ev-1")  # (204: its environment is not known yet)
+
+
+def test_pipelined_requests_are_answered_in_order_behind_a_slow_page(served):
+    server = served()
+    page = server.gate("find_groups")
+    sock = server.connect()
+    sock.sendall(
+        _request("GET", "/api/errors")
+        + _beacon(1)
+        + _request("GET", "/healthz")
+        + _request("POST", "/beacon", {"kind": "error"})
+        + _beacon(2)
+    )
+    assert page.entered.acquire(timeout=WAIT)
+    reader = _Reader(sock)
+    assert reader.nothing_yet()  # nothing after the page overtakes it
+    page.open()
+    answers = [reader.answer() for _ in range(5)]
+    assert [status for status, _, _ in answers] == [200, 204, 200, 400, 204]
+    assert "groups" in json.loads(answers[0][2]) and "ingest" in json.loads(answers[2][2])
+
+
+def test_a_slow_page_does_not_hold_up_beacons(served):
+    server = served()
+    page = server.gate("find_groups")
+    slow = server.connect()
+    slow.sendall(_request("GET", "/api/errors"))
+    assert page.entered.acquire(timeout=WAIT)
+    fast = server.connect()
+    reader = _Reader(fast)
+    for n in range(20):
+        fast.sendall(_beacon(n))
+        assert reader.answer()[0] == 204
+    page.open()
+    assert _Reader(slow).answer()[0] == 200
+
+
+def test_past_the_bound_a_beacon_is_refused_at_once_with_retry_after(served):
+    server = served(max_waiting=1)
+    commit = server.gate("add_beacons")
+    first = server.connect()
+    first.sendall(_beacon(1))
+    assert commit.entered.acquire(timeout=WAIT)
+    second = server.connect()
+    second.sendall(_beacon(2))
+    status, headers, body = _Reader(second).answer()  # while the first still waits on its commit
+    assert status == 503 and headers["Retry-After"] == "1" and "busy" in json.loads(body)["error"]
+    commit.open()
+    assert _Reader(first).answer()[0] == 204
+
+
+def test_a_failing_app_answers_500_and_the_loop_serves_on(tmp_path):
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/boom":
+            raise RuntimeError("boom")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    log = io.StringIO()
+    server = make_server(app, port=0, inline=frozenset(["/boom", "/ok"]), log_stream=log)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for path in ("/boom", "/ok"):
+            with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=WAIT) as sock:
+                sock.sendall(_request("GET", path))
+                status, _, body = _Reader(sock).answer()
+            assert (status, body) == ((500, b'{"error": "internal error"}') if path == "/boom" else (200, b"ok"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "RuntimeError: boom" in log.getvalue()
+
+
+def test_expect_100_continue_then_the_body(served):
+    server = served()
+    sock = server.connect()
+    body = json.dumps(error_beacon("e1", "s1", SIG, event_id="ev-c")).encode()
+    sock.sendall(
+        b"POST /beacon HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    reader = _Reader(sock)
+    status, _, _ = reader.answer()
+    assert status == 100
+    sock.sendall(body)
+    assert reader.answer()[0] == 204
+
+
+def test_a_large_answer_reaches_a_client_that_reads_late(served):
+    """An answer bigger than the socket buffers: the loop writes the rest as the client reads, and the
+    next pipelined request is answered after it."""
+    server = served()
+    sock = server.connect()
+    sock.sendall(_request("GET", "/openapi.json") * 200 + _request("GET", "/healthz"))  # ~7 MB of answers
+    reader = _Reader(sock)
+    first = reader.answer()
+    assert first[0] == 200 and all(reader.answer()[2] == first[2] for _ in range(199))
+    assert "ingest" in json.loads(reader.answer()[2])
