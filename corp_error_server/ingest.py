@@ -109,13 +109,7 @@ class Committer:
         """Store one beacon (or, without one, an environment); return once it is committed."""
         write = _Write((beacon, env))
         with self._lock:
-            if self._waiting >= self._max_waiting:
-                raise Busy("%d writes are waiting for the database" % self._waiting)
-            self._queue.append(write)
-            self._waiting += 1
-            self._in_flight = max(self._in_flight, self._waiting)
-            if self._gather_for and len(self._queue) >= self._gather_for:
-                self._arrived.notify()
+            self._enqueue(write)
             write.lead, self._leading = not self._leading, True
         if not write.lead:
             self._wait(write)
@@ -126,19 +120,23 @@ class Committer:
         assert write.result is not None
         return write.result
 
+    def _enqueue(self, write: _Write) -> None:
+        """With the lock held: queue ``write`` for the next batch, or raise ``Busy`` past the bound."""
+        if self._waiting >= self._max_waiting:
+            raise Busy("%d writes are waiting for the database" % self._waiting)
+        self._queue.append(write)
+        self._waiting += 1
+        self._in_flight = max(self._in_flight, self._waiting)
+        if self._gather_for and len(self._queue) >= self._gather_for:
+            self._arrived.notify()
+
     def submit(self, beacon: Optional[Beacon], env: Optional[Env], callback: Done) -> None:
         """Store one beacon (or environment) without waiting: ``callback(result, error)`` is called,
         on the committing thread, once its transaction committed (or failed). Raises ``Busy`` at once
         past the bound, as ``add`` does."""
         write = _Write((beacon, env), callback)
         with self._lock:
-            if self._waiting >= self._max_waiting:
-                raise Busy("%d writes are waiting for the database" % self._waiting)
-            self._queue.append(write)
-            self._waiting += 1
-            self._in_flight = max(self._in_flight, self._waiting)
-            if self._gather_for and len(self._queue) >= self._gather_for:
-                self._arrived.notify()
+            self._enqueue(write)
             if not self._leading:
                 self._leading = True
                 self._lead_on_thread()
