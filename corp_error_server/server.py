@@ -265,19 +265,13 @@ class _Server:
                     elif connection is self._wake_read:
                         self._drain_wake()
                     else:
-                        try:
-                            if mask & selectors.EVENT_WRITE:
-                                self._write(connection)
-                            if mask & selectors.EVENT_READ and connection.events:  # (not closed by the write)
-                                self._read(connection)
-                        except Exception:  # a fault with one connection must not end the others'
-                            self._log_error(traceback.format_exc())
-                            self._close(connection)
+                        self._guarded(self._ready, connection, mask)
                 self._take_answered()
                 now = time.monotonic()
                 if now >= next_sweep:
                     next_sweep = now + _SWEEP
                     self._sweep(now)
+                    self._take_answered()  # what the sweep answered on the loop (a stalled body's 408)
         finally:
             selector.unregister(self.socket)
             selector.unregister(self._wake_read)
@@ -392,6 +386,12 @@ class _Server:
         else:
             self._advance(connection)
 
+    def _ready(self, connection: _Connection, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._write(connection)
+        if mask & selectors.EVENT_READ and connection.events:  # (not closed by the write)
+            self._read(connection)
+
     def _write(self, connection: _Connection) -> None:
         try:
             sent = connection.sock.send(connection.out)
@@ -406,14 +406,16 @@ class _Server:
 
     def _sweep(self, now: float) -> None:
         for connection in list(self._connections.values()):
-            if now < connection.deadline or (connection.busy and not connection.lingering):
-                continue
-            if connection.lingering:
-                self._close(connection)
-            elif connection.request is not None:  # a stalled body: the app reads what came and answers
-                self._dispatch(connection, connection.buffer[: connection.request.length], False)
-            else:  # the head did not arrive in time (or the connection idled)
-                self._close(connection)
+            if now >= connection.deadline and not (connection.busy and not connection.lingering):
+                self._guarded(self._expire, connection)
+
+    def _expire(self, connection: _Connection) -> None:
+        if connection.lingering:
+            self._close(connection)
+        elif connection.request is not None:  # a stalled body: the app reads what came and answers
+            self._dispatch(connection, connection.buffer[: connection.request.length], False)
+        else:  # the head did not arrive in time (or the connection idled)
+            self._close(connection)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -542,10 +544,24 @@ class _Server:
         deferred = []
 
         def respond(status: str, headers, body: bytes) -> None:
-            code = int(status.split(" ", 1)[0])
-            self._answer(
-                connection, status, code, headers, body, keep_alive, request.started, request.method, request.path
-            )
+            try:
+                code = int(status.split(" ", 1)[0])
+                self._answer(
+                    connection, status, code, headers, body, keep_alive, request.started, request.method, request.path
+                )
+            except Exception:  # not sendable as HTTP (a header outside latin-1): a worker or the committer
+                self._log_error(traceback.format_exc())  # must live on, and the connection be answered
+                self._answer(
+                    connection,
+                    "",
+                    500,
+                    [("Content-Type", "application/json")],
+                    b'{"error": "internal error"}',
+                    False,
+                    request.started,
+                    request.method,
+                    request.path,
+                )
 
         def defer():
             deferred.append(True)
@@ -661,19 +677,30 @@ class _Server:
                     self._wake_owed = False
                     return
             for connection in answered:
-                connection.out, connection.close_after = connection.answer
-                connection.answer = (b"", False)
-                try:
-                    connection.out = connection.out[connection.sock.send(connection.out) :]
-                except BlockingIOError:
-                    pass
-                except OSError:  # the client went away
-                    self._close(connection)
-                    continue
-                if connection.out:
-                    self._interest(connection)
-                else:
-                    self._next(connection)
+                self._guarded(self._send_answer, connection)
+
+    def _send_answer(self, connection: _Connection) -> None:
+        connection.out, connection.close_after = connection.answer
+        connection.answer = (b"", False)
+        try:
+            connection.out = connection.out[connection.sock.send(connection.out) :]
+        except BlockingIOError:
+            pass
+        except OSError:  # the client went away
+            self._close(connection)
+            return
+        if connection.out:
+            self._interest(connection)
+        else:
+            self._next(connection)
+
+    def _guarded(self, work: Callable[..., None], connection: _Connection, *args: Any) -> None:
+        """(The loop.) ``work(connection, *args)``: a fault with one connection closes it, not the loop."""
+        try:
+            work(connection, *args)
+        except Exception:
+            self._log_error(traceback.format_exc())
+            self._close(connection)
 
     def _next(self, connection: _Connection) -> None:
         """(The loop.) An answer is written: the connection's next request."""
@@ -683,6 +710,9 @@ class _Server:
         connection.busy = False
         connection.deadline = time.monotonic() + self.request_timeout
         self._advance(connection)
+        # no longer writing (a writable socket would wake the loop for nothing, again and again),
+        # and reading again if it stopped while the answer was in the app
+        self._interest(connection)
 
     # -- the access log ---------------------------------------------------------------------
 

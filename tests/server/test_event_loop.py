@@ -20,7 +20,7 @@ import pytest
 from conftest import error_beacon
 from corp_error_server import create_app
 from corp_error_server.app import INLINE_PATHS
-from corp_error_server.server import make_server
+from corp_error_server.server import _WORKERS, DEFER, make_server
 from corp_error_server.storage import open_storage
 
 SIG = "ValueError: bad record @ etl.load < etl.main"
@@ -248,3 +248,113 @@ def test_a_large_answer_reaches_a_client_that_reads_late(served):
     first = reader.answer()
     assert first[0] == 200 and all(reader.answer()[2] == first[2] for _ in range(199))
     assert "ingest" in json.loads(reader.answer()[2])
+
+
+class _Own:
+    """The embedded server around a test's own app; ``/held`` is answered (deferred) only when the
+    test says so, in the order the requests came."""
+
+    def __init__(self, app=None, request_timeout: float = WAIT) -> None:
+        self.events: List[str] = []
+        self.entered = threading.Semaphore(0)
+        self._held: List = []
+        self.log = io.StringIO()
+        self.server = make_server(
+            app or self._app, port=0, inline=frozenset(["/held"]), log_stream=self.log, request_timeout=request_timeout
+        )
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _app(self, environ, start_response):
+        body = environ["wsgi.input"].read()
+        if environ["PATH_INFO"] == "/held":
+            self.events.append("enter %d" % len(body))
+            self._held.append((environ[DEFER](), len(body)))
+            self.entered.release()
+            return []
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"x" * int(environ["QUERY_STRING"] or "2")]
+
+    def release(self) -> None:
+        respond, length = self._held.pop(0)
+        self.events.append("answer %d" % length)
+        respond("200 OK", [("Content-Type", "text/plain")], b"%d" % length)
+
+    def connect(self, receive_buffer: int = 0) -> socket.socket:
+        sock = socket.socket()
+        if receive_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.settimeout(WAIT)
+        sock.connect(("127.0.0.1", self.server.server_address[1]))
+        return sock
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def own():
+    started: List[_Own] = []
+
+    def start(**kwargs) -> _Own:
+        started.append(_Own(**kwargs))
+        return started[-1]
+
+    yield start
+    for one in started:
+        one.stop()
+
+
+def _held(length: int) -> bytes:
+    return b"POST /held HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % length + b"b" * length
+
+
+def test_after_an_answer_written_in_parts_the_next_requests_go_to_the_app_one_at_a_time(own):
+    # the rest of a large answer is written as the client reads; then the loop must stop waiting to
+    # write, or a writable socket takes the next pipelined requests to the app before their turn
+    server = own()
+    sock = server.connect(receive_buffer=4096)
+    sock.sendall(_request("GET", "/big?%d" % (4 << 20)) + b"".join(_held(n) for n in (1, 2, 3, 4)))
+    reader = _Reader(sock)
+    assert reader.answer()[2] == b"x" * (4 << 20)
+    for n in (1, 2, 3, 4):
+        assert server.entered.acquire(timeout=WAIT)
+        server.release()
+        assert reader.answer()[2] == b"%d" % n
+    assert server.events == ["enter 1", "answer 1", "enter 2", "answer 2", "enter 3", "answer 3", "enter 4", "answer 4"]
+
+
+def test_a_pipelined_body_larger_than_a_head_is_read_once_the_request_before_is_answered(own):
+    # reading stops while a request is in the app and over a head's worth is buffered; it resumes after
+    server = own()
+    sock = server.connect()
+    sock.sendall(_held(1) + _held(200_000))
+    reader = _Reader(sock)
+    assert server.entered.acquire(timeout=WAIT)
+    server.release()
+    assert reader.answer()[2] == b"1"
+    assert server.entered.acquire(timeout=WAIT)  # (the bug: a 408 once the body timed out)
+    server.release()
+    assert reader.answer()[:3:2] == (200, b"200000")
+
+
+def test_an_answer_that_is_not_sendable_as_http_is_a_500_and_the_workers_serve_on():
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/euro":
+            start_response("303 See Other", [("Location", "/\u20ac")])  # outside latin-1
+            return [b""]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    server = _Own(app)
+    try:
+        for _ in range(_WORKERS + 1):  # more than there are workers: none may have died of it
+            with server.connect() as sock:
+                sock.sendall(_request("GET", "/euro"))
+                assert _Reader(sock).answer()[0] == 500
+        with server.connect() as sock:
+            sock.sendall(_request("GET", "/ok"))
+            assert _Reader(sock).answer()[:3:2] == (200, b"ok")
+    finally:
+        server.stop()
+    assert "UnicodeEncodeError" in server.log.getvalue()
