@@ -29,7 +29,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 import corp_error_agent
 
@@ -905,7 +905,7 @@ class _App:
         form = self._form_body(environ)
         target = _safe_next(form.get("next", "/"))
         if self._token is None:
-            return 303, None, [("Location", target)]
+            return 303, None, [("Location", _location(target))]
         given = form.get("token", "").strip().encode("utf-8", "replace")
         if not hmac.compare_digest(given, self._token):
             return 401, Page(pages.login_page(target, wrong=True)), []
@@ -913,7 +913,7 @@ class _App:
             303,
             None,
             [
-                ("Location", target),
+                ("Location", _location(target)),
                 ("Set-Cookie", _cookie(environ, _SESSION_COOKIE, self._session, max_age=30 * 86400)),
             ],
         )
@@ -1051,6 +1051,12 @@ def _safe_next(target: str) -> str:
     if not target.startswith("/") or target.startswith("//") or "\\" in target or any(c in target for c in "\r\n"):
         return "/"
     return target[:2000]
+
+
+def _location(target: str) -> str:
+    """A safe ``next`` as a Location header's value: HTTP headers carry latin-1 at most, and a
+    browser reads a percent-encoded path as the one meant."""
+    return quote(target, safe="/?&=%#:;,+@!$'()*[]~")
 
 
 def _here(environ: dict) -> str:

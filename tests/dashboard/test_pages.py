@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import pytest
 
 from corp_error_server import pages
-from corp_error_server.app import HTTPError, _group_query, _safe_next, feature_diff
+from corp_error_server.app import HTTPError, _group_query, _location, _safe_next, feature_diff
 from corp_error_server.storage import GROUP_SORTS, GROUP_STATUSES
 
 HOSTILE = (
@@ -216,6 +216,9 @@ def test_login_page_keeps_only_a_local_next():
     assert _safe_next("https://evil.example/") == "/"
     assert _safe_next("/\\evil") == "/"
     assert _safe_next("/group/3?x=1") == "/group/3?x=1"
+    # a redirect's target goes out in a header: percent-encoded past ASCII, unchanged within it
+    assert _location("/\u20ac?q=\u00e9") == "/%E2%82%AC?q=%C3%A9"
+    assert _location("/group/3?status=open&sort=last_seen#x") == "/group/3?status=open&sort=last_seen#x"
     page = pages.login_page('/"><script>alert(1)</script>', wrong=True)
     assert "<script>alert" not in page and 'type="password"' in page and "Wrong token" in page
 
