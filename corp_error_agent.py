@@ -1974,8 +1974,9 @@ def _unreachable_words(error: _Unreachable, url: str, timeout: float, request: s
     from urllib.parse import urlsplit
     if error.status is not None:
         return _status_words(error.status, request, False)
-    if _url_problem(url):  # set by hand, in ERROR_AGENT_URL or a config file (configure checks its own)
-        return "%s is not a backend URL: %s" % (_sanitize(url, 200), _url_problem(url))
+    problem = _url_problem(url)  # set by hand, in ERROR_AGENT_URL or a config file (configure checks its own)
+    if problem:
+        return "%s is not a backend URL: %s" % (_sanitize(url, 200), problem)
     where = urlsplit(url).netloc or url
     cause = getattr(error.cause, "reason", error.cause)  # URLError wraps what the socket raised
     if isinstance(cause, ConnectionRefusedError):
