@@ -136,9 +136,10 @@ def _entry(*args):
                 return None
             import _thread
             import time  # (both imported by Python's own start-up already)
-            _excepthook, sys.excepthook = sys.excepthook, _entry
+            # (before 3.8 _thread has no _excepthook: nothing is installed there, as the agent needs 3.8)
             if _thread._excepthook is not _entry:  # (activated again, after sys.excepthook was replaced:
                 _thread_excepthook, _thread._excepthook = _thread._excepthook, _entry  # no loop to itself)
+            _excepthook, sys.excepthook = sys.excepthook, _entry
             if "threading" in sys.modules:
                 sys.modules["threading"].excepthook = _entry
             for entry in _PATCHES.split():
@@ -2158,8 +2159,6 @@ def _cmd_install(args) -> int:
     import importlib.util
     import py_compile
     import shutil
-    if sys.version_info < (3, 8):  # noqa: UP036 -- the bare file reaches older Pythons, which pip would refuse
-        raise _UsageError("the agent needs Python 3.8 or newer; this is %s" % sys.version.split()[0])
     target = _install_target(args)
     source = os.path.abspath(sys.modules[__name__].__file__)
     module = os.path.join(target, _INSTALLED_FILES[0])
@@ -2205,5 +2204,9 @@ _COMMANDS = {"configure": _cmd_configure, "status": _cmd_status, "test": _cmd_te
 '''
 
 
-if __name__ == "__main__":
-    sys.exit(__getattr__("main")())  # the command line: main is in the agent proper
+if __name__ == "__main__":  # the command line: main is in the agent proper, which needs 3.8
+    if sys.version_info < (3, 8):  # noqa: UP036 -- the bare file reaches older Pythons, which pip would refuse
+        sys.stderr.write("corp-error-agent: error: the agent needs Python 3.8 or newer; this is %s\n"
+                         % sys.version.split()[0])
+        sys.exit(2)
+    sys.exit(__getattr__("main")())

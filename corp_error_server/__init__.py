@@ -21,11 +21,14 @@ __all__ = ["create_app", "app", "default_db_path", "DEFAULT_MAX_BODY", "DEFAULT_
 
 
 def default_db_path() -> str:
-    """``$CORP_ERROR_SERVER_DB``, else ``$XDG_DATA_HOME`` (or ~/.local/share)/corp_error_server/errors.db."""
+    """``$CORP_ERROR_SERVER_DB``, else ``$XDG_DATA_HOME`` (or ~/.local/share)/corp_error_server/errors.db,
+    whose directory this creates: it is the one place the server chooses. A path someone gave is
+    theirs, and a directory missing from it is an error, as in sqlite3 (a typo makes no tree)."""
     explicit = os.environ.get("CORP_ERROR_SERVER_DB")
     if explicit:
         return explicit
     data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    os.makedirs(os.path.join(data, "corp_error_server"), mode=0o700, exist_ok=True)
     return os.path.join(data, "corp_error_server", "errors.db")
 
 

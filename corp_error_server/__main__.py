@@ -3,16 +3,51 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad usage is one line naming what is wrong, and exit status 2, as in the agent's commands."""
+
+    def error(self, message: str):
+        self.exit(2, "%s: error: %s (see --help)\n" % (self.prog, message))
+
+
+def _read_number(kind: type, text: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not %s" % (text, "an integer" if kind is int else "a number")) from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError("%r is not a finite number" % text)
+    return value
+
+
+def _positive(kind: type) -> Callable[[str], float]:
+    def parse(text: str):
+        value = _read_number(kind, text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError("%s is not more than 0" % text)
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    value = _read_number(int, text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("%s is not a port number (0 to 65535)" % text)
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import DEFAULT_MAX_BODY, DEFAULT_RETENTION_DAYS, default_db_path
+    from . import DEFAULT_MAX_BODY, DEFAULT_RETENTION_DAYS
     from .ingest import DEFAULT_MAX_WAITING
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="corp-error-server",
         description="Serve the corp-error-agent backend (default), or run `corp-error-server demo ...`, or "
         "`corp-error-server migrate SRC DST` (copy a SQLite database into PostgreSQL).",
@@ -21,12 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("command", nargs="?", choices=["serve"], default="serve", help=argparse.SUPPRESS)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    parser.add_argument("--port", type=_port, default=8000, help="port (0 picks a free one)")
     parser.add_argument(
         "--db",
-        default=default_db_path(),
         help="a SQLite database file, or a postgresql://user@host/dbname URL (PostgreSQL needs the "
-        "package's [postgres] extra); also $CORP_ERROR_SERVER_DB (default: %(default)s)",
+        "package's [postgres] extra); also $CORP_ERROR_SERVER_DB (default: "
+        "$XDG_DATA_HOME/corp_error_server/errors.db, XDG_DATA_HOME being ~/.local/share unless set)",
     )
     parser.add_argument(
         "--token",
@@ -35,19 +70,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--retention-days",
-        type=float,
+        type=_positive(float),
         default=DEFAULT_RETENTION_DAYS,
         help="delete beacons older than this (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-body", type=int, default=DEFAULT_MAX_BODY, help="request body limit in bytes (default: %(default)s)"
+        "--max-body",
+        type=_positive(int),
+        default=DEFAULT_MAX_BODY,
+        help="request body limit in bytes (default: %(default)s)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=10.0, help="per-connection socket timeout in seconds (default: %(default)s)"
+        "--timeout",
+        type=_positive(float),
+        default=10.0,
+        help="per-connection socket timeout in seconds (default: %(default)s)",
     )
     parser.add_argument(
         "--max-waiting",
-        type=int,
+        type=_positive(int),
         default=DEFAULT_MAX_WAITING,
         help="writes waiting for the database beyond which requests get 503 (default: %(default)s)",
     )
@@ -72,7 +113,7 @@ def _demo(argv: List[str]) -> int:
 
 
 def _migrate(argv: List[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="corp-error-server migrate",
         description="Copy the database SRC (a SQLite file) into DST (a postgresql:// URL), ids and counts as they "
         "are, in one transaction: safe to run again after an interruption, and again later to copy "
@@ -121,19 +162,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv[:1] == ["migrate"]:
         return _migrate(argv[1:])
     args = _parser().parse_args(argv)
-    if (
-        not 0 <= args.port <= 65535
-        or args.retention_days <= 0
-        or args.max_body <= 0
-        or args.timeout <= 0
-        or args.max_waiting <= 0
-    ):
-        print(
-            "corp-error-server: --port, --retention-days, --max-body, --timeout and --max-waiting must be in range",
-            file=sys.stderr,
-        )
-        return 2
-    from . import create_app
+    from . import create_app, default_db_path
     from .alerts import parse_webhook
     from .app import INLINE_PATHS
     from .server import make_server, serve
@@ -144,6 +173,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as error:
         print("corp-error-server: %s" % error, file=sys.stderr)
         return 2
+    args.db = args.db or default_db_path()
     try:
         app = create_app(
             args.db,

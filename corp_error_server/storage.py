@@ -1391,9 +1391,8 @@ class SQLiteStorage(Storage):
 
     def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
         super().__init__()
-        if path != ":memory:":
-            directory = os.path.dirname(os.path.abspath(path))
-            os.makedirs(directory, mode=0o700, exist_ok=True)
+        if path != ":memory:" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise StorageError("no directory %s for the database file" % os.path.dirname(os.path.abspath(path)))
         self._path = path
         self._synchronous = {"FULL": "FULL", "NORMAL": "NORMAL", "OFF": "OFF"}[synchronous]
         self._pid = -1

@@ -449,16 +449,44 @@ def test_uninstall_leaves_an_agent_pip_installed_to_pip(agent_venv, sandbox):
     assert tree(agent_venv.site_packages) == before
 
 
-def test_install_refuses_a_python_older_than_3_8(sandbox, tmp_path):
-    olds = sorted((pyenv_root() / "versions").glob("3.7.*/bin/python"))
+def _old_pythons():
+    """The newest CPython 3.6 and 3.7 under pyenv: the bare file reaches them, pip would not."""
+    found = [sorted((pyenv_root() / "versions").glob("3.%d.*/bin/python" % minor)) for minor in (6, 7)]
+    return [paths[-1] for paths in found if paths]
+
+
+@pytest.mark.parametrize("command", ["install", "status", "snapshot"])
+def test_a_python_older_than_3_8_gets_one_line_and_exit_2(sandbox, tmp_path, command):
+    olds = _old_pythons()
     if not olds:
-        pytest.skip("no CPython 3.7 under %s/versions" % pyenv_root())
+        pytest.skip("no CPython 3.6 or 3.7 under %s/versions" % pyenv_root())
     target = tmp_path / "site"
     target.mkdir()
-    proc = run(olds[-1], [str(bare_copy(tmp_path)), "install", "--target", str(target)], sandbox.env())
-    lines = proc.stderr.decode().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and "the agent needs Python 3.8 or newer; this is 3.7." in lines[0]
+    for old in olds:
+        args = [command, "--target", str(target)] if command == "install" else [command]
+        proc = run(old, [str(bare_copy(tmp_path))] + args, sandbox.env())
+        lines = proc.stderr.decode().splitlines()
+        version = old.parent.parent.name
+        assert proc.returncode == 2 and proc.stdout == b"", (old, proc)
+        assert lines == ["corp-error-agent: error: the agent needs Python 3.8 or newer; this is %s" % version]
     assert list(target.iterdir()) == []
+
+
+def test_a_python_older_than_3_8_starts_with_no_hook_of_the_agent(sandbox, tmp_path):
+    """A .pth line of a shared site directory reaches every interpreter that reads it."""
+    olds = _old_pythons()
+    if not olds:
+        pytest.skip("no CPython 3.6 or 3.7 under %s/versions" % pyenv_root())
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for name in AGENT_FILES:
+        shutil.copy2(ROOT / name, shared / name)
+    probe = "import site, sys; site.addsitedir(%r); print(sys.excepthook is sys.__excepthook__); raise ValueError(1)"
+    for old in olds:
+        proc = run(old, ["-c", probe % str(shared)], sandbox.env())
+        assert proc.returncode == 1 and proc.stdout == b"True\n", (old, proc)
+        assert proc.stderr.decode().splitlines()[-1] == "ValueError: 1"
+        assert sandbox.spool() == []
 
 
 def test_install_for_the_user_is_refused_in_a_venv(agent_venv, sandbox):

@@ -165,6 +165,57 @@ print(json.dumps(log.getvalue()))
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_database_path_in_a_missing_directory_is_one_line_and_makes_no_directory(tmp_path):
+    result = _serve("--db", str(tmp_path / "typo" / "errors.db"))
+    assert result.returncode == 1
+    assert result.stderr == "corp-error-server: cannot open database %s: no directory %s for the database file\n" % (
+        tmp_path / "typo" / "errors.db",
+        tmp_path / "typo",
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_default_database_directory_is_made_for_the_user(tmp_path):
+    script = "import corp_error_server; print(corp_error_server.default_db_path())"
+    env = dict(os.environ, PYTHONPATH=str(REPO), XDG_DATA_HOME=str(tmp_path / "data"))
+    env.pop("CORP_ERROR_SERVER_DB", None)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert result.stdout == "%s\n" % (tmp_path / "data" / "corp_error_server" / "errors.db")
+    assert (tmp_path / "data" / "corp_error_server").is_dir()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--port", "70000"], "argument --port: 70000 is not a port number (0 to 65535)"),
+        (["--port", "eighty"], "argument --port: 'eighty' is not an integer"),
+        (["--timeout", "0"], "argument --timeout: 0 is not more than 0"),
+        (["--retention-days", "inf"], "argument --retention-days: 'inf' is not a finite number"),
+        (["--max-body", "-1"], "argument --max-body: -1 is not more than 0"),
+        (["--max-waiting", "1.5"], "argument --max-waiting: '1.5' is not an integer"),
+        (["--no-such-option"], "unrecognized arguments: --no-such-option"),
+    ],
+)
+def test_bad_usage_of_the_server_is_one_line_naming_the_option_and_exit_2(tmp_path, args, message):
+    result = _serve("--db", str(tmp_path / "errors.db"), *args)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "corp-error-server: error: %s (see --help)\n" % message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_usage_of_migrate_is_one_line_and_exit_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "corp_error_server", "migrate", "only-one"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(REPO),
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "corp-error-server migrate: error: the following arguments are required: dst (see --help)\n"
+
+
 def test_an_unreachable_postgresql_is_one_line_and_exit_1(pg_cluster):
     result = _serve("--db", "postgresql://app:s3cret@127.0.0.1:%d/errors" % _closed_port())
     assert result.returncode == 1
