@@ -583,14 +583,23 @@ def _on_thread_exception(args) -> None:
 
 
 def _patch_asyncio(base_events) -> None:
-    """Report task exceptions nobody retrieved: they never reach sys.excepthook."""
+    """Report task exceptions nobody retrieved: they never reach sys.excepthook.
+
+    The original handler logs them (logger.error with exc_info): that record is asyncio's report
+    of an error nobody handled, so the logging patch leaves it to this one (_on_logged_error)."""
     original = base_events.BaseEventLoop.default_exception_handler
 
     def default_exception_handler(self, context):
-        original(self, context)
         error = context.get("exception")
-        if isinstance(error, Exception) and type(error).__name__ != "CancelledError":
-            _call_agent("_on_error", type(error), error, error.__traceback__, False)
+        if not (isinstance(error, Exception) and type(error).__name__ != "CancelledError"):
+            return original(self, context)
+        logging_now = _process.setdefault("asyncio_logging", set())  # ids: an exception may be unhashable
+        logging_now.add(id(error))
+        try:
+            original(self, context)
+        finally:
+            logging_now.discard(id(error))
+        _call_agent("_on_error", type(error), error, error.__traceback__, False)
     base_events.BaseEventLoop.default_exception_handler = default_exception_handler
 
 
@@ -672,6 +681,8 @@ def _on_logged_error(record) -> None:
     if threading.current_thread().name.startswith(_APP) or threading.get_ident() in _process.get("reporting", ()):
         return  # logged by the agent's own threads, or while the agent reports
     exc_type, exc, tb = record.exc_info
+    if id(exc) in _process.get("asyncio_logging", ()):
+        return  # asyncio logging a task's error nobody retrieved: reported as unhandled (_patch_asyncio)
     _on_error(exc_type, exc, tb, wait_for_hint=False, handled=True)
 
 

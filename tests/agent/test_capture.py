@@ -123,6 +123,7 @@ def test_asyncio_task_exception_never_retrieved(agent_venv, backend, sandbox):
     assert b"Task exception was never retrieved" in proc.stderr
     [beacon] = wait_error(backend, "boom-task")
     assert beacon["error_sig"].startswith("KeyError: 'boom-task' @ __main__.boom")
+    assert "handled" not in beacon  # asyncio logs it, but nobody handled it: not a logged error
 
 
 def test_chained_exception(agent_venv, backend, sandbox):
