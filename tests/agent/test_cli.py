@@ -449,20 +449,20 @@ def test_uninstall_leaves_an_agent_pip_installed_to_pip(agent_venv, sandbox):
     assert tree(agent_venv.site_packages) == before
 
 
-def _old_pythons():
+@pytest.fixture
+def old_pythons():
     """The newest CPython 3.6 and 3.7 under pyenv: the bare file reaches them, pip would not."""
     found = [sorted((pyenv_root() / "versions").glob("3.%d.*/bin/python" % minor)) for minor in (6, 7)]
+    if not any(found):
+        pytest.skip("no CPython 3.6 or 3.7 under %s/versions" % pyenv_root())
     return [paths[-1] for paths in found if paths]
 
 
 @pytest.mark.parametrize("command", ["install", "status", "snapshot"])
-def test_a_python_older_than_3_8_gets_one_line_and_exit_2(sandbox, tmp_path, command):
-    olds = _old_pythons()
-    if not olds:
-        pytest.skip("no CPython 3.6 or 3.7 under %s/versions" % pyenv_root())
+def test_a_python_older_than_3_8_gets_one_line_and_exit_2(sandbox, tmp_path, old_pythons, command):
     target = tmp_path / "site"
     target.mkdir()
-    for old in olds:
+    for old in old_pythons:
         args = [command, "--target", str(target)] if command == "install" else [command]
         proc = run(old, [str(bare_copy(tmp_path))] + args, sandbox.env())
         lines = proc.stderr.decode().splitlines()
@@ -472,17 +472,14 @@ def test_a_python_older_than_3_8_gets_one_line_and_exit_2(sandbox, tmp_path, com
     assert list(target.iterdir()) == []
 
 
-def test_a_python_older_than_3_8_starts_with_no_hook_of_the_agent(sandbox, tmp_path):
+def test_a_python_older_than_3_8_starts_with_no_hook_of_the_agent(sandbox, tmp_path, old_pythons):
     """A .pth line of a shared site directory reaches every interpreter that reads it."""
-    olds = _old_pythons()
-    if not olds:
-        pytest.skip("no CPython 3.6 or 3.7 under %s/versions" % pyenv_root())
     shared = tmp_path / "shared"
     shared.mkdir()
     for name in AGENT_FILES:
         shutil.copy2(ROOT / name, shared / name)
     probe = "import site, sys; site.addsitedir(%r); print(sys.excepthook is sys.__excepthook__); raise ValueError(1)"
-    for old in olds:
+    for old in old_pythons:
         proc = run(old, ["-c", probe % str(shared)], sandbox.env())
         assert proc.returncode == 1 and proc.stdout == b"True\n", (old, proc)
         assert proc.stderr.decode().splitlines()[-1] == "ValueError: 1"
