@@ -296,7 +296,10 @@ def resolve_group(storage: Storage, signature: str, env_hash: str, script_id: Op
     return (fitting or heads)[0]
 
 
-def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon, Optional[Env]]:
+def parse_beacon(body: dict) -> Tuple[Beacon, Optional[Env], Optional[str]]:
+    """The beacon, its inline environment, and the signature of the failure a success follows:
+    that failure's group is, until ``with_previous_group`` resolves it, the group its own line and
+    places make (a read of storage, done where the beacon is written)."""
     kind = _text(_required(body, "kind"), "kind", max(map(len, limits.KINDS)))
     if kind not in limits.KINDS:
         raise HTTPError(400, "kind must be \"error\" or \"success\"")
@@ -315,14 +318,8 @@ def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon,
     prev_env_hash = _optional_text(body, "prev_env_hash", _BEACON["prev_env_hash"], empty=False)
     prev_error_sig = _optional_text(body, "prev_error_sig", keep=_BEACON_KEPT["prev_error_sig"])
     group, mentions = _error_identity(error_sig, trace) if kind == "error" else (None, frozenset())
-    prev_group = None
-    if prev_error_sig and kind == "success":
-        resolved = resolve_group(storage, prev_error_sig, prev_env_hash or env_hash, script_id) if storage else None
-        prev_group = (
-            resolved.key
-            if resolved
-            else (_group_of(prev_error_sig, None) if corp_error_agent.group_key(prev_error_sig) else None)
-        )
+    follows = prev_error_sig if prev_error_sig and kind == "success" else None
+    prev_group = _group_of(follows, None) if follows and corp_error_agent.group_key(follows) else None
     inline = body.get("env")
     if inline is not None and not isinstance(inline, dict):
         raise HTTPError(400, "env must be an object like the /env body")
@@ -344,7 +341,13 @@ def parse_beacon(body: dict, storage: Optional[Storage] = None) -> Tuple[Beacon,
         handled=handled and kind == "error",
         host=_optional_text(body, "host", keep=_BEACON_KEPT["host"]) or None,
     )
-    return beacon, (parse_env(inline, env_hash) if inline else None)
+    return beacon, (parse_env(inline, env_hash) if inline else None), follows
+
+
+def with_previous_group(storage: Storage, beacon: Beacon, follows: str) -> Beacon:
+    """``beacon`` (a success after the failure ``follows``) naming the group that failure is in."""
+    resolved = resolve_group(storage, follows, beacon.prev_env_hash or beacon.env_hash, beacon.script_id)
+    return beacon._replace(prev_group_key=resolved.key) if resolved else beacon
 
 
 ###############################################################################
@@ -606,12 +609,19 @@ class _App:
 
     # -- wire routes ------------------------------------------------------------------------
 
-    def _store(self, environ: dict, beacon: Optional[Beacon], env: Optional[Env], answer: Callable):
+    def _store(
+        self,
+        environ: dict,
+        beacon: Optional[Beacon],
+        env: Optional[Env],
+        answer: Callable,
+        prepare: Optional[ingest.Prepare] = None,
+    ):
         """``answer(result)`` once the write committed: now, or, when the server can defer the
         request's answer, from the committing thread (``_DEFERRED`` now)."""
         defer = environ.get(DEFER)
         if defer is None:
-            return answer(self._committer.add(beacon, env))
+            return answer(self._committer.add(beacon, env, prepare))
         path = environ.get("PATH_INFO") or "/"
         respond = defer()
 
@@ -626,15 +636,25 @@ class _App:
             respond(*given)
 
         try:
-            self._committer.submit(beacon, env, committed)
+            self._committer.submit(beacon, env, committed, prepare)
         except ingest.Busy as error:
             committed(None, error)
         return _DEFERRED
 
     def _beacon(self, body: dict, environ: dict):
-        beacon, env = parse_beacon(body, self.storage)
+        beacon, env, follows = parse_beacon(body)
         self._maybe_purge()
-        return self._store(environ, beacon, env, functools.partial(self._stored_beacon, beacon))
+        if follows is None:
+            return self._store(environ, beacon, env, functools.partial(self._stored_beacon, beacon))
+        # The previous failure's group is read from storage on the committing thread: on the
+        # embedded server's loop that read would hold every connection while the database is slow.
+        stored = [beacon]
+
+        def prepare() -> Beacon:
+            stored[0] = with_previous_group(self.storage, beacon, follows)
+            return stored[0]
+
+        return self._store(environ, beacon, env, lambda result: self._stored_beacon(stored[0], result), prepare)
 
     def _stored_beacon(self, beacon: Beacon, result: BeaconResult):
         moved = beacon.group_key or beacon.prev_group_key

@@ -59,11 +59,20 @@ class Busy(Exception):
 Done = Callable[[Optional[BeaconResult], Optional[BaseException]], None]
 
 
-class _Write:
-    __slots__ = ("item", "result", "error", "done", "lead", "abandoned", "callback")
+Prepare = Callable[[], Beacon]
 
-    def __init__(self, item: Tuple[Optional[Beacon], Optional[Env]], callback: Optional[Done] = None) -> None:
+
+class _Write:
+    __slots__ = ("item", "prepare", "result", "error", "done", "lead", "abandoned", "callback")
+
+    def __init__(
+        self,
+        item: Tuple[Optional[Beacon], Optional[Env]],
+        callback: Optional[Done] = None,
+        prepare: Optional[Prepare] = None,
+    ) -> None:
         self.item = item
+        self.prepare = prepare  # gives the beacon to store in place of item's, on the committing thread
         self.callback = callback  # submitted: called once committed, where a blocking add is woken
         self.result: Optional[BeaconResult] = None
         self.error: Optional[BaseException] = None
@@ -105,9 +114,14 @@ class Committer:
         with self._lock:
             return {"waiting": self._waiting, "transactions": self.transactions, "writes": self.stored}
 
-    def add(self, beacon: Optional[Beacon], env: Optional[Env] = None) -> BeaconResult:
-        """Store one beacon (or, without one, an environment); return once it is committed."""
-        write = _Write((beacon, env))
+    def add(
+        self, beacon: Optional[Beacon], env: Optional[Env] = None, prepare: Optional[Prepare] = None
+    ) -> BeaconResult:
+        """Store one beacon (or, without one, an environment); return once it is committed.
+        ``prepare()``, when given, is called just before the batch is written and gives the beacon
+        to store (what it reads is then read where the writing is done); what it raises fails this
+        write alone."""
+        write = _Write((beacon, env), prepare=prepare)
         with self._lock:
             self._enqueue(write)
             write.lead, self._leading = not self._leading, True
@@ -130,11 +144,13 @@ class Committer:
         if self._gather_for and len(self._queue) >= self._gather_for:
             self._arrived.notify()
 
-    def submit(self, beacon: Optional[Beacon], env: Optional[Env], callback: Done) -> None:
+    def submit(
+        self, beacon: Optional[Beacon], env: Optional[Env], callback: Done, prepare: Optional[Prepare] = None
+    ) -> None:
         """Store one beacon (or environment) without waiting: ``callback(result, error)`` is called,
         on the committing thread, once its transaction committed (or failed). Raises ``Busy`` at once
-        past the bound, as ``add`` does."""
-        write = _Write((beacon, env), callback)
+        past the bound, as ``add`` does; ``prepare`` as in ``add``."""
+        write = _Write((beacon, env), callback, prepare)
         with self._lock:
             self._enqueue(write)
             if not self._leading:
@@ -247,17 +263,28 @@ class Committer:
                 write.done.release()
 
     def _commit(self, batch: List[_Write]) -> None:
+        ready = []
+        for write in batch:
+            if write.prepare is not None:
+                try:
+                    write.item = (write.prepare(), write.item[1])
+                except Exception as error:
+                    write.error = error
+                    continue
+            ready.append(write)
+        if not ready:
+            return
         try:
-            results = self._storage.add_beacons([write.item for write in batch])
+            results = self._storage.add_beacons([write.item for write in ready])
         except Exception as error:  # nothing of this transaction is stored: each request fails with it
-            for write in batch:
+            for write in ready:
                 write.error = error
             return
-        for write, result in zip(batch, results):
+        for write, result in zip(ready, results):
             if result.error is not None:
                 write.error = result.error
             else:
                 write.result = result
         with self._lock:
             self.transactions += 1
-            self.stored += len(batch)
+            self.stored += len(ready)

@@ -358,3 +358,26 @@ def test_an_answer_that_is_not_sendable_as_http_is_a_500_and_the_workers_serve_o
     finally:
         server.stop()
     assert "UnicodeEncodeError" in server.log.getvalue()
+
+
+def test_the_group_a_success_follows_is_read_off_the_loop(served):
+    """A success naming its failure (prev_error_sig) is counted for that failure's group, read from
+    storage: while that read is held (a slow database), the loop still serves other requests."""
+    server = served()
+    failure = _Reader(server.connect())
+    failure.sock.sendall(_beacon(1))
+    assert failure.answer()[0] == 204  # (the group exists; its environment was never posted)
+    heads = server.gate("group_heads")
+    success = _Reader(server.connect())
+    body = {"kind": "success", "env_hash": "e2", "script_id": "s1", "ts": 1700000100.0, "event_id": "ok-1"}
+    success.sock.sendall(_request("POST", "/beacon", dict(body, prev_error_sig=SIG, prev_env_hash="e1")))
+    assert heads.entered.acquire(timeout=WAIT)
+    other = _Reader(server.connect())
+    other.sock.sendall(_request("GET", "/openapi.json"))
+    assert other.answer()[0] == 200
+    assert success.nothing_yet()
+    heads.open()
+    assert success.answer()[0] == 204
+    with sqlite3.connect(server.db) as conn:
+        (group,) = conn.execute("SELECT prev_group_id FROM beacons WHERE event_id = 'ok-1'").fetchone()
+        assert group == conn.execute("SELECT group_id FROM beacons WHERE event_id = 'ev-1'").fetchone()[0]
