@@ -36,6 +36,7 @@ _MAX_VALUES = 8  # features with more distinct values than this are per-machine 
 _ALPHA = 1.0  # Dirichlet concentration per value
 _NO_CAUSE_PRIOR = 0.35  # prior share of bugs that fail whatever the environment
 _NO_CAUSE_STDLIB = 0.01  # the same when the asker's Python lacks the module the exception line names
+# (or lacks the variable a KeyError names, _lacks_named_variable)
 _MENTIONED = 25.0  # prior weight of a package the traceback names, against 1 for others
 _PYTHON_PRIOR = 3.0  # the interpreter version is a common cause: more than one package's share
 # a variable collected because the team listed it (ERROR_AGENT_ENV_ALLOW) is one they suspect of
@@ -559,6 +560,22 @@ def _prior(feature: str, mentions: Set[str], python_need, message: str) -> float
     return 1.0
 
 
+_KEY_ERROR = re.compile(r"^keyerror: '(\w+)'$")
+
+
+def _lacks_named_variable(group: GroupData, requester: Features) -> bool:
+    """The exception line is ``KeyError: 'NAME'``, every failing run that collected the variable NAME
+    had it unset, and the asker has not got it set: the environment demonstrably lacks what the line
+    says is missing, as an interpreter lacks a module (os.environ raises exactly this)."""
+    named = _KEY_ERROR.match(group.message)
+    if not named:
+        return False
+    feature = next((f for f in group.counts if f.startswith("env:") and f[4:].lower() == named.group(1)), "")
+    values = group.counts.get(feature, {})
+    failing = {value for value, (fails, _) in values.items() if fails > 0}
+    return failing == {UNSET} and requester.get(feature, UNSET) == UNSET
+
+
 def _satisfies(need, version: str) -> bool:
     key = version_key(version)
     if key is None:
@@ -673,11 +690,8 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
 
     seps, priors = _kept(group, "separations", separations)
     total_prior = sum(priors.values()) or 1.0
-    no_cause = (
-        _NO_CAUSE_STDLIB
-        if python_need and _python_target(python_need, None, requester.get("python", ""))[0]
-        else _NO_CAUSE_PRIOR
-    )
+    lacks_module = bool(python_need and _python_target(python_need, None, requester.get("python", ""))[0])
+    no_cause = _NO_CAUSE_STDLIB if lacks_module or _lacks_named_variable(group, requester) else _NO_CAUSE_PRIOR
     hypotheses = []
     for feature, sep in seps.items():
         current = requester.get(feature, ABSENT if feature.startswith("pkg:") else "")

@@ -400,6 +400,25 @@ def test_an_unset_variable_is_one_of_two_hypotheses_whatever_the_values_that_wor
     )
 
 
+def test_a_key_error_naming_a_variable_the_failing_runs_lacked_has_an_environment_cause():
+    """os.environ raises KeyError: 'DATA_DIR' exactly when it is unset: like a module the asker's
+    Python lacks, the line says what the environment is missing, and one success shows a value."""
+
+    def env(data_dir: str) -> dict:
+        packages = {"dep%02d" % i: "1.%d" % (i % 3) for i in range(40)}  # fifty-odd features, as in a venv
+        return engine.env_features(packages, "3.11.7", "CPython", "Linux", "x86_64", {"DATA_DIR": data_dir})
+
+    bad, good = env("MISSING"), env("/srv/data")
+    group = _group([bad], [good])._replace(message="keyerror: 'data_dir'")
+    answer = engine.suggest(group, bad)
+    assert answer["match"] and answer["solution"] == "export DATA_DIR=/srv/data", answer
+    # another key, or a failing run that had the variable set: the line says nothing of the
+    # environment, and one failure against one success is too little
+    assert not engine.suggest(group._replace(message="keyerror: 'id'"), bad)["match"]
+    also_set = _group([bad, env("/mnt/data")], [good, good])._replace(message="keyerror: 'data_dir'")
+    assert not engine.suggest(also_set, bad)["match"]
+
+
 # -- where a bug is raised -----------------------------------------------------------------------
 
 _LIB_TRACE = (
