@@ -181,7 +181,19 @@ _TOOLING = {
 }
 _PATCH = {"3.8": "3.8.18", "3.9": "3.9.18", "3.10": "3.10.13", "3.11": "3.11.7", "3.12": "3.12.1", "3.13": "3.13.0"}
 _USERS = ["alice", "bob", "chen", "dana", "eve", "farid", "gwen", "hiro", "ines", "jo", "kai", "lena"]
-_DEFAULT_VARS = ("LANG", "TZ", "VIRTUAL_ENV")  # allow-listed names both clients collect by default
+# The allow-list both clients always send (an unset one as "MISSING"); only ours adds the names of
+# ERROR_AGENT_ENV_ALLOW: the published 0.4.2 client's list is fixed (its sitecustomize.py ENV_ALLOW)
+_DEFAULT_VARS = (
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "PYTHONPATH",
+    "LC_ALL",
+    "LANG",
+    "TZ",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+)
 
 
 def _minor(python: str) -> str:
@@ -199,7 +211,7 @@ class Env:
     packages: Dict[str, str]
     python: str
     vars: Dict[str, str]  # really set; a name absent here is unset
-    collected: Set[str]  # env var names this run's agent collects (absent = not collected)
+    collected: Set[str]  # env var names this run's agent is told to collect (absent = not collected)
     client: str  # "ours" or "042"
     user: str
 
@@ -212,9 +224,13 @@ class Env:
     def site(self) -> str:
         return "%s/venvs/app/lib/python%s/site-packages" % (self.home(), _minor(self.python))
 
+    def sent_vars(self) -> Set[str]:
+        """The env var names this run's client really sends."""
+        return self.collected if self.client == "ours" else set(_DEFAULT_VARS)
+
     def body(self) -> dict:
         """The POST /env payload this run's client sends (without env_hash)."""
-        env_vars = {name: self.vars.get(name, "MISSING") for name in sorted(self.collected)}
+        env_vars = {name: self.vars.get(name, "MISSING") for name in sorted(self.sent_vars())}
         if self.client == "ours":
             env_vars = {k: v.replace(self.home(), "~") for k, v in env_vars.items()}
         body = {
@@ -907,7 +923,7 @@ def envvar_scenario(b: Builder, kind: str) -> Scenario:
     ask = bad()
     if rng.random() < 0.7:
         ask.collected.add(name)
-    if name not in ask.collected:  # the asking run's own value is unknown to the server: reported apart
+    if name not in ask.sent_vars():  # the asking run's own value is unknown to the server: reported apart
         sc.kind += "-uncollected"
     sc.ask = (ask, 0)
     sc.oracle = lambda pop: "export %s=%s" % (name, values[0])
