@@ -680,7 +680,7 @@ class _App:
         if head is None:
             return 200, {"match": False, "reason": "no runs of this error yet"}, []
         state = self._group_states({head.id: head.revision})[head.id]
-        return 200, engine.suggest(state.for_script(script_id), self.storage.env_features(env_hash)), []
+        return 200, engine.suggest(state.data, self.storage.env_features(env_hash)), []
 
     def _healthz(self, environ: dict):
         self.storage.ping()  # the database down: StorageUnavailable, a 503 (bounded by the storage's timeouts)

@@ -476,7 +476,6 @@ def _failing_range(values: Mapping[str, Tuple[float, float]], good: Sequence[str
 class FixPair(NamedTuple):
     failing: Features
     fixed: Features
-    same_script: bool
 
 
 def _pair_diff(pair: FixPair) -> Dict[str, Tuple[str, str]]:

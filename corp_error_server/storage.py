@@ -212,16 +212,7 @@ class GroupState(NamedTuple):
 
     group_id: int
     revision: int
-    data: GroupData  # the observed fixes with same_script False
-    fix_scripts: Tuple[str, ...]  # the script of each observed fix, in data.pairs' order
-
-    def for_script(self, script_id: Optional[str]) -> GroupData:
-        """The engine's input for a run of ``script_id``: its own observed fixes marked as such."""
-        if script_id is None or script_id not in self.fix_scripts:
-            return self.data
-        return self.data._replace(
-            pairs=[pair._replace(same_script=sid == script_id) for pair, sid in zip(self.data.pairs, self.fix_scripts)]
-        )
+    data: GroupData
 
 
 def _once(read: Callable[[], T]) -> Callable[[], T]:
@@ -905,12 +896,12 @@ class Storage:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def group_data(self, group_key: str, script_id: Optional[str] = None) -> Optional[GroupData]:
+    def group_data(self, group_key: str) -> Optional[GroupData]:
         """The group of that key; given only an exception line, the busiest group of that line."""
 
         def work(cur: Cursor) -> Optional[GroupData]:
             head = self._head_of(cur, group_key)
-            return None if head is None else self._group_state(cur, head.id).for_script(script_id)
+            return None if head is None else self._group_state(cur, head.id).data
 
         return self._read(work)
 
@@ -994,7 +985,7 @@ class Storage:
                 values = counts.setdefault(feature, {})
                 a, b = values.get(value, (0, 0))
                 values[value] = (a + runs, b)
-        pairs, fix_scripts = [], []
+        pairs = []
         fixes = cur.execute(
             "SELECT prev_env_hash, env_hash, script_id FROM beacons WHERE prev_group_id = ? "
             "AND kind = 'success' AND prev_env_hash IS NOT NULL AND test = 0 ORDER BY id DESC LIMIT ?",
@@ -1021,8 +1012,7 @@ class Storage:
             if fixed_features is not None and failing == fixed and (fixed, sid) in unnamed:
                 fixed_features = _without_variables(fixed_features)
             if failing_features is not None and fixed_features is not None:
-                pairs.append(FixPair(failing_features, fixed_features, False))
-                fix_scripts.append(sid)
+                pairs.append(FixPair(failing_features, fixed_features))
         # distinct environments among the latest failing runs, scaled to all of them (bounded work)
         recent = cur.execute(
             "SELECT COUNT(*), COUNT(DISTINCT env_hash) FROM (SELECT env_hash FROM beacons "
@@ -1041,7 +1031,7 @@ class Storage:
             fail_envs,
             _once(lambda: self._succeeding_envs(group_id)),
         )
-        return GroupState(group_id, revision, data, tuple(fix_scripts))
+        return GroupState(group_id, revision, data)
 
     def _succeeding_envs(self, group_id: int) -> List[Dict[str, str]]:
         def work(cur: Cursor) -> List[Dict[str, str]]:

@@ -86,14 +86,14 @@ def test_tie_between_packages_that_changed_together_is_broken_by_the_trace():
 def test_one_observed_fix_changing_one_package_is_enough():
     before = _features({"packaging": "23.2", "rich": "13.0"})
     after = _features({"packaging": "21.3", "rich": "13.0"})
-    answer = engine.suggest(_group([before], [after], {"packaging"}, [FixPair(before, after, True)]), before)
+    answer = engine.suggest(_group([before], [after], {"packaging"}, [FixPair(before, after)]), before)
     assert answer["match"] and answer["solution"] == 'pip install "packaging==21.3"'
-    several = [FixPair(before, after, False)] * 3
+    several = [FixPair(before, after)] * 3
     more = engine.suggest(_group([before] * 3, [after] * 3, {"packaging"}, several), before)
     assert more["evidence"]["posterior"] > answer["evidence"]["posterior"]
     # a package the trace does not name: the same one fix is enough when nothing else differed
     # between the two runs (a feature that did not vary is refuted by the success), but less sure
-    unnamed = engine.suggest(_group([before], [after], pairs=[FixPair(before, after, True)]), before)
+    unnamed = engine.suggest(_group([before], [after], pairs=[FixPair(before, after)]), before)
     assert unnamed["match"] and unnamed["solution"] == 'pip install "packaging==21.3"'
     assert unnamed["evidence"]["posterior"] < answer["evidence"]["posterior"]
 
@@ -103,7 +103,7 @@ def test_bystanders_riding_along_in_fixes_are_left_out():
     for i in range(4):  # every fix downgrades packaging; each also upgraded some other package
         before = _features({"packaging": "23.2", "rich": "13.0", "tqdm": "4.0", "click": "8.0"})
         after = dict(before, **{"pkg:packaging": "21.3", ["pkg:rich", "pkg:tqdm", "pkg:click", "pkg:rich"][i]: "9.9"})
-        pairs.append(FixPair(before, after, False))
+        pairs.append(FixPair(before, after))
         bad.append(before)
         good.append(after)
     answer = engine.suggest(_group(bad, good, {"packaging"}, pairs), bad[0])
@@ -161,7 +161,7 @@ def test_inconsistent_fixes_are_not_evidence():
     for i in range(12):
         before = _features({"pandas": versions[i % 4], "numpy": "1.%d" % (i % 3)})
         after = _features({"pandas": versions[(i + 1) % 4], "numpy": "1.%d" % (i % 3)})
-        pairs.append(FixPair(before, after, False))
+        pairs.append(FixPair(before, after))
         bad.append(before)
         good.append(after)
     assert not engine.suggest(_group(bad, good, {"pandas"}, pairs), bad[0])["match"]
@@ -196,9 +196,9 @@ def test_a_failing_environment_that_passed_unchanged_is_evidence_against_what_it
     rerun = _group(bad, good + [bad[0]])  # one failing environment also passed
     assert engine.suggest(rerun, bad[1])["match"]
     # ... and the pass named that failure (our agent's prev_env_hash): nothing visible changed
-    assert not engine.suggest(rerun._replace(pairs=[FixPair(bad[0], bad[0], False)]), bad[1])["match"]
+    assert not engine.suggest(rerun._replace(pairs=[FixPair(bad[0], bad[0])]), bad[1])["match"]
     # a working environment's flaky failure and its re-run's pass say little against the cause
-    flaky = _group(bad + [good[0]], good + [good[0]], pairs=[FixPair(good[0], good[0], False)])
+    flaky = _group(bad + [good[0]], good + [good[0]], pairs=[FixPair(good[0], good[0])])
     assert engine.suggest(flaky, bad[1])["solution"] == 'pip install "packaging==21.3"'
 
 
@@ -260,7 +260,7 @@ def test_a_cause_the_trace_names_is_answered_however_many_packages_moved_with_it
 def test_packaging_tools_are_bystanders_of_an_interpreter_change():
     before = _features({"pip": "23.0.1", "setuptools": "65.5.0"}, "3.10.13")
     after = _features({"pip": "23.2.1", "setuptools": "68.0.0"}, "3.11.7")
-    group = _group([before], [after], pairs=[FixPair(before, after, True)])._replace(
+    group = _group([before], [after], pairs=[FixPair(before, after)])._replace(
         message="modulenotfounderror: no module named 'tomllib'"
     )
     answer = engine.suggest(group, before)
@@ -351,7 +351,7 @@ def test_one_fix_that_changed_only_an_env_var_names_it():
     # APP_MODE changed; everything else did not vary, so the success refutes it
     before = _env(APP_MODE="prod", LANG="C.UTF-8", TZ="MISSING", PYTHONPATH="MISSING", NO_PROXY="MISSING")
     after = dict(before, **{"env:APP_MODE": "dev"})
-    group = _group([before], [after], pairs=[FixPair(before, after, True)])._replace(
+    group = _group([before], [after], pairs=[FixPair(before, after)])._replace(
         message="permissionerror: the report bucket is read-only for this host"
     )
     answer = engine.suggest(group, before)
@@ -367,7 +367,7 @@ def test_a_fix_whose_runs_did_not_both_collect_a_variable_says_nothing_about_it(
     blind_after = engine.env_features({"pip": "23.2.1"}, "3.11.7", "CPython", "Linux", "x86_64", {"LANG": "C"})
     blind_before = dict(blind_after)
     blind_before.pop("env:LANG")
-    unseen = [FixPair(dict(blind_before, **{"pkg:rich": "13.0"}), dict(blind_after, **{"pkg:rich": "12.0"}), False)] * 3
+    unseen = [FixPair(dict(blind_before, **{"pkg:rich": "13.0"}), dict(blind_after, **{"pkg:rich": "12.0"}))] * 3
     with_unseen = engine.suggest(group._replace(pairs=unseen), bad[0])
     assert with_unseen["match"] and with_unseen["solution"] == "export APP_MODE=dev"
     without = engine.suggest(group, bad[0])
@@ -666,6 +666,6 @@ def test_a_re_run_whose_pass_did_not_collect_a_variable_says_nothing_about_it():
     group = _group(bad, good)._replace(message="valueerror: unsupported mode")
     unknown = dict(bad[0])
     unknown.pop("env:APP_MODE")
-    with_pass = engine.suggest(group._replace(pairs=[FixPair(bad[0], unknown, False)]), bad[1])
+    with_pass = engine.suggest(group._replace(pairs=[FixPair(bad[0], unknown)]), bad[1])
     assert with_pass["match"] and with_pass["solution"] == "export APP_MODE=dev"
     assert with_pass["confidence"] >= engine.suggest(group, bad[1])["confidence"]

@@ -28,10 +28,10 @@ def _success(env_hash: str, script_id: str, prev_env: str) -> dict:
     }
 
 
-def _direct(db: str, env_hash: str, script_id=None) -> dict:
+def _direct(db: str, env_hash: str) -> dict:
     storage = open_storage(db)
     try:
-        data = storage.group_data(corp_error_agent.group_key(SIG), script_id)
+        data = storage.group_data(corp_error_agent.group_key(SIG))
         return engine.suggest(data, storage.env_features(env_hash))
     finally:
         storage.close()
@@ -63,13 +63,13 @@ def test_kept_answers_equal_the_direct_computation_as_runs_arrive(server):
     asked = [(env, script) for env in ("bad0", "good1") for script in (None, "s0", "s1")]
     before = {q: _asked(server, *q) for q in asked}
     assert {q: _asked(server, *q) for q in asked} == before  # asked again: kept, the same
-    assert before == {q: _direct(server.db, *q) for q in asked}
+    assert before == {q: _direct(server.db, q[0]) for q in asked}
     listed = server.request("GET", "/api/errors")[1]["groups"][0]
     assert listed["suggestion"] == _direct(server.db, "bad1")  # the latest failing run's environment
 
     _runs(server, range(2, 14), range(1, 10))  # the group moves: every kept answer must go
     after = {q: _asked(server, *q) for q in asked}
-    assert after == {q: _direct(server.db, *q) for q in asked}
+    assert after == {q: _direct(server.db, q[0]) for q in asked}
     assert after[("bad0", None)]["match"] and after[("bad0", None)] != before[("bad0", None)]
     _runs(server, range(0), range(10, 14))  # successes only: the revision moves with them too
     latest = _asked(server, "bad0")
@@ -148,9 +148,7 @@ def test_the_engine_answers_alike_for_a_group_it_has_analysed_before():
         for feature, value in env.items():
             a, b = counts.setdefault(feature, {}).get(value, (0, 0))
             counts[feature][value] = (a + failed, b + (not failed))
-    pairs = [
-        FixPair(dict(env, **{"pkg:tinylib": "1.0"}), dict(env, **{"pkg:tinylib": "2.0"}), False) for env in envs[:2]
-    ]
+    pairs = [FixPair(dict(env, **{"pkg:tinylib": "1.0"}), dict(env, **{"pkg:tinylib": "2.0"})) for env in envs[:2]]
     group = GroupData(fails, oks, counts, {"tinylib"}, pairs, "attributeerror: module 'tinylib'", 30)
     for requester in envs + envs:  # the second round from what the first kept
         assert engine.suggest(group, requester) == engine.suggest(copy.deepcopy(group), requester)
