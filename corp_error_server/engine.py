@@ -53,6 +53,10 @@ _RERUN_ON_BAD = math.log((1 - _MISS) * _MISS / 0.25)
 _RERUN_ON_GOOD = math.log(_FLAKE * (1 - _FLAKE) / 0.25)
 _MAX_TOGETHER = 3  # more features than this splitting the runs alike is chance, not a cause
 _PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
+# where the environment lives: the venv shows in its packages and interpreter, seen directly; the path
+# is the user's and machine's, and its spelling the client's (ours writes the home directory as ~,
+# 0.4.2 does not, and reports a success only after a failure on that machine), not configuration
+_ENV_LOCATION = ("env:VIRTUAL_ENV", "env:CONDA_PREFIX")
 # Platt calibration (slope, offset on the logit) of the posterior: bench/engine_quality.py --fit, seeds 101-110
 # (never the seeds reported, 1-5)
 _CALIBRATION = (2.80, 0.15)
@@ -550,7 +554,7 @@ def _prior(feature: str, mentions: Set[str], python_need, message: str) -> float
         return _MENTIONED
     if feature.startswith("env:") and feature[4:].lower() in message:
         return _MENTIONED  # "APP_MODE 'prod' is not supported"
-    if feature in _PACKAGING_TOOLS:
+    if feature in _PACKAGING_TOOLS or feature in _ENV_LOCATION:
         return _PACKAGING_TOOL
     if feature.startswith("env:") and feature[4:] not in corp_error_agent.ENV_ALLOW:
         return _ALLOWED_PRIOR

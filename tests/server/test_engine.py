@@ -142,6 +142,22 @@ def test_per_machine_values_are_not_causes():
     assert not engine.suggest(_group(bad, good), bad[0])["match"]
 
 
+def test_the_active_venv_path_is_no_cause():
+    """Five failures outside a venv, three successes in one: a chance split of a bug without an
+    environment cause (the independent generator's). The venv shows in the packages; its path does not
+    break code, unless the exception line names the variable."""
+    packages = {"lib%d" % i: "1.%d" % i for i in range(40)}
+    bad = [_features(packages, LANG="C.UTF-8", VIRTUAL_ENV="MISSING") for _ in range(5)]
+    good = [_features(packages, LANG="C.UTF-8", VIRTUAL_ENV="~/venvs/app") for _ in range(3)]
+    assert not engine.suggest(_group(bad, good), bad[0])["match"]
+    named = _group(bad, good)._replace(message="keyerror: 'virtual_env'")
+    assert engine.suggest(named, bad[0])["solution"] == "export VIRTUAL_ENV='~/venvs/app'"
+    # the same split of a variable that is configuration is answered
+    tz_bad = [_features(packages, LANG="C.UTF-8", TZ="MISSING") for _ in range(5)]
+    tz_good = [_features(packages, LANG="C.UTF-8", TZ="UTC") for _ in range(3)]
+    assert engine.suggest(_group(tz_bad, tz_good), tz_bad[0])["solution"] == "export TZ=UTC"
+
+
 def test_mentions_map_import_names_to_distributions():
     text = (
         "File \"/usr/lib/python3/dist-packages/yaml/__init__.py\"\nModuleNotFoundError: No module named 'PIL'\n"
