@@ -224,6 +224,15 @@ def test_an_agent_upgraded_under_a_running_process_stays_out_of_it(fresh_venv, p
     assert backend.settle() == [] and sandbox.spool() == []
 
 
+def _printed_unmeasured(venv, sandbox, code: str) -> str:
+    """What `python -c CODE` prints in the venv, with coverage.py off: measuring the agent loads it."""
+    env = sandbox.env("http://127.0.0.1:9")
+    env.pop("COVERAGE_PROCESS_START", None)
+    proc = run(venv.python, ["-c", code], env)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.decode().strip()
+
+
 def test_what_importlib_asks_every_finder_loads_nothing(agent_venv, sandbox):
     # The agent's module is itself on sys.meta_path (its finder): importlib.metadata, pkgutil and
     # invalidate_caches() ask each finder for more than find_spec, and must not load the agent.
@@ -234,11 +243,7 @@ def test_what_importlib_asks_every_finder_loads_nothing(agent_venv, sandbox):
         "print(json.dumps([agent in sys.meta_path, dists > 0, modules > 0, '_attribute' in vars(agent),"
         " hasattr(agent, 'find_distributions'), 'capture' in agent.__all__]))"
     )
-    env = sandbox.env("http://127.0.0.1:9")
-    env.pop("COVERAGE_PROCESS_START", None)  # coverage.py measuring the agent loads it itself
-    proc = run(agent_venv.python, ["-c", code], env)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.decode().strip() == "[true, true, true, false, false, true]"
+    assert _printed_unmeasured(agent_venv, sandbox, code) == "[true, true, true, false, false, true]"
 
 
 def test_the_agents_module_spec_is_made_when_asked_and_works(agent_venv, sandbox):
@@ -254,12 +259,8 @@ def test_the_agents_module_spec_is_made_when_asked_and_works(agent_venv, sandbox
         " inspect.getsourcefile(agent) == agent.__file__, '_attribute' in vars(agent),"
         " importlib.reload(agent).__spec__.origin == agent.__file__]))"
     )
-    env = sandbox.env("http://127.0.0.1:9")
-    env.pop("COVERAGE_PROCESS_START", None)  # coverage.py measuring the agent loads it itself
-    proc = run(agent_venv.python, ["-c", code], env)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.decode().strip() == "[false, true, true, true, true, true, false, true]"
-    version = run(agent_venv.python, ["-m", "corp_error_agent", "--version"], env)
+    assert _printed_unmeasured(agent_venv, sandbox, code) == "[false, true, true, true, true, true, false, true]"
+    version = run(agent_venv.python, ["-m", "corp_error_agent", "--version"], sandbox.env("http://127.0.0.1:9"))
     assert version.returncode == 0 and version.stdout.startswith(b"corp-error-agent "), version.stderr
 
 
