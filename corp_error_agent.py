@@ -34,8 +34,8 @@ _APP = "corp_error_agent"
 # same reason nothing here keeps a tuple, dict or function made at start: state is in strings and
 # module globals, and no call takes keywords (their names would be a tuple of constants), and
 # activate() drops the two objects the import system keeps for this module, its spec and loader:
-# __getattr__ makes them anew for whoever asks (python -m, importlib.reload, inspect, and a second
-# `import`, which reads the spec: a venv runs its .pth lines twice).
+# __getattr__ makes them again once asked (python -m, importlib.reload, inspect, a later `import`
+# of the module, which reads the spec; a venv runs its .pth lines twice, and the first run keeps them).
 # Installing costs a few attribute assignments and one access(): has a script of this name a
 # failure waiting for its first clean run? Only then is an exit hook needed. Each hook calls the
 # hook that was installed before it first, so the user sees the traceback at once and unchanged,
@@ -80,16 +80,17 @@ def _entry(*args):
     #                                 compiles the loader, the first section of the agent proper
     #                                 (read from this file, at its line numbers); the loader's
     #                                 _attribute() answers from then on
-    #                                 (__spec__ and __loader__, dropped by activate(), are made anew)
+    #                                 (__spec__ and __loader__, dropped by activate(), are made again)
     #   (None, platform, environ)     the agent's directory (the loader's _cache_dir)
     global _PATCHES, _started, _pending_dir, _excepthook, _thread_excepthook, _call_handlers
     first = args[0] if args else _entry
     if isinstance(first, str) and len(args) == 1:  # __getattr__ (a name may be a str subclass)
         if first == "__all__":
             return tuple(_API.split())
-        if first == "__spec__" or first == "__loader__":  # dropped by activate(): made anew for who asks
+        if first == "__spec__" or first == "__loader__":  # dropped by activate(): made again when asked
             spec = sys.modules["_frozen_importlib_external"].spec_from_file_location(__name__, __file__)
-            return spec if first == "__spec__" else spec.loader
+            globals()["__spec__"], globals()["__loader__"] = spec, spec.loader
+            return globals()[first]
         if first[:2] == "__" or first in "find_distributions invalidate_caches find_module iter_modules".split():
             # what is asked of every finder on sys.meta_path (importlib.metadata, pkgutil) loads nothing
             raise AttributeError("module %r has no attribute %r" % (__name__, first))
@@ -139,7 +140,8 @@ def _entry(*args):
     if first is _entry:  # activate()
         try:
             # site runs a venv's .pth lines twice: first in venv(), before it adds the venv to PREFIXES
-            if sys.prefix in getattr(sys.modules.get("site"), "PREFIXES", [sys.prefix]):  # the last run:
+            if sys.prefix in getattr(sys.modules.get("site"), "PREFIXES", [sys.prefix]) and \
+                    "_frozen_importlib_external" in sys.modules:  # the last run, and they can be made again:
                 globals().pop("__spec__", None), globals().pop("__loader__", None)  # (the import found them)
             if getattr(sys.excepthook, "__qualname__", "") == "_entry" or \
                     os.environ.get("ERROR_AGENT_ENABLED", "1").strip().lower() in "0 false no off".split():

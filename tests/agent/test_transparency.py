@@ -248,18 +248,19 @@ def test_what_importlib_asks_every_finder_loads_nothing(agent_venv, sandbox):
 
 def test_the_agents_module_spec_is_made_when_asked_and_works(agent_venv, sandbox):
     # activate() drops the import system's spec and loader of the agent's own module (two objects
-    # every start would keep, bench/startup.py), and __getattr__ makes them again for who asks:
-    # a second import (a venv runs its .pth lines twice), find_spec (python -m), reload, inspect.
+    # every start would keep, bench/startup.py), and __getattr__ makes them again (and keeps them)
+    # for who asks: a later import, find_spec (python -m), reload, inspect.
     code = (
         "import sys, importlib, importlib.util, inspect, json; agent = sys.modules['corp_error_agent'];"
         "kept = '__spec__' in vars(agent) or '__loader__' in vars(agent);"
         "spec = importlib.util.find_spec('corp_error_agent');"
-        "print(json.dumps([kept, spec.origin == agent.__file__, spec.has_location, spec.cached == agent.__cached__,"
+        "print(json.dumps([kept, spec is agent.__spec__, spec.origin == agent.__file__, spec.has_location,"
+        " spec.cached == agent.__cached__,"
         " agent.__loader__.get_filename('corp_error_agent') == agent.__file__,"
         " inspect.getsourcefile(agent) == agent.__file__, '_attribute' in vars(agent),"
         " importlib.reload(agent).__spec__.origin == agent.__file__]))"
     )
-    assert _printed_unmeasured(agent_venv, sandbox, code) == "[false, true, true, true, true, true, false, true]"
+    assert _printed_unmeasured(agent_venv, sandbox, code) == "[false, true, true, true, true, true, true, false, true]"
     version = run(agent_venv.python, ["-m", "corp_error_agent", "--version"], sandbox.env("http://127.0.0.1:9"))
     assert version.returncode == 0 and version.stdout.startswith(b"corp-error-agent "), version.stderr
 
