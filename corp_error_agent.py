@@ -32,10 +32,10 @@ _APP = "corp_error_agent"
 # third object beyond what an empty module on a .pth line keeps costs every `python -c pass` one
 # collection, half of the agent's allowance (bench/startup.py counts the instructions). For the
 # same reason nothing here keeps a tuple, dict or function made at start: state is in strings and
-# module globals, and no call takes keywords (their names would be a tuple of constants), and
-# activate() drops the two objects the import system keeps for this module, its spec and loader:
+# module globals, and no call takes keywords (their names would be a tuple of constants). And
+# activate() drops the two objects the import system keeps for this module, its spec and loader;
 # __getattr__ makes them again once asked (python -m, importlib.reload, inspect, a later `import`
-# of the module, which reads the spec; a venv runs its .pth lines twice, and the first run keeps them).
+# of the module, which reads the spec: a venv runs its .pth lines twice, so its first run keeps them).
 # Installing costs a few attribute assignments and one access(): has a script of this name a
 # failure waiting for its first clean run? Only then is an exit hook needed. Each hook calls the
 # hook that was installed before it first, so the user sees the traceback at once and unchanged,
@@ -141,8 +141,8 @@ def _entry(*args):
         try:
             # site runs a venv's .pth lines twice: first in venv(), before it adds the venv to PREFIXES
             if sys.prefix in getattr(sys.modules.get("site"), "PREFIXES", [sys.prefix]) and \
-                    "_frozen_importlib_external" in sys.modules:  # the last run, and they can be made again:
-                globals().pop("__spec__", None), globals().pop("__loader__", None)  # (the import found them)
+                    "_frozen_importlib_external" in sys.modules:  # the last run, and they can be made again
+                globals().pop("__spec__", None), globals().pop("__loader__", None)  # (its import has read them)
             if getattr(sys.excepthook, "__qualname__", "") == "_entry" or \
                     os.environ.get("ERROR_AGENT_ENABLED", "1").strip().lower() in "0 false no off".split():
                 return None
