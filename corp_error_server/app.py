@@ -271,29 +271,31 @@ def _error_identity(error_sig: Optional[str], trace: Optional[str]) -> Tuple[str
     return _group_of(error_sig, trace), frozenset(engine.mentioned_packages((trace or "") + "\n" + (error_sig or "")))
 
 
-def resolve_group(storage: Storage, signature: str, env_hash: str, script_id: Optional[str]) -> Optional[GroupHead]:
-    """The group a signature without its trace belongs to (/suggest, a success's previous failure).
+def candidate_groups(storage: Storage, signature: str, env_hash: str, script_id: Optional[str]) -> List[GroupHead]:
+    """The groups a signature without its trace may belong to (/suggest, a success's previous
+    failure): one when the runs say which, else those of its line it may be in, busiest first.
 
     A 0.4.2 signature has no frames and ours names modules, not files: the group the same
     environment's (and script's) last error of that exception line went to says it best; then the
     group the script's errors went to from other environments (our agent's script_id hashes the
-    script's content: the same script anywhere); then a group whose place the signature's frames
-    fit; then the busiest group of that line.
+    script's content: the same script anywhere); then the groups whose place the signature's frames
+    fit, else all of that line (a 0.4.2 client asking before its beacon is stored: only the
+    environment can tell, which the engine weighs).
     """
     message = corp_error_agent.group_key(signature)
     heads = storage.group_heads(message) if message else []
     if len(heads) <= 1:
-        return heads[0] if heads else None
+        return heads
     keys = [head.key for head in heads]
     for script in (script_id, None) if script_id else (None,):
         key = storage.last_error_group(keys, env_hash, script)
         if key:
-            return heads[keys.index(key)]
+            return [heads[keys.index(key)]]
     scripts = storage.script_groups(keys, script_id) if script_id else []
     if scripts:
-        return heads[keys.index(scripts[0])]  # the busiest of them
+        return [heads[keys.index(scripts[0])]]  # the busiest of them
     fitting = [head for head in heads if engine.places_match(head.key.partition(" @ ")[2], signature)]
-    return (fitting or heads)[0]
+    return fitting or heads
 
 
 def parse_beacon(body: dict) -> Tuple[Beacon, Optional[Env], Optional[str]]:
@@ -346,8 +348,8 @@ def parse_beacon(body: dict) -> Tuple[Beacon, Optional[Env], Optional[str]]:
 
 def with_previous_group(storage: Storage, beacon: Beacon, follows: str) -> Beacon:
     """``beacon`` (a success after the failure ``follows``) naming the group that failure is in."""
-    resolved = resolve_group(storage, follows, beacon.prev_env_hash or beacon.env_hash, beacon.script_id)
-    return beacon._replace(prev_group_key=resolved.key) if resolved else beacon
+    resolved = candidate_groups(storage, follows, beacon.prev_env_hash or beacon.env_hash, beacon.script_id)
+    return beacon._replace(prev_group_key=resolved[0].key) if resolved else beacon
 
 
 ###############################################################################
@@ -676,11 +678,14 @@ class _App:
         error_sig = _text(_required(body, "error_sig"), "error_sig", keep=_SUGGEST_KEPT["error_sig"], empty=False)
         env_hash = _text(_required(body, "env_hash"), "env_hash", _SUGGEST["env_hash"])
         script_id = _optional_text(body, "script_id", _SUGGEST["script_id"])
-        head = resolve_group(self.storage, error_sig, env_hash, script_id)
-        if head is None:
+        heads = candidate_groups(self.storage, error_sig, env_hash, script_id)[: engine.MAX_CANDIDATES]
+        if not heads:
             return 200, {"match": False, "reason": "no runs of this error yet"}, []
-        state = self._group_states({head.id: head.revision})[head.id]
-        return 200, engine.suggest(state.data, self.storage.env_features(env_hash)), []
+        states = self._group_states({head.id: head.revision for head in heads})
+        requester = self.storage.env_features(env_hash)
+        if len(heads) == 1:
+            return 200, engine.suggest(states[heads[0].id].data, requester), []
+        return 200, engine.suggest_among([states[head.id].data for head in heads], requester), []
 
     def _healthz(self, environ: dict):
         self.storage.ping()  # the database down: StorageUnavailable, a 503 (bounded by the storage's timeouts)

@@ -966,6 +966,75 @@ def suggest(group: GroupData, requester: Optional[Features]) -> dict:
     }
 
 
+# A 0.4.2 client asks while its beacon may still be on the way and sends no script id: when
+# several groups share its exception line ("KeyError: 'id'") and none holds a run of its
+# environment, only that environment tells which bug it hit. Each group is weighed by how well
+# the environment fits its failing runs, feature by feature, each group's shares shrunk towards
+# those of all the groups' runs (a handful of runs would otherwise make chance differences look
+# like a fingerprint), against "a bug none of them holds" (a Chinese restaurant process: one
+# pseudo-environment against each group's failing ones). The answer is the likeliest group's,
+# its confidence that group's share times its own.
+
+MAX_CANDIDATES = 64  # the busiest groups of one line that an undecided asker is weighed against
+_NEW_BUG = 1.0  # prior weight of "none of these groups", against one per failing environment
+_SHRINK = 4.0  # pseudo-runs drawn from all groups' shares, added to each group's failing runs
+
+
+def _membership(groups: Sequence[GroupData], requester: Features) -> List[float]:
+    """Per group, the probability that the requester's failure is that group's bug."""
+    tables = []
+    for group in groups:
+        scale = group.fail_envs / group.fails if group.fail_envs and group.fails else 1.0
+        tables.append({f: _table(f, group, scale) for f in group.counts if f != "python_full"})
+    # a package only the requester has is one more way it is unlike every group's failing runs
+    features = set().union(*tables) | {f for f in requester if f.startswith("pkg:")}
+    for table, group in zip(tables, groups):
+        for feature in features - set(table):
+            if feature.startswith("pkg:"):  # none of the group's runs had the package
+                table[feature] = with_absent({}, group.fail_envs or group.fails, group.oks)
+    log_new = 0.0
+    log_fit = [math.log(group.fail_envs or group.fails or 1) for group in groups]
+    for feature in features:
+        value = requester.get(feature, ABSENT if feature.startswith("pkg:") else None)
+        if value is None:  # not collected: says nothing
+            continue
+        pooled: Dict[str, float] = {}
+        for table in tables:
+            for v, (a, b) in table.get(feature, {}).items():
+                pooled[v] = pooled.get(v, 0.0) + a + b
+        total = sum(pooled.values())
+        share = (pooled.get(value, 0.0) + 1.0) / (total + len(pooled) + 1.0)
+        log_new += math.log(share)
+        for i, table in enumerate(tables):
+            values = table.get(feature, {})
+            fails = sum(a for a, _ in values.values())
+            log_fit[i] += math.log((values.get(value, (0.0, 0.0))[0] + _SHRINK * share) / (fails + _SHRINK))
+    log_new += math.log(_NEW_BUG)
+    top = max(log_fit + [log_new])
+    norm = math.exp(log_new - top) + sum(math.exp(x - top) for x in log_fit)
+    return [math.exp(x - top) / norm for x in log_fit]
+
+
+def suggest_among(groups: Sequence[GroupData], requester: Optional[Features]) -> dict:
+    """The /suggest answer when the requester's failure may be any of these groups' bug."""
+    if requester is None:
+        return {"match": False, "reason": "unknown environment"}
+    membership = _membership(groups, requester)
+    likeliest = max(range(len(groups)), key=lambda i: membership[i])
+    answer = suggest(groups[likeliest], requester)
+    if not answer["match"]:
+        return answer
+    confidence = answer["confidence"] * membership[likeliest]
+    if confidence < MIN_CONFIDENCE:
+        return {
+            "match": False,
+            "reason": "%d bugs share this exception line and the environment does not tell which one this is"
+            % len(groups),
+        }
+    evidence = dict(answer["evidence"], bug_share=round(membership[likeliest], 4))
+    return dict(answer, confidence=round(confidence, 3), evidence=evidence)
+
+
 def _candidate_evidence(h: _Hypothesis, current: str, posterior: float) -> dict:
     return {
         "feature": h.feature,

@@ -522,13 +522,16 @@ def _post_error(server, env_hash, script_id, sig, trace, ours=True):
     assert status in (200, 204), answer
 
 
-def test_unrelated_scripts_sharing_a_generic_message_do_not_pollute_each_other(server):
+def _two_scripts_raising_key_error_id(server) -> str:
+    """Two scripts raise KeyError: 'id' in their own code, each with its own cause (orders-lib 2.0,
+    billing-lib 5.0) and its own venv, from both clients; returns our agent's signature of it."""
     from conftest import env_body
 
-    # two scripts raise KeyError: 'id' in their own code; each has its own cause
     for i in range(6):
-        server.request("POST", "/env", env_body("o%d" % i, {"orders-lib": "2.0" if i < 4 else "1.0", "rich": "1"}))
-        server.request("POST", "/env", env_body("b%d" % i, {"billing-lib": "5.0" if i < 4 else "4.0", "rich": "1"}))
+        orders = {"orders-lib": "2.0" if i < 4 else "1.0", "sqlalchemy": "2.0.3", "rich": "1"}
+        server.request("POST", "/env", env_body("o%d" % i, orders))
+        billing = {"billing-lib": "5.0" if i < 4 else "4.0", "stripe": "7.1.0", "rich": "1"}
+        server.request("POST", "/env", env_body("b%d" % i, billing))
     sig = "KeyError: 'id' @ __main__.load < __main__.<module>"
     for i in range(4):
         _post_error(server, "o%d" % i, "so%d" % i, sig, _trace("/srv/orders.py", "load", "KeyError: 'id'"), i % 2 == 0)
@@ -545,6 +548,13 @@ def test_unrelated_scripts_sharing_a_generic_message_do_not_pollute_each_other(s
                     "ts": 1.7e9,
                 },
             )
+    return sig
+
+
+def test_unrelated_scripts_sharing_a_generic_message_do_not_pollute_each_other(server):
+    from conftest import env_body
+
+    sig = _two_scripts_raising_key_error_id(server)
     groups = server.request("GET", "/api/errors")[1]["groups"]
     assert sorted(g["where"] for g in groups) == ["billing.load", "orders.load"]
     assert all(g["group_key"] == "keyerror: 'id'" and g["failing_runs"] == 4 for g in groups)
@@ -564,6 +574,46 @@ def test_unrelated_scripts_sharing_a_generic_message_do_not_pollute_each_other(s
     for script_id, fix in (("so1", 'pip install "orders-lib==1.0"'), ("sb0", 'pip install "billing-lib==4.0"')):
         answer = server.request("POST", "/suggest", {"error_sig": sig, "env_hash": "new", "script_id": script_id})[1]
         assert answer.get("solution") == fix, (script_id, answer)
+
+
+def test_an_asker_no_run_links_to_a_group_is_answered_from_the_one_its_environment_fits(server):
+    from conftest import env_body
+
+    _two_scripts_raising_key_error_id(server)
+    # a 0.4.2 client asks before its beacon is stored and sends no script id: the line fits both
+    # groups, and only the environment tells which bug it hit
+    for env_hash, packages, fix in (
+        ("new-o", {"orders-lib": "2.0", "sqlalchemy": "2.0.3", "rich": "1"}, 'pip install "orders-lib==1.0"'),
+        ("new-b", {"billing-lib": "5.0", "stripe": "7.1.0", "rich": "1"}, 'pip install "billing-lib==4.0"'),
+    ):
+        server.request("POST", "/env", env_body(env_hash, packages))
+        answer = server.request("POST", "/suggest", {"error_sig": "keyerror: 'id'", "env_hash": env_hash})[1]
+        assert answer.get("solution") == fix, answer
+        assert answer["evidence"]["bug_share"] > 0.95 and answer["confidence"] <= answer["evidence"]["bug_share"]
+    # an environment that fits both (or neither) tells nothing: no guess between the two bugs
+    both = {"orders-lib": "2.0", "sqlalchemy": "2.0.3", "billing-lib": "5.0", "stripe": "7.1.0", "rich": "1"}
+    server.request("POST", "/env", env_body("both", both))
+    answer = server.request("POST", "/suggest", {"error_sig": "keyerror: 'id'", "env_hash": "both"})[1]
+    assert answer == {
+        "match": False,
+        "reason": "2 bugs share this exception line and the environment does not tell which one this is",
+    }
+    server.request("POST", "/env", env_body("neither", {"other-lib": "3.0"}))
+    assert not server.request("POST", "/suggest", {"error_sig": "keyerror: 'id'", "env_hash": "neither"})[1]["match"]
+
+
+def test_membership_leaves_a_bug_none_of_the_groups_holds_its_share():
+    orders = _group([{"pkg:orders-lib": "2.0"}] * 4, [{"pkg:orders-lib": "1.0"}] * 2)
+    billing = _group([{"pkg:billing-lib": "5.0"}] * 4, [{"pkg:billing-lib": "4.0"}] * 2)
+    fits_orders = engine._membership([orders, billing], {"pkg:orders-lib": "2.0"})
+    assert fits_orders[0] > 0.8 and fits_orders[0] > 10 * fits_orders[1]
+    # an environment like neither group's failing runs fits neither, and less so with a package
+    # none of their runs had: the rest is "a bug not seen yet"
+    neither = engine._membership([orders, billing], {})
+    unlike = engine._membership([orders, billing], {"pkg:other-lib": "3.0"})
+    assert max(neither) < 0.5 and max(unlike) < max(neither) and sum(unlike) < sum(neither) < 1
+    # a variable the asker collected and no group's runs did says nothing
+    assert engine._membership([orders, billing], {}) == engine._membership([orders, billing], {"env:X": "1"})
 
 
 def test_one_library_bug_from_several_scripts_and_both_clients_is_one_group(server):
