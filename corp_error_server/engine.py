@@ -980,36 +980,60 @@ _NEW_BUG = 1.0  # prior weight of "none of these groups", against one per failin
 _SHRINK = 4.0  # pseudo-runs drawn from all groups' shares, added to each group's failing runs
 
 
+def _fit_table(group: GroupData) -> Dict[str, Tuple[float, float, Dict[str, Tuple[float, float]]]]:
+    """Per feature: (failing runs, all runs, per value (failing, all)) over the runs that had one,
+    failing runs counted per environment; a package's absence is its own value."""
+    scale = group.fail_envs / group.fails if group.fail_envs and group.fails else 1.0
+    table: Dict[str, Tuple[float, float, Dict[str, Tuple[float, float]]]] = {}
+    for feature, values in group.counts.items():
+        per = {v: (a * scale, a * scale + b) for v, (a, b) in values.items()}
+        if feature.startswith("pkg:"):
+            fails, runs = group.fails * scale, group.fails * scale + group.oks
+            absent = (fails - sum(x for x, _ in per.values()), runs - sum(y for _, y in per.values()))
+            if absent[1] > 1e-9:
+                per[ABSENT] = absent
+        else:
+            fails, runs = sum(x for x, _ in per.values()), sum(y for _, y in per.values())
+        table[feature] = (fails, runs, per)
+    return table
+
+
 def _membership(groups: Sequence[GroupData], requester: Features) -> List[float]:
     """Per group, the probability that the requester's failure is that group's bug."""
-    tables = []
+    tables = [_kept(group, "fit", functools.partial(_fit_table, group)) for group in groups]
+    # runs of a group that never had a package had it absent: (failing, all) of them
+    without: List[Tuple[float, float]] = []
     for group in groups:
-        scale = group.fail_envs / group.fails if group.fail_envs and group.fails else 1.0
-        tables.append({f: _table(f, group, scale) for f in group.counts if f != "python_full"})
+        fails = float(group.fail_envs or group.fails)
+        without.append((fails, fails + group.oks))
     # a package only the requester has is one more way it is unlike every group's failing runs
     features = set().union(*tables) | {f for f in requester if f.startswith("pkg:")}
-    for table, group in zip(tables, groups):
-        for feature in features - set(table):
-            if feature.startswith("pkg:"):  # none of the group's runs had the package
-                table[feature] = with_absent({}, group.fail_envs or group.fails, group.oks)
-    log_new = 0.0
-    log_fit = [math.log(group.fail_envs or group.fails or 1) for group in groups]
+    features.discard("python_full")
+    log_fit = [math.log(fails or 1) for fails, _ in without]
+    log_new = math.log(_NEW_BUG)
     for feature in features:
-        value = requester.get(feature, ABSENT if feature.startswith("pkg:") else None)
+        package = feature.startswith("pkg:")
+        value = requester.get(feature, ABSENT if package else None)
         if value is None:  # not collected: says nothing
             continue
-        pooled: Dict[str, float] = {}
-        for table in tables:
-            for v, (a, b) in table.get(feature, {}).items():
-                pooled[v] = pooled.get(v, 0.0) + a + b
-        total = sum(pooled.values())
-        share = (pooled.get(value, 0.0) + 1.0) / (total + len(pooled) + 1.0)
+        rows = []
+        pooled = pooled_runs = 0.0
+        for table, (fails, runs) in zip(tables, without):
+            entry = table.get(feature)
+            if entry is not None:
+                fails, runs, per = entry
+                fit, seen = per.get(value, (0.0, 0.0))
+            elif package:
+                fit, seen = (fails, runs) if value == ABSENT else (0.0, 0.0)
+            else:
+                fails = runs = fit = seen = 0.0
+            rows.append((fit, fails))
+            pooled += seen
+            pooled_runs += runs
+        share = (pooled + 0.5) / (pooled_runs + 1.0)  # of all the groups' runs, those with this value
         log_new += math.log(share)
-        for i, table in enumerate(tables):
-            values = table.get(feature, {})
-            fails = sum(a for a, _ in values.values())
-            log_fit[i] += math.log((values.get(value, (0.0, 0.0))[0] + _SHRINK * share) / (fails + _SHRINK))
-    log_new += math.log(_NEW_BUG)
+        for i, (fit, fails) in enumerate(rows):
+            log_fit[i] += math.log((fit + _SHRINK * share) / (fails + _SHRINK))
     top = max(log_fit + [log_new])
     norm = math.exp(log_new - top) + sum(math.exp(x - top) for x in log_fit)
     return [math.exp(x - top) / norm for x in log_fit]

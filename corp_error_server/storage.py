@@ -933,41 +933,32 @@ class Storage:
         return self._read(lambda cur: self._heads_of_message(cur, message))
 
     def last_error_group(self, keys: List[str], env_hash: str, script_id: Optional[str] = None) -> Optional[str]:
-        """Of these groups, the one an error from this environment (and script) went to last."""
-
-        def work(cur: Cursor) -> Optional[str]:
-            latest: Tuple[int, Optional[str]] = (0, None)
-            for key in keys:
-                sql = (
-                    "SELECT b.id FROM beacons b JOIN groups g ON g.id = b.group_id WHERE g.key = ? "
-                    "AND b.env_hash = ? AND b.kind = 'error'"
-                )
-                args: Tuple = (key, env_hash)
-                if script_id:
-                    sql, args = sql + " AND b.script_id = ?", args + (script_id,)
-                row = cur.execute(sql + " ORDER BY b.id DESC LIMIT 1", args).fetchone()
-                if row is not None and row[0] > latest[0]:
-                    latest = (row[0], key)
-            return latest[1]
-
-        return self._read(work)
+        """Of these groups, the one this environment (and script) failed in, seen last: read from the
+        sources' rollup through its environment index, not from each group's beacons (a line many
+        groups share would scan them all for an environment that never failed)."""
+        marks = ", ".join("?" * len(keys))
+        sql = (
+            "SELECT g.key FROM group_sources s JOIN groups g ON g.id = s.group_id "
+            "WHERE s.env_hash = ? AND s.fails > 0 AND g.key IN (%s)" % marks
+        )
+        args: Tuple = (env_hash, *keys)
+        if script_id:
+            sql, args = sql + " AND s.script_id = ?", args + (script_id,)
+        rows = self._select(sql + " ORDER BY s.last_seen DESC, g.id DESC LIMIT 1", args)
+        return rows[0][0] if rows else None
 
     def script_groups(self, keys: List[str], script_id: str) -> List[str]:
-        """Of these groups, those an error of this script went to, from any environment."""
-
-        def work(cur: Cursor) -> List[str]:
-            found = []
-            for key in keys:
-                row = cur.execute(
-                    "SELECT 1 FROM group_scripts s JOIN groups g ON g.id = s.group_id "
-                    "WHERE s.script_id = ? AND g.key = ?",
-                    (script_id, key),
-                ).fetchone()
-                if row is not None:
-                    found.append(key)
-            return found
-
-        return self._read(work)
+        """Of these groups, those an error of this script went to, from any environment (in their order)."""
+        marks = ", ".join("?" * len(keys))
+        found = {
+            row[0]
+            for row in self._select(
+                "SELECT g.key FROM group_scripts s JOIN groups g ON g.id = s.group_id "
+                "WHERE s.script_id = ? AND g.key IN (%s)" % marks,
+                (script_id, *keys),
+            )
+        }
+        return [key for key in keys if key in found]
 
     def _group_state(self, cur: Cursor, group_id: int) -> GroupState:
         key, fails, oks, mentions, revision = cur.execute(
