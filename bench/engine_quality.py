@@ -474,10 +474,13 @@ def ece(points: list, bins: int = 10) -> float:
 
 
 def fit_calibration(path: str) -> tuple:
-    """Platt scaling: the (slope, offset) maximising the likelihood of right/wrong given logit(posterior)."""
+    """Platt scaling: the (slope, offset) maximising the likelihood of right/wrong given logit(posterior).
+
+    Over the answers whose group the runs decided: an asker's group the engine chose by its
+    environment multiplies the calibrated confidence by that choice's share, a probability of its own."""
     import math
 
-    rows = [json.loads(line) for line in open(path)]
+    rows = [row for row in map(json.loads, open(path)) if row.get("bug_share") is None]
     xs = [
         math.log(max(min(r["posterior"], 1 - 1e-6), 1e-6) / (1 - max(min(r["posterior"], 1 - 1e-6), 1e-6)))
         for r in rows
@@ -527,6 +530,7 @@ def run_seed(seed: int, scenarios: int, verbose: bool, dump) -> dict:
                                 "confidence": answer["confidence"],
                                 "right": right,
                                 "posterior": answer["evidence"]["posterior"],
+                                "bug_share": answer["evidence"].get("bug_share"),
                             }
                         )
                         + "\n"

@@ -37,7 +37,10 @@ _ALPHA = 1.0  # Dirichlet concentration per value
 _NO_CAUSE_PRIOR = 0.35  # prior share of bugs that fail whatever the environment
 _NO_CAUSE_STDLIB = 0.01  # the same when the asker's Python lacks the module the exception line names
 # (or lacks the variable a KeyError names, _lacks_named_variable)
-_MENTIONED = 25.0  # prior weight of a package the traceback names, against 1 for others
+# what the traceback names (a package it runs through, a variable its line names) holds this share
+# of an environment cause's prior, however many other features there are: naming is evidence about
+# the bug, not one more feature among the many a large venv adds
+_NAMED_SHARE = 0.5
 _PYTHON_PRIOR = 3.0  # the interpreter version is a common cause: more than one package's share
 # a variable collected because the team listed it (ERROR_AGENT_ENV_ALLOW) is one they suspect of
 # mattering to their jobs, unlike the locale and proxy variables every agent collects
@@ -59,7 +62,7 @@ _PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
 _ENV_LOCATION = ("env:VIRTUAL_ENV", "env:CONDA_PREFIX")
 # Platt calibration (slope, offset on the logit) of the posterior: bench/engine_quality.py --fit, seeds 101-110
 # (never the seeds reported, 1-5)
-_CALIBRATION = (2.72, 0.06)
+_CALIBRATION = (1.97, 0.38)
 
 Features = Dict[str, str]
 Counts = Dict[str, Dict[str, Tuple[float, float]]]  # feature -> value -> (failing runs, succeeding runs)
@@ -548,12 +551,14 @@ class _Hypothesis(NamedTuple):
     note: str
 
 
-def _prior(feature: str, mentions: Set[str], python_need, message: str) -> float:
-    name = feature[4:] if feature.startswith("pkg:") else ""
-    if name and name in mentions:
-        return _MENTIONED
-    if feature.startswith("env:") and feature[4:].lower() in message:
-        return _MENTIONED  # "APP_MODE 'prod' is not supported"
+def _named(feature: str, mentions: Set[str], message: str) -> bool:
+    if feature.startswith("pkg:"):
+        return feature[4:] in mentions
+    return feature.startswith("env:") and feature[4:].lower() in message  # "APP_MODE 'prod' is not supported"
+
+
+def _prior(feature: str, python_need) -> float:
+    """The prior weight of a feature the traceback does not name, against 1 for a package."""
     if feature in _PACKAGING_TOOLS or feature in _ENV_LOCATION:
         return _PACKAGING_TOOL
     if feature.startswith("env:") and feature[4:] not in corp_error_agent.ENV_ALLOW:
@@ -681,15 +686,18 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
         if python_need:
             features.add("python")
         features.discard("python_full")
-        priors = {f: _prior(f, group.mentions, python_need, group.message) for f in features}
+        named = {f for f in features if _named(f, group.mentions, group.message)}
         seps = {}
         for feature in features:
-            sep = separation(feature, _table(feature, group, scale), priors[feature] == _MENTIONED)
+            sep = separation(feature, _table(feature, group, scale), feature in named)
             if len(sep.values) > _MAX_VALUES and not sep.range_from and feature not in moved_to:
                 continue
             seps[feature] = sep
         # every feature is a hypothesis: its prior share, whatever it shows
-        return seps, {f: priors[f] for f in seps}
+        priors = {f: _prior(f, python_need) for f in seps if f not in named}
+        named_weight = _NAMED_SHARE / (1 - _NAMED_SHARE) * (sum(priors.values()) or 1.0) / max(len(named), 1)
+        priors.update((f, named_weight) for f in seps if f in named)
+        return seps, priors
 
     seps, priors = _kept(group, "separations", separations)
     total_prior = sum(priors.values()) or 1.0
@@ -906,9 +914,10 @@ def suggest(group: GroupData, requester: Optional[Features]) -> dict:
             and (h.feature not in _PACKAGING_TOOLS or h.mentioned)
         )
     ]
-    # the cause: the best hypothesis and, when nothing tells them apart, those that move with it
+    # the cause: the best hypothesis and, when nothing tells them apart, those that move with it;
+    # the command moves all that moved with it, so it works whichever of them is the cause
     named = [h for h in together if abs(h.log_weight - best.log_weight) < 1e-6]
-    share = sum(posterior[h.feature] for h in named)
+    share = sum(posterior[h.feature] for h in together)
     raw = share * best.relevance
     confidence = calibrate(raw)
     if confidence < MIN_CONFIDENCE or not best.target:

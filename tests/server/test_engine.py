@@ -579,7 +579,16 @@ def test_unrelated_scripts_sharing_a_generic_message_do_not_pollute_each_other(s
 def test_an_asker_no_run_links_to_a_group_is_answered_from_the_one_its_environment_fits(server):
     from conftest import env_body
 
-    _two_scripts_raising_key_error_id(server)
+    sig = _two_scripts_raising_key_error_id(server)
+    for i in range(6, 10):  # a few more failures of each: four runs a bug fit a new environment loosely
+        for prefix, packages in (
+            ("o", {"orders-lib": "2.0", "sqlalchemy": "2.0.3", "rich": "1"}),
+            ("b", {"billing-lib": "5.0", "stripe": "7.1.0", "rich": "1"}),
+        ):
+            env_hash = "%s%d" % (prefix, i)
+            server.request("POST", "/env", env_body(env_hash, packages))
+            script = "/srv/%s.py" % ("orders" if prefix == "o" else "billing")
+            _post_error(server, env_hash, "s%s%d" % (prefix, i), sig, _trace(script, "load", "KeyError: 'id'"))
     # a 0.4.2 client asks before its beacon is stored and sends no script id: the line fits both
     # groups, and only the environment tells which bug it hit
     for env_hash, packages, fix in (
