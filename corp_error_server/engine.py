@@ -687,16 +687,18 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
             features.add("python")
         features.discard("python_full")
         named = {f for f in features if _named(f, group.mentions, group.message)}
-        seps = {}
+        seps: Dict[str, Separation] = {}
         for feature in features:
             sep = separation(feature, _table(feature, group, scale), feature in named)
             if len(sep.values) > _MAX_VALUES and not sep.range_from and feature not in moved_to:
                 continue
             seps[feature] = sep
-        # every feature is a hypothesis: its prior share, whatever it shows
+        # every feature is a hypothesis: its prior share, whatever it shows; the named half is of the
+        # ordinary features' (an interpreter lacking the module the line names stays the cause)
         priors = {f: _prior(f, python_need) for f in seps if f not in named}
-        named_weight = _NAMED_SHARE / (1 - _NAMED_SHARE) * (sum(priors.values()) or 1.0) / max(len(named), 1)
-        priors.update((f, named_weight) for f in seps if f in named)
+        ordinary = sum(w for f, w in priors.items() if not (f == "python" and python_need)) or 1.0
+        kept_named = [f for f in seps if f in named]
+        priors.update((f, _NAMED_SHARE / (1 - _NAMED_SHARE) * ordinary / len(kept_named)) for f in kept_named)
         return seps, priors
 
     seps, priors = _kept(group, "separations", separations)
@@ -995,12 +997,14 @@ def _fit_table(group: GroupData) -> Dict[str, Tuple[float, float, Dict[str, Tupl
     scale = group.fail_envs / group.fails if group.fail_envs and group.fails else 1.0
     table: Dict[str, Tuple[float, float, Dict[str, Tuple[float, float]]]] = {}
     for feature, values in group.counts.items():
-        per = {v: (a * scale, a * scale + b) for v, (a, b) in values.items()}
+        if feature in _ENV_LOCATION:  # the user's and machine's path: every asker's is new
+            continue
+        per = {v: (max(a, 0) * scale, max(a, 0) * scale + max(b, 0)) for v, (a, b) in values.items()}
         if feature.startswith("pkg:"):
-            fails, runs = group.fails * scale, group.fails * scale + group.oks
+            fails, runs = max(group.fails, 0) * scale, max(group.fails, 0) * scale + max(group.oks, 0)
             absent = (fails - sum(x for x, _ in per.values()), runs - sum(y for _, y in per.values()))
             if absent[1] > 1e-9:
-                per[ABSENT] = absent
+                per[ABSENT] = (max(absent[0], 0.0), absent[1])
         else:
             fails, runs = sum(x for x, _ in per.values()), sum(y for _, y in per.values())
         table[feature] = (fails, runs, per)
@@ -1015,7 +1019,8 @@ def _membership(groups: Sequence[GroupData], requester: Features) -> List[float]
     for group in groups:
         fails = float(group.fail_envs or group.fails)
         without.append((fails, fails + group.oks))
-    # a package only the requester has is one more way it is unlike every group's failing runs
+    # a package only the requester has is one more way it is unlike every group's failing runs; a
+    # variable's value none of their runs had is as likely one machine's as another bug's: skipped
     features = set().union(*tables) | {f for f in requester if f.startswith("pkg:")}
     features.discard("python_full")
     log_fit = [math.log(fails or 1) for fails, _ in without]
@@ -1039,6 +1044,8 @@ def _membership(groups: Sequence[GroupData], requester: Features) -> List[float]
             rows.append((fit, fails))
             pooled += seen
             pooled_runs += runs
+        if not package and not pooled:
+            continue
         share = (pooled + 0.5) / (pooled_runs + 1.0)  # of all the groups' runs, those with this value
         log_new += math.log(share)
         for i, (fit, fails) in enumerate(rows):
@@ -1052,6 +1059,9 @@ def suggest_among(groups: Sequence[GroupData], requester: Optional[Features]) ->
     """The /suggest answer when the requester's failure may be any of these groups' bug."""
     if requester is None:
         return {"match": False, "reason": "unknown environment"}
+    groups = [group for group in groups if group.fails > 0]  # purged to nothing: no bug to weigh
+    if not groups:
+        return {"match": False, "reason": "no failing runs of this error yet"}
     membership = _membership(groups, requester)
     likeliest = max(range(len(groups)), key=lambda i: membership[i])
     answer = suggest(groups[likeliest], requester)

@@ -932,33 +932,61 @@ class Storage:
         """The groups of one exception line, busiest first."""
         return self._read(lambda cur: self._heads_of_message(cur, message))
 
+    @staticmethod
+    def _of_keys(cur: Cursor, sql: str, args: Tuple, keys: List[str]) -> List[tuple]:
+        """``sql``, whose last condition is ``g.key IN ({keys})``, over ``keys`` in as many statements
+        as SQLite's oldest parameter limit needs."""
+        rows: List[tuple] = []
+        room = _MAX_PARAMS - len(args)
+        for start in range(0, len(keys), room):
+            chunk = keys[start : start + room]
+            rows += cur.execute(sql.format(keys=", ".join("?" * len(chunk))), args + tuple(chunk)).fetchall()
+        return rows
+
     def last_error_group(self, keys: List[str], env_hash: str, script_id: Optional[str] = None) -> Optional[str]:
-        """Of these groups, the one this environment (and script) failed in, seen last: read from the
-        sources' rollup through its environment index, not from each group's beacons (a line many
-        groups share would scan them all for an environment that never failed)."""
-        marks = ", ".join("?" * len(keys))
-        sql = (
-            "SELECT g.key FROM group_sources s JOIN groups g ON g.id = s.group_id "
-            "WHERE s.env_hash = ? AND s.fails > 0 AND g.key IN (%s)" % marks
-        )
-        args: Tuple = (env_hash, *keys)
-        if script_id:
-            sql, args = sql + " AND s.script_id = ?", args + (script_id,)
-        rows = self._select(sql + " ORDER BY s.last_seen DESC, g.id DESC LIMIT 1", args)
-        return rows[0][0] if rows else None
+        """Of these groups, the one an error from this environment (and script) went to last.
+
+        The sources' rollup, read through its environment index, says which of them it failed in at
+        all; only those groups' beacons are searched for the latest (a line many groups share would
+        otherwise have each group's beacons scanned for an environment that never failed in it)."""
+
+        def work(cur: Cursor) -> Optional[str]:
+            scoped = " AND s.script_id = ?" if script_id else ""
+            args: Tuple = (env_hash, script_id) if script_id else (env_hash,)
+            failed_in = {
+                row[0]
+                for row in self._of_keys(
+                    cur,
+                    "SELECT DISTINCT g.key FROM group_sources s JOIN groups g ON g.id = s.group_id "
+                    "WHERE s.env_hash = ? AND s.fails > 0" + scoped + " AND g.key IN ({keys})",
+                    args,
+                    keys,
+                )
+            }
+            latest: Tuple[int, Optional[str]] = (0, None)
+            for key in (key for key in keys if key in failed_in):
+                row = cur.execute(
+                    "SELECT b.id FROM beacons b JOIN groups g ON g.id = b.group_id WHERE g.key = ? "
+                    "AND b.env_hash = ? AND b.kind = 'error'"
+                    + scoped.replace("s.", "b.")
+                    + " ORDER BY b.id DESC LIMIT 1",
+                    (key,) + args,
+                ).fetchone()
+                if row is not None and row[0] > latest[0]:
+                    latest = (row[0], key)
+            return latest[1]
+
+        return self._read(work)
 
     def script_groups(self, keys: List[str], script_id: str) -> List[str]:
         """Of these groups, those an error of this script went to, from any environment (in their order)."""
-        marks = ", ".join("?" * len(keys))
-        found = {
-            row[0]
-            for row in self._select(
-                "SELECT g.key FROM group_scripts s JOIN groups g ON g.id = s.group_id "
-                "WHERE s.script_id = ? AND g.key IN (%s)" % marks,
-                (script_id, *keys),
-            )
-        }
-        return [key for key in keys if key in found]
+
+        def work(cur: Cursor) -> List[str]:
+            sql = "SELECT g.key FROM group_scripts s JOIN groups g ON g.id = s.group_id WHERE s.script_id = ?"
+            found = {row[0] for row in self._of_keys(cur, sql + " AND g.key IN ({keys})", (script_id,), keys)}
+            return [key for key in keys if key in found]
+
+        return self._read(work)
 
     def _group_state(self, cur: Cursor, group_id: int) -> GroupState:
         key, fails, oks, mentions, revision = cur.execute(

@@ -273,6 +273,13 @@ def test_a_cause_the_trace_names_is_answered_however_many_packages_moved_with_it
     assert not engine.suggest(_group(bad, good), bad[0])["match"]
 
 
+def test_a_package_the_trace_runs_through_does_not_outweigh_a_python_lacking_the_module():
+    failing = [_features({"black": "23.1", "p%d" % i: "1.0"}, "3.10.13") for i in range(2)]
+    group = _group(failing, [], mentions={"black"})._replace(message="modulenotfounderror: no module named 'tomllib'")
+    answer = engine.suggest(group, failing[0])
+    assert answer["match"] and answer["solution"] == "use Python 3.11", answer
+
+
 def test_packaging_tools_are_bystanders_of_an_interpreter_change():
     before = _features({"pip": "23.0.1", "setuptools": "65.5.0"}, "3.10.13")
     after = _features({"pip": "23.2.1", "setuptools": "68.0.0"}, "3.11.7")
@@ -621,8 +628,18 @@ def test_membership_leaves_a_bug_none_of_the_groups_holds_its_share():
     neither = engine._membership([orders, billing], {})
     unlike = engine._membership([orders, billing], {"pkg:other-lib": "3.0"})
     assert max(neither) < 0.5 and max(unlike) < max(neither) and sum(unlike) < sum(neither) < 1
-    # a variable the asker collected and no group's runs did says nothing
-    assert engine._membership([orders, billing], {}) == engine._membership([orders, billing], {"env:X": "1"})
+    # a variable the asker collected and no group's runs did says nothing, nor does a value of one
+    # none of their runs had (a machine's own path, a new setting), nor the venv's path
+    nothing = engine._membership([orders, billing], {})
+    assert nothing == engine._membership([orders, billing], {"env:X": "1"})
+    with_paths = _group([{"pkg:orders-lib": "2.0", "env:PYTHONPATH": "/home/a"}] * 4, [{"pkg:orders-lib": "1.0"}] * 2)
+    fits = engine._membership([with_paths, billing], {"pkg:orders-lib": "2.0"})
+    assert fits == engine._membership(
+        [with_paths, billing], {"pkg:orders-lib": "2.0", "env:PYTHONPATH": "/home/b", "env:VIRTUAL_ENV": "/home/b/v"}
+    )
+    # counts a purge left inconsistent weigh as nothing rather than fail
+    broken = _group([{"env:X": "1"}] * 2, [])._replace(counts={"env:X": {"1": (-1, 2)}, "pkg:a": {"1": (3, -1)}})
+    assert all(0 <= p <= 1 for p in engine._membership([broken, billing], {"env:X": "1", "pkg:a": "1"}))
 
 
 def test_one_library_bug_from_several_scripts_and_both_clients_is_one_group(server):

@@ -393,3 +393,25 @@ def test_a_burst_of_errors_is_stored_as_one_by_one(db_target, tmp_path):
     burst_state, alone_state = _ingest_state(db_target), _ingest_state(alone_target)
     assert burst_state == alone_state
     assert len(burst_state["beacons"]) == 2 + 12 + 1
+
+
+def test_the_group_an_environment_failed_in_last_is_its_last_failure_not_its_last_run(db_target):
+    """A success updates its script's source rows in every group it failed in; which group the
+    environment's last *error* went to is still the beacons' to say (a 0.4.2 asker names no script)."""
+    storage = open_storage(db_target)
+    storage.add_env(Env("E", {"packages": {}}, {"python": "3.11"}))
+    first, second = "KeyError: 'id' @ a.load", "KeyError: 'id' @ b.load"
+    keys = {}
+    for event_id, script, sig in (("1", "S1", first), ("2", "S2", second)):
+        storage.add_beacon(_beacon(event_id, env_hash="E", sig=sig, script_id=script, group_key=sig.lower()))
+        keys[sig] = sig.lower()
+    storage.add_beacon(_beacon("3", env_hash="E", kind="success", script_id="S1", group_key=None, signature=None))
+    both = [keys[first], keys[second]]
+    assert storage.last_error_group(both, "E") == keys[second]
+    assert storage.last_error_group(both, "E", "S1") == keys[first]
+    assert storage.last_error_group(both, "other") is None and storage.last_error_group([], "E") is None
+    # more groups than one statement may name (SQLite's oldest limit is 999 parameters)
+    many = ["keyerror: 'id' @ x%d.load" % i for i in range(1200)] + both
+    assert storage.last_error_group(many, "E") == keys[second]
+    assert storage.script_groups(many, "S2") == [keys[second]]
+    storage.close()
