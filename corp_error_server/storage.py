@@ -951,25 +951,26 @@ class Storage:
         otherwise have each group's beacons scanned for an environment that never failed in it)."""
 
         def work(cur: Cursor) -> Optional[str]:
-            scoped = " AND s.script_id = ?" if script_id else ""
             args: Tuple = (env_hash, script_id) if script_id else (env_hash,)
+
+            def scoped(alias: str) -> str:
+                return " AND %s.script_id = ?" % alias if script_id else ""
+
             failed_in = {
                 row[0]
                 for row in self._of_keys(
                     cur,
                     "SELECT DISTINCT g.key FROM group_sources s JOIN groups g ON g.id = s.group_id "
-                    "WHERE s.env_hash = ? AND s.fails > 0" + scoped + " AND g.key IN ({keys})",
+                    "WHERE s.env_hash = ? AND s.fails > 0" + scoped("s") + " AND g.key IN ({keys})",
                     args,
                     keys,
                 )
             }
             latest: Tuple[int, Optional[str]] = (0, None)
-            for key in (key for key in keys if key in failed_in):
+            for key in failed_in:
                 row = cur.execute(
                     "SELECT b.id FROM beacons b JOIN groups g ON g.id = b.group_id WHERE g.key = ? "
-                    "AND b.env_hash = ? AND b.kind = 'error'"
-                    + scoped.replace("s.", "b.")
-                    + " ORDER BY b.id DESC LIMIT 1",
+                    "AND b.env_hash = ? AND b.kind = 'error'" + scoped("b") + " ORDER BY b.id DESC LIMIT 1",
                     (key,) + args,
                 ).fetchone()
                 if row is not None and row[0] > latest[0]:
