@@ -598,6 +598,13 @@ def error_beacons(backend: RecordingBackend) -> List[dict]:
     return [b for b in backend.bodies("/beacon") if isinstance(b, dict) and b.get("kind") == "error"]
 
 
+def events(beacons: List[dict]) -> set:
+    """The distinct reports among ``beacons``: delivery is at least once (a process killed between
+    the server's answer and the spool's unlink sends its beacon again, with its event_id, which the
+    server stores once)."""
+    return {b.get("event_id") for b in beacons}
+
+
 def success_beacons(backend: RecordingBackend) -> List[dict]:
     return [b for b in backend.bodies("/beacon") if isinstance(b, dict) and b.get("kind") == "success"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import support
-from support import Reply, error_beacons, success_beacons, wait_error
+from support import Reply, error_beacons, events, success_beacons, wait_error
 
 HINT = Reply(
     200,
@@ -148,7 +148,7 @@ def test_pip_install_and_restart_is_the_fix(jupyter, backend, sandbox):
     assert "demo-pkg==2.0" in envs[success.json["env_hash"]]["packages"]
     assert "demo-pkg==2.0" not in envs[failure["env_hash"]]["packages"]
     backend.settle()
-    assert len(success_beacons(backend)) == 1 and len(error_beacons(backend)) == 1
+    assert len(events(success_beacons(backend))) == 1 and len(events(error_beacons(backend))) == 1
 
 
 def test_notebooks_the_kernel_cannot_name_are_not_each_others_fix(jupyter, backend, sandbox):
@@ -166,7 +166,7 @@ def test_notebooks_the_kernel_cannot_name_are_not_each_others_fix(jupyter, backe
     outputs = execute(jupyter, sandbox, other, sandbox.env(backend.url, {"PYTHONPATH": str(elsewhere)}))
     assert outputs[0][0]["text"] == "2.0\n"
     backend.settle()
-    assert success_beacons(backend) == [] and len(error_beacons(backend)) == 1
+    assert success_beacons(backend) == [] and len(events(error_beacons(backend))) == 1
 
 
 def test_nbconvert_execute_is_one_report_of_the_cells_own_error(jupyter, backend, sandbox):
@@ -185,7 +185,7 @@ def test_nbconvert_execute_is_one_report_of_the_cells_own_error(jupyter, backend
     assert beacon["error_sig"] == "ZeroDivisionError: division by zero @ __main__.compute < __main__.<module>"
     assert beacon["script_name"] == "daily.ipynb"
     backend.settle()
-    assert len(error_beacons(backend)) == 1
+    assert len(events(error_beacons(backend))) == 1
     assert all("\x1b" not in json.dumps(r.json) for r in backend.settle() if r.json)
 
 
@@ -220,7 +220,7 @@ def test_nbconvert_with_a_kernel_without_the_agent_reports_the_cells_own_error(j
     assert beacon["script_name"] == "daily.ipynb"
     assert "compute()" in beacon["trace"] and "\x1b" not in beacon["trace"]
     backend.settle()
-    assert len(error_beacons(backend)) == 1
+    assert len(events(error_beacons(backend))) == 1
 
 
 def test_ipython_script(jupyter, backend, sandbox):
