@@ -46,7 +46,7 @@ _PYTHON_PRIOR = 3.0  # the interpreter version is a common cause: more than one 
 # mattering to their jobs, unlike the locale and proxy variables every agent collects
 _ALLOWED_PRIOR = 3.0
 _PACKAGING_TOOL = 0.1  # pip, setuptools, wheel ride along with interpreters and venvs
-_STDLIB_PRIOR = 3000.0  # the traceback names a module the requester's Python lacks
+_STDLIB_PRIOR = 3000.0  # the traceback names a module the requester's Python lacks (or a variable, _lacked_variable)
 _FLAKE = 0.1  # share of failing runs a flaky bug adds on good values
 _MISS = 0.02  # share of succeeding runs on failing values (a cause rarely lets a run pass)
 _FIX_NOISE = 0.12  # chance that an observed "fix" did not touch the cause (a flaky pass)
@@ -571,17 +571,23 @@ def _prior(feature: str, python_need) -> float:
 _KEY_ERROR = re.compile(r"^keyerror: '(\w+)'$")
 
 
-def _lacks_named_variable(group: GroupData, requester: Features) -> bool:
-    """The exception line is ``KeyError: 'NAME'``, every failing run that collected the variable NAME
-    had it unset, and the asker has not got it set: the environment demonstrably lacks what the line
-    says is missing, as an interpreter lacks a module (os.environ raises exactly this)."""
+def _lacked_variable(group: GroupData) -> str:
+    """The variable (``env:NAME``) of an exception line ``KeyError: 'NAME'`` when every failing run
+    that collected NAME had it unset: the environment demonstrably lacks what the line says is
+    missing, as an interpreter lacks a module (os.environ raises exactly this). "" otherwise."""
     named = _KEY_ERROR.match(group.message)
     if not named:
-        return False
+        return ""
     feature = next((f for f in group.counts if f.startswith("env:") and f[4:].lower() == named.group(1)), "")
     values = group.counts.get(feature, {})
     failing = {value for value, (fails, _) in values.items() if fails > 0}
-    return failing == {UNSET} and requester.get(feature, UNSET) == UNSET
+    return feature if failing == {UNSET} else ""
+
+
+def _lacks_named_variable(group: GroupData, requester: Features) -> bool:
+    """The asker lacks the variable its failing runs lacked (_lacked_variable)."""
+    feature = _lacked_variable(group)
+    return bool(feature) and requester.get(feature, UNSET) == UNSET
 
 
 def _satisfies(need, version: str) -> bool:
@@ -694,11 +700,15 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
                 continue
             seps[feature] = sep
         # every feature is a hypothesis: its prior share, whatever it shows; the named half is of the
-        # ordinary features' (an interpreter lacking the module the line names stays the cause)
+        # ordinary features' (an interpreter lacking the module the line names stays the cause, and so
+        # does a variable the line names that the failing runs lacked)
+        lacked = _lacked_variable(group)
         priors = {f: _prior(f, python_need) for f in seps if f not in named}
         ordinary = sum(w for f, w in priors.items() if not (f == "python" and python_need)) or 1.0
-        kept_named = [f for f in seps if f in named]
+        kept_named = [f for f in seps if f in named and f != lacked]
         priors.update((f, _NAMED_SHARE / (1 - _NAMED_SHARE) * ordinary / len(kept_named)) for f in kept_named)
+        if lacked in seps:
+            priors[lacked] = _STDLIB_PRIOR
         return seps, priors
 
     seps, priors = _kept(group, "separations", separations)
