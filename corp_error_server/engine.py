@@ -36,7 +36,7 @@ _MAX_VALUES = 8  # features with more distinct values than this are per-machine 
 _ALPHA = 1.0  # Dirichlet concentration per value
 _NO_CAUSE_PRIOR = 0.35  # prior share of bugs that fail whatever the environment
 _NO_CAUSE_STDLIB = 0.01  # the same when the asker's Python lacks the module the exception line names
-# (or lacks the variable a KeyError names, _lacks_named_variable)
+# (or lacks the variable a KeyError names, _lacked_variable)
 # what the traceback names (a package it runs through, a variable its line names) holds this share
 # of an environment cause's prior, however many other features there are: naming is evidence about
 # the bug, not one more feature among the many a large venv adds
@@ -574,20 +574,16 @@ _KEY_ERROR = re.compile(r"^keyerror: '(\w+)'$")
 def _lacked_variable(group: GroupData) -> str:
     """The variable (``env:NAME``) of an exception line ``KeyError: 'NAME'`` when every failing run
     that collected NAME had it unset: the environment demonstrably lacks what the line says is
-    missing, as an interpreter lacks a module (os.environ raises exactly this). "" otherwise."""
+    missing, as an interpreter lacks a module (os.environ raises exactly this). When no failing run
+    collected it, the line is all that speaks of them, and it says the variable was missing. ""
+    otherwise."""
     named = _KEY_ERROR.match(group.message)
     if not named:
         return ""
     feature = next((f for f in group.counts if f.startswith("env:") and f[4:].lower() == named.group(1)), "")
     values = group.counts.get(feature, {})
     failing = {value for value, (fails, _) in values.items() if fails > 0}
-    return feature if failing == {UNSET} else ""
-
-
-def _lacks_named_variable(group: GroupData, requester: Features) -> bool:
-    """The asker lacks the variable its failing runs lacked (_lacked_variable)."""
-    feature = _lacked_variable(group)
-    return bool(feature) and requester.get(feature, UNSET) == UNSET
+    return feature if feature and failing <= {UNSET} else ""
 
 
 def _satisfies(need, version: str) -> bool:
@@ -714,7 +710,9 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
     seps, priors = _kept(group, "separations", separations)
     total_prior = sum(priors.values()) or 1.0
     lacks_module = bool(python_need and _python_target(python_need, None, requester.get("python", ""))[0])
-    no_cause = _NO_CAUSE_STDLIB if lacks_module or _lacks_named_variable(group, requester) else _NO_CAUSE_PRIOR
+    lacked = _lacked_variable(group)
+    lacks_variable = bool(lacked) and requester.get(lacked, UNSET) == UNSET
+    no_cause = _NO_CAUSE_STDLIB if lacks_module or lacks_variable else _NO_CAUSE_PRIOR
     hypotheses = []
     for feature, sep in seps.items():
         current = requester.get(feature, ABSENT if feature.startswith("pkg:") else "")
@@ -733,6 +731,8 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
             + sep.log_bf
             + log_lr.get(feature, log_lr_unchanged)
         )
+        if feature == lacked and target and current in ("", UNSET):
+            relevance = 1.0  # the line says the asker lacks it, collected or not
         if not target:
             relevance = 0.0
         hypotheses.append(
