@@ -442,6 +442,40 @@ def test_a_key_error_naming_a_variable_the_failing_runs_lacked_has_an_environmen
     assert not engine.suggest(also_set, bad)["match"]
 
 
+def test_a_variable_the_failing_runs_lacked_outweighs_a_package_that_splits_more_runs():
+    """Half the runs' agents collected DATA_DIR: two failures had it unset, one success set. A
+    package splits all seven runs as well. os.environ's KeyError names the variable, so the
+    variable is the cause, as a module the interpreter lacks is (and the package, splitting other
+    runs than the variable does, did not move with it)."""
+
+    def env(variables: dict, alpha: str) -> dict:
+        packages = {"dep%02d" % i: "1.%d" % (i % 3) for i in range(30)}
+        return engine.env_features(dict(packages, alpha=alpha), "3.11.7", "CPython", "Linux", "x86_64", variables)
+
+    bad = [env({"DATA_DIR": "MISSING"}, "2.0")] * 2 + [env({}, "2.0")] * 2
+    good = [env({"DATA_DIR": "/srv/data"}, "1.0")] + [env({}, "1.0")] * 2
+    answer = engine.suggest(_group(bad, good)._replace(message="keyerror: 'data_dir'"), bad[0])
+    assert answer["match"] and answer["solution"] == "export DATA_DIR=/srv/data", answer
+    assert engine.MIN_CONFIDENCE <= answer["confidence"]
+
+
+def test_a_key_error_speaks_for_failing_runs_that_did_not_collect_the_variable():
+    """No failing run collected DATA_DIR (their agents were not told to), nor did the asker; one
+    success did, with a value. The line says what the failing runs lacked: set it to that value."""
+
+    def env(variables: dict) -> dict:
+        packages = {"dep%02d" % i: "1.%d" % (i % 3) for i in range(30)}
+        return engine.env_features(packages, "3.11.7", "CPython", "Linux", "x86_64", variables)
+
+    bad = [env({}) for _ in range(3)]
+    group = _group(bad, [env({"DATA_DIR": "/srv/data"})])._replace(message="keyerror: 'data_dir'")
+    answer = engine.suggest(group, bad[0])
+    assert answer["match"] and answer["solution"] == "export DATA_DIR=/srv/data", answer
+    # a failing run that collected it set: the line no longer says what they lacked
+    also_set = _group(bad + [env({"DATA_DIR": "/mnt/data"})], [env({"DATA_DIR": "/srv/data"})])
+    assert not engine.suggest(also_set._replace(message="keyerror: 'data_dir'"), bad[0])["match"]
+
+
 # -- where a bug is raised -----------------------------------------------------------------------
 
 _LIB_TRACE = (
