@@ -671,6 +671,7 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
         python_need = None  # it also fails on Pythons that have the module: something else is missing
     universe = max(len(requester), 1)
     env_vars = {feature for feature in group.counts if feature.startswith("env:")}
+    lacked = _lacked_variable(group)
 
     def leaning() -> Dict[str, Set[str]]:
         """Per feature, its failure-leaning values."""
@@ -698,7 +699,6 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
         # every feature is a hypothesis: its prior share, whatever it shows; the named half is of the
         # ordinary features' (an interpreter lacking the module the line names stays the cause, and so
         # does a variable the line names that the failing runs lacked)
-        lacked = _lacked_variable(group)
         priors = {f: _prior(f, python_need) for f in seps if f not in named}
         ordinary = sum(w for f, w in priors.items() if not (f == "python" and python_need)) or 1.0
         kept_named = [f for f in seps if f in named and f != lacked]
@@ -710,7 +710,6 @@ def _hypotheses(group: GroupData, requester: Features) -> Tuple[List[_Hypothesis
     seps, priors = _kept(group, "separations", separations)
     total_prior = sum(priors.values()) or 1.0
     lacks_module = bool(python_need and _python_target(python_need, None, requester.get("python", ""))[0])
-    lacked = _lacked_variable(group)
     lacks_variable = bool(lacked) and requester.get(lacked, UNSET) == UNSET
     no_cause = _NO_CAUSE_STDLIB if lacks_module or lacks_variable else _NO_CAUSE_PRIOR
     hypotheses = []
