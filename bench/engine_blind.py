@@ -12,6 +12,7 @@ and its `solution`, applied to the asking environment, gives one the model says 
 every version it names seen in the population and every interpreter one the population runs.
 
     python bench/engine_blind.py [--seeds 1,2,3,4,5] [--quick] [--examples 3]
+    python bench/engine_blind.py --fit --dump answers.jsonl    # every bug, for bench/calibration.py
 
 Metrics: correct@1 = right top answers / bugs with an environment cause (an abstention is a miss);
 false-suggestion rate = bugs without an environment cause answered with match:true / those bugs;
@@ -1325,21 +1326,45 @@ HEADER = "  %-10s %5s  %-16s  %-16s  %-16s  %s" % (
 )
 
 
-def run_population(difficulty: str, seed: int, quick: bool) -> Tuple[List[Outcome], List[Outcome]]:
+# --fit: a server that answers everything with its uncalibrated posterior (bench/calibration.py)
+_UNCALIBRATED = (
+    "import runpy, corp_error_server.engine as engine; "
+    "engine.MIN_CONFIDENCE, engine._CALIBRATION = 0.0, (1.0, 0.0); "
+    "runpy.run_module('corp_error_server', run_name='__main__', alter_sys=True)"
+)
+
+
+def run_population(
+    difficulty: str, seed: int, quick: bool, fit: bool = False, dump=None
+) -> Tuple[List[Outcome], List[Outcome]]:
     """(the engine's outcomes, the oracle's) for one population sent to a fresh server."""
     rng = random.Random("%s-%d" % (difficulty, seed))
     pop, scenarios = build(difficulty, rng, quick)
     with tempfile.TemporaryDirectory() as tmp:
-        proc, host, port = start(
-            [sys.executable, "-m", "corp_error_server", "--port", "0", "--db", os.path.join(tmp, "blind.db")]
-        )
+        server = ["-c", _UNCALIBRATED] if fit else ["-m", "corp_error_server"]
+        proc, host, port = start([sys.executable] + server + ["--port", "0", "--db", os.path.join(tmp, "blind.db")])
         try:
             fleet = Fleet(Wire(host, port), pop)
             for sc in scenarios:
                 fleet.history(sc)
-            outcomes = [judge(sc, fleet.ask(sc), pop) for sc in scenarios]
+            answers = [fleet.ask(sc) for sc in scenarios]
         finally:
             stop(proc)
+    outcomes = [judge(sc, answer, pop) for sc, answer in zip(scenarios, answers)]
+    if dump:
+        for sc, answer, outcome in zip(scenarios, answers, outcomes):
+            evidence = answer.get("evidence", {}) if outcome.answered else {}
+            row = {
+                "seed": seed,
+                "difficulty": difficulty,
+                "kind": sc.kind,
+                "cause": sc.has_cause,
+                "answered": outcome.answered,
+                "right": outcome.right,
+                "posterior": evidence.get("posterior"),
+                "bug_share": evidence.get("bug_share"),
+            }
+            dump.write(json.dumps(row) + "\n")
     return outcomes, [judge(sc, oracle_answer(sc, pop), pop) for sc in scenarios]
 
 
@@ -1348,7 +1373,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated seeds (default: 1,2,3,4,5)")
     parser.add_argument("--quick", action="store_true", help="a third of the bugs per population")
     parser.add_argument("--examples", type=int, default=2, help="wrong or missed answers shown per kind")
+    parser.add_argument("--dump", help="write one JSON line per bug (for bench/calibration.py)")
+    parser.add_argument("--fit", action="store_true", help="answer everything, uncalibrated (with --dump)")
     args = parser.parse_args(argv)
+    dump = open(args.dump, "w") if args.dump else None
     os.environ["ERROR_AGENT_ENABLED"] = "0"  # the server process must not report to itself
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     every: List[Outcome] = []
@@ -1358,12 +1386,14 @@ def main(argv=None) -> int:
         print(HEADER)
         outcomes: List[Outcome] = []
         for difficulty in DIFFICULTIES:
-            found, ideal = run_population(difficulty, seed, args.quick)
+            found, ideal = run_population(difficulty, seed, args.quick, args.fit, dump)
             print(row(difficulty, metrics(found)), flush=True)
             oracle += ideal
             outcomes += found
         print(row("overall", metrics(outcomes)))
         every += outcomes
+    if dump:
+        dump.close()
     print("\nall seeds %s pooled%s" % (",".join(map(str, seeds)), " (--quick)" if args.quick else ""))
     print(HEADER)
     for difficulty in DIFFICULTIES:

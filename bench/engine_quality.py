@@ -23,7 +23,7 @@ over all:
 Bar: correct@1 >= 95%, false <= 2%, ECE <= 10%, over all seeds.
 
     python bench/engine_quality.py [--quick] [--seeds 1,2,3,4,5] [--scenarios N] [--verbose]
-    python bench/engine_quality.py --dump answers.jsonl    # (confidence, posterior, right) for calibration
+    python bench/engine_quality.py --fit --dump answers.jsonl    # every bug, for bench/calibration.py
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from calibration import fit as fit_calibration  # noqa: E402
+from calibration import read as read_dump  # noqa: E402
 from corp_error_server import create_app  # noqa: E402
 from corp_error_server.storage import SQLiteStorage  # noqa: E402
 
@@ -473,38 +476,6 @@ def ece(points: list, bins: int = 10) -> float:
     return total / len(points)
 
 
-def fit_calibration(path: str) -> tuple:
-    """Platt scaling: the (slope, offset) maximising the likelihood of right/wrong given logit(posterior).
-
-    Over the answers whose group the runs decided: an asker's group the engine chose by its
-    environment multiplies the calibrated confidence by that choice's share, a probability of its own."""
-    import math
-
-    rows = [row for row in map(json.loads, open(path)) if row.get("bug_share") is None]
-    xs = [
-        math.log(max(min(r["posterior"], 1 - 1e-6), 1e-6) / (1 - max(min(r["posterior"], 1 - 1e-6), 1e-6)))
-        for r in rows
-    ]
-    ys = [1.0 if r["right"] else 0.0 for r in rows]
-    a, b = 1.0, 0.0
-    for _ in range(200):  # Newton's method on the two parameters, with a small ridge for stability
-        ga = gb = haa = hab = hbb = 0.0
-        for x, y in zip(xs, ys):
-            p = 1 / (1 + math.exp(-(a * x + b)))
-            ga += (p - y) * x
-            gb += p - y
-            w = p * (1 - p)
-            haa += w * x * x
-            hab += w * x
-            hbb += w
-        haa += 1e-3
-        hbb += 1e-3
-        det = haa * hbb - hab * hab
-        a -= (hbb * ga - hab * gb) / det
-        b -= (haa * gb - hab * ga) / det
-    return a, b
-
-
 def run_seed(seed: int, scenarios: int, verbose: bool, dump) -> dict:
     rng = random.Random(seed)
     tally = {d: {"n": 0, "answered": 0, "right": 0, "points": []} for d in DIFFICULTIES}
@@ -516,25 +487,23 @@ def run_seed(seed: int, scenarios: int, verbose: bool, dump) -> dict:
             answer, requester = run_scenario(app, scenario, rng)
             row = tally[scenario.difficulty]
             row["n"] += 1
+            right = bool(answer["match"]) and judge(scenario, answer, requester)
+            if dump:
+                evidence = answer.get("evidence", {}) if answer["match"] else {}
+                row_out = {
+                    "seed": seed,
+                    "difficulty": scenario.difficulty,
+                    "cause": scenario.difficulty not in _NO_CAUSE,
+                    "answered": bool(answer["match"]),
+                    "right": right,
+                    "posterior": evidence.get("posterior"),
+                    "bug_share": evidence.get("bug_share"),
+                }
+                dump.write(json.dumps(row_out) + "\n")
             if answer["match"]:
-                right = judge(scenario, answer, requester)
                 row["answered"] += 1
                 row["right"] += right
                 row["points"].append((answer["confidence"], right))
-                if dump:
-                    dump.write(
-                        json.dumps(
-                            {
-                                "seed": seed,
-                                "difficulty": scenario.difficulty,
-                                "confidence": answer["confidence"],
-                                "right": right,
-                                "posterior": answer["evidence"]["posterior"],
-                                "bug_share": answer["evidence"].get("bug_share"),
-                            }
-                        )
-                        + "\n"
-                    )
                 if verbose and not right:
                     print(
                         "WRONG seed %d %s #%d (%.2f): %s | %s"
@@ -597,7 +566,9 @@ def main(argv=None) -> int:
     if dump:
         dump.close()
         if args.fit:
-            print("calibration (slope, offset) on logit(posterior): (%.3f, %.3f)" % fit_calibration(args.dump))
+            print(
+                "calibration (slope, offset) on logit(posterior): (%.3f, %.3f)" % fit_calibration(read_dump(args.dump))
+            )
     print(
         "engine quality: %d seeds (%s) x %d scenarios, judged by following the answer" % (len(seeds), args.seeds, total)
     )

@@ -47,7 +47,8 @@ _PYTHON_PRIOR = 3.0  # the interpreter version is a common cause: more than one 
 _ALLOWED_PRIOR = 3.0
 _PACKAGING_TOOL = 0.1  # pip, setuptools, wheel ride along with interpreters and venvs
 _STDLIB_PRIOR = 3000.0  # the traceback names a module the requester's Python lacks (or a variable, _lacked_variable)
-_FLAKE = 0.1  # share of failing runs a flaky bug adds on good values
+_FLAKE = 0.1  # share of failing runs a flaky bug adds on good values, on average
+_FLAKE_RUNS = 5.0  # how many runs that average is worth: each bug's share is its own
 _MISS = 0.02  # share of succeeding runs on failing values (a cause rarely lets a run pass)
 _FIX_NOISE = 0.12  # chance that an observed "fix" did not touch the cause (a flaky pass)
 # one environment failing, then passing: under "f is the cause" (1 - miss) * miss on a failing
@@ -62,7 +63,7 @@ _PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
 _ENV_LOCATION = ("env:VIRTUAL_ENV", "env:CONDA_PREFIX")
 # Platt calibration (slope, offset on the logit) of the posterior: bench/engine_quality.py --fit, seeds 101-110
 # (never the seeds reported, 1-5)
-_CALIBRATION = (1.97, 0.38)
+_CALIBRATION = (1.97, 0.51)
 
 Features = Dict[str, str]
 Counts = Dict[str, Dict[str, Tuple[float, float]]]  # feature -> value -> (failing runs, succeeding runs)
@@ -365,6 +366,18 @@ def _log_dm(counts: Sequence[float], alpha: float = _ALPHA) -> float:
     )
 
 
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def _log_flaky(on_good: float, on_bad: float) -> float:
+    """Log likelihood that these many failing runs fell on good and on bad values, the flaky share
+    being each bug's own (a network blip here, a race there): a Beta prior of mean _FLAKE, worth
+    _FLAKE_RUNS runs, integrated out."""
+    a, b = _FLAKE * _FLAKE_RUNS, (1 - _FLAKE) * _FLAKE_RUNS
+    return _log_beta(on_good + a, on_bad + b) - _log_beta(a, b)
+
+
 def _log_partition_bf(values: Mapping[str, Tuple[float, float]], bad: Sequence[str], choices: int) -> float:
     """ "These values fail, the others work" (a few flaky failures, fewer successes on failing
     values), over "values are independent of the outcome"; less the choice of the partition.
@@ -384,9 +397,8 @@ def _log_partition_bf(values: Mapping[str, Tuple[float, float]], bad: Sequence[s
         + _log_dm(oks_good)
         + _log_dm(oks_bad)
         + _log_dm(fails_good)
-        + sum(fails_good) * math.log(_FLAKE)
+        + _log_flaky(sum(fails_good), sum(fails_bad))
         + sum(oks_bad) * math.log(_MISS)
-        + sum(fails_bad) * math.log(1 - _FLAKE)
         + sum(oks_good) * math.log(1 - _MISS)
     )
     log_ml0 = _log_dm([a + b for a, b in values.values()])
