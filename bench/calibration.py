@@ -1,8 +1,9 @@
-"""The engine's calibration, fitted over the answers both quality benches dumped (issue 14, item 4).
+"""The engine's calibration and threshold, from the answers the quality benches dumped (issue 14, item 4).
 
 Platt scaling: the (slope, offset) on logit(posterior) that make the printed confidence the share of
-answers that are right, over both generators' populations pooled (never the seeds they report);
-then, per generator, what each threshold on the calibrated confidence trades.
+answers that are right, fitted on the first dump (the own generator's, on seeds never reported);
+then, per dump, what each threshold on the calibrated confidence trades, and the lowest threshold
+(in hundredths) at which every dump's false suggestions stay under the 2 % bar.
 
     python3 bench/engine_quality.py --fit --dump /tmp/own.jsonl --seeds 101,102,103,104,105,106,107,108,109,110
     python3 bench/engine_blind.py --fit --dump /tmp/blind.jsonl --seeds 101,102,103,104,105,106,107,108,109,110
@@ -21,7 +22,8 @@ import math
 import sys
 from typing import List, Sequence, Tuple
 
-THRESHOLDS = (0.6, 0.7, 0.8, 0.9, 0.95)
+THRESHOLDS = (0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
+BAR = 0.02  # false suggestions (issue 14)
 
 
 def read(path: str) -> List[dict]:
@@ -81,17 +83,23 @@ def main(argv=None) -> int:
     parser.add_argument("dumps", nargs="+", help="JSON-lines files written by the benches' --fit --dump")
     args = parser.parse_args(argv)
     suites = [(path, read(path)) for path in args.dumps]
-    pooled = fit([row for _, rows in suites for row in rows])
-    print("calibration (slope, offset) on logit(posterior), pooled: (%.3f, %.3f)" % pooled)
-    for path, rows in suites:
-        print("  %s alone: (%.3f, %.3f)" % ((path,) + fit(rows)))
+    calibration = fit(suites[0][1])
+    print(
+        "calibration (slope, offset) on logit(posterior), fitted on %s: (%.3f, %.3f)" % ((suites[0][0],) + calibration)
+    )
+    for path, rows in suites[1:]:
+        print("  %s alone would give (%.3f, %.3f)" % ((path,) + fit(rows)))
     for path, rows in suites:
         causes = sum(1 for r in rows if r["cause"])
         print("\n%s: %d bugs with a cause, %d without" % (path, causes, len(rows) - causes))
         print("  threshold  correct@1  false  wrong")
         for threshold in THRESHOLDS:
-            right, false, wrong = trade(rows, pooled, threshold)
+            right, false, wrong = trade(rows, calibration, threshold)
             print("  %9.2f  %8.1f%%  %4.1f%%  %4.1f%%" % (threshold, 100 * right, 100 * false, 100 * wrong))
+    lowest = next(
+        (t / 100 for t in range(50, 100) if all(trade(rows, calibration, t / 100)[1] < BAR for _, rows in suites)), None
+    )
+    print("\nlowest threshold with false suggestions under %.0f %% on every dump: %s" % (100 * BAR, lowest))
     return 0
 
 

@@ -31,7 +31,7 @@ import corp_error_agent
 
 ABSENT = "<absent>"  # a package the environment does not have
 UNSET = "<unset>"  # an environment variable the agent collected and found unset
-MIN_CONFIDENCE = 0.95  # below this (calibrated) confidence the engine abstains (docs/engine.md)
+MIN_CONFIDENCE = 0.95  # below this (calibrated) confidence the engine abstains (bench/calibration.py)
 _MAX_VALUES = 8  # features with more distinct values than this are per-machine noise
 _ALPHA = 1.0  # Dirichlet concentration per value
 _NO_CAUSE_PRIOR = 0.35  # prior share of bugs that fail whatever the environment
@@ -61,8 +61,8 @@ _PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
 # is the user's and machine's, and its spelling the client's (ours writes the home directory as ~,
 # 0.4.2 does not, and reports a success only after a failure on that machine), not configuration
 _ENV_LOCATION = ("env:VIRTUAL_ENV", "env:CONDA_PREFIX")
-# Platt calibration (slope, offset on the logit) of the posterior: bench/engine_quality.py --fit, seeds 101-110
-# (never the seeds reported, 1-5)
+# Platt calibration (slope, offset on the logit) of the posterior, fitted on the own generator's
+# seeds 101-110 (never the seeds reported, 1-10): bench/calibration.py, docs/engine.md
 _CALIBRATION = (1.97, 0.51)
 
 Features = Dict[str, str]

@@ -1006,12 +1006,15 @@ class Storage:
                 a, b = values.get(value, (0, 0))
                 values[value] = (a + runs, b)
         pairs = []
-        fixes = cur.execute(
-            "SELECT prev_env_hash, env_hash, script_id FROM beacons WHERE prev_group_id = ? "
+        observed = cur.execute(
+            "SELECT prev_env_hash, env_hash FROM beacons WHERE prev_group_id = ? "
             "AND kind = 'success' AND prev_env_hash IS NOT NULL AND test = 0 ORDER BY id DESC LIMIT ?",
             (group_id, _PAIRS_READ),
         ).fetchall()
-        fixes = [(failing, fixed, sid) for failing, fixed, sid in fixes if failing != fixed]
+        # (failing, fixed, script): the script only tells a rerun's client (below)
+        fixes: List[Tuple[str, str, Optional[str]]] = [
+            (failing, fixed, None) for failing, fixed in observed if failing != fixed
+        ]
         # a pass of a failing environment itself, whichever client sent it (0.4.2 names no previous
         # environment, and its env_hash covers packages only): a fix that changed nothing visible,
         # evidence against every feature it shows; once per script, environment and host (the first
