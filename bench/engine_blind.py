@@ -10,6 +10,8 @@ the published 0.4.2 client (lower-cased last traceback line, raw trace, no event
 post no /env), then the failing run that asks POST /suggest. An answer is right iff `match` is true
 and its `solution`, applied to the asking environment, gives one the model says does not fail, with
 every version it names seen in the population and every interpreter one the population runs.
+(`--fit`, added later for bench/calibration.py, is the one part that knows engine internals: it
+starts the server with the engine's threshold at 0 and its calibration the identity.)
 
     python bench/engine_blind.py [--seeds 1,2,3,4,5] [--quick] [--examples 3]
     python bench/engine_blind.py --fit --dump answers.jsonl    # every bug, for bench/calibration.py
@@ -1326,7 +1328,8 @@ HEADER = "  %-10s %5s  %-16s  %-16s  %-16s  %s" % (
 )
 
 
-# --fit: a server that answers everything with its uncalibrated posterior (bench/calibration.py)
+# --fit (added after the generator, for bench/calibration.py; the one place this file knows the
+# engine's internals): a server that answers everything with its uncalibrated posterior
 _UNCALIBRATED = (
     "import runpy, corp_error_server.engine as engine; "
     "engine.MIN_CONFIDENCE, engine._CALIBRATION = 0.0, (1.0, 0.0); "
@@ -1335,13 +1338,13 @@ _UNCALIBRATED = (
 
 
 def run_population(
-    difficulty: str, seed: int, quick: bool, fit: bool = False, dump=None
+    difficulty: str, seed: int, quick: bool, uncalibrated: bool = False, dump=None
 ) -> Tuple[List[Outcome], List[Outcome]]:
     """(the engine's outcomes, the oracle's) for one population sent to a fresh server."""
     rng = random.Random("%s-%d" % (difficulty, seed))
     pop, scenarios = build(difficulty, rng, quick)
     with tempfile.TemporaryDirectory() as tmp:
-        server = ["-c", _UNCALIBRATED] if fit else ["-m", "corp_error_server"]
+        server = ["-c", _UNCALIBRATED] if uncalibrated else ["-m", "corp_error_server"]
         proc, host, port = start([sys.executable] + server + ["--port", "0", "--db", os.path.join(tmp, "blind.db")])
         try:
             fleet = Fleet(Wire(host, port), pop)
@@ -1354,7 +1357,7 @@ def run_population(
     if dump:
         for sc, answer, outcome in zip(scenarios, answers, outcomes):
             evidence = answer.get("evidence", {}) if outcome.answered else {}
-            row = {
+            line = {
                 "seed": seed,
                 "difficulty": difficulty,
                 "kind": sc.kind,
@@ -1364,7 +1367,7 @@ def run_population(
                 "posterior": evidence.get("posterior"),
                 "bug_share": evidence.get("bug_share"),
             }
-            dump.write(json.dumps(row) + "\n")
+            dump.write(json.dumps(line) + "\n")
     return outcomes, [judge(sc, oracle_answer(sc, pop), pop) for sc in scenarios]
 
 

@@ -490,7 +490,7 @@ def run_seed(seed: int, scenarios: int, verbose: bool, dump) -> dict:
             right = bool(answer["match"]) and judge(scenario, answer, requester)
             if dump:
                 evidence = answer.get("evidence", {}) if answer["match"] else {}
-                row_out = {
+                line = {
                     "seed": seed,
                     "difficulty": scenario.difficulty,
                     "cause": scenario.difficulty not in _NO_CAUSE,
@@ -499,7 +499,7 @@ def run_seed(seed: int, scenarios: int, verbose: bool, dump) -> dict:
                     "posterior": evidence.get("posterior"),
                     "bug_share": evidence.get("bug_share"),
                 }
-                dump.write(json.dumps(row_out) + "\n")
+                dump.write(json.dumps(line) + "\n")
             if answer["match"]:
                 row["answered"] += 1
                 row["right"] += right
@@ -540,7 +540,7 @@ def main(argv=None) -> int:
     parser.add_argument("--scenarios", type=int)
     parser.add_argument("--seeds", default="1,2,3,4,5")
     parser.add_argument("--verbose", action="store_true", help="print every wrong answer and missed cause")
-    parser.add_argument("--dump", help="write one JSON line per answer (for fitting the calibration)")
+    parser.add_argument("--dump", help="write one JSON line per bug (for bench/calibration.py)")
     parser.add_argument(
         "--fit",
         action="store_true",

@@ -51,10 +51,13 @@ _FLAKE = 0.1  # share of failing runs a flaky bug adds on good values, on averag
 _FLAKE_RUNS = 5.0  # how many runs that average is worth: each bug's share is its own
 _MISS = 0.02  # share of succeeding runs on failing values (a cause rarely lets a run pass)
 _FIX_NOISE = 0.12  # chance that an observed "fix" did not touch the cause (a flaky pass)
+# the flaky share's Beta prior (_log_flaky)
+_FLAKE_A, _FLAKE_B = _FLAKE * _FLAKE_RUNS, (1 - _FLAKE) * _FLAKE_RUNS
 # one environment failing, then passing: under "f is the cause" (1 - miss) * miss on a failing
-# value of f, flake * (1 - flake) on a working one; without a cause at most 1/2 * 1/2
+# value of f, flake * (1 - flake) on a working one (its mean under that prior); without a cause at
+# most 1/2 * 1/2
 _RERUN_ON_BAD = math.log((1 - _MISS) * _MISS / 0.25)
-_RERUN_ON_GOOD = math.log(_FLAKE * (1 - _FLAKE) / 0.25)
+_RERUN_ON_GOOD = math.log(_FLAKE_A * _FLAKE_B / (_FLAKE_RUNS * (_FLAKE_RUNS + 1)) / 0.25)
 _MAX_TOGETHER = 3  # more features than this splitting the runs alike is chance, not a cause
 _PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
 # where the environment lives: the venv shows in its packages and interpreter, seen directly; the path
@@ -63,7 +66,7 @@ _PACKAGING_TOOLS = ("pkg:pip", "pkg:setuptools", "pkg:wheel")
 _ENV_LOCATION = ("env:VIRTUAL_ENV", "env:CONDA_PREFIX")
 # Platt calibration (slope, offset on the logit) of the posterior, fitted on the own generator's
 # seeds 101-110 (never the seeds reported, 1-10): bench/calibration.py, docs/engine.md
-_CALIBRATION = (1.97, 0.51)
+_CALIBRATION = (1.91, 0.61)
 
 Features = Dict[str, str]
 Counts = Dict[str, Dict[str, Tuple[float, float]]]  # feature -> value -> (failing runs, succeeding runs)
@@ -374,8 +377,7 @@ def _log_flaky(on_good: float, on_bad: float) -> float:
     """Log likelihood that these many failing runs fell on good and on bad values, the flaky share
     being each bug's own (a network blip here, a race there): a Beta prior of mean _FLAKE, worth
     _FLAKE_RUNS runs, integrated out."""
-    a, b = _FLAKE * _FLAKE_RUNS, (1 - _FLAKE) * _FLAKE_RUNS
-    return _log_beta(on_good + a, on_bad + b) - _log_beta(a, b)
+    return _log_beta(on_good + _FLAKE_A, on_bad + _FLAKE_B) - _log_beta(_FLAKE_A, _FLAKE_B)
 
 
 def _log_partition_bf(values: Mapping[str, Tuple[float, float]], bad: Sequence[str], choices: int) -> float:
