@@ -594,8 +594,13 @@ HEX12 = re.compile(r"[0-9a-f]{1,12}")
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
-def error_beacons(backend: RecordingBackend) -> List[dict]:
-    return [b for b in backend.bodies("/beacon") if isinstance(b, dict) and b.get("kind") == "error"]
+def error_beacons(backend: RecordingBackend, text: Optional[str] = None) -> List[dict]:
+    """The error beacons received, those whose trace contains ``text`` when given."""
+    return [
+        b
+        for b in backend.bodies("/beacon")
+        if isinstance(b, dict) and b.get("kind") == "error" and (text is None or text in str(b.get("trace", "")))
+    ]
 
 
 def events(beacons: List[dict]) -> set:

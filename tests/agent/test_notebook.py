@@ -69,6 +69,15 @@ def execute(venv: support.Venv, sandbox: support.Sandbox, notebook: Path, env: d
     return json.loads(proc.stdout.decode().splitlines()[-1])
 
 
+def assert_one_report(backend, text: str) -> None:
+    """The cell's error was reported once. Only the reports of that error count: the launcher and
+    the kernel are hosts of their own and may log errors of their own (a loaded machine makes
+    jupyter_client and ipykernel log timeouts); all of them are shown when it fails."""
+    backend.settle()
+    every = [(b.get("error_sig"), b.get("script_name"), b.get("event_id")) for b in error_beacons(backend)]
+    assert len(events(error_beacons(backend, text))) == 1, every
+
+
 def demo_wheel(directory: Path, version: str) -> Path:
     """A real wheel of a tiny package, built by hand (no build backend needed)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -148,7 +157,8 @@ def test_pip_install_and_restart_is_the_fix(jupyter, backend, sandbox):
     assert "demo-pkg==2.0" in envs[success.json["env_hash"]]["packages"]
     assert "demo-pkg==2.0" not in envs[failure["env_hash"]]["packages"]
     backend.settle()
-    assert len(events(success_beacons(backend))) == 1 and len(events(error_beacons(backend))) == 1
+    assert len(events(success_beacons(backend))) == 1
+    assert_one_report(backend, "demo_pkg")
 
 
 def test_notebooks_the_kernel_cannot_name_are_not_each_others_fix(jupyter, backend, sandbox):
@@ -166,7 +176,8 @@ def test_notebooks_the_kernel_cannot_name_are_not_each_others_fix(jupyter, backe
     outputs = execute(jupyter, sandbox, other, sandbox.env(backend.url, {"PYTHONPATH": str(elsewhere)}))
     assert outputs[0][0]["text"] == "2.0\n"
     backend.settle()
-    assert success_beacons(backend) == [] and len(events(error_beacons(backend))) == 1
+    assert success_beacons(backend) == []
+    assert_one_report(backend, "demo_pkg")
 
 
 def test_nbconvert_execute_is_one_report_of_the_cells_own_error(jupyter, backend, sandbox):
@@ -184,8 +195,7 @@ def test_nbconvert_execute_is_one_report_of_the_cells_own_error(jupyter, backend
     [beacon] = wait_error(backend, "ZeroDivisionError")
     assert beacon["error_sig"] == "ZeroDivisionError: division by zero @ __main__.compute < __main__.<module>"
     assert beacon["script_name"] == "daily.ipynb"
-    backend.settle()
-    assert len(events(error_beacons(backend))) == 1
+    assert_one_report(backend, "ZeroDivisionError")
     assert all("\x1b" not in json.dumps(r.json) for r in backend.settle() if r.json)
 
 
@@ -219,8 +229,7 @@ def test_nbconvert_with_a_kernel_without_the_agent_reports_the_cells_own_error(j
     assert beacon["error_sig"] == "ZeroDivisionError: division by zero @ __main__.<module>"
     assert beacon["script_name"] == "daily.ipynb"
     assert "compute()" in beacon["trace"] and "\x1b" not in beacon["trace"]
-    backend.settle()
-    assert len(events(error_beacons(backend))) == 1
+    assert_one_report(backend, "ZeroDivisionError")
 
 
 def test_ipython_script(jupyter, backend, sandbox):
