@@ -71,8 +71,8 @@ def execute(venv: support.Venv, sandbox: support.Sandbox, notebook: Path, env: d
 
 def assert_one_report(backend, text: str) -> None:
     """The cell's error was reported once. Only the reports of that error count: the launcher and
-    the kernel are hosts of their own and may log errors of their own (a loaded machine makes
-    jupyter_client and ipykernel log timeouts); all of them are shown when it fails."""
+    the kernel are hosts of their own and may log errors of their own, which the agent reports too
+    (the suspected cause of rare failures on a loaded machine, not seen); all are shown on failure."""
     backend.settle()
     every = [(b.get("error_sig"), b.get("script_name"), b.get("event_id")) for b in error_beacons(backend)]
     assert len(events(error_beacons(backend, text))) == 1, every
